@@ -1,0 +1,49 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both set the machine up first.
+SHELL := /bin/bash
+SWIFT ?= swift
+SLUICE := .build/debug/sluice
+SLUICE_RELEASE := .build/release/sluice
+DATA ?= ./data
+
+.PHONY: setup build test run bench lint format clean
+
+setup:
+	@bash scripts/setup
+
+build: setup
+	$(SWIFT) build
+
+lint:
+	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests
+
+format:
+	$(SWIFT) format --in-place --recursive Package.swift Sources Tests
+
+# Builds everything (the tests run the `sluice` binary as a child process), checks the
+# format, then runs every test. Swift Testing prints the closing count.
+test: setup
+	$(SWIFT) build --build-tests 2>&1 | tee .build-test.log; test $${PIPESTATUS[0]} -eq 0
+	@if grep -E '^/.*(Sources|Tests)/.*warning:' .build-test.log; then echo "build has warnings" >&2; exit 1; fi
+	@rm -f .build-test.log
+	$(MAKE) lint
+	$(SWIFT) test
+
+# For now the pipeline is the WAL alone: write to it, then look inside with the operator tools.
+run: build
+	@mkdir -p $(DATA)
+	$(SLUICE) wal bench $(DATA) --seconds 2 --raw-seconds 1 --concurrency 64 --size 400
+	@echo
+	@echo "WAL tools: $(SLUICE) wal --help   (ls | stat | dump | verify | cursor | bench)"
+
+# Release-mode benchmarks (docs/performance.md) and the long crash soak.
+bench: setup
+	$(SWIFT) build -c release
+	@mkdir -p $(DATA)
+	@for size in 400 4096; do for c in 1 16 256; do \
+		$(SLUICE_RELEASE) wal bench $(DATA) --size $$size --concurrency $$c --seconds 5; echo; \
+	done; done
+	$(SWIFT) build
+	SLUICE_CRASH_ROUNDS=500 $(SWIFT) test --filter CrashTests
+
+clean:
+	rm -rf .build $(DATA)

@@ -1,0 +1,150 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A consumer's durable position in the WAL: every event below ``lsn`` is consumed.
+public struct CursorPosition: Sendable, Equatable, Codable {
+    public var name: String
+    /// The next LSN the consumer needs.
+    public var lsn: LSN
+    /// Bumped by every store; the valid slot with the highest generation wins.
+    public var generation: UInt64
+    /// When it was stored (unix nanoseconds).
+    public var updatedNanos: UInt64
+}
+
+/// One cursor file: two 64-byte slots, written alternately, each with its own CRC32C.
+///
+/// A store overwrites the slot holding the older generation and `fdatasync`s; a torn write
+/// can only damage that slot, so the other still holds the previous position. This needs no
+/// rename or directory fsync on the hot path. The file itself is created once, through a
+/// temporary file, `rename` and a directory fsync.
+///
+/// ```
+/// 0 magic "SLCURSOR"  8 version u16  10 reserved (6)  16 generation u64  24 LSN u64
+/// 32 updated (unix ns) u64  40 reserved (20)  60 CRC32C of bytes 0..<60
+/// ```
+struct CursorFile {
+    static let slotSize = 64
+    static let magic: [UInt8] = Array("SLCURSOR".utf8)
+    static let suffix = ".cursor"
+
+    /// Cursor names become file names: keep them boring.
+    static func validate(name: String) throws {
+        let allowed = name.utf8.allSatisfy { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                || byte == 0x2D || byte == 0x5F
+        }
+        guard !name.isEmpty, name.utf8.count <= 64, allowed else {
+            throw WALError(
+                .invalidArgument,
+                "cursor name '\(name)' must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_'"
+            )
+        }
+    }
+
+    static func encodeSlot(generation: UInt64, lsn: LSN, updatedNanos: UInt64) -> [UInt8] {
+        var slot = [UInt8](repeating: 0, count: Self.slotSize)
+        for (index, byte) in Self.magic.enumerated() { slot[index] = byte }
+        slot.store(UInt16(1), at: 8)
+        slot.store(generation, at: 16)
+        slot.store(lsn.rawValue, at: 24)
+        slot.store(updatedNanos, at: 32)
+        slot.store(CRC32C.checksum(Array(slot[0..<60])), at: 60)
+        return slot
+    }
+
+    static func decodeSlot(_ slot: ArraySlice<UInt8>, name: String) -> CursorPosition? {
+        guard slot.count == Self.slotSize else { return nil }
+        let bytes = Array(slot)
+        guard Array(bytes[0..<8]) == Self.magic else { return nil }
+        return bytes.withUnsafeBytes { raw in
+            guard CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[0..<60])) == raw.load(UInt32.self, at: 60),
+                raw.load(UInt16.self, at: 8) == 1
+            else { return nil }
+            return CursorPosition(
+                name: name,
+                lsn: LSN(raw.load(UInt64.self, at: 24)),
+                generation: raw.load(UInt64.self, at: 16),
+                updatedNanos: raw.load(UInt64.self, at: 32)
+            )
+        }
+    }
+
+    /// The position held by a cursor file's bytes: the valid slot with the highest generation.
+    static func decode(_ bytes: [UInt8], name: String) -> CursorPosition? {
+        let slots = [0, 1].compactMap { index -> CursorPosition? in
+            let start = index * Self.slotSize
+            guard bytes.count >= start + Self.slotSize else { return nil }
+            return Self.decodeSlot(bytes[start..<start + Self.slotSize], name: name)
+        }
+        return slots.max(by: { $0.generation < $1.generation })
+    }
+
+    /// Reads a cursor without opening it for writing (safe beside a live writer).
+    static func read(path: String, name: String, fileSystem: any WALFileSystem) throws -> CursorPosition {
+        let fd = try fileSystem.open(path, flags: O_RDONLY, mode: 0)
+        defer { fileSystem.close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 2 * Self.slotSize)
+        let count = try bytes.withUnsafeMutableBytes { try fileSystem.pread(fd, into: $0, at: 0, path: path) }
+        guard let position = Self.decode(Array(bytes[0..<count]), name: name) else {
+            throw WALError(.corruptSegment, "cursor file \(path) has no valid slot")
+        }
+        return position
+    }
+
+    /// Creates a cursor file atomically: temp file, fdatasync, rename, directory fsync.
+    static func create(
+        directory: String,
+        name: String,
+        lsn: LSN,
+        now: UInt64,
+        fileSystem: any WALFileSystem
+    ) throws {
+        let path = directory + "/" + name + Self.suffix
+        let temporary = path + ".tmp"
+        if fileSystem.fileExists(temporary) { try fileSystem.unlink(temporary) }
+        let fd = try fileSystem.open(temporary, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+        do {
+            var bytes = Self.encodeSlot(generation: 1, lsn: lsn, updatedNanos: now)
+            bytes += [UInt8](repeating: 0, count: Self.slotSize)
+            try bytes.withUnsafeBytes { try fileSystem.pwrite(fd, $0, at: 0, path: temporary) }
+            try fileSystem.fdatasync(fd, path: temporary)
+            fileSystem.close(fd)
+        } catch {
+            fileSystem.close(fd)
+            try? fileSystem.unlink(temporary)
+            throw error
+        }
+        try fileSystem.rename(temporary, to: path)
+        try fileSystem.syncDirectory(directory)
+    }
+
+    let path: String
+    let fd: Int32
+    private(set) var position: CursorPosition
+    private let fileSystem: any WALFileSystem
+
+    /// Opens an existing cursor file for updates.
+    init(path: String, name: String, fileSystem: any WALFileSystem) throws {
+        self.position = try Self.read(path: path, name: name, fileSystem: fileSystem)
+        self.fd = try fileSystem.open(path, flags: O_RDWR, mode: 0)
+        self.path = path
+        self.fileSystem = fileSystem
+    }
+
+    /// Durably moves the cursor to `lsn`; on error the previous position still holds.
+    mutating func store(lsn: LSN, now: UInt64) throws {
+        let generation = self.position.generation + 1
+        let slot = Self.encodeSlot(generation: generation, lsn: lsn, updatedNanos: now)
+        // Generation g lives in slot (g + 1) % 2: the new one never overwrites the current one.
+        let offset = Int64(((generation + 1) % 2) * UInt64(Self.slotSize))
+        try slot.withUnsafeBytes { try self.fileSystem.pwrite(self.fd, $0, at: offset, path: self.path) }
+        try self.fileSystem.fdatasync(self.fd, path: self.path)
+        self.position.generation = generation
+        self.position.lsn = lsn
+        self.position.updatedNanos = now
+    }
+
+    func close() { self.fileSystem.close(self.fd) }
+}

@@ -1,0 +1,259 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A damaged stretch of a segment: bytes that hold no valid frame, between valid ones.
+public struct Damage: Sendable, Equatable, Codable, CustomStringConvertible {
+    /// The segment file's name.
+    public var segment: String
+    public var startOffset: Int64
+    /// Where the next valid frame starts (or the end of the data when none follows).
+    public var endOffset: Int64
+    /// The LSNs whose events were in the damaged bytes: `firstLostLSN ..< resumeLSN`.
+    public var firstLostLSN: LSN
+    public var resumeLSN: LSN
+    public var reason: String
+
+    public var lostEvents: UInt64 { self.resumeLSN - self.firstLostLSN }
+
+    public var description: String {
+        let lsns =
+            self.lostEvents == 0
+            ? "no events lost" : "LSN \(self.firstLostLSN)...\(self.resumeLSN.rawValue - 1) (\(self.lostEvents) events)"
+        return "\(self.segment) bytes \(self.startOffset)..<\(self.endOffset): \(self.reason); \(lsns)"
+    }
+}
+
+/// A read-only view of one segment file that walks its frames, detects damage and finds the
+/// next valid frame after it. Opens the file `O_RDONLY` and takes no lock, so it is safe
+/// beside a live writer.
+struct SegmentReader {
+    enum End: Equatable {
+        /// A valid footer: the segment is sealed.
+        case footer(SegmentFooter)
+        /// Zeroed (preallocated, never written) space follows.
+        case zeros
+        case endOfFile
+        /// The caller's byte limit (the durable end of an active segment).
+        case limit
+        /// Invalid bytes with no valid frame after them: a write cut short, never acknowledged.
+        case tornTail(String)
+    }
+
+    enum Item: Equatable {
+        case record(WALRecord)
+        case damaged(Damage)
+        case end(End)
+    }
+
+    static let windowSize = 1 << 20
+
+    let path: String
+    let name: String
+    private let fd: Int32
+    private let fileSystem: any WALFileSystem
+    private(set) var fileSize: Int64
+    private var window: [UInt8] = []
+    private var windowStart: Int64 = 0
+    private let maxPayload: Int
+
+    init(path: String, fileSystem: any WALFileSystem, maxPayload: Int = 512 << 20) throws {
+        self.path = path
+        self.name = String(path.split(separator: "/").last ?? Substring(path))
+        self.fileSystem = fileSystem
+        self.fd = try fileSystem.open(path, flags: O_RDONLY, mode: 0)
+        self.maxPayload = maxPayload
+        do {
+            self.fileSize = try fileSystem.fileSize(self.fd, path: path)
+        } catch {
+            fileSystem.close(self.fd)
+            throw error
+        }
+    }
+
+    func close() { self.fileSystem.close(self.fd) }
+
+    mutating func refreshSize() throws { self.fileSize = try self.fileSystem.fileSize(self.fd, path: self.path) }
+
+    /// Forgets cached bytes: a live segment grows under the reader, so bytes read past the
+    /// durable end earlier (zeros) are stale once the writer has been there.
+    mutating func invalidateCache() {
+        self.window = []
+        self.windowStart = 0
+    }
+
+    /// `count` bytes at `offset`, or fewer at end of file.
+    mutating func bytes(at offset: Int64, count: Int) throws -> ArraySlice<UInt8> {
+        let end = offset + Int64(count)
+        if offset >= self.windowStart && end <= self.windowStart + Int64(self.window.count) {
+            let start = Int(offset - self.windowStart)
+            return self.window[start..<start + count]
+        }
+        let size = max(count, Self.windowSize)
+        var buffer = [UInt8](repeating: 0, count: size)
+        let read = try buffer.withUnsafeMutableBytes {
+            try self.fileSystem.pread(self.fd, into: $0, at: offset, path: self.path)
+        }
+        buffer.removeLast(size - read)
+        self.window = buffer
+        self.windowStart = offset
+        return self.window[0..<min(count, read)]
+    }
+
+    func header() throws -> SegmentHeader {
+        var bytes = [UInt8](repeating: 0, count: SegmentHeader.size)
+        let count = try bytes.withUnsafeMutableBytes {
+            try self.fileSystem.pread(self.fd, into: $0, at: 0, path: self.path)
+        }
+        return try bytes[0..<count].withUnsafeBytes { try SegmentHeader.decode($0).get() }
+    }
+
+    /// The footer at the very end of the file, if the segment is sealed.
+    mutating func footer() throws -> SegmentFooter? {
+        let length = Int64(SegmentFooter.frameLength)
+        guard self.fileSize >= Int64(SegmentHeader.size) + length else { return nil }
+        let offset = self.fileSize - length
+        let bytes = Array(try self.bytes(at: offset, count: Int(length)))
+        guard bytes.count == Int(length) else { return nil }
+        return bytes.withUnsafeBytes { raw -> SegmentFooter? in
+            guard case .frame(let header) = FrameHeader.decode(UnsafeRawBufferPointer(rebasing: raw[0..<40])),
+                header.type == .footer, Int(header.payloadLength) == SegmentFooter.payloadSize
+            else { return nil }
+            let payload = UnsafeRawBufferPointer(rebasing: raw[40...])
+            guard CRC32C.checksum(payload) == header.payloadCRC,
+                let footer = SegmentFooter.decode(payload: payload),
+                footer.dataEnd == UInt64(offset)
+            else { return nil }
+            return footer
+        }
+    }
+
+    /// Reads the frame at `offset`. Returns what is there and where the next read starts.
+    ///
+    /// - Parameters:
+    ///   - expected: the LSN the next record should start at.
+    ///   - limit: do not read at or past this offset (the durable end of an active segment).
+    mutating func next(at offset: Int64, expected: LSN, limit: Int64? = nil) throws -> (Item, Int64) {
+        let end = min(limit ?? self.fileSize, self.fileSize)
+        guard offset + Int64(FrameHeader.size) <= end else {
+            return (.end(limit != nil && end == limit ? .limit : .endOfFile), offset)
+        }
+        let problem: String
+        switch try self.frame(at: offset, end: end, minimumLSN: expected) {
+        case .valid(let header, let payload):
+            if header.type == .footer {
+                if let footer = payload.withUnsafeBytes({ SegmentFooter.decode(payload: $0) }) {
+                    return (.end(.footer(footer)), offset)
+                }
+                problem = "footer payload is malformed"
+            } else if header.lsn > expected {
+                // The frame is fine but events are missing before it: report the gap first.
+                let damage = Damage(
+                    segment: self.name,
+                    startOffset: offset,
+                    endOffset: offset,
+                    firstLostLSN: expected,
+                    resumeLSN: header.lsn,
+                    reason: "LSN jumps from \(expected) to \(header.lsn)"
+                )
+                return (.damaged(damage), offset)
+            } else if let events = EventPayload.decode(payload, expectedCount: Int(header.eventCount)) {
+                let record = WALRecord(
+                    lsn: header.lsn,
+                    timestampNanos: header.timestampNanos,
+                    events: events,
+                    frameLength: header.frameLength
+                )
+                return (.record(record), offset + Int64(header.frameLength))
+            } else {
+                problem = "event lengths do not match the event count"
+            }
+        case .zeros:
+            guard let (resume, header) = try self.findFrame(after: offset, end: end, minimumLSN: expected) else {
+                return (.end(.zeros), offset)
+            }
+            let damage = Damage(
+                segment: self.name,
+                startOffset: offset,
+                endOffset: resume,
+                firstLostLSN: expected,
+                resumeLSN: header.lsn,
+                reason: "zeroed bytes before a valid frame"
+            )
+            return (.damaged(damage), resume)
+        case .invalid(let reason):
+            problem = reason
+        }
+        guard let (resume, header) = try self.findFrame(after: offset, end: end, minimumLSN: expected) else {
+            return (.end(.tornTail(problem)), offset)
+        }
+        let damage = Damage(
+            segment: self.name,
+            startOffset: offset,
+            endOffset: resume,
+            firstLostLSN: expected,
+            resumeLSN: header.lsn,
+            reason: problem
+        )
+        return (.damaged(damage), resume)
+    }
+
+    private enum Frame {
+        case valid(FrameHeader, [UInt8])
+        case zeros
+        case invalid(String)
+    }
+
+    private mutating func frame(at offset: Int64, end: Int64, minimumLSN: LSN) throws -> Frame {
+        let headerBytes = Array(try self.bytes(at: offset, count: FrameHeader.size))
+        guard headerBytes.count == FrameHeader.size else { return .invalid("truncated frame header") }
+        let decoded = headerBytes.withUnsafeBytes { FrameHeader.decode($0) }
+        switch decoded {
+        case .zeros:
+            return .zeros
+        case .damaged(let reason):
+            return .invalid(reason)
+        case .frame(let header):
+            guard Int(header.payloadLength) <= self.maxPayload,
+                offset + Int64(header.frameLength) <= end
+            else { return .invalid("frame length \(header.payloadLength) runs past the end of the data") }
+            guard header.lsn >= minimumLSN else {
+                return .invalid("LSN \(header.lsn) is below the expected \(minimumLSN)")
+            }
+            let payload = Array(try self.bytes(at: offset + Int64(FrameHeader.size), count: Int(header.payloadLength)))
+            guard payload.count == Int(header.payloadLength), CRC32C.checksum(payload) == header.payloadCRC else {
+                return .invalid("payload checksum mismatch")
+            }
+            return .valid(header, payload)
+        }
+    }
+
+    /// The first fully valid frame after `offset` with an LSN of at least `minimumLSN`.
+    private mutating func findFrame(after offset: Int64, end: Int64, minimumLSN: LSN) throws -> (Int64, FrameHeader)? {
+        var candidate = offset + 8
+        while candidate + Int64(FrameHeader.size) <= end {
+            let chunk = try self.bytes(at: candidate, count: min(Self.windowSize, Int(end - candidate)))
+            var hit: Int64? = nil
+            chunk.withUnsafeBytes { raw in
+                var index = 0
+                while index + 4 <= raw.count {
+                    if raw.load(UInt32.self, at: index) == FrameHeader.magic {
+                        hit = candidate + Int64(index)
+                        return
+                    }
+                    index += 8
+                }
+            }
+            guard let position = hit else {
+                candidate += Int64(chunk.count)
+                if chunk.isEmpty { return nil }
+                continue
+            }
+            if case .valid(let header, _) = try self.frame(at: position, end: end, minimumLSN: minimumLSN) {
+                return (position, header)
+            }
+            candidate = position + 8
+        }
+        return nil
+    }
+}

@@ -1,0 +1,892 @@
+import CoreMetrics
+import Dispatch
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where an append landed: its events are durable at `firstLSN ..< firstLSN + eventCount`.
+public struct AppendReceipt: Sendable, Equatable {
+    public var firstLSN: LSN
+    public var eventCount: Int
+}
+
+/// What start-up found and did: torn tails truncated, damage quarantined.
+public struct RecoveryReport: Sendable, Equatable {
+    /// Damaged stretches found in the segments that were scanned; each was quarantined.
+    public var damage: [Damage] = []
+    /// Bytes of an incomplete last write that were cut off (never acknowledged).
+    public var truncatedTailBytes: Int64 = 0
+    /// Segments read entirely because they had no footer.
+    public var scannedSegments: [String] = []
+    /// Segment files that could not be read at all and were moved to `quarantine/`.
+    public var quarantinedSegments: [String] = []
+    /// How long recovery took.
+    public var durationNanos: UInt64 = 0
+}
+
+/// A segmented, checksummed write-ahead log whose appends return only once durable.
+///
+/// ``append(_:)`` encodes the events as one record and queues it for the writer thread,
+/// which writes every queued record in one `pwrite` and one `fdatasync` (group commit) and
+/// then resumes the appenders. The writer is a dedicated thread, so `fdatasync` never runs on
+/// Swift's cooperative pool.
+///
+/// Consumers read with ``tail(from:)`` (durable records only) and record progress with
+/// ``commitCursor(_:to:)``; segments every cursor has passed are deleted (or kept for
+/// ``WALConfiguration/keepConsumed``).
+///
+/// - Important: one process owns a WAL directory at a time (a `flock` on `wal.lock`
+///   enforces it). Call ``close()`` before dropping the last reference.
+public final class WAL: Sendable {
+    struct PendingAppend {
+        var payload: [UInt8]
+        var payloadCRC: UInt32
+        var continuation: CheckedContinuation<AppendReceipt, any Error>
+        var enqueuedAt: UInt64
+    }
+
+    /// Shared with tails and the operator views; guarded by a mutex.
+    struct Catalog {
+        var segments: [SegmentSummary]
+        var durableNextLSN: LSN
+        var pressure: Pressure = .normal
+        var volumeAvailable: Int64 = .max
+        var closed = false
+        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiterID: UInt64 = 0
+        var quarantined: Set<String> = []
+        var lastWriteError: String?
+
+        var walBytes: Int64 { self.segments.reduce(0) { $0 + $1.fileBytes } }
+    }
+
+    /// State only the writer thread touches.
+    final class WriterContext: @unchecked Sendable {
+        var fd: Int32 = -1
+        var path = ""
+        var buffer: [UInt8] = []
+    }
+
+    public let configuration: WALConfiguration
+    public let recovery: RecoveryReport
+    let logger: Logger
+    private let fileSystem: any WALFileSystem
+    private let state: Mutex<GroupCommit<PendingAppend>>
+    private let catalog: Mutex<Catalog>
+    private let cursors: Mutex<[String: CursorFile]>
+    private let wake = DispatchSemaphore(value: 0)
+    private let writerFinished = DispatchSemaphore(value: 0)
+    private let maintenanceRequested = Atomic<Bool>(false)
+    private let closed = Atomic<Bool>(false)
+    private let writer: WriterContext
+    private let lockFD: Int32
+    private let metrics = WALMetrics()
+    private let retention: RetentionPolicy
+    private let counters = Counters()
+
+    final class Counters: Sendable {
+        let records = Atomic<UInt64>(0)
+        let events = Atomic<UInt64>(0)
+        let bytes = Atomic<UInt64>(0)
+        let batches = Atomic<UInt64>(0)
+        let failedBatches = Atomic<UInt64>(0)
+    }
+
+    /// Totals since this WAL was opened.
+    public struct Statistics: Sendable, Equatable {
+        public var records: UInt64
+        public var events: UInt64
+        public var bytes: UInt64
+        /// Group commits: one write and one `fdatasync` each.
+        public var batches: UInt64
+        public var failedBatches: UInt64
+    }
+
+    public var statistics: Statistics {
+        Statistics(
+            records: self.counters.records.load(ordering: .relaxed),
+            events: self.counters.events.load(ordering: .relaxed),
+            bytes: self.counters.bytes.load(ordering: .relaxed),
+            batches: self.counters.batches.load(ordering: .relaxed),
+            failedBatches: self.counters.failedBatches.load(ordering: .relaxed)
+        )
+    }
+
+    var segmentDirectory: String { self.configuration.directory }
+    var cursorDirectory: String { self.configuration.directory + "/cursors" }
+
+    /// Opens (creating if needed) the WAL in `configuration.directory`, recovering from any
+    /// crash, and starts its writer thread.
+    ///
+    /// - Throws: ``WALError/Code/locked`` when another process owns the directory, or an
+    ///   I/O error when it cannot be read.
+    public static func open(
+        _ configuration: WALConfiguration,
+        logger: Logger = Logger(label: "sluice.wal")
+    ) async throws
+        -> WAL
+    {
+        try await BlockingIO.run { try WAL(configuration: configuration, logger: logger) }
+    }
+
+    private init(configuration: WALConfiguration, logger: Logger) throws {
+        try configuration.validate()
+        let started = WallClock.monotonic()
+        let fileSystem = configuration.fileSystem
+        let directory = configuration.directory
+        try fileSystem.makeDirectory(directory)
+        try fileSystem.makeDirectory(directory + "/cursors")
+        try fileSystem.makeDirectory(directory + "/" + Quarantine.directoryName)
+        let lockFD = try fileSystem.lockExclusive(directory + "/wal.lock")
+        let writer = WriterContext()
+        do {
+            var report = RecoveryReport()
+            let recovered = try Self.recover(
+                configuration: configuration,
+                writer: writer,
+                report: &report,
+                logger: logger
+            )
+            var cursors: [String: CursorFile] = [:]
+            for name in try fileSystem.listDirectory(directory + "/cursors") where name.hasSuffix(CursorFile.suffix) {
+                let cursorName = String(name.dropLast(CursorFile.suffix.count))
+                cursors[cursorName] = try CursorFile(
+                    path: directory + "/cursors/" + name,
+                    name: cursorName,
+                    fileSystem: fileSystem
+                )
+            }
+            // LSNs never go backwards, even if every segment was removed by hand.
+            let highestCursor = cursors.values.map(\.position.lsn).max() ?? .zero
+            let nextLSN = max(recovered.nextLSN, highestCursor)
+            report.durationNanos = WallClock.monotonic() - started
+            self.recovery = report
+            self.configuration = configuration
+            self.logger = logger
+            self.fileSystem = fileSystem
+            self.lockFD = lockFD
+            self.writer = writer
+            self.cursors = Mutex(cursors)
+            self.retention = RetentionPolicy(keepConsumedNanos: UInt64(configuration.keepConsumed.nanoseconds))
+            var active = recovered.active
+            var segments = recovered.segments
+            if let segment = active, segment.nextLSN < nextLSN {
+                // Cursors are ahead of the data (segments removed by hand): appending here would
+                // put LSNs the cursors already passed into it, so start a new segment instead.
+                active = nil
+                fileSystem.close(writer.fd)
+                writer.fd = -1
+                if let index = segments.lastIndex(where: { $0.firstLSN == segment.firstLSN }) {
+                    segments[index].state = .unsealed
+                }
+                logger.warning(
+                    "wal.cursor_ahead_of_data",
+                    metadata: ["wal.cursor_lsn": "\(highestCursor)", "wal.data_next_lsn": "\(segment.nextLSN)"]
+                )
+            }
+            self.state = Mutex(GroupCommit(limits: configuration.limits, nextLSN: nextLSN, segment: active))
+            self.catalog = Mutex(Catalog(segments: segments, durableNextLSN: nextLSN))
+        } catch {
+            if writer.fd >= 0 { fileSystem.close(writer.fd) }
+            fileSystem.close(lockFD)
+            throw error
+        }
+        self.metrics.truncatedTailBytes.increment(by: Int64(self.recovery.truncatedTailBytes))
+        self.metrics.damagedEvents.increment(
+            by: Int64(self.recovery.damage.reduce(UInt64(0)) { $0 + $1.lostEvents })
+        )
+        for name in self.cursors.withLock({ Array($0.keys) }) {
+            self.metrics.cursorLSN(name).record(Int64(self.cursor(name)?.lsn.rawValue ?? 0))
+        }
+        self.refreshPressure()
+        var metadata: Logger.Metadata = [
+            "wal.directory": "\(directory)",
+            "wal.next_lsn": "\(self.durableNextLSN)",
+            "wal.recovery_ms": "\(Double(self.recovery.durationNanos) / 1e6)",
+        ]
+        if self.recovery.truncatedTailBytes > 0 {
+            metadata["wal.truncated_tail_bytes"] = "\(self.recovery.truncatedTailBytes)"
+        }
+        logger.info("wal.opened", metadata: metadata)
+        for damage in self.recovery.damage {
+            logger.error("wal.damage", metadata: ["wal.damage": "\(damage)"])
+        }
+        // A dedicated serial queue: its thread is owned by the writer loop for the WAL's
+        // lifetime, so fdatasync never blocks a cooperative-pool thread.
+        DispatchQueue(label: "sluice.wal.writer", qos: .userInitiated).async { self.writerLoop() }
+    }
+
+    // MARK: - Recovery
+
+    private struct Recovered {
+        var segments: [SegmentSummary]
+        var active: GroupCommit<PendingAppend>.ActiveSegment?
+        var nextLSN: LSN
+    }
+
+    private static func recover(
+        configuration: WALConfiguration,
+        writer: WriterContext,
+        report: inout RecoveryReport,
+        logger: Logger
+    ) throws -> Recovered {
+        let fileSystem = configuration.fileSystem
+        let directory = configuration.directory
+        let names = try fileSystem.listDirectory(directory)
+            .compactMap { name in SegmentName.parse(name).map { (name, $0) } }
+            .sorted { $0.1 < $1.1 }
+        var segments: [SegmentSummary] = []
+        var active: GroupCommit<PendingAppend>.ActiveSegment?
+        for (index, (name, _)) in names.enumerated() {
+            let path = directory + "/" + name
+            let isLast = index == names.count - 1
+            let scan: SegmentScan.Result
+            do {
+                scan = try SegmentScan.summarize(path: path, fileSystem: fileSystem)
+            } catch let error as WALError where error.code == .corruptSegment {
+                // An unreadable header. A file that is nothing but zeros is a segment whose
+                // creation was cut short before any record could be acknowledged in it.
+                if try Self.isAllZeros(path: path, fileSystem: fileSystem) {
+                    try fileSystem.unlink(path)
+                    try fileSystem.syncDirectory(directory)
+                    logger.warning("wal.incomplete_segment_removed", metadata: ["wal.segment": "\(name)"])
+                } else {
+                    try fileSystem.rename(path, to: directory + "/" + Quarantine.directoryName + "/" + name)
+                    try fileSystem.syncDirectory(directory)
+                    report.quarantinedSegments.append(name)
+                    logger.error(
+                        "wal.segment_quarantined",
+                        metadata: ["wal.segment": "\(name)", "error": "\(error)"]
+                    )
+                }
+                continue
+            }
+            var summary = scan.summary
+            if summary.state != .sealed || !summary.damage.isEmpty { report.scannedSegments.append(name) }
+            for damage in summary.damage {
+                try Quarantine.save(
+                    damage,
+                    segmentPath: path,
+                    walDirectory: directory,
+                    detectedNanos: configuration.wallClock(),
+                    fileSystem: fileSystem
+                )
+                report.damage.append(damage)
+            }
+            if isLast && summary.state != .sealed {
+                // The active segment: cut off an incomplete tail, then keep appending to it.
+                let fd = try fileSystem.open(path, flags: O_RDWR, mode: 0)
+                writer.fd = fd
+                writer.path = path
+                if summary.tornTail != nil {
+                    let garbage = summary.fileBytes - summary.dataEnd
+                    try fileSystem.truncate(fd, to: summary.dataEnd, path: path)
+                    try fileSystem.allocate(
+                        fd,
+                        offset: summary.dataEnd,
+                        length: max(0, configuration.segmentBytes - summary.dataEnd),
+                        path: path
+                    )
+                    try fileSystem.fdatasync(fd, path: path)
+                    report.truncatedTailBytes += garbage
+                    logger.warning(
+                        "wal.torn_tail_truncated",
+                        metadata: [
+                            "wal.segment": "\(name)", "wal.offset": "\(summary.dataEnd)",
+                            "wal.reason": "\(summary.tornTail ?? "")",
+                        ]
+                    )
+                    summary.tornTail = nil
+                    summary.fileBytes = try fileSystem.fileSize(fd, path: path)
+                }
+                summary.state = .active
+                active = .init(
+                    firstLSN: summary.firstLSN,
+                    nextLSN: summary.nextLSN,
+                    dataEnd: summary.dataEnd,
+                    records: summary.records,
+                    createdNanos: scan.header.createdNanos,
+                    minTimestampNanos: summary.minTimestampNanos ?? 0,
+                    maxTimestampNanos: summary.maxTimestampNanos ?? 0,
+                    broken: false
+                )
+            }
+            segments.append(summary)
+        }
+        let nextLSN = segments.last?.nextLSN ?? .zero
+        return Recovered(segments: segments, active: active, nextLSN: nextLSN)
+    }
+
+    private static func isAllZeros(path: String, fileSystem: any WALFileSystem) throws -> Bool {
+        var reader = try SegmentReader(path: path, fileSystem: fileSystem)
+        defer { reader.close() }
+        var offset: Int64 = 0
+        while offset < reader.fileSize {
+            let chunk = try reader.bytes(at: offset, count: SegmentReader.windowSize)
+            if chunk.isEmpty { break }
+            if chunk.contains(where: { $0 != 0 }) { return false }
+            offset += Int64(chunk.count)
+        }
+        return true
+    }
+
+    // MARK: - Appending
+
+    /// Appends `events` as one record and returns once it is durable (written and
+    /// `fdatasync`'d, and for a new segment the directory fsync'd).
+    ///
+    /// Events get consecutive LSNs from the receipt's `firstLSN`. The call is not cancellable
+    /// once queued: the record may be on disk even if the caller stopped waiting.
+    ///
+    /// - Throws: ``WALError`` with code ``WALError/Code/diskFull`` (hard watermark or
+    ///   ENOSPC), ``WALError/Code/overloaded`` (too much queued), ``WALError/Code/fsyncFailed``
+    ///   or ``WALError/Code/io`` (the batch failed; nothing was acknowledged),
+    ///   ``WALError/Code/recordTooLarge`` or ``WALError/Code/closed``.
+    public func append(_ events: [[UInt8]]) async throws -> AppendReceipt {
+        guard !events.isEmpty else { throw WALError(.invalidArgument, "an append needs at least one event") }
+        guard events.count <= Int(UInt32.max) else { throw WALError(.recordTooLarge, "too many events in one append") }
+        let payload = EventPayload.encode(events)
+        let crc = CRC32C.checksum(payload)
+        let frameLength = alignedTo8(FrameHeader.size + payload.count)
+        let enqueuedAt = WallClock.monotonic()
+        return try await withCheckedThrowingContinuation { continuation in
+            let pending = PendingAppend(
+                payload: payload,
+                payloadCRC: crc,
+                continuation: continuation,
+                enqueuedAt: enqueuedAt
+            )
+            let result = self.state.withLock {
+                $0.enqueue(pending, frameLength: frameLength, eventCount: UInt32(events.count))
+            }
+            switch result {
+            case .accepted(let wakeWriter):
+                if wakeWriter { self.wake.signal() }
+            case .rejected(let error):
+                self.metrics.rejectedAppends(error.code.description).increment()
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+
+    private func writerLoop() {
+        while true {
+            let now = self.configuration.wallClock()
+            let step = self.state.withLock { $0.nextStep(now: now) }
+            switch step {
+            case .sleep:
+                let interval = self.configuration.maintenanceInterval
+                if self.wake.wait(timeout: .now() + .nanoseconds(Int(interval.nanoseconds))) == .timedOut {
+                    self.maintenanceRequested.store(true, ordering: .relaxed)
+                }
+            case .write(let batch):
+                self.write(batch)
+            case .roll(let sealing, let closing, let firstLSN):
+                self.roll(sealing: sealing, closing: closing, firstLSN: firstLSN, now: now)
+            case .stop:
+                if self.writer.fd >= 0 {
+                    // Appends were each synced; this only makes the close tidy.
+                    try? self.fileSystem.fdatasync(self.writer.fd, path: self.writer.path)
+                    self.fileSystem.close(self.writer.fd)
+                    self.writer.fd = -1
+                }
+                self.writerFinished.signal()
+                return
+            }
+            if self.maintenanceRequested.exchange(false, ordering: .relaxed) {
+                self.performMaintenance()
+            }
+        }
+    }
+
+    private func write(_ batch: GroupCommit<PendingAppend>.Batch) {
+        let buffer = self.encode(batch)
+        let fsyncStarted: UInt64
+        do {
+            try buffer.withUnsafeBytes {
+                try self.fileSystem.pwrite(self.writer.fd, $0, at: batch.offset, path: self.writer.path)
+            }
+            fsyncStarted = WallClock.monotonic()
+            do {
+                try self.fileSystem.fdatasync(self.writer.fd, path: self.writer.path)
+            } catch let error as WALError {
+                self.metrics.ioErrors("fdatasync").increment()
+                // fsyncgate: after a failed fsync the kernel may have dropped the dirty pages
+                // and reports success next time. The segment is abandoned, never trusted again.
+                throw WALError(
+                    error.code == .diskFull ? .diskFull : .fsyncFailed,
+                    "the batch at LSN \(batch.records.first?.lsn ?? .zero) was not made durable",
+                    errno: error.errno,
+                    cause: error
+                )
+            }
+        } catch {
+            let walError = (error as? WALError) ?? WALError(.io, "write failed", cause: nil)
+            if walError.code != .fsyncFailed { self.metrics.ioErrors("pwrite").increment() }
+            let segmentFirstLSN = batch.segmentFirstLSN
+            self.state.withLock { $0.writeFailed(segmentFirstLSN: segmentFirstLSN) }
+            self.catalog.withLock { $0.lastWriteError = walError.description }
+            self.logger.error(
+                "wal.batch_failed",
+                metadata: [
+                    "wal.segment": "\(self.writer.path)", "wal.records": "\(batch.records.count)",
+                    "error": "\(walError)",
+                ]
+            )
+            self.counters.failedBatches.add(1, ordering: .relaxed)
+            for record in batch.records { record.item.continuation.resume(throwing: walError) }
+            if walError.code == .diskFull { self.maintenanceRequested.store(true, ordering: .relaxed) }
+            return
+        }
+        let finished = WallClock.monotonic()
+        self.metrics.fsyncDuration.recordNanoseconds(Int64(finished - fsyncStarted))
+        self.metrics.groupCommitRecords.record(batch.records.count)
+        self.metrics.groupCommitBytes.record(batch.length)
+        let waiters = self.catalog.withLock { catalog -> [CheckedContinuation<Void, Never>] in
+            catalog.lastWriteError = nil
+            catalog.durableNextLSN = batch.nextLSN
+            if let index = catalog.segments.lastIndex(where: { $0.firstLSN == batch.segmentFirstLSN }) {
+                catalog.segments[index].nextLSN = batch.nextLSN
+                catalog.segments[index].dataEnd = batch.offset + Int64(batch.length)
+                catalog.segments[index].records += UInt64(batch.records.count)
+                if catalog.segments[index].minTimestampNanos == nil {
+                    catalog.segments[index].minTimestampNanos = batch.timestampNanos
+                }
+                catalog.segments[index].maxTimestampNanos = batch.timestampNanos
+            }
+            let waiters = Array(catalog.waiters.values)
+            catalog.waiters.removeAll()
+            return waiters
+        }
+        for waiter in waiters { waiter.resume() }
+        var events = 0
+        for record in batch.records {
+            events += Int(record.eventCount)
+            self.metrics.appendDuration.recordNanoseconds(Int64(finished - record.item.enqueuedAt))
+            record.item.continuation.resume(
+                returning: AppendReceipt(firstLSN: record.lsn, eventCount: Int(record.eventCount))
+            )
+        }
+        self.counters.records.add(UInt64(batch.records.count), ordering: .relaxed)
+        self.counters.events.add(UInt64(events), ordering: .relaxed)
+        self.counters.bytes.add(UInt64(batch.length), ordering: .relaxed)
+        self.counters.batches.add(1, ordering: .relaxed)
+        self.metrics.appendedRecords.increment(by: Int64(batch.records.count))
+        self.metrics.appendedEvents.increment(by: Int64(events))
+        self.metrics.appendedBytes.increment(by: Int64(batch.length))
+        self.metrics.durableLSN.record(Int64(batch.nextLSN.rawValue))
+    }
+
+    private func encode(_ batch: GroupCommit<PendingAppend>.Batch) -> [UInt8] {
+        var buffer = self.writer.buffer
+        buffer.removeAll(keepingCapacity: true)
+        buffer.reserveCapacity(batch.length)
+        for record in batch.records {
+            let payload = record.item.payload
+            let header = FrameHeader(
+                payloadLength: UInt32(payload.count),
+                payloadCRC: record.item.payloadCRC,
+                lsn: record.lsn,
+                timestampNanos: batch.timestampNanos,
+                eventCount: record.eventCount,
+                type: .data
+            )
+            let start = buffer.count
+            buffer.append(contentsOf: repeatElement(0, count: FrameHeader.size))
+            buffer.withUnsafeMutableBytes { raw in
+                header.write(into: UnsafeMutableRawBufferPointer(rebasing: raw[start..<start + FrameHeader.size]))
+            }
+            buffer.append(contentsOf: payload)
+            buffer.append(contentsOf: repeatElement(0, count: record.frameLength - FrameHeader.size - payload.count))
+        }
+        self.writer.buffer = buffer
+        return buffer
+    }
+
+    private func roll(
+        sealing: GroupCommit<PendingAppend>.ActiveSegment?,
+        closing: GroupCommit<PendingAppend>.ActiveSegment?,
+        firstLSN: LSN,
+        now: UInt64
+    ) {
+        if closing != nil, self.writer.fd >= 0 {
+            self.seal(sealing)
+            self.fileSystem.close(self.writer.fd)
+            self.writer.fd = -1
+        }
+        let name = SegmentName.make(firstLSN)
+        let path = self.segmentDirectory + "/" + name
+        var created = false
+        do {
+            let fd = try self.fileSystem.open(path, flags: O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
+            created = true
+            self.writer.fd = fd
+            self.writer.path = path
+            // Preallocating moves ENOSPC to this clean point, before any append depends on it.
+            try self.fileSystem.allocate(fd, offset: 0, length: self.configuration.segmentBytes, path: path)
+            let header = SegmentHeader(
+                firstLSN: firstLSN,
+                createdNanos: now,
+                writerID: UInt64.random(in: 1...UInt64.max)
+            )
+            try header.encoded().withUnsafeBytes { try self.fileSystem.pwrite(fd, $0, at: 0, path: path) }
+            try self.fileSystem.fdatasync(fd, path: path)
+            try self.fileSystem.syncDirectory(self.segmentDirectory)
+        } catch {
+            let walError = (error as? WALError) ?? WALError(.io, "creating \(path) failed")
+            self.metrics.ioErrors("create_segment").increment()
+            if self.writer.fd >= 0 {
+                self.fileSystem.close(self.writer.fd)
+                self.writer.fd = -1
+            }
+            if created { try? self.fileSystem.unlink(path) }
+            let failed = self.state.withLock { $0.rollFailed(previousClosed: closing != nil) }
+            self.catalog.withLock {
+                $0.lastWriteError = walError.description
+                if let index = $0.segments.firstIndex(where: { $0.state == .active }) {
+                    $0.segments[index].state = .unsealed
+                }
+            }
+            self.logger.error(
+                "wal.segment_create_failed",
+                metadata: ["wal.segment": "\(name)", "error": "\(walError)", "wal.failed_appends": "\(failed.count)"]
+            )
+            for item in failed { item.continuation.resume(throwing: walError) }
+            self.maintenanceRequested.store(true, ordering: .relaxed)
+            return
+        }
+        self.state.withLock { $0.rolled(firstLSN: firstLSN, now: now) }
+        self.catalog.withLock { catalog in
+            if let index = catalog.segments.firstIndex(where: { $0.state == .active }) {
+                catalog.segments[index].state = sealing == nil ? .unsealed : .sealed
+                if sealing != nil {
+                    catalog.segments[index].fileBytes =
+                        catalog.segments[index].dataEnd + Int64(SegmentFooter.frameLength)
+                }
+            }
+            catalog.segments.append(
+                SegmentSummary(
+                    name: name,
+                    firstLSN: firstLSN,
+                    nextLSN: firstLSN,
+                    records: 0,
+                    dataEnd: Int64(SegmentHeader.size),
+                    fileBytes: self.configuration.segmentBytes,
+                    minTimestampNanos: nil,
+                    maxTimestampNanos: nil,
+                    state: .active,
+                    damage: [],
+                    tornTail: nil
+                )
+            )
+            if catalog.durableNextLSN < firstLSN { catalog.durableNextLSN = firstLSN }
+        }
+        self.logger.debug("wal.segment_created", metadata: ["wal.segment": "\(name)"])
+        self.refreshPressure()
+    }
+
+    /// Writes the footer and trims the preallocated space. A failure leaves the segment
+    /// unsealed, which costs one scan at the next start-up and nothing else.
+    private func seal(_ segment: GroupCommit<PendingAppend>.ActiveSegment?) {
+        guard let segment else { return }
+        let footer = segment.footer.encodedFrame()
+        do {
+            try footer.withUnsafeBytes {
+                try self.fileSystem.pwrite(self.writer.fd, $0, at: segment.dataEnd, path: self.writer.path)
+            }
+            try self.fileSystem.truncate(
+                self.writer.fd,
+                to: segment.dataEnd + Int64(footer.count),
+                path: self.writer.path
+            )
+            try self.fileSystem.fdatasync(self.writer.fd, path: self.writer.path)
+        } catch {
+            self.logger.warning(
+                "wal.seal_failed",
+                metadata: ["wal.segment": "\(self.writer.path)", "error": "\(error)"]
+            )
+        }
+    }
+
+    // MARK: - Pressure and retention
+
+    /// The current disk pressure; ``Pressure/hard`` means appends are refused.
+    public var pressure: Pressure { self.catalog.withLock { $0.pressure } }
+
+    /// Whether appends can currently succeed: below the hard watermark and the last write
+    /// did not fail. The gateway's readiness follows this.
+    public var isWritable: Bool {
+        self.catalog.withLock { $0.pressure < .hard && $0.lastWriteError == nil && !$0.closed }
+    }
+
+    /// The last write error, cleared by the next successful write.
+    public var lastWriteError: String? { self.catalog.withLock { $0.lastWriteError } }
+
+    private func refreshPressure() {
+        let volume = try? self.fileSystem.volumeSpace(self.configuration.directory)
+        let budget = self.configuration.budget
+        let (old, new, bytes) = self.catalog.withLock { catalog -> (Pressure, Pressure, Int64) in
+            let old = catalog.pressure
+            catalog.volumeAvailable = volume?.available ?? catalog.volumeAvailable
+            catalog.pressure = budget.pressure(walBytes: catalog.walBytes, volumeAvailable: catalog.volumeAvailable)
+            return (old, catalog.pressure, catalog.walBytes)
+        }
+        let refusal: WALError? =
+            new == .hard
+            ? WALError(
+                .diskFull,
+                "the WAL is over its hard watermark (\(bytes) bytes in segments, \(volume?.available ?? -1) bytes free "
+                    + "on the volume); it accepts again once the forwarder frees space"
+            ) : nil
+        self.state.withLock { $0.refusal = refusal }
+        self.metrics.bytes.record(bytes)
+        self.metrics.pressure.record(new == .normal ? 0 : new == .soft ? 1 : 2)
+        self.metrics.segments.record(self.catalog.withLock { $0.segments.count })
+        if old != new {
+            let metadata: Logger.Metadata = ["wal.pressure": "\(new)", "wal.bytes": "\(bytes)"]
+            if new > old {
+                self.logger.warning("wal.pressure_rising", metadata: metadata)
+            } else {
+                self.logger.info("wal.pressure_falling", metadata: metadata)
+            }
+        }
+    }
+
+    /// Deletes segments every cursor has passed (cursor durable → unlink → directory fsync)
+    /// and re-evaluates disk pressure. Runs on the writer thread.
+    private func performMaintenance() {
+        self.refreshPressure()
+        let consumedBefore = self.cursors.withLock { $0.values.map(\.position.lsn).min() }
+        let now = self.configuration.wallClock()
+        let (pressure, candidates) = self.catalog.withLock { catalog in
+            (
+                catalog.pressure,
+                catalog.segments.filter { $0.state != .active }.map {
+                    RetentionPolicy.Candidate(
+                        firstLSN: $0.firstLSN,
+                        nextLSN: $0.nextLSN,
+                        maxTimestampNanos: $0.maxTimestampNanos ?? 0
+                    )
+                }
+            )
+        }
+        let doomed = self.retention.deletable(
+            sealed: candidates,
+            consumedBefore: consumedBefore,
+            now: now,
+            pressure: pressure
+        )
+        guard !doomed.isEmpty else { return }
+        var deleted: [LSN] = []
+        for segment in doomed {
+            let path = self.segmentDirectory + "/" + SegmentName.make(segment.firstLSN)
+            do {
+                try self.fileSystem.unlink(path)
+                deleted.append(segment.firstLSN)
+            } catch {
+                self.logger.warning(
+                    "wal.segment_delete_failed",
+                    metadata: ["wal.segment": "\(path)", "error": "\(error)"]
+                )
+                break
+            }
+        }
+        do {
+            try self.fileSystem.syncDirectory(self.segmentDirectory)
+        } catch {
+            self.logger.warning("wal.directory_sync_failed", metadata: ["error": "\(error)"])
+        }
+        self.catalog.withLock { catalog in catalog.segments.removeAll { deleted.contains($0.firstLSN) } }
+        self.metrics.deletedSegments.increment(by: Int64(deleted.count))
+        self.logger.debug("wal.segments_deleted", metadata: ["wal.count": "\(deleted.count)"])
+        self.refreshPressure()
+    }
+
+    /// Asks the writer to re-check pressure and retention now rather than within a second.
+    public func requestMaintenance() {
+        self.maintenanceRequested.store(true, ordering: .relaxed)
+        self.wake.signal()
+    }
+
+    // MARK: - Cursors
+
+    /// The durable position of cursor `name`, or nil when it does not exist.
+    public func cursor(_ name: String) -> CursorPosition? {
+        self.cursors.withLock { $0[name]?.position }
+    }
+
+    /// All cursors, by name.
+    public var cursorPositions: [CursorPosition] {
+        self.cursors.withLock { $0.values.map(\.position) }.sorted { $0.name < $1.name }
+    }
+
+    /// Returns cursor `name`, creating it at `initialLSN` (default: the oldest LSN still in
+    /// the WAL) when it does not exist yet.
+    public func openCursor(_ name: String, at initialLSN: LSN? = nil) async throws -> CursorPosition {
+        try CursorFile.validate(name: name)
+        if let existing = self.cursor(name) { return existing }
+        let start = initialLSN ?? self.oldestLSN
+        let directory = self.cursorDirectory
+        let fileSystem = self.fileSystem
+        let now = self.configuration.wallClock()
+        return try await BlockingIO.run {
+            try self.cursors.withLock { cursors in
+                if let existing = cursors[name] { return existing.position }
+                try CursorFile.create(directory: directory, name: name, lsn: start, now: now, fileSystem: fileSystem)
+                let file = try CursorFile(
+                    path: directory + "/" + name + CursorFile.suffix,
+                    name: name,
+                    fileSystem: fileSystem
+                )
+                cursors[name] = file
+                return file.position
+            }
+        }
+    }
+
+    /// Durably moves cursor `name` to `lsn` (every event below it is consumed), then lets the
+    /// writer delete segments all cursors have passed.
+    ///
+    /// - Throws: ``WALError/Code/notFound`` for an unknown cursor, and
+    ///   ``WALError/Code/invalidArgument`` when `lsn` is behind the cursor or past the
+    ///   durable end of the WAL.
+    public func commitCursor(_ name: String, to lsn: LSN) async throws {
+        let durable = self.durableNextLSN
+        guard lsn <= durable else {
+            throw WALError(.invalidArgument, "cursor \(name) cannot move to \(lsn), past the durable end \(durable)")
+        }
+        let now = self.configuration.wallClock()
+        try await BlockingIO.run {
+            try self.cursors.withLock { cursors in
+                guard var file = cursors[name] else {
+                    throw WALError(.notFound, "no cursor named \(name); open it first")
+                }
+                guard lsn >= file.position.lsn else {
+                    throw WALError(
+                        .invalidArgument,
+                        "cursor \(name) cannot move back from \(file.position.lsn) to \(lsn)"
+                    )
+                }
+                if lsn == file.position.lsn { return }
+                try file.store(lsn: lsn, now: now)
+                cursors[name] = file
+            }
+        }
+        self.metrics.cursorLSN(name).record(Int64(lsn.rawValue))
+        self.requestMaintenance()
+    }
+
+    // MARK: - Reading
+
+    /// The LSN after the last durable event: what a reader can see.
+    public var durableNextLSN: LSN { self.catalog.withLock { $0.durableNextLSN } }
+
+    /// The first LSN still held in a segment.
+    public var oldestLSN: LSN {
+        self.catalog.withLock { $0.segments.first?.firstLSN ?? $0.durableNextLSN }
+    }
+
+    /// The segments, oldest first, as the writer sees them right now.
+    public var segments: [SegmentSummary] { self.catalog.withLock { $0.segments } }
+
+    /// A reader of durable records from `lsn` on; see ``WALTail``.
+    public func tail(from lsn: LSN) -> WALTail { WALTail(wal: self, position: lsn) }
+
+    struct TailSnapshot {
+        var segments: [SegmentSummary]
+        var durableNextLSN: LSN
+        var closed: Bool
+    }
+
+    func tailSnapshot() -> TailSnapshot {
+        self.catalog.withLock {
+            TailSnapshot(segments: $0.segments, durableNextLSN: $0.durableNextLSN, closed: $0.closed)
+        }
+    }
+
+    /// Returns once the durable end passes `lsn`, or the WAL closes, or the task is cancelled.
+    func waitForDurable(beyond lsn: LSN) async {
+        let id = self.catalog.withLock { catalog -> UInt64 in
+            catalog.nextWaiterID += 1
+            return catalog.nextWaiterID
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = self.catalog.withLock { catalog -> Bool in
+                    if catalog.durableNextLSN > lsn || catalog.closed || Task.isCancelled { return true }
+                    catalog.waiters[id] = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = self.catalog.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.resume()
+        }
+    }
+
+    /// Records damage a reader found at run time: quarantined once, logged, counted.
+    func report(_ damage: Damage, segmentPath: String) {
+        let key = damage.segment + "@" + String(damage.startOffset)
+        let isNew = self.catalog.withLock { $0.quarantined.insert(key).inserted }
+        guard isNew else { return }
+        self.metrics.damagedEvents.increment(by: Int64(damage.lostEvents))
+        self.logger.error("wal.damage", metadata: ["wal.damage": "\(damage)"])
+        do {
+            try Quarantine.save(
+                damage,
+                segmentPath: segmentPath,
+                walDirectory: self.configuration.directory,
+                detectedNanos: self.configuration.wallClock(),
+                fileSystem: self.fileSystem
+            )
+        } catch {
+            self.logger.error("wal.quarantine_failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: - Closing
+
+    /// Stops intake, lets the writer finish what is queued, closes the files and releases the
+    /// directory lock. Idempotent.
+    public func close() async {
+        guard !self.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        if self.state.withLock({ $0.close() }) { self.wake.signal() }
+        let finished = self.writerFinished
+        await BlockingIO.run { finished.wait() }
+        let waiters = self.catalog.withLock { catalog -> [CheckedContinuation<Void, Never>] in
+            catalog.closed = true
+            let waiters = Array(catalog.waiters.values)
+            catalog.waiters.removeAll()
+            return waiters
+        }
+        for waiter in waiters { waiter.resume() }
+        self.cursors.withLock { cursors in
+            for file in cursors.values { file.close() }
+            cursors.removeAll()
+        }
+        self.fileSystem.close(self.lockFD)
+        self.logger.info("wal.closed", metadata: ["wal.next_lsn": "\(self.durableNextLSN)"])
+    }
+}
+
+/// Runs blocking work (file reads, fsync of cursor files) on threads outside Swift's
+/// cooperative pool.
+enum BlockingIO {
+    private static let queue = DispatchQueue(label: "sluice.wal.blocking-io", attributes: .concurrent)
+
+    static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            self.queue.async { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
+    static func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            self.queue.async { continuation.resume(returning: body()) }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Read-only views of a WAL directory for operators: segments, cursors and their lag,
+/// records, and a full verification.
+///
+/// Everything here opens files read-only and takes no lock, so it is safe while a gateway
+/// writes. The one exception, ``setCursor(_:to:)``, takes the writer lock and refuses to run
+/// beside a live writer.
+public struct WALInspector: Sendable {
+    public let directory: String
+    private let fileSystem: any WALFileSystem
+
+    /// - Throws: ``WALError/Code/notFound`` when `directory` does not exist or holds no WAL.
+    public init(directory: String, fileSystem: any WALFileSystem = SystemFileSystem()) throws {
+        guard fileSystem.fileExists(directory) else {
+            throw WALError(.notFound, "\(directory) does not exist")
+        }
+        let names = try fileSystem.listDirectory(directory)
+        guard names.contains("wal.lock") || names.contains(where: { SegmentName.parse($0) != nil }) else {
+            throw WALError(.notFound, "\(directory) is not a Sluice WAL directory (no wal.lock, no segments)")
+        }
+        self.directory = directory
+        self.fileSystem = fileSystem
+    }
+
+    private func segmentNames() throws -> [String] {
+        try self.fileSystem.listDirectory(self.directory)
+            .filter { SegmentName.parse($0) != nil }
+            .sorted()
+    }
+
+    /// The segments, oldest first. Sealed segments are summarised from their footers unless
+    /// `deep`; the others are scanned.
+    public func segments(deep: Bool = false) throws -> [SegmentSummary] {
+        let names = try self.segmentNames()
+        var result: [SegmentSummary] = []
+        for (index, name) in names.enumerated() {
+            var summary = try SegmentScan.summarize(
+                path: self.directory + "/" + name,
+                fileSystem: self.fileSystem,
+                deep: deep
+            ).summary
+            if index == names.count - 1 && summary.state == .unsealed { summary.state = .active }
+            result.append(summary)
+        }
+        return result
+    }
+
+    /// The process holding the writer lock, if any.
+    public func writerPID() -> Int32? {
+        let path = self.directory + "/wal.lock"
+        guard self.fileSystem.fileExists(path) else { return nil }
+        do {
+            let fd = try self.fileSystem.lockExclusive(path)
+            self.fileSystem.close(fd)
+            return nil
+        } catch let error as WALError where error.code == .locked {
+            var buffer = [UInt8](repeating: 0, count: 32)
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { return -1 }
+            defer { close(fd) }
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            return n > 0 ? Int32(String(decoding: buffer[0..<n], as: UTF8.self).trimmingWhitespace()) ?? -1 : -1
+        } catch {
+            return nil
+        }
+    }
+
+    public func cursors() throws -> [CursorPosition] {
+        let directory = self.directory + "/cursors"
+        guard self.fileSystem.fileExists(directory) else { return [] }
+        return try self.fileSystem.listDirectory(directory)
+            .filter { $0.hasSuffix(CursorFile.suffix) }
+            .sorted()
+            .map { name in
+                try CursorFile.read(
+                    path: directory + "/" + name,
+                    name: String(name.dropLast(CursorFile.suffix.count)),
+                    fileSystem: self.fileSystem
+                )
+            }
+    }
+
+    /// Files in `quarantine/` (damaged bytes and their JSON notes).
+    public func quarantine() throws -> [String] {
+        let directory = self.directory + "/" + Quarantine.directoryName
+        guard self.fileSystem.fileExists(directory) else { return [] }
+        return try self.fileSystem.listDirectory(directory).sorted()
+    }
+
+    /// Calls `body` for each record holding an event at or after `from`, in LSN order, and
+    /// for each damaged stretch met on the way; stops when `body` returns false.
+    public func records(from: LSN, _ body: (DumpItem) throws -> Bool) throws {
+        let segments = try self.segments()
+        guard let startIndex = segments.lastIndex(where: { $0.firstLSN <= from }) ?? (segments.isEmpty ? nil : 0)
+        else { return }
+        for segment in segments[startIndex...] where segment.nextLSN > from || segment.state == .active {
+            var reader = try SegmentReader(path: self.directory + "/" + segment.name, fileSystem: self.fileSystem)
+            defer { reader.close() }
+            var offset = Int64(SegmentHeader.size)
+            var expected = segment.firstLSN
+            scan: while true {
+                let (item, next) = try reader.next(at: offset, expected: expected)
+                switch item {
+                case .record(let record):
+                    expected = record.nextLSN
+                    if record.nextLSN > from {
+                        guard try body(.record(record, segment: segment.name, offset: offset)) else { return }
+                    }
+                case .damaged(let damage):
+                    expected = damage.resumeLSN
+                    guard try body(.damage(damage)) else { return }
+                case .end:
+                    break scan
+                }
+                offset = next
+            }
+        }
+    }
+
+    /// One item of ``records(from:_:)``.
+    public enum DumpItem: Sendable {
+        case record(WALRecord, segment: String, offset: Int64)
+        case damage(Damage)
+    }
+
+    /// Totals, pressure and cursor lag.
+    public func stat(budget: DiskBudget = DiskBudget(), now: UInt64 = WallClock.now()) throws -> WALStat {
+        let segments = try self.segments()
+        let cursors = try self.cursors()
+        let bytes = segments.reduce(Int64(0)) { $0 + $1.fileBytes }
+        let available = (try? self.fileSystem.volumeSpace(self.directory).available) ?? .max
+        let firstLSN = segments.first?.firstLSN ?? .zero
+        let nextLSN = segments.last?.nextLSN ?? cursors.map(\.lsn).max() ?? .zero
+        var lags: [WALStat.CursorLag] = []
+        for cursor in cursors {
+            var lag = WALStat.CursorLag(
+                name: cursor.name,
+                lsn: cursor.lsn,
+                updatedNanos: cursor.updatedNanos,
+                lagEvents: nextLSN - cursor.lsn,
+                lagBytes: 0,
+                oldestUnconsumedAgeSeconds: nil
+            )
+            if lag.lagEvents > 0 {
+                var found = false
+                for segment in segments where segment.nextLSN > cursor.lsn {
+                    if found {
+                        lag.lagBytes += segment.dataEnd - Int64(SegmentHeader.size)
+                        continue
+                    }
+                    try self.records(from: cursor.lsn) { item in
+                        if case .record(let record, let name, let offset) = item {
+                            lag.lagBytes += segment.dataEnd - offset
+                            lag.oldestUnconsumedAgeSeconds =
+                                now > record.timestampNanos ? Double(now - record.timestampNanos) / 1e9 : 0
+                            _ = name
+                        }
+                        return false
+                    }
+                    found = true
+                }
+            }
+            lags.append(lag)
+        }
+        return WALStat(
+            directory: self.directory,
+            segments: segments.count,
+            bytes: bytes,
+            firstLSN: firstLSN,
+            nextLSN: nextLSN,
+            records: segments.reduce(0) { $0 + $1.records },
+            volumeAvailableBytes: available,
+            budgetBytes: budget.maxBytes,
+            pressure: budget.pressure(walBytes: bytes, volumeAvailable: available),
+            writerPID: self.writerPID(),
+            cursors: lags,
+            quarantinedFiles: try self.quarantine().count
+        )
+    }
+
+    /// Reads every frame of every segment and checks checksums, LSN continuity, footers and
+    /// cursors.
+    public func verify() throws -> VerifyReport {
+        var report = VerifyReport(directory: self.directory)
+        let names = try self.segmentNames()
+        var previous: SegmentSummary?
+        for (index, name) in names.enumerated() {
+            let isLast = index == names.count - 1
+            let summary: SegmentSummary
+            do {
+                summary = try SegmentScan.summarize(
+                    path: self.directory + "/" + name,
+                    fileSystem: self.fileSystem,
+                    deep: true
+                )
+                .summary
+            } catch let error as WALError where error.code == .corruptSegment {
+                report.problems.append(.init(segment: name, detail: error.message, firstLSN: nil, lastLSN: nil))
+                continue
+            }
+            report.segments += 1
+            report.records += summary.records
+            for damage in summary.damage {
+                report.problems.append(
+                    .init(
+                        segment: name,
+                        detail: "\(damage.reason) at bytes \(damage.startOffset)..<\(damage.endOffset)",
+                        firstLSN: damage.lostEvents > 0 ? damage.firstLostLSN : nil,
+                        lastLSN: damage.lostEvents > 0 ? LSN(damage.resumeLSN.rawValue - 1) : nil
+                    )
+                )
+            }
+            if let tail = summary.tornTail {
+                // The active segment's tail may be a write in progress; elsewhere it is what
+                // a crash or a failed write left, never acknowledged.
+                report.notes.append(
+                    "\(name): incomplete write at byte \(summary.dataEnd) (\(tail)); never acknowledged"
+                )
+            }
+            if !isLast && summary.state != .sealed {
+                report.notes.append("\(name): not sealed (the writer stopped or abandoned it); fully scanned")
+            }
+            if let previous, summary.firstLSN < previous.nextLSN {
+                report.problems.append(
+                    .init(
+                        segment: name,
+                        detail:
+                            "starts at LSN \(summary.firstLSN), inside \(previous.name) (ends at \(previous.nextLSN))",
+                        firstLSN: summary.firstLSN,
+                        lastLSN: LSN(previous.nextLSN.rawValue - 1)
+                    )
+                )
+            }
+            previous = summary
+        }
+        let cursorDirectory = self.directory + "/cursors"
+        if self.fileSystem.fileExists(cursorDirectory) {
+            for file in try self.fileSystem.listDirectory(cursorDirectory) where file.hasSuffix(CursorFile.suffix) {
+                let name = String(file.dropLast(CursorFile.suffix.count))
+                do {
+                    let cursor = try CursorFile.read(
+                        path: cursorDirectory + "/" + file,
+                        name: name,
+                        fileSystem: self.fileSystem
+                    )
+                    if let end = previous?.nextLSN, cursor.lsn > end {
+                        report.problems.append(
+                            .init(
+                                segment: nil,
+                                detail: "cursor \(name) at \(cursor.lsn) is past the end of the WAL (\(end))",
+                                firstLSN: nil,
+                                lastLSN: nil
+                            )
+                        )
+                    }
+                } catch {
+                    report.problems.append(
+                        .init(segment: nil, detail: "cursor \(name): \(error)", firstLSN: nil, lastLSN: nil)
+                    )
+                }
+            }
+        }
+        return report
+    }
+
+    /// Moves cursor `name` (creating it if needed). Refuses while a writer holds the lock:
+    /// the writer keeps cursors in memory and would overwrite the change.
+    public func setCursor(_ name: String, to lsn: LSN, now: UInt64 = WallClock.now()) throws -> CursorPosition {
+        try CursorFile.validate(name: name)
+        let lock = try self.fileSystem.lockExclusive(self.directory + "/wal.lock")
+        defer { self.fileSystem.close(lock) }
+        let cursorDirectory = self.directory + "/cursors"
+        try self.fileSystem.makeDirectory(cursorDirectory)
+        let path = cursorDirectory + "/" + name + CursorFile.suffix
+        if !self.fileSystem.fileExists(path) {
+            try CursorFile.create(
+                directory: cursorDirectory,
+                name: name,
+                lsn: lsn,
+                now: now,
+                fileSystem: self.fileSystem
+            )
+        } else {
+            var file = try CursorFile(path: path, name: name, fileSystem: self.fileSystem)
+            defer { file.close() }
+            try file.store(lsn: lsn, now: now)
+        }
+        return try CursorFile.read(path: path, name: name, fileSystem: self.fileSystem)
+    }
+}
+
+/// The result of ``WALInspector/stat(budget:now:)``.
+public struct WALStat: Sendable, Codable {
+    public struct CursorLag: Sendable, Codable {
+        public var name: String
+        public var lsn: LSN
+        public var updatedNanos: UInt64
+        public var lagEvents: UInt64
+        public var lagBytes: Int64
+        /// Age of the oldest event the cursor has not consumed; nil when caught up.
+        public var oldestUnconsumedAgeSeconds: Double?
+    }
+
+    public var directory: String
+    public var segments: Int
+    public var bytes: Int64
+    public var firstLSN: LSN
+    public var nextLSN: LSN
+    public var records: UInt64
+    public var volumeAvailableBytes: Int64
+    public var budgetBytes: Int64
+    public var pressure: Pressure
+    public var writerPID: Int32?
+    public var cursors: [CursorLag]
+    public var quarantinedFiles: Int
+}
+
+/// The result of ``WALInspector/verify()``.
+public struct VerifyReport: Sendable, Codable {
+    public struct Problem: Sendable, Codable {
+        public var segment: String?
+        public var detail: String
+        public var firstLSN: LSN?
+        public var lastLSN: LSN?
+    }
+
+    public var directory: String
+    public var segments = 0
+    public var records: UInt64 = 0
+    /// Damage: lost or unreadable data. Non-empty means `wal verify` exits 1.
+    public var problems: [Problem] = []
+    /// Facts worth knowing that lose nothing (an unacknowledged torn tail, an unsealed segment).
+    public var notes: [String] = []
+
+    public var isClean: Bool { self.problems.isEmpty }
+}

@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct Sluice: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sluice",
+        abstract: "A durable ingest path for user-action and clickstream events.",
+        subcommands: [WALCommand.self]
+    )
+}

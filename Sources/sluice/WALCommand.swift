@@ -1,0 +1,350 @@
+import ArgumentParser
+import Foundation
+@_spi(Testing) import WAL
+
+/// `sluice wal …`: operator tools for a WAL directory. Read-only commands are safe beside a
+/// running gateway.
+struct WALCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wal",
+        abstract: "Inspect, verify and benchmark a write-ahead log directory.",
+        subcommands: [List.self, Stat.self, Dump.self, Verify.self, CursorCommand.self, Bench.self, Torture.self]
+    )
+}
+
+struct OutputOptions: ParsableArguments {
+    @Flag(help: "Print JSON instead of text.")
+    var json = false
+}
+
+/// Exit codes the read-only commands share: 2 means the directory could not be used.
+enum ExitStatus {
+    static let damaged = ExitCode(1)
+    static let unusable = ExitCode(2)
+}
+
+func openInspector(_ directory: String) throws -> WALInspector {
+    do {
+        return try WALInspector(directory: directory)
+    } catch {
+        printError("sluice: \(describe(error))")
+        throw ExitStatus.unusable
+    }
+}
+
+func describe(_ error: any Error) -> String {
+    if let error = error as? WALError {
+        var text = error.message
+        if let code = error.errno { text += ": " + String(cString: strerror(code)) }
+        return text
+    }
+    return "\(error)"
+}
+
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    encoder.keyEncodingStrategy = .convertToSnakeCase
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+func formatBytes(_ bytes: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while abs(value) >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+}
+
+func formatTime(_ nanos: UInt64?) -> String {
+    guard let nanos else { return "-" }
+    let date = Date(timeIntervalSince1970: Double(nanos) / 1e9)
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return formatter.string(from: date)
+}
+
+func table(_ rows: [[String]]) -> String {
+    guard let header = rows.first else { return "" }
+    var widths = header.map(\.count)
+    for row in rows { for (index, cell) in row.enumerated() { widths[index] = max(widths[index], cell.count) } }
+    return rows.map { row in
+        row.enumerated().map { index, cell in
+            index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+        }.joined(separator: "  ")
+    }.joined(separator: "\n")
+}
+
+extension WALCommand {
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "ls",
+            abstract: "List segments: LSN range, size, records, time range, state."
+        )
+
+        @Argument(help: "The WAL directory.")
+        var directory: String
+
+        @OptionGroup var output: OutputOptions
+
+        func run() async throws {
+            let inspector = try openInspector(self.directory)
+            let segments = try inspector.segments()
+            if self.output.json {
+                try printJSON(segments)
+                return
+            }
+            var rows = [
+                ["SEGMENT", "FIRST_LSN", "LAST_LSN", "EVENTS", "RECORDS", "DATA", "FILE", "OLDEST", "NEWEST", "STATE"]
+            ]
+            for segment in segments {
+                rows.append([
+                    segment.name,
+                    "\(segment.firstLSN)",
+                    segment.events > 0 ? "\(segment.nextLSN.rawValue - 1)" : "-",
+                    "\(segment.events)",
+                    "\(segment.records)",
+                    formatBytes(segment.dataEnd),
+                    formatBytes(segment.fileBytes),
+                    formatTime(segment.minTimestampNanos),
+                    formatTime(segment.maxTimestampNanos),
+                    segment.state.rawValue + (segment.damage.isEmpty ? "" : " (damaged)"),
+                ])
+            }
+            print(table(rows))
+        }
+    }
+
+    struct Stat: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Totals, disk pressure, and each cursor's lag in events, bytes and age."
+        )
+
+        @Argument(help: "The WAL directory.")
+        var directory: String
+
+        @Option(help: "The WAL budget in bytes the pressure is computed against.")
+        var maxBytes: Int64 = DiskBudget().maxBytes
+
+        @OptionGroup var output: OutputOptions
+
+        func run() async throws {
+            let inspector = try openInspector(self.directory)
+            let stat = try inspector.stat(budget: DiskBudget(maxBytes: self.maxBytes))
+            if self.output.json {
+                try printJSON(stat)
+                return
+            }
+            print("directory:   \(stat.directory)")
+            print("writer:      \(stat.writerPID.map { "running (pid \($0))" } ?? "none")")
+            print(
+                "segments:    \(stat.segments) (\(formatBytes(stat.bytes)) of a \(formatBytes(stat.budgetBytes)) budget)"
+            )
+            print("events:      LSN \(stat.firstLSN) ..< \(stat.nextLSN) in \(stat.records) records")
+            print("volume free: \(formatBytes(stat.volumeAvailableBytes))")
+            print("pressure:    \(stat.pressure.rawValue)")
+            print("quarantine:  \(stat.quarantinedFiles) file(s)")
+            if stat.cursors.isEmpty {
+                print("cursors:     none (nothing consumes this WAL yet; no segment is deleted)")
+                return
+            }
+            print("")
+            var rows = [["CURSOR", "LSN", "LAG_EVENTS", "LAG_BYTES", "OLDEST_UNCONSUMED", "UPDATED"]]
+            for cursor in stat.cursors {
+                rows.append([
+                    cursor.name, "\(cursor.lsn)", "\(cursor.lagEvents)", formatBytes(cursor.lagBytes),
+                    cursor.oldestUnconsumedAgeSeconds.map { String(format: "%.1f s", $0) } ?? "-",
+                    formatTime(cursor.updatedNanos),
+                ])
+            }
+            print(table(rows))
+        }
+    }
+
+    struct Dump: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print records and the events inside them, from an LSN on."
+        )
+
+        @Argument(help: "The WAL directory.")
+        var directory: String
+
+        @Option(help: "The first LSN to show.")
+        var from: UInt64 = 0
+
+        @Option(help: "Most events to show.")
+        var limit: Int?
+
+        @OptionGroup var output: OutputOptions
+
+        struct EventLine: Encodable {
+            var lsn: UInt64
+            var recordLSN: UInt64
+            var segment: String
+            var offset: Int64
+            var timestamp: String
+            /// The event as text when it is UTF-8 (Sluice events are JSON), else nil.
+            var event: String?
+            var eventBase64: String?
+        }
+
+        struct DamageLine: Encodable {
+            var damage: Damage
+        }
+
+        func run() async throws {
+            let inspector = try openInspector(self.directory)
+            var shown = 0
+            let from = LSN(self.from)
+            let limit = self.limit ?? .max
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            try inspector.records(from: from) { item in
+                switch item {
+                case .damage(let damage):
+                    if self.output.json {
+                        print(String(decoding: try encoder.encode(DamageLine(damage: damage)), as: UTF8.self))
+                    } else {
+                        print("!! damage: \(damage)")
+                    }
+                case .record(let record, let segment, let offset):
+                    for (index, event) in record.events.enumerated() {
+                        let lsn = record.lsn + UInt64(index)
+                        guard lsn >= from else { continue }
+                        guard shown < limit else { return false }
+                        shown += 1
+                        let text = String(validating: event, as: UTF8.self)
+                        if self.output.json {
+                            let line = EventLine(
+                                lsn: lsn.rawValue,
+                                recordLSN: record.lsn.rawValue,
+                                segment: segment,
+                                offset: offset,
+                                timestamp: formatTime(record.timestampNanos),
+                                event: text,
+                                eventBase64: text == nil ? Data(event).base64EncodedString() : nil
+                            )
+                            print(String(decoding: try encoder.encode(line), as: UTF8.self))
+                        } else {
+                            let body = text ?? "base64:" + Data(event).base64EncodedString()
+                            print("\(lsn)\t\(formatTime(record.timestampNanos))\t\(segment)@\(offset)\t\(body)")
+                        }
+                    }
+                }
+                return shown < limit
+            }
+        }
+    }
+
+    struct Verify: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check every frame's checksums, LSN continuity, footers and cursors.",
+            discussion: "Exit status: 0 clean, 1 damage found (each range printed), 2 directory unusable."
+        )
+
+        @Argument(help: "The WAL directory.")
+        var directory: String
+
+        @OptionGroup var output: OutputOptions
+
+        func run() async throws {
+            let inspector = try openInspector(self.directory)
+            let report: VerifyReport
+            do {
+                report = try inspector.verify()
+            } catch {
+                printError("sluice: \(describe(error))")
+                throw ExitStatus.unusable
+            }
+            if self.output.json {
+                try printJSON(report)
+            } else {
+                for problem in report.problems {
+                    var line = "DAMAGE \(problem.segment ?? "-"): \(problem.detail)"
+                    if let first = problem.firstLSN, let last = problem.lastLSN {
+                        line += "; lost LSN \(first)...\(last)"
+                    }
+                    print(line)
+                }
+                for note in report.notes { print("note: \(note)") }
+                print(
+                    "\(report.isClean ? "clean" : "DAMAGED"): \(report.segments) segment(s), \(report.records) record(s), "
+                        + "\(report.problems.count) problem(s)"
+                )
+            }
+            if !report.isClean { throw ExitStatus.damaged }
+        }
+    }
+
+    struct CursorCommand: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "cursor",
+            abstract: "Show cursors, or move one (only with --force and no writer running)."
+        )
+
+        @Argument(help: "The WAL directory.")
+        var directory: String
+
+        @Argument(help: "A cursor name; all cursors when omitted.")
+        var name: String?
+
+        @Option(help: "Move the cursor to this LSN (events below it count as consumed).")
+        var set: UInt64?
+
+        @Flag(help: "Required with --set: moving a cursor forward skips events, backward resends them.")
+        var force = false
+
+        @OptionGroup var output: OutputOptions
+
+        func validate() throws {
+            if self.set != nil && self.name == nil { throw ValidationError("--set needs a cursor name") }
+            if self.set != nil && !self.force {
+                throw ValidationError("--set changes what the forwarder sends next; add --force to confirm")
+            }
+        }
+
+        func run() async throws {
+            let inspector = try openInspector(self.directory)
+            if let lsn = self.set, let name = self.name {
+                do {
+                    let before = try inspector.cursors().first { $0.name == name }
+                    let after = try inspector.setCursor(name, to: LSN(lsn))
+                    if self.output.json {
+                        try printJSON(after)
+                    } else {
+                        print("cursor \(name): \(before.map { "\($0.lsn)" } ?? "(new)") -> \(after.lsn)")
+                    }
+                } catch let error as WALError where error.code == .locked {
+                    printError("sluice: \(error.message); stop the gateway before moving a cursor")
+                    throw ExitCode.failure
+                }
+                return
+            }
+            var cursors = try inspector.cursors()
+            if let name = self.name {
+                cursors = cursors.filter { $0.name == name }
+                if cursors.isEmpty {
+                    printError("sluice: no cursor named \(name) in \(self.directory)")
+                    throw ExitCode.failure
+                }
+            }
+            if self.output.json {
+                try printJSON(cursors)
+                return
+            }
+            var rows = [["CURSOR", "LSN", "GENERATION", "UPDATED"]]
+            for cursor in cursors {
+                rows.append([cursor.name, "\(cursor.lsn)", "\(cursor.generation)", formatTime(cursor.updatedNanos)])
+            }
+            print(table(rows))
+        }
+    }
+}
