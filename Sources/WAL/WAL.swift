@@ -158,7 +158,9 @@ public final class WAL: Sendable {
         try fileSystem.makeDirectory(directory + "/" + Quarantine.directoryName)
         let lockFD = try fileSystem.lockExclusive(directory + "/wal.lock")
         // A spare left by an earlier run may be half-filled: start over.
-        if fileSystem.fileExists(directory + "/" + Self.spareName) { try? fileSystem.unlink(directory + "/" + Self.spareName) }
+        if fileSystem.fileExists(directory + "/" + Self.spareName) {
+            try? fileSystem.unlink(directory + "/" + Self.spareName)
+        }
         let writer = WriterContext()
         do {
             var report = RecoveryReport()
@@ -675,7 +677,12 @@ public final class WAL: Sendable {
             var offset: Int64 = 0
             while offset < size {
                 let count = Int(min(Int64(chunk), size - offset))
-                try self.fileSystem.pwrite(fd, UnsafeRawBufferPointer(rebasing: zeros[0..<count]), at: offset, path: path)
+                try self.fileSystem.pwrite(
+                    fd,
+                    UnsafeRawBufferPointer(rebasing: zeros[0..<count]),
+                    at: offset,
+                    path: path
+                )
                 offset += Int64(count)
             }
             try self.fileSystem.fdatasync(fd, path: path)
@@ -706,7 +713,9 @@ public final class WAL: Sendable {
     private func refreshPressure() {
         let volume = try? self.fileSystem.volumeSpace(self.configuration.directory)
         let budget = self.configuration.budget
-        let spareBytes: Int64 = self.spare.withLock { if case .none = $0 { 0 } else { self.configuration.segmentBytes } }
+        let spareBytes: Int64 = self.spare.withLock {
+            if case .none = $0 { 0 } else { self.configuration.segmentBytes }
+        }
         let (old, new, bytes) = self.catalog.withLock { catalog -> (Pressure, Pressure, Int64) in
             let old = catalog.pressure
             catalog.volumeAvailable = volume?.available ?? catalog.volumeAvailable

@@ -175,7 +175,8 @@ extension WALCommand {
                     result.fsyncBusyFraction * 100
                 ),
                 String(
-                    format: "  ratios:        %.2fx raw syncs/s, %.2fx raw 1 MiB bandwidth, %.2fx raw at the WAL's batch size",
+                    format:
+                        "  ratios:        %.2fx raw syncs/s, %.2fx raw 1 MiB bandwidth, %.2fx raw at the WAL's batch size",
                     result.ratioToRawSyncs,
                     result.ratioToRawBandwidth,
                     result.ratioToRawSameBatch
@@ -202,7 +203,8 @@ struct RawSyncBaseline {
         // Zero-filled like the WAL's segments, so both measure overwrites of written extents.
         let zeros = [UInt8](repeating: 0, count: 1 << 20)
         for offset in stride(from: Int64(0), to: Self.fileBytes, by: zeros.count) {
-            guard zeros.withUnsafeBytes({ pwrite(self.fd, $0.baseAddress, $0.count, off_t(offset)) }) == zeros.count else {
+            guard zeros.withUnsafeBytes({ pwrite(self.fd, $0.baseAddress, $0.count, off_t(offset)) }) == zeros.count
+            else {
                 throw WALError(.io, "cannot zero-fill \(self.path)", errno: errno)
             }
         }

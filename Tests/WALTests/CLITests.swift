@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import WAL
 
 /// The `sluice wal` commands as an operator runs them: the real binary, real directories.
@@ -11,7 +12,8 @@ import Testing
         let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
         _ = try await wal.openCursor("forwarder")
         for index in 0..<30 {
-            _ = try await wal.append([Array("{\"n\":\(index),\"pad\":\"\(String(repeating: "x", count: 4000))\"}".utf8)])
+            _ = try await wal.append([Array("{\"n\":\(index),\"pad\":\"\(String(repeating: "x", count: 4000))\"}".utf8)]
+            )
         }
         try await wal.commitCursor("forwarder", to: LSN(3))
         await wal.close()

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
+
 @_spi(Testing) @testable import WAL
 
 /// One acknowledgement printed by `sluice wal torture`.
@@ -110,7 +111,9 @@ final class TortureChild: @unchecked Sendable {
         #expect(missing == 0)
         #expect(Set(everything.map(\.lsn)).count == everything.count, "an LSN was acknowledged twice")
         #expect(try WALInspector(directory: wal).verify().isClean)
-        print("crash test: \(Self.rounds) SIGKILLs, \(everything.count) acknowledged appends checked, \(truncations) torn tails truncated")
+        print(
+            "crash test: \(Self.rounds) SIGKILLs, \(everything.count) acknowledged appends checked, \(truncations) torn tails truncated"
+        )
     }
 
     static func check(_ acks: [Ack], in directory: String, round: UInt64) throws {

@@ -1,0 +1,236 @@
+/// The request body formats the gateway accepts.
+public enum BodyFormat: String, Sendable, CaseIterable {
+    /// `application/json`: one object, or (batch) an array of objects.
+    case json = "application/json"
+    /// `application/x-ndjson`: one JSON object per line.
+    case ndjson = "application/x-ndjson"
+    /// `text/csv`: a header row naming the fields, then one event per row.
+    case csv = "text/csv"
+    /// `application/x-www-form-urlencoded`: one event's fields.
+    case form = "application/x-www-form-urlencoded"
+    /// `text/plain` holding JSON, as `navigator.sendBeacon` sends strings.
+    case textJSON = "text/plain"
+
+    /// The format for a `Content-Type` header value (parameters such as `charset` ignored).
+    public init?(contentType: String?) {
+        guard let contentType else { return nil }
+        let type = contentType.split(separator: ";").first.map { String($0).lowercased() } ?? ""
+        switch type.trimmingSpaces() {
+        case "application/json": self = .json
+        case "application/x-ndjson", "application/jsonl", "application/jsonlines", "application/json-seq":
+            self = .ndjson
+        case "text/csv": self = .csv
+        case "application/x-www-form-urlencoded": self = .form
+        case "text/plain": self = .textJSON
+        default: return nil
+        }
+    }
+}
+
+/// One event's worth of input, before validation.
+public enum DecodedItem: Sendable, Equatable {
+    case json(JSONValue)
+    case fields([Field])
+    /// This item could not be read at all; the others still count.
+    case unreadable(String)
+
+    public struct Field: Sendable, Equatable {
+        public var name: String
+        public var value: String
+        public init(_ name: String, _ value: String) {
+            self.name = name
+            self.value = value
+        }
+    }
+}
+
+/// The body as a whole cannot be read (answered with 400 and `detail`).
+public struct BodyError: Error, Sendable, Equatable {
+    public var detail: String
+    public init(_ detail: String) { self.detail = detail }
+}
+
+/// Turns a request body into items, one per event.
+public enum BodyDecoder {
+    /// - Parameters:
+    ///   - batch: whether the route takes several events (`/v1/events/batch`).
+    ///   - maxEvents: more items than this is an error the caller maps to 413.
+    /// - Throws: ``BodyError`` when the body as a whole is malformed.
+    public static func decode(_ body: [UInt8], format: BodyFormat, batch: Bool) throws(BodyError) -> [DecodedItem] {
+        switch format {
+        case .json, .textJSON:
+            let value: JSONValue
+            do {
+                value = try JSONParser.parse(body)
+            } catch {
+                throw BodyError("the body is not valid JSON: \(error)")
+            }
+            if case .array(let elements) = value {
+                guard batch else {
+                    throw BodyError("this endpoint takes one event object; send arrays to /v1/events/batch")
+                }
+                return elements.map { .json($0) }
+            }
+            return [.json(value)]
+        case .ndjson:
+            var items: [DecodedItem] = []
+            var firstError: String?
+            for (number, line) in Self.lines(body) {
+                if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
+                do {
+                    items.append(.json(try JSONParser.parse(line)))
+                } catch {
+                    let message = "line \(number): \(error.message) at column \(error.column)"
+                    firstError = firstError ?? message
+                    items.append(.unreadable(message))
+                }
+            }
+            if let firstError, !items.contains(where: { if case .json = $0 { true } else { false } }) {
+                throw BodyError("the body is not NDJSON: \(firstError)")
+            }
+            return items
+        case .csv:
+            return try Self.csv(body)
+        case .form:
+            return [.fields(try Self.form(body))]
+        }
+    }
+
+    /// Lines with their 1-based numbers.
+    static func lines(_ body: [UInt8]) -> [(Int, ArraySlice<UInt8>)] {
+        var result: [(Int, ArraySlice<UInt8>)] = []
+        var start = 0
+        var number = 1
+        for index in body.indices where body[index] == 0x0A {
+            result.append((number, body[start..<index]))
+            start = index + 1
+            number += 1
+        }
+        if start < body.count { result.append((number, body[start...])) }
+        return result
+    }
+
+    /// RFC 4180 CSV with a header row. Rows whose column count differs from the header's are
+    /// reported one by one.
+    static func csv(_ body: [UInt8]) throws(BodyError) -> [DecodedItem] {
+        var rows: [(line: Int, cells: [String])] = []
+        var cells: [String] = []
+        var cell: [UInt8] = []
+        var inQuotes = false
+        var line = 1
+        var rowLine = 1
+        var index = 0
+        var cellStarted = false
+        func endCell() {
+            cells.append(String(decoding: cell, as: UTF8.self))
+            cell.removeAll(keepingCapacity: true)
+            cellStarted = false
+        }
+        func endRow() {
+            endCell()
+            if !(cells.count == 1 && cells[0].isEmpty) { rows.append((rowLine, cells)) }
+            cells = []
+        }
+        while index < body.count {
+            let byte = body[index]
+            if inQuotes {
+                if byte == 0x22 {
+                    if index + 1 < body.count && body[index + 1] == 0x22 {
+                        cell.append(0x22)
+                        index += 1
+                    } else {
+                        inQuotes = false
+                    }
+                } else {
+                    if byte == 0x0A { line += 1 }
+                    cell.append(byte)
+                }
+            } else {
+                switch byte {
+                case 0x22:
+                    guard !cellStarted && cell.isEmpty else {
+                        throw BodyError("CSV line \(line): a quote inside an unquoted field")
+                    }
+                    inQuotes = true
+                    cellStarted = true
+                case 0x2C:
+                    endCell()
+                case 0x0A:
+                    endRow()
+                    line += 1
+                    rowLine = line
+                case 0x0D:
+                    break
+                default:
+                    cell.append(byte)
+                }
+            }
+            index += 1
+        }
+        if inQuotes { throw BodyError("CSV line \(rowLine): unterminated quoted field") }
+        if !cell.isEmpty || !cells.isEmpty || cellStarted { endRow() }
+        guard let header = rows.first else { throw BodyError("CSV body has no header row") }
+        let names = header.cells.map { $0.trimmingSpaces() }
+        guard names.contains("action") || names.contains("user_id") else {
+            throw BodyError(
+                "CSV header row must name the fields (action, user_id, ...); found \(names.joined(separator: ","))"
+            )
+        }
+        return rows.dropFirst().map { row in
+            guard row.cells.count == names.count else {
+                return .unreadable("CSV line \(row.line): \(row.cells.count) fields, the header has \(names.count)")
+            }
+            return .fields(zip(names, row.cells).map { DecodedItem.Field($0, $1) })
+        }
+    }
+
+    /// `application/x-www-form-urlencoded` (also query strings).
+    public static func form(_ body: some Collection<UInt8>) throws(BodyError) -> [DecodedItem.Field] {
+        var fields: [DecodedItem.Field] = []
+        for pair in body.split(separator: UInt8(ascii: "&"), omittingEmptySubsequences: true) {
+            let parts = pair.split(separator: UInt8(ascii: "="), maxSplits: 1, omittingEmptySubsequences: false)
+            let name = try Self.percentDecode(parts[0])
+            let value = parts.count > 1 ? try Self.percentDecode(parts[1]) : ""
+            fields.append(DecodedItem.Field(name, value))
+        }
+        return fields
+    }
+
+    static func percentDecode(_ bytes: some Collection<UInt8>) throws(BodyError) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        var iterator = bytes.makeIterator()
+        func hex(_ byte: UInt8?) -> UInt8? {
+            switch byte {
+            case .some(let b) where (0x30...0x39).contains(b): return b - 0x30
+            case .some(let b) where (0x41...0x46).contains(b): return b - 0x41 + 10
+            case .some(let b) where (0x61...0x66).contains(b): return b - 0x61 + 10
+            default: return nil
+            }
+        }
+        while let byte = iterator.next() {
+            switch byte {
+            case UInt8(ascii: "+"): out.append(0x20)
+            case UInt8(ascii: "%"):
+                guard let high = hex(iterator.next()), let low = hex(iterator.next()) else {
+                    throw BodyError("malformed percent-encoding in form data")
+                }
+                out.append(high << 4 | low)
+            default: out.append(byte)
+            }
+        }
+        guard let text = String(validating: out, as: UTF8.self) else {
+            throw BodyError("form data is not UTF-8")
+        }
+        return text
+    }
+}
+
+extension String {
+    func trimmingSpaces() -> String {
+        var scalars = Substring(self)
+        while scalars.first == " " || scalars.first == "\t" { scalars.removeFirst() }
+        while scalars.last == " " || scalars.last == "\t" { scalars.removeLast() }
+        return String(scalars)
+    }
+}

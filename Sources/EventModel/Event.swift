@@ -1,0 +1,370 @@
+/// One user action, validated and normalized: what the gateway writes to the WAL and the
+/// forwarder sends to Kafka.
+public struct Event: Sendable, Equatable {
+    /// Lower-case UUID: the client's idempotency key, or a UUIDv7 the gateway assigned.
+    public var eventID: String
+    /// A short identifier such as `page_view` or `click`.
+    public var action: String
+    public var userID: String
+    /// When it happened, unix milliseconds (the client's clock, or the receive time).
+    public var timestampMillis: Int64
+    public var page: String?
+    public var object: String?
+    public var referrer: String?
+    public var sessionID: String?
+    /// A JSON object of free-form fields.
+    public var properties: JSONValue?
+
+    public static let schemaVersion = 1
+}
+
+/// What the gateway knows about the request an event came in.
+public struct RequestOrigin: Sendable, Equatable {
+    public var receivedAtMillis: Int64
+    public var clientIP: String?
+    public var userAgent: String?
+    public var gatewayID: String
+    /// The authenticated client or API key name.
+    public var source: String?
+
+    public init(
+        receivedAtMillis: Int64,
+        clientIP: String?,
+        userAgent: String?,
+        gatewayID: String,
+        source: String? = nil
+    ) {
+        self.receivedAtMillis = receivedAtMillis
+        self.clientIP = clientIP
+        self.userAgent = userAgent
+        self.gatewayID = gatewayID
+        self.source = source
+    }
+}
+
+/// Bounds on what the gateway accepts.
+public struct EventLimits: Sendable, Equatable {
+    /// Largest `properties` object, serialized. Default: 16 KiB.
+    public var maxPropertiesBytes = 16 << 10
+    /// How far ahead of the receive time a timestamp may be. Default: 10 minutes.
+    public var maxFutureMillis: Int64 = 10 * 60 * 1000
+    /// How far behind the receive time a timestamp may be. Default: 30 days.
+    public var maxPastMillis: Int64 = 30 * 24 * 3600 * 1000
+    /// Longest `user_id`, `object`, `session_id`. Default: 256 bytes.
+    public var maxIdentifierBytes = 256
+    /// Longest `page` and `referrer` URL. Default: 4096 bytes.
+    public var maxURLBytes = 4096
+
+    public init() {}
+}
+
+/// A problem with one field of one event, located by a JSON Pointer (RFC 6901).
+public struct FieldError: Sendable, Equatable, CustomStringConvertible {
+    public var pointer: String
+    public var detail: String
+
+    public init(pointer: String, detail: String) {
+        self.pointer = pointer
+        self.detail = detail
+    }
+
+    public var description: String { "\(self.pointer): \(self.detail)" }
+}
+
+/// Why an event was refused: one entry per bad field.
+public struct EventErrors: Error, Sendable, Equatable {
+    public var errors: [FieldError]
+    public init(_ errors: [FieldError]) { self.errors = errors }
+}
+
+extension Event {
+    static let knownFields: Set<String> = [
+        "event_id", "action", "user_id", "timestamp", "page", "object", "referrer", "session_id", "properties",
+    ]
+
+    /// Validates a JSON object as an event. Unknown fields are errors: custom data belongs in
+    /// `properties`, and a misspelled field should not vanish silently.
+    ///
+    /// - Parameter pointer: the JSON Pointer of the object in the request (`""` or `"/3"`).
+    public static func validate(
+        _ value: JSONValue,
+        pointer: String,
+        origin: RequestOrigin,
+        limits: EventLimits
+    ) -> Result<Event, EventErrors> {
+        guard case .object(let members) = value else {
+            return .failure(
+                EventErrors([
+                    FieldError(pointer: pointer, detail: "an event must be a JSON object, not \(value.typeName)")
+                ])
+            )
+        }
+        var builder = Builder(pointer: pointer, origin: origin, limits: limits)
+        var seen: Set<String> = []
+        for (key, member) in members {
+            guard seen.insert(key).inserted else {
+                builder.fail(key, "appears more than once")
+                continue
+            }
+            switch key {
+            case "properties":
+                builder.properties(member)
+            case "timestamp":
+                switch member {
+                case .number(let text): builder.timestamp(epochMillis: text)
+                case .string(let text): builder.timestamp(text)
+                case .null: break
+                default: builder.fail(key, "must be an RFC 3339 string or epoch milliseconds, not \(member.typeName)")
+                }
+            case "user_id":
+                switch member {
+                case .string(let text): builder.set(key, text)
+                case .number(let text) where !text.contains(".") && !text.contains("e") && !text.contains("E"):
+                    builder.set(key, text)
+                default: builder.fail(key, "must be a string (or an integer), not \(member.typeName)")
+                }
+            case _ where Self.knownFields.contains(key):
+                switch member {
+                case .string(let text): builder.set(key, text)
+                case .null: break
+                default: builder.fail(key, "must be a string, not \(member.typeName)")
+                }
+            default:
+                builder.fail(key, "is not an event field; put custom data in \"properties\"")
+            }
+        }
+        return builder.finish()
+    }
+
+    /// Validates flat key-value input (form bodies, pixel query strings, CSV rows): the
+    /// known fields by name, `properties` as a JSON object string, and any other key as a
+    /// string property.
+    public static func validate(
+        fields: [(String, String)],
+        pointer: String,
+        origin: RequestOrigin,
+        limits: EventLimits
+    ) -> Result<Event, EventErrors> {
+        var builder = Builder(pointer: pointer, origin: origin, limits: limits)
+        var extra: [(String, JSONValue)] = []
+        var seen: Set<String> = []
+        for (key, value) in fields {
+            guard seen.insert(key).inserted else {
+                builder.fail(key, "appears more than once")
+                continue
+            }
+            switch key {
+            case "properties":
+                guard !value.isEmpty else { continue }
+                do {
+                    builder.properties(try JSONParser.parse(Array(value.utf8)))
+                } catch {
+                    builder.fail(key, "is not valid JSON: \(error)")
+                }
+            case "timestamp":
+                if value.isEmpty { continue }
+                if value.utf8.allSatisfy({ (0x30...0x39).contains($0) || $0 == UInt8(ascii: "-") }) {
+                    builder.timestamp(epochMillis: value)
+                } else {
+                    builder.timestamp(value)
+                }
+            case _ where Self.knownFields.contains(key):
+                if !value.isEmpty || key == "action" || key == "user_id" { builder.set(key, value) }
+            default:
+                let property = key.hasPrefix("properties.") ? String(key.dropFirst("properties.".count)) : key
+                extra.append((property, .string(value)))
+            }
+        }
+        if !extra.isEmpty { builder.mergeProperties(extra) }
+        return builder.finish()
+    }
+
+    /// The event as the gateway stores and forwards it: one compact UTF-8 JSON object.
+    public func normalizedJSON(origin: RequestOrigin) -> [UInt8] {
+        var writer = JSONWriter(capacity: 256 + (self.page?.utf8.count ?? 0))
+        writer.raw("{")
+        writer.member("event_id", self.eventID, first: true)
+        writer.member("action", self.action)
+        writer.member("user_id", self.userID)
+        writer.member("timestamp", Timestamp.format(millis: self.timestampMillis))
+        writer.member("received_at", Timestamp.format(millis: origin.receivedAtMillis))
+        if let page = self.page { writer.member("page", page) }
+        if let object = self.object { writer.member("object", object) }
+        if let referrer = self.referrer { writer.member("referrer", referrer) }
+        if let session = self.sessionID { writer.member("session_id", session) }
+        if let properties = self.properties {
+            writer.raw(",\"properties\":")
+            writer.write(properties)
+        }
+        if let ip = origin.clientIP { writer.member("client_ip", ip) }
+        if let agent = origin.userAgent { writer.member("user_agent", agent) }
+        writer.member("gateway_id", origin.gatewayID)
+        if let source = origin.source { writer.member("source", source) }
+        writer.raw(",\"schema_version\":\(Self.schemaVersion)}")
+        return writer.bytes
+    }
+}
+
+/// Collects fields and errors for one event.
+private struct Builder {
+    let pointer: String
+    let origin: RequestOrigin
+    let limits: EventLimits
+    var errors: [FieldError] = []
+    var eventID: String?
+    var action: String?
+    var userID: String?
+    var timestampMillis: Int64?
+    var page: String?
+    var object: String?
+    var referrer: String?
+    var sessionID: String?
+    var properties: [(String, JSONValue)]?
+
+    init(pointer: String, origin: RequestOrigin, limits: EventLimits) {
+        self.pointer = pointer
+        self.origin = origin
+        self.limits = limits
+    }
+
+    mutating func fail(_ field: String, _ detail: String) {
+        self.errors.append(FieldError(pointer: self.pointer + "/" + escapePointer(field), detail: detail))
+    }
+
+    mutating func set(_ field: String, _ value: String) {
+        switch field {
+        case "event_id":
+            guard let uuid = UUIDText.normalize(value) else {
+                self.fail(field, "must be a UUID such as 0190f5d2-7a3c-7cc2-9b4e-3f6a1d2c4b5a")
+                return
+            }
+            self.eventID = uuid
+        case "action":
+            guard Self.isIdentifier(value) else {
+                self.fail(field, "must be 1-64 characters: a lower-case letter, then a-z, 0-9, '_', '.', '-'")
+                return
+            }
+            self.action = value
+        case "user_id":
+            guard !value.isEmpty, value.utf8.count <= self.limits.maxIdentifierBytes else {
+                self.fail(field, "must be 1-\(self.limits.maxIdentifierBytes) bytes")
+                return
+            }
+            self.userID = value
+        case "object", "session_id":
+            guard value.utf8.count <= self.limits.maxIdentifierBytes else {
+                self.fail(field, "must be at most \(self.limits.maxIdentifierBytes) bytes")
+                return
+            }
+            if field == "object" { self.object = value } else { self.sessionID = value }
+        case "page", "referrer":
+            guard value.utf8.count <= self.limits.maxURLBytes else {
+                self.fail(field, "must be at most \(self.limits.maxURLBytes) bytes")
+                return
+            }
+            if field == "page" { self.page = value } else { self.referrer = value }
+        default:
+            self.fail(field, "is not an event field")
+        }
+    }
+
+    static func isIdentifier(_ text: String) -> Bool {
+        let bytes = Array(text.utf8)
+        guard (1...64).contains(bytes.count), (0x61...0x7A).contains(bytes[0]) else { return false }
+        return bytes.allSatisfy {
+            (0x61...0x7A).contains($0) || (0x30...0x39).contains($0) || $0 == 0x5F || $0 == 0x2E || $0 == 0x2D
+        }
+    }
+
+    mutating func timestamp(_ text: String) {
+        guard let millis = Timestamp.parse(text) else {
+            self.fail("timestamp", "must be RFC 3339 (2026-11-22T10:15:30.250Z) or epoch milliseconds")
+            return
+        }
+        self.checkBounds(millis)
+    }
+
+    mutating func timestamp(epochMillis text: String) {
+        guard let millis = Int64(text) else {
+            self.fail("timestamp", "a numeric timestamp must be whole epoch milliseconds")
+            return
+        }
+        self.checkBounds(millis)
+    }
+
+    private mutating func checkBounds(_ millis: Int64) {
+        let received = self.origin.receivedAtMillis
+        if millis > received + self.limits.maxFutureMillis {
+            self.fail("timestamp", "is more than \(self.limits.maxFutureMillis / 1000) s in the future")
+        } else if millis < received - self.limits.maxPastMillis {
+            self.fail("timestamp", "is more than \(self.limits.maxPastMillis / 86_400_000) days in the past")
+        } else {
+            self.timestampMillis = millis
+        }
+    }
+
+    mutating func properties(_ value: JSONValue) {
+        switch value {
+        case .null: return
+        case .object(let members): self.mergeProperties(members)
+        default: self.fail("properties", "must be a JSON object, not \(value.typeName)")
+        }
+    }
+
+    mutating func mergeProperties(_ members: [(String, JSONValue)]) {
+        self.properties = (self.properties ?? []) + members
+    }
+
+    func finish() -> Result<Event, EventErrors> {
+        var errors = self.errors
+        if self.action == nil && !errors.contains(where: { $0.pointer.hasSuffix("/action") }) {
+            errors.append(FieldError(pointer: self.pointer + "/action", detail: "is required"))
+        }
+        if self.userID == nil && !errors.contains(where: { $0.pointer.hasSuffix("/user_id") }) {
+            errors.append(FieldError(pointer: self.pointer + "/user_id", detail: "is required"))
+        }
+        var properties: JSONValue?
+        if let members = self.properties {
+            let value = JSONValue.object(members)
+            var writer = JSONWriter()
+            writer.write(value)
+            if writer.bytes.count > self.limits.maxPropertiesBytes {
+                errors.append(
+                    FieldError(
+                        pointer: self.pointer + "/properties",
+                        detail: "is \(writer.bytes.count) bytes; the limit is \(self.limits.maxPropertiesBytes)"
+                    )
+                )
+            }
+            properties = value
+        }
+        guard errors.isEmpty, let action = self.action, let userID = self.userID else {
+            return .failure(EventErrors(errors))
+        }
+        return .success(
+            Event(
+                eventID: self.eventID ?? UUIDText.v7(millis: self.origin.receivedAtMillis),
+                action: action,
+                userID: userID,
+                timestampMillis: self.timestampMillis ?? self.origin.receivedAtMillis,
+                page: self.page,
+                object: self.object,
+                referrer: self.referrer,
+                sessionID: self.sessionID,
+                properties: properties
+            )
+        )
+    }
+}
+
+/// Escapes a key for use in a JSON Pointer (RFC 6901).
+public func escapePointer(_ key: String) -> String {
+    key.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
+}
+
+extension String {
+    fileprivate func replacingOccurrences(of target: String, with replacement: String) -> String {
+        guard self.contains(target) else { return self }
+        return self.split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
+    }
+}

@@ -1,0 +1,139 @@
+import EventModel
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+import WAL
+
+/// Closes the WAL when the service group shuts down. Listed before the HTTP server, so it
+/// stops after it: no request can be left waiting on a closed log.
+public struct WALService: Service {
+    public let wal: WAL
+
+    public init(wal: WAL) { self.wal = wal }
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await self.wal.close()
+    }
+}
+
+/// Builds the gateway's router: ingest routes, health, readiness and metrics.
+///
+/// - Parameters:
+///   - wal: where accepted events go; nil only with ``GatewayConfiguration/unsafeSkipWAL``.
+///   - registry: rendered at `/metrics`.
+public func buildGatewayRouter(
+    configuration: GatewayConfiguration,
+    wal: WAL?,
+    registry: PrometheusCollectorRegistry,
+    logger: Logger
+) -> Router<IngestRequestContext> {
+    let metrics = HTTPMetrics()
+    let ingest = Ingest(wal: wal, configuration: configuration, metrics: metrics, logger: logger)
+    let routes: [String: [HTTPRequest.Method]] = [
+        "/v1/events": [.post], "/v1/events/batch": [.post], "/v1/pixel": [.get, .head],
+        "/healthz": [.get], "/readyz": [.get], "/metrics": [.get],
+    ]
+    let router = Router(context: IngestRequestContext.self)
+    router.add(
+        middleware: AccessLogMiddleware(
+            logger: logger,
+            proxies: TrustedProxies(configuration.trustedProxies),
+            metrics: metrics,
+            routes: routes
+        )
+    )
+    if !configuration.corsAllowedOrigins.isEmpty {
+        let origins = configuration.corsAllowedOrigins
+        router.add(
+            middleware: CORSMiddleware(
+                allowOrigin: origins.contains("*") ? .all : .originBased,
+                allowHeaders: [.contentType, .contentEncoding, .xRequestID, .authorization],
+                allowMethods: [.get, .post, .options],
+                maxAge: .seconds(600)
+            )
+        )
+        if !origins.contains("*") { router.add(middleware: OriginAllowList(origins: Set(origins))) }
+    }
+    router.post("/v1/events") { request, context in try await ingest.events(request, context: context, batch: false) }
+    router.post("/v1/events/batch") { request, context in
+        try await ingest.events(request, context: context, batch: true)
+    }
+    router.get("/v1/pixel") { request, context in try await ingest.pixel(request, context: context) }
+    router.get("/healthz") { _, _ in Ingest.json(.ok, .object([("status", .string("ok"))])) }
+    router.get("/readyz") { _, _ in
+        guard let wal else {
+            return Ingest.json(.ok, .object([("status", .string("ready")), ("wal", .string("disabled (unsafe)"))]))
+        }
+        if wal.isWritable {
+            return Ingest.json(
+                .ok,
+                .object([("status", .string("ready")), ("wal_pressure", .string(wal.pressure.rawValue))])
+            )
+        }
+        let reason =
+            wal.pressure == .hard ? "the WAL is over its hard watermark" : (wal.lastWriteError ?? "the WAL is closed")
+        var response = Ingest.json(
+            .serviceUnavailable,
+            .object([
+                ("status", .string("unavailable")), ("reason", .string(reason)),
+                ("wal_pressure", .string(wal.pressure.rawValue)),
+            ])
+        )
+        response.headers[.retryAfter] = String(configuration.retryAfterSeconds)
+        return response
+    }
+    router.get("/metrics") { _, _ in
+        var headers = HTTPFields()
+        headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+        return Response(
+            status: .ok,
+            headers: headers,
+            body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer()))
+        )
+    }
+    return router
+}
+
+/// Refuses cross-origin browser requests from origins not on the list (CORS headers alone
+/// only stop the browser from reading the answer; the event would still be stored).
+struct OriginAllowList: RouterMiddleware {
+    typealias Context = IngestRequestContext
+    let origins: Set<String>
+
+    func handle(
+        _ request: Request,
+        context: IngestRequestContext,
+        next: (Request, IngestRequestContext) async throws -> Response
+    ) async throws -> Response {
+        if let origin = request.headers[.origin], !self.origins.contains(origin) {
+            throw Problem(
+                Problem.Kind(slug: "origin-not-allowed", title: "Origin not allowed", status: .forbidden),
+                "origin \(origin) is not allowed to send events here"
+            )
+        }
+        return try await next(request, context)
+    }
+}
+
+/// The gateway as a runnable Hummingbird application, with the WAL closed after the server
+/// stops.
+public func buildGatewayApplication(
+    configuration: GatewayConfiguration,
+    wal: WAL?,
+    registry: PrometheusCollectorRegistry,
+    logger: Logger,
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+) -> some ApplicationProtocol {
+    let router = buildGatewayRouter(configuration: configuration, wal: wal, registry: registry, logger: logger)
+    return Application(
+        router: router,
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sluice"),
+        services: wal.map { [WALService(wal: $0)] } ?? [],
+        onServerRunning: onServerRunning,
+        logger: logger
+    )
+}

@@ -1,0 +1,120 @@
+import EventModel
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Settings of the HTTP ingest API.
+public struct GatewayConfiguration: Sendable {
+    /// Address to listen on. Default: 127.0.0.1.
+    public var host = "127.0.0.1"
+    /// Port to listen on; 0 picks a free one. Default: 8080.
+    public var port = 8080
+    /// Written into every event as `gateway_id`. Default: the host name.
+    public var gatewayID = GatewayConfiguration.hostName()
+    /// Largest request body, compressed or not (checked again after decompression). Default: 5 MiB.
+    public var maxBodyBytes = 5 << 20
+    /// Most events in one batch request. Default: 1000.
+    public var maxBatchEvents = 1000
+    /// Field limits and timestamp bounds.
+    public var limits = EventLimits()
+    /// Peers whose `X-Forwarded-For` is believed: exact addresses or IPv4 CIDR blocks. Default: none.
+    public var trustedProxies: [String] = []
+    /// Origins allowed by CORS; `*` allows any. Default: none (no CORS headers).
+    public var corsAllowedOrigins: [String] = []
+    /// Longest a request waits for its WAL append before answering 503. Default: 150 ms,
+    /// inside the 200 ms acknowledgement contract.
+    public var appendTimeout: Duration = .milliseconds(150)
+    /// `Retry-After` seconds on 503. Default: 1.
+    public var retryAfterSeconds = 1
+    /// Benchmark only: accept events without writing them anywhere. Never set in production.
+    public var unsafeSkipWAL = false
+
+    public init() {}
+
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "sluice" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Throws a message naming the setting when a value cannot work.
+    public func validate() throws {
+        func fail(_ message: String) -> GatewayConfigurationError { GatewayConfigurationError(message: message) }
+        guard (0...65535).contains(self.port) else { throw fail("port \(self.port) is not 0-65535") }
+        guard self.maxBodyBytes >= 1024 else { throw fail("max body bytes \(self.maxBodyBytes) is below 1024") }
+        guard self.maxBatchEvents >= 1 else { throw fail("max batch events must be at least 1") }
+        guard self.appendTimeout > .zero else { throw fail("append timeout must be positive") }
+        for proxy in self.trustedProxies where TrustedProxies.parse(proxy) == nil {
+            throw fail("trusted proxy '\(proxy)' is neither an IP address nor an IPv4 CIDR block")
+        }
+    }
+}
+
+public struct GatewayConfigurationError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var description: String { self.message }
+}
+
+/// Decides which peers may speak for the client through `X-Forwarded-For`.
+struct TrustedProxies: Sendable {
+    enum Entry: Sendable, Equatable {
+        case exact(String)
+        case ipv4(network: UInt32, mask: UInt32)
+    }
+
+    let entries: [Entry]
+
+    init(_ specs: [String]) { self.entries = specs.compactMap(Self.parse) }
+
+    static func parse(_ spec: String) -> Entry? {
+        let parts = spec.split(separator: "/")
+        if parts.count == 2, let address = Self.ipv4(String(parts[0])), let bits = Int(parts[1]),
+            (0...32).contains(bits)
+        {
+            let mask: UInt32 = bits == 0 ? 0 : ~UInt32(0) << (32 - bits)
+            return .ipv4(network: address & mask, mask: mask)
+        }
+        guard parts.count == 1, Self.ipv4(spec) != nil || spec.contains(":") else { return nil }
+        return .exact(spec)
+    }
+
+    static func ipv4(_ text: String) -> UInt32? {
+        let octets = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard octets.count == 4 else { return nil }
+        var value: UInt32 = 0
+        for octet in octets {
+            guard let byte = UInt8(octet) else { return nil }
+            value = value << 8 | UInt32(byte)
+        }
+        return value
+    }
+
+    func contains(_ address: String) -> Bool {
+        let v4 = Self.ipv4(address)
+        return self.entries.contains { entry in
+            switch entry {
+            case .exact(let text): return text == address
+            case .ipv4(let network, let mask): return v4.map { $0 & mask == network } ?? false
+            }
+        }
+    }
+
+    /// The client address: the peer itself, unless the peer is a trusted proxy, in which case
+    /// the right-most `X-Forwarded-For` entry that is not a trusted proxy.
+    func clientAddress(peer: String?, forwardedFor: String?) -> String? {
+        guard let peer, self.contains(peer), let forwardedFor else { return peer }
+        let hops = forwardedFor.split(separator: ",").map { String($0).trimmingCharacters() }.filter { !$0.isEmpty }
+        for hop in hops.reversed() where !self.contains(hop) { return hop }
+        return hops.first ?? peer
+    }
+}
+
+extension String {
+    func trimmingCharacters() -> String {
+        var slice = Substring(self)
+        while slice.first == " " || slice.first == "\t" { slice.removeFirst() }
+        while slice.last == " " || slice.last == "\t" { slice.removeLast() }
+        return String(slice)
+    }
+}

@@ -1,0 +1,303 @@
+import CompressNIO
+import CoreMetrics
+import EventModel
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import Synchronization
+import WAL
+
+/// The ingest endpoints: read the body, validate each event, append the valid ones to the
+/// WAL as one record, and answer only after that record is durable.
+struct Ingest: Sendable {
+    let wal: WAL?
+    let configuration: GatewayConfiguration
+    let metrics: HTTPMetrics
+    let logger: Logger
+
+    static let singleFormats: [BodyFormat] = [.json, .form, .textJSON]
+    static let batchFormats: [BodyFormat] = [.json, .ndjson, .csv, .textJSON]
+
+    /// `POST /v1/events` and `POST /v1/events/batch`.
+    func events(_ request: Request, context: IngestRequestContext, batch: Bool) async throws -> Response {
+        let accepted = batch ? Self.batchFormats : Self.singleFormats
+        guard let format = BodyFormat(contentType: request.headers[.contentType]), accepted.contains(format) else {
+            throw Problem(
+                .unsupportedMediaType,
+                "Content-Type \(request.headers[.contentType] ?? "(none)") is not accepted here; use one of "
+                    + accepted.map(\.rawValue).joined(separator: ", "),
+                extensions: [("accepted_types", .array(accepted.map { .string($0.rawValue) }))]
+            )
+        }
+        let body = try await self.readBody(request)
+        let items: [DecodedItem]
+        do {
+            items = try BodyDecoder.decode(body, format: format, batch: batch)
+        } catch {
+            throw Problem(.malformed, error.detail)
+        }
+        guard !items.isEmpty else { throw Problem(.malformed, "the body holds no events") }
+        guard items.count <= self.configuration.maxBatchEvents else {
+            throw Problem(
+                .tooLarge,
+                "\(items.count) events in one request; the limit is \(self.configuration.maxBatchEvents)",
+                extensions: [("limit", .number(String(self.configuration.maxBatchEvents)))]
+            )
+        }
+        let origin = self.origin(request, context: context)
+        let results = items.enumerated().map { index, item in
+            Self.validate(item, pointer: batch ? "/\(index)" : "", origin: origin, limits: self.configuration.limits)
+        }
+        let valid = results.compactMap { try? $0.get() }
+        let errors = results.flatMap { result -> [FieldError] in
+            if case .failure(let failure) = result { return failure.errors }
+            return []
+        }
+        let atomic = request.uri.queryParameters["atomic"].map { $0 == "true" || $0 == "1" } ?? false
+        if valid.isEmpty || (atomic && !errors.isEmpty) {
+            let detail =
+                atomic && !valid.isEmpty
+                ? "\(errors.count) problem(s) in \(results.count - valid.count) event(s); nothing was accepted (atomic=true)"
+                : results.count == 1 ? "the event is invalid" : "none of the \(results.count) events is valid"
+            throw Problem(.invalidEvents, detail, errors: errors)
+        }
+        try await self.append(valid.map { $0.normalizedJSON(origin: origin) })
+        self.metrics.acceptedEvents.increment(by: Int64(valid.count))
+        self.metrics.acceptedBytes.increment(by: Int64(body.count))
+        if errors.isEmpty {
+            return Self.json(
+                .accepted,
+                .object([
+                    ("accepted", .number(String(valid.count))),
+                    ("event_ids", .array(valid.map { .string($0.eventID) })),
+                ])
+            )
+        }
+        // Some valid, some not: the valid ones are durable; say which is which.
+        self.metrics.rejectedEvents.increment(by: Int64(results.count - valid.count))
+        var ids = valid.map(\.eventID).makeIterator()
+        let perItem: [JSONValue] = results.enumerated().map { index, result in
+            switch result {
+            case .success:
+                return .object([
+                    ("index", .number(String(index))), ("status", .number("202")),
+                    ("event_id", .string(ids.next() ?? "")),
+                ])
+            case .failure(let failure):
+                let problems = failure.errors
+                return .object([
+                    ("index", .number(String(index))), ("status", .number("422")),
+                    (
+                        "errors",
+                        .array(
+                            problems.map {
+                                .object([("pointer", .string($0.pointer)), ("detail", .string($0.detail))])
+                            }
+                        )
+                    ),
+                ])
+            }
+        }
+        return Self.json(
+            HTTPResponse.Status(code: 207, reasonPhrase: "Multi-Status"),
+            .object([
+                ("accepted", .number(String(valid.count))),
+                ("rejected", .number(String(results.count - valid.count))),
+                ("results", .array(perItem)),
+            ])
+        )
+    }
+
+    /// `GET /v1/pixel?action=…&user_id=…`: for image beacons. Answers a 1×1 transparent GIF.
+    func pixel(_ request: Request, context: IngestRequestContext) async throws -> Response {
+        let query = Array((request.uri.query ?? "").utf8)
+        let fields: [DecodedItem.Field]
+        do {
+            fields = try BodyDecoder.form(query)
+        } catch {
+            throw Problem(.malformed, error.detail)
+        }
+        let origin = self.origin(request, context: context)
+        let event: Event
+        switch Self.validate(.fields(fields), pointer: "", origin: origin, limits: self.configuration.limits) {
+        case .success(let valid): event = valid
+        case .failure(let failure): throw Problem(.invalidEvents, "the event is invalid", errors: failure.errors)
+        }
+        try await self.append([event.normalizedJSON(origin: origin)])
+        self.metrics.acceptedEvents.increment()
+        var headers = HTTPFields()
+        headers[.contentType] = "image/gif"
+        headers[.cacheControl] = "no-store"
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: Self.gif)))
+    }
+
+    /// The smallest transparent 1×1 GIF.
+    static let gif: [UInt8] = [
+        0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0xFF, 0xFF, 0xFF, 0x21, 0xF9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2C, 0x00, 0x00, 0x00, 0x00,
+        0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3B,
+    ]
+
+    static func validate(
+        _ item: DecodedItem,
+        pointer: String,
+        origin: RequestOrigin,
+        limits: EventLimits
+    ) -> Result<Event, EventErrors> {
+        switch item {
+        case .json(let value):
+            return Event.validate(value, pointer: pointer, origin: origin, limits: limits)
+        case .fields(let fields):
+            return Event.validate(
+                fields: fields.map { ($0.name, $0.value) },
+                pointer: pointer,
+                origin: origin,
+                limits: limits
+            )
+        case .unreadable(let reason):
+            return .failure(EventErrors([FieldError(pointer: pointer, detail: reason)]))
+        }
+    }
+
+    private func origin(_ request: Request, context: IngestRequestContext) -> RequestOrigin {
+        RequestOrigin(
+            receivedAtMillis: Timestamp.nowMillis(),
+            clientIP: context.clientIP,
+            userAgent: request.headers[.userAgent],
+            gatewayID: self.configuration.gatewayID
+        )
+    }
+
+    /// Reads the body up to the limit and undoes `Content-Encoding`, applying the limit to the
+    /// decompressed size too (a small gzip body must not become gigabytes).
+    private func readBody(_ request: Request) async throws -> [UInt8] {
+        let limit = self.configuration.maxBodyBytes
+        var request = request
+        var buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: limit)
+        } catch is NIOTooManyBytesError {
+            throw Problem(
+                .tooLarge,
+                "the body exceeds \(limit) bytes",
+                extensions: [("limit", .number(String(limit)))]
+            )
+        }
+        let encoding = (request.headers[.contentEncoding] ?? "identity").lowercased().trimmingCharacters()
+        let algorithms: [CompressionAlgorithm]
+        switch encoding {
+        case "identity", "": return Array(buffer.readableBytesView)
+        case "gzip", "x-gzip": algorithms = [.gzip()]
+        // HTTP's "deflate" is zlib-wrapped (RFC 9110), but some clients send raw deflate.
+        case "deflate": algorithms = [.zlib(), .deflate()]
+        default:
+            throw Problem(
+                .unsupportedMediaType,
+                "Content-Encoding \(encoding) is not supported; use gzip, deflate or none",
+                extensions: [
+                    ("accepted_encodings", .array([.string("gzip"), .string("deflate"), .string("identity")]))
+                ]
+            )
+        }
+        for (index, algorithm) in algorithms.enumerated() {
+            var input = buffer
+            do {
+                let output = try input.decompress(with: algorithm, maxSize: limit + 1)
+                guard output.readableBytes <= limit else { throw CompressNIOError.bufferOverflow }
+                return Array(output.readableBytesView)
+            } catch let error as CompressNIOError where error == .bufferOverflow {
+                throw Problem(
+                    .tooLarge,
+                    "the body decompresses to more than \(limit) bytes",
+                    extensions: [("limit", .number(String(limit)))]
+                )
+            } catch  where index < algorithms.count - 1 {
+                continue
+            } catch {
+                throw Problem(.malformed, "the body is not valid \(encoding) data")
+            }
+        }
+        buffer.clear()
+        throw Problem(.malformed, "the body is not valid \(encoding) data")
+    }
+
+    /// Appends the events as one WAL record and returns once it is durable, or throws a 503
+    /// problem when that cannot happen within the configured time.
+    private func append(_ events: [[UInt8]]) async throws {
+        guard let wal = self.wal else { return }  // unsafeSkipWAL: benchmark mode
+        let timeout = self.configuration.appendTimeout
+        let outcome = AppendOutcome()
+        // The append cannot be undone once queued, so it runs on its own; the request stops
+        // waiting at the deadline. An append that lands later is durable and forwarded, and
+        // the client's retry is deduplicated downstream by event_id.
+        let result: Result<AppendReceipt, any Error>? = await withCheckedContinuation { continuation in
+            outcome.install(continuation)
+            let deadline = Task {
+                try? await Task.sleep(for: timeout)
+                outcome.finish(nil)
+            }
+            Task {
+                let result: Result<AppendReceipt, any Error>
+                do { result = .success(try await wal.append(events)) } catch { result = .failure(error) }
+                outcome.finish(result)
+                deadline.cancel()
+            }
+        }
+        guard let result else {
+            self.metrics.appendTimeouts.increment()
+            var problem = Problem(
+                .unavailable,
+                "the write-ahead log did not confirm the write within \(timeout); retry with the same event ids"
+            )
+            problem.headers[.retryAfter] = String(self.configuration.retryAfterSeconds)
+            throw problem
+        }
+        do {
+            _ = try result.get()
+        } catch let error as WALError {
+            if error.code == .recordTooLarge {
+                throw Problem(.tooLarge, "the events are too large to store together: \(error.message)")
+            }
+            var problem = Problem(.unavailable, Self.describe(error))
+            problem.headers[.retryAfter] = String(self.configuration.retryAfterSeconds)
+            throw problem
+        }
+    }
+
+    static func describe(_ error: WALError) -> String {
+        switch error.code {
+        case .diskFull: return "the gateway's disk buffer is full; nothing was stored, retry later"
+        case .overloaded: return "the gateway is overloaded; nothing was stored, retry shortly"
+        case .closed: return "the gateway is shutting down; nothing was stored, retry against another instance"
+        default: return "the gateway could not store the events (\(error.code)); nothing was acknowledged, retry"
+        }
+    }
+
+    static func json(_ status: HTTPResponse.Status, _ value: JSONValue) -> Response {
+        var writer = JSONWriter()
+        writer.write(value)
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: writer.bytes)))
+    }
+}
+
+/// The first of "append finished" and "deadline passed" wins.
+final class AppendOutcome: Sendable {
+    private let state = Mutex<(CheckedContinuation<Result<AppendReceipt, any Error>?, Never>?, Bool)>((nil, false))
+
+    func install(_ continuation: CheckedContinuation<Result<AppendReceipt, any Error>?, Never>) {
+        self.state.withLock { $0.0 = continuation }
+    }
+
+    func finish(_ result: Result<AppendReceipt, any Error>?) {
+        let continuation = self.state.withLock {
+            state -> CheckedContinuation<Result<AppendReceipt, any Error>?, Never>? in
+            guard !state.1 else { return nil }
+            state.1 = true
+            return state.0
+        }
+        continuation?.resume(returning: result)
+    }
+}

@@ -1,0 +1,34 @@
+import CoreMetrics
+import Logging
+import Metrics
+import Prometheus
+import Synchronization
+
+/// Process-wide logging and metrics set-up, done once by the executable.
+public enum Telemetry {
+    private static let bootstrapped = Mutex<PrometheusCollectorRegistry?>(nil)
+
+    /// Installs the ECS JSON log handler and the Prometheus metrics factory, and returns the
+    /// registry `/metrics` renders. Idempotent: later calls return the first registry.
+    @discardableResult
+    public static func bootstrap(logLevel: Logger.Level = .info) -> PrometheusCollectorRegistry {
+        self.bootstrapped.withLock { existing in
+            if let existing { return existing }
+            let registry = PrometheusCollectorRegistry()
+            var factory = PrometheusMetricsFactory(registry: registry)
+            factory.defaultDurationHistogramBuckets = [
+                .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2),
+                .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+                .milliseconds(200), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5),
+            ]
+            factory.defaultValueHistogramBuckets = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+            factory.valueHistogramBuckets["sluice_wal_group_commit_bytes"] = [
+                512, 4096, 16384, 65536, 262_144, 1_048_576, 4_194_304,
+            ]
+            MetricsSystem.bootstrap(factory)
+            LoggingSystem.bootstrap { label in ECSLogHandler(label: label, level: logLevel) }
+            existing = registry
+            return registry
+        }
+    }
+}

@@ -1,0 +1,337 @@
+import EventModel
+import Foundation
+import Gateway
+import Logging
+import WAL
+import Yams
+
+/// Everything `sluice` can be configured with, from defaults, then a YAML file, then
+/// `SLUICE_…` environment variables, then command-line flags (each overriding the last).
+struct Settings {
+    var gateway = GatewayConfiguration()
+    var walDirectory = "./data/wal"
+    var wal = WALConfiguration(directory: "./data/wal")
+    var logLevel: Logger.Level = .info
+
+    var walConfiguration: WALConfiguration {
+        var configuration = self.wal
+        configuration.directory = self.walDirectory
+        return configuration
+    }
+}
+
+/// A configuration value that cannot be used; says which key, which value, what was expected
+/// and where it came from.
+struct SettingsError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// One configuration key: its YAML path, its environment variable, how to apply it.
+struct SettingKey: Sendable {
+    enum Kind: String {
+        case string, integer, number, boolean, list, duration
+    }
+
+    let path: String
+    let kind: Kind
+    let help: String
+    let run: @Sendable (inout Settings, SettingValue, SettingKey) throws -> Void
+
+    init(
+        path: String,
+        kind: Kind,
+        help: String,
+        apply: @escaping @Sendable (inout Settings, SettingValue, SettingKey) throws -> Void
+    ) {
+        self.path = path
+        self.kind = kind
+        self.help = help
+        self.run = apply
+    }
+
+    func apply(_ settings: inout Settings, _ value: SettingValue) throws { try self.run(&settings, value, self) }
+
+    /// `gateway.max_body_bytes` → `SLUICE_GATEWAY_MAX_BODY_BYTES`.
+    var environmentName: String { "SLUICE_" + self.path.uppercased().replacingOccurrences(of: ".", with: "_") }
+}
+
+/// A raw value and where it was read.
+struct SettingValue {
+    var text: String
+    var list: [String]?
+    var origin: String
+
+    func fail(_ key: SettingKey, _ expected: String) -> SettingsError {
+        SettingsError(description: "\(self.origin): \(key.path) = '\(self.text)' is invalid: expected \(expected)")
+    }
+
+    func integer(_ key: SettingKey, range: ClosedRange<Int64> = 0...Int64.max) throws -> Int64 {
+        guard let value = Int64(self.text.replacingOccurrences(of: "_", with: "")), range.contains(value) else {
+            throw self.fail(key, "a whole number in \(range.lowerBound)...\(range.upperBound)")
+        }
+        return value
+    }
+
+    func number(_ key: SettingKey, range: ClosedRange<Double>) throws -> Double {
+        guard let value = Double(self.text), range.contains(value) else {
+            throw self.fail(key, "a number in \(range.lowerBound)...\(range.upperBound)")
+        }
+        return value
+    }
+
+    /// `150ms`, `2s`, `5m`, `1h`, `7d`, or a bare number of seconds.
+    func duration(_ key: SettingKey) throws -> Duration {
+        let text = self.text.trimmingCharacters(in: .whitespaces)
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            if let value = Double(text.dropLast(suffix.count)), value >= 0 {
+                return .milliseconds(Int64(value * scale * 1000))
+            }
+        }
+        if let seconds = Double(text), seconds >= 0 { return .milliseconds(Int64(seconds * 1000)) }
+        throw self.fail(key, "a duration such as 150ms, 2s, 5m, 1h or 7d")
+    }
+
+    func boolean(_ key: SettingKey) throws -> Bool {
+        switch self.text.lowercased() {
+        case "true", "yes", "on", "1": return true
+        case "false", "no", "off", "0": return false
+        default: throw self.fail(key, "true or false")
+        }
+    }
+
+    var items: [String] {
+        self.list
+            ?? self.text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+}
+
+enum SettingsLoader {
+    static let keys: [SettingKey] = [
+        SettingKey(path: "gateway.listen", kind: .string, help: "HOST:PORT to listen on (default 127.0.0.1:8080)") {
+            settings,
+            value,
+            key in
+            let (host, port) = try parseListen(value.text, origin: value.origin)
+            settings.gateway.host = host
+            settings.gateway.port = port
+        },
+        SettingKey(
+            path: "gateway.gateway_id",
+            kind: .string,
+            help: "written into events as gateway_id (default: host name)"
+        ) { settings, value, key in settings.gateway.gatewayID = value.text
+        },
+        SettingKey(
+            path: "gateway.max_body_bytes",
+            kind: .integer,
+            help: "largest body, also after decompression (5 MiB)"
+        ) { settings, value, key in
+            settings.gateway.maxBodyBytes = Int(
+                try value.integer(key, range: 1024...(1 << 30))
+            )
+        },
+        SettingKey(path: "gateway.max_batch_events", kind: .integer, help: "most events in one request (1000)") {
+            settings,
+            value,
+            key in
+            settings.gateway.maxBatchEvents = Int(
+                try value.integer(key, range: 1...1_000_000)
+            )
+        },
+        SettingKey(path: "gateway.trusted_proxies", kind: .list, help: "peers whose X-Forwarded-For is believed") {
+            settings,
+            value,
+            key in settings.gateway.trustedProxies = value.items
+        },
+        SettingKey(path: "gateway.cors_allowed_origins", kind: .list, help: "browser origins allowed (* for any)") {
+            settings,
+            value,
+            key in settings.gateway.corsAllowedOrigins = value.items
+        },
+        SettingKey(path: "gateway.append_timeout", kind: .duration, help: "answer 503 if the WAL takes longer (150ms)")
+        { settings, value, key in settings.gateway.appendTimeout = try value.duration(key)
+        },
+        SettingKey(path: "gateway.properties_max_bytes", kind: .integer, help: "largest properties object (16384)") {
+            settings,
+            value,
+            key in
+            settings.gateway.limits.maxPropertiesBytes = Int(
+                try value.integer(key, range: 2...(1 << 24))
+            )
+        },
+        SettingKey(path: "gateway.timestamp_max_future", kind: .duration, help: "how far ahead timestamps may be (10m)")
+        { settings, value, key in
+            let duration = try value.duration(key)
+            settings.gateway.limits.maxFutureMillis = duration.components.seconds * 1000
+        },
+        SettingKey(path: "gateway.timestamp_max_past", kind: .duration, help: "how far back timestamps may be (30d)") {
+            settings,
+            value,
+            key in
+            let duration = try value.duration(key)
+            settings.gateway.limits.maxPastMillis = duration.components.seconds * 1000
+        },
+        SettingKey(path: "wal.directory", kind: .string, help: "the WAL directory (./data/wal)") {
+            settings,
+            value,
+            key in
+            settings.walDirectory = value.text
+        },
+        SettingKey(path: "wal.segment_bytes", kind: .integer, help: "segment size (64 MiB)") { settings, value, key in
+            settings.wal.segmentBytes = try value.integer(key, range: 65536...(1 << 32))
+        },
+        SettingKey(path: "wal.segment_max_age", kind: .duration, help: "seal a segment this old (1h)") {
+            settings,
+            value,
+            key in
+            settings.wal.segmentMaxAge = try value.duration(key)
+        },
+        SettingKey(path: "wal.max_bytes", kind: .integer, help: "disk budget for segments (8 GiB)") {
+            settings,
+            value,
+            key in
+            settings.wal.budget.maxBytes = try value.integer(key, range: 131072...Int64.max)
+        },
+        SettingKey(path: "wal.soft_watermark", kind: .number, help: "fraction of max_bytes that alarms (0.8)") {
+            settings,
+            value,
+            key in settings.wal.budget.softFraction = try value.number(key, range: 0.01...1)
+        },
+        SettingKey(path: "wal.hard_watermark", kind: .number, help: "fraction of max_bytes that refuses writes (0.95)")
+        { settings, value, key in settings.wal.budget.hardFraction = try value.number(key, range: 0.01...1)
+        },
+        SettingKey(path: "wal.min_free_bytes", kind: .integer, help: "free space to leave on the volume (256 MiB)") {
+            settings,
+            value,
+            key in settings.wal.budget.minFreeBytes = try value.integer(key)
+        },
+        SettingKey(path: "wal.keep_consumed", kind: .duration, help: "keep forwarded segments for local replay (0s)") {
+            settings,
+            value,
+            key in settings.wal.keepConsumed = try value.duration(key)
+        },
+        SettingKey(path: "logging.level", kind: .string, help: "trace, debug, info, notice, warning, error, critical") {
+            settings,
+            value,
+            key in
+            guard let level = Logger.Level(rawValue: value.text.lowercased()) else {
+                throw value.fail(key, "one of trace, debug, info, notice, warning, error, critical")
+            }
+            settings.logLevel = level
+        },
+    ]
+
+    static func key(_ path: String) -> SettingKey { self.keys.first { $0.path == path }! }
+
+    static func parseListen(_ text: String, origin: String) throws -> (String, Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (0...65535).contains(port)
+        else {
+            throw SettingsError(
+                description: "\(origin): listen address '\(text)' must be HOST:PORT, e.g. 127.0.0.1:8080"
+            )
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host.isEmpty ? "0.0.0.0" : host, port)
+    }
+
+    /// Builds the settings: defaults ← file ← environment. Flags are applied by the caller.
+    static func load(
+        file: String?,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws -> Settings {
+        var settings = Settings()
+        if let file {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw SettingsError(description: "cannot read the configuration file \(file)")
+            }
+            for (path, value) in try self.flatten(yaml: text, file: file) {
+                guard let key = self.keys.first(where: { $0.path == path }) else {
+                    let suggestion = self.closest(to: path).map { " (did you mean \($0)?)" } ?? ""
+                    throw SettingsError(description: "\(value.origin): unknown key \(path)\(suggestion)")
+                }
+                if value.list != nil && key.kind != .list {
+                    throw value.fail(key, "a single \(key.kind.rawValue), not a list")
+                }
+                try key.apply(&settings, value)
+            }
+        }
+        for key in self.keys {
+            if let text = environment[key.environmentName] {
+                try key.apply(
+                    &settings,
+                    SettingValue(text: text, list: nil, origin: "environment \(key.environmentName)")
+                )
+            }
+        }
+        if let unknown = environment.keys.filter({ $0.hasPrefix("SLUICE_") && !$0.hasPrefix("SLUICE_BIN") })
+            .first(where: { name in !self.keys.contains { $0.environmentName == name } })
+        {
+            throw SettingsError(description: "environment \(unknown) is not a Sluice setting")
+        }
+        return settings
+    }
+
+    static func flatten(yaml: String, file: String) throws -> [(String, SettingValue)] {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch {
+            throw SettingsError(description: "\(file) is not valid YAML: \(error)")
+        }
+        guard let root else { return [] }
+        var result: [(String, SettingValue)] = []
+        func origin(_ node: Node) -> String { "\(file):\(node.mark.map { "\($0.line)" } ?? "?")" }
+        func walk(_ node: Node, path: String) throws {
+            switch node {
+            case .mapping(let mapping):
+                for (key, value) in mapping {
+                    guard case .scalar(let scalar) = key else {
+                        throw SettingsError(description: "\(origin(key)): keys must be plain names")
+                    }
+                    try walk(value, path: path.isEmpty ? scalar.string : path + "." + scalar.string)
+                }
+            case .sequence(let sequence):
+                var items: [String] = []
+                for element in sequence {
+                    guard case .scalar(let scalar) = element else {
+                        throw SettingsError(description: "\(origin(element)): \(path) must be a list of plain values")
+                    }
+                    items.append(scalar.string)
+                }
+                result.append(
+                    (path, SettingValue(text: items.joined(separator: ","), list: items, origin: origin(node)))
+                )
+            case .scalar(let scalar):
+                guard !path.isEmpty else {
+                    throw SettingsError(description: "\(file): the top level must be a mapping")
+                }
+                result.append((path, SettingValue(text: scalar.string, list: nil, origin: origin(node))))
+            case .alias:
+                throw SettingsError(description: "\(origin(node)): YAML aliases are not supported")
+            }
+        }
+        try walk(root, path: "")
+        return result
+    }
+
+    static func closest(to path: String) -> String? {
+        func distance(_ a: String, _ b: String) -> Int {
+            let a = Array(a)
+            let b = Array(b)
+            var previous = Array(0...b.count)
+            for (i, x) in a.enumerated() {
+                var current = [i + 1]
+                for (j, y) in b.enumerated() {
+                    current.append(min(previous[j + 1] + 1, current[j] + 1, previous[j] + (x == y ? 0 : 1)))
+                }
+                previous = current
+            }
+            return previous[b.count]
+        }
+        let best = self.keys.map { ($0.path, distance($0.path, path)) }.min { $0.1 < $1.1 }
+        return best.flatMap { $0.1 <= 4 ? $0.0 : nil }
+    }
+}
