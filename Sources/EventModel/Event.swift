@@ -78,7 +78,7 @@ public struct EventErrors: Error, Sendable, Equatable {
 }
 
 extension Event {
-    static let knownFields: Set<String> = [
+    static let knownFields: [String] = [
         "event_id", "action", "user_id", "timestamp", "page", "object", "referrer", "session_id", "properties",
     ]
 
@@ -100,9 +100,9 @@ extension Event {
             )
         }
         var builder = Builder(pointer: pointer, origin: origin, limits: limits)
-        var seen: Set<String> = []
-        for (key, member) in members {
-            guard seen.insert(key).inserted else {
+        for (index, (key, member)) in members.enumerated() {
+            // Events have a handful of fields: a scan beats hashing into a set.
+            if members[..<index].contains(where: { $0.0 == key }) {
                 builder.fail(key, "appears more than once")
                 continue
             }

@@ -59,9 +59,18 @@ public struct JSONParser {
     private var index = 0
 
     /// Parses exactly one JSON value (surrounding whitespace allowed).
-    public static func parse(_ data: some Collection<UInt8>) throws(JSONSyntaxError) -> JSONValue {
-        let array = Array(data)
-        let result: Result<JSONValue, JSONSyntaxError> = array.withUnsafeBufferPointer { buffer in
+    public static func parse(_ data: [UInt8]) throws(JSONSyntaxError) -> JSONValue {
+        try data.withUnsafeBufferPointer { buffer throws(JSONSyntaxError) in try Self.parse(buffer) }
+    }
+
+    /// Parses exactly one JSON value (surrounding whitespace allowed).
+    public static func parse(_ data: ArraySlice<UInt8>) throws(JSONSyntaxError) -> JSONValue {
+        try data.withUnsafeBufferPointer { buffer throws(JSONSyntaxError) in try Self.parse(buffer) }
+    }
+
+    /// Parses exactly one JSON value (surrounding whitespace allowed).
+    public static func parse(_ buffer: UnsafeBufferPointer<UInt8>) throws(JSONSyntaxError) -> JSONValue {
+        let result: Result<JSONValue, JSONSyntaxError> = {
             var parser = JSONParser(bytes: buffer)
             do throws(JSONSyntaxError) {
                 parser.skipWhitespace()
@@ -72,7 +81,7 @@ public struct JSONParser {
             } catch {
                 return .failure(error)
             }
-        }
+        }()
         return try result.get()
     }
 
@@ -342,6 +351,19 @@ public struct JSONWriter {
 
     public mutating func string(_ text: String) {
         self.bytes.append(UInt8(ascii: "\""))
+        var text = text
+        let clean = text.withUTF8 { utf8 -> Bool in
+            // Fast path: nothing to escape, copy the bytes in one go.
+            for byte in utf8 where byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
+                return false
+            }
+            self.bytes.append(contentsOf: utf8)
+            return true
+        }
+        if clean {
+            self.bytes.append(UInt8(ascii: "\""))
+            return
+        }
         for byte in text.utf8 {
             switch byte {
             case UInt8(ascii: "\""): self.raw("\\\"")

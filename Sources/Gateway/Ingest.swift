@@ -11,6 +11,7 @@ import WAL
 /// The ingest endpoints: read the body, validate each event, append the valid ones to the
 /// WAL as one record, and answer only after that record is durable.
 struct Ingest: Sendable {
+
     let wal: WAL?
     let configuration: GatewayConfiguration
     let metrics: HTTPMetrics
@@ -54,7 +55,12 @@ struct Ingest: Sendable {
             if case .failure(let failure) = result { return failure.errors }
             return []
         }
-        let atomic = request.uri.queryParameters["atomic"].map { $0 == "true" || $0 == "1" } ?? false
+        let atomic: Bool
+        switch request.uri.queryParameters["atomic"].map(String.init) {
+        case nil, "false", "0": atomic = false
+        case "true", "1": atomic = true
+        case .some(let other): throw Problem(.malformed, "query parameter atomic='\(other)' must be true or false")
+        }
         if valid.isEmpty || (atomic && !errors.isEmpty) {
             let detail =
                 atomic && !valid.isEmpty
@@ -226,36 +232,12 @@ struct Ingest: Sendable {
     /// problem when that cannot happen within the configured time.
     private func append(_ events: [[UInt8]]) async throws {
         guard let wal = self.wal else { return }  // unsafeSkipWAL: benchmark mode
-        let timeout = self.configuration.appendTimeout
-        let outcome = AppendOutcome()
-        // The append cannot be undone once queued, so it runs on its own; the request stops
-        // waiting at the deadline. An append that lands later is durable and forwarded, and
-        // the client's retry is deduplicated downstream by event_id.
-        let result: Result<AppendReceipt, any Error>? = await withCheckedContinuation { continuation in
-            outcome.install(continuation)
-            let deadline = Task {
-                try? await Task.sleep(for: timeout)
-                outcome.finish(nil)
-            }
-            Task {
-                let result: Result<AppendReceipt, any Error>
-                do { result = .success(try await wal.append(events)) } catch { result = .failure(error) }
-                outcome.finish(result)
-                deadline.cancel()
-            }
-        }
-        guard let result else {
-            self.metrics.appendTimeouts.increment()
-            var problem = Problem(
-                .unavailable,
-                "the write-ahead log did not confirm the write within \(timeout); retry with the same event ids"
-            )
-            problem.headers[.retryAfter] = String(self.configuration.retryAfterSeconds)
-            throw problem
-        }
         do {
-            _ = try result.get()
+            // The WAL enforces the acknowledgement deadline (its ackTimeout, set from
+            // appendTimeout): a stalled disk fails the append instead of hanging it.
+            _ = try await wal.append(events)
         } catch let error as WALError {
+            if error.code == .timedOut || error.code == .overloaded { self.metrics.appendTimeouts.increment() }
             if error.code == .recordTooLarge {
                 throw Problem(.tooLarge, "the events are too large to store together: \(error.message)")
             }
@@ -267,6 +249,8 @@ struct Ingest: Sendable {
 
     static func describe(_ error: WALError) -> String {
         switch error.code {
+        case .timedOut:
+            return "the disk did not confirm the write in time; retry with the same event ids (duplicates are removed)"
         case .diskFull: return "the gateway's disk buffer is full; nothing was stored, retry later"
         case .overloaded: return "the gateway is overloaded; nothing was stored, retry shortly"
         case .closed: return "the gateway is shutting down; nothing was stored, retry against another instance"
@@ -280,24 +264,5 @@ struct Ingest: Sendable {
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: writer.bytes)))
-    }
-}
-
-/// The first of "append finished" and "deadline passed" wins.
-final class AppendOutcome: Sendable {
-    private let state = Mutex<(CheckedContinuation<Result<AppendReceipt, any Error>?, Never>?, Bool)>((nil, false))
-
-    func install(_ continuation: CheckedContinuation<Result<AppendReceipt, any Error>?, Never>) {
-        self.state.withLock { $0.0 = continuation }
-    }
-
-    func finish(_ result: Result<AppendReceipt, any Error>?) {
-        let continuation = self.state.withLock {
-            state -> CheckedContinuation<Result<AppendReceipt, any Error>?, Never>? in
-            guard !state.1 else { return nil }
-            state.1 = true
-            return state.0
-        }
-        continuation?.resume(returning: result)
     }
 }

@@ -41,11 +41,11 @@ public struct ECSLogHandler: LogHandler {
         var merged = self.metadata
         if let provided = self.metadataProvider?.get() { merged.merge(provided) { $1 } }
         if let extra = event.metadata { merged.merge(extra) { $1 } }
-        for key in merged.keys.sorted() {
+        for (key, value) in merged {
             writer.raw(",")
             writer.string(key)
             writer.raw(":")
-            Self.write(merged[key]!, into: &writer)
+            Self.write(value, into: &writer)
         }
         if event.level >= .error { writer.member("log.origin.file.name", "\(event.file):\(event.line)") }
         writer.raw("}\n")

@@ -205,6 +205,7 @@ public final class FaultInjectingFileSystem: WALFileSystem {
 
     private let base: any WALFileSystem
     private let faults = Mutex<[Operation: Fault]>([:])
+    private let delays = Mutex<[Operation: Duration]>([:])
     private let counts = Mutex<[Operation: Int]>([:])
 
     public init(base: any WALFileSystem = SystemFileSystem()) { self.base = base }
@@ -213,6 +214,11 @@ public final class FaultInjectingFileSystem: WALFileSystem {
     /// optionally only on paths containing `pathContains`.
     public func inject(_ operation: Operation, errno: Int32, times: Int? = nil, pathContains: String? = nil) {
         self.faults.withLock { $0[operation] = Fault(errno: errno, remaining: times, pathContains: pathContains) }
+    }
+
+    /// Makes every `operation` take `delay` longer (a stalled disk), until cleared with nil.
+    public func delay(_ operation: Operation, by delay: Duration?) {
+        self.delays.withLock { $0[operation] = delay }
     }
 
     public func clear(_ operation: Operation? = nil) {
@@ -226,6 +232,10 @@ public final class FaultInjectingFileSystem: WALFileSystem {
 
     private func check(_ operation: Operation, path: String) throws {
         self.counts.withLock { $0[operation, default: 0] += 1 }
+        if let delay = self.delays.withLock({ $0[operation] }) {
+            let (seconds, attoseconds) = delay.components
+            usleep(UInt32(seconds * 1_000_000 + attoseconds / 1_000_000_000_000))
+        }
         let error: Int32? = self.faults.withLock { faults in
             guard var fault = faults[operation] else { return nil }
             if let filter = fault.pathContains, !path.contains(filter) { return nil }

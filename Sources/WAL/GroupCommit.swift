@@ -37,6 +37,8 @@ struct GroupCommit<Item> {
         var item: Item
         var frameLength: Int
         var eventCount: UInt32
+        /// Monotonic nanoseconds when the append arrived.
+        var enqueuedAt: UInt64
     }
 
     /// An append with its place in the log.
@@ -93,7 +95,7 @@ struct GroupCommit<Item> {
 
     var queuedCount: Int { self.queue.count - self.queueHead }
 
-    mutating func enqueue(_ item: Item, frameLength: Int, eventCount: UInt32) -> Enqueue {
+    mutating func enqueue(_ item: Item, frameLength: Int, eventCount: UInt32, enqueuedAt: UInt64 = 0) -> Enqueue {
         if self.closing { return .rejected(WALError(.closed, "the WAL is closing")) }
         if frameLength > self.limits.maxFrameBytes {
             return .rejected(
@@ -109,7 +111,7 @@ struct GroupCommit<Item> {
                 WALError(.overloaded, "\(self.queuedBytes) bytes are already waiting for the disk; retry shortly")
             )
         }
-        self.queue.append(Queued(item: item, frameLength: frameLength, eventCount: eventCount))
+        self.queue.append(Queued(item: item, frameLength: frameLength, eventCount: eventCount, enqueuedAt: enqueuedAt))
         self.queuedBytes += frameLength
         if self.writer == .sleeping {
             self.writer = .running
@@ -221,6 +223,26 @@ struct GroupCommit<Item> {
     mutating func writeFailed(segmentFirstLSN: LSN) {
         if self.segment?.firstLSN == segmentFirstLSN { self.segment?.broken = true }
     }
+
+    /// Removes the appends still queued that arrived before `deadline` (the disk is too slow
+    /// to take them in time) and returns them; they were never written.
+    mutating func expire(enqueuedBefore deadline: UInt64) -> [Item] {
+        var expired: [Item] = []
+        while self.queueHead < self.queue.count, self.queue[self.queueHead].enqueuedAt < deadline {
+            let entry = self.queue[self.queueHead]
+            expired.append(entry.item)
+            self.queuedBytes -= entry.frameLength
+            self.queueHead += 1
+        }
+        if self.queueHead == self.queue.count {
+            self.queue.removeAll(keepingCapacity: true)
+            self.queueHead = 0
+        }
+        return expired
+    }
+
+    /// When the oldest queued append arrived, if any is queued.
+    var oldestQueuedAt: UInt64? { self.queueHead < self.queue.count ? self.queue[self.queueHead].enqueuedAt : nil }
 
     /// Stops intake; the writer drains what is queued and then returns ``Step/stop(_:)``.
     /// Returns whether the writer must be woken.

@@ -44,7 +44,7 @@ public final class WAL: Sendable {
     struct PendingAppend {
         var payload: [UInt8]
         var payloadCRC: UInt32
-        var continuation: CheckedContinuation<AppendReceipt, any Error>
+        var completion: @Sendable (Result<AppendReceipt, WALError>) -> Void
         var enqueuedAt: UInt64
     }
 
@@ -86,6 +86,16 @@ public final class WAL: Sendable {
     private let metrics = WALMetrics()
     private let retention: RetentionPolicy
     private let spare = Mutex<SpareState>(.none)
+    private let inFlight = Mutex<InFlightBatch?>(nil)
+    /// Dispatch sources are thread-safe; the type just does not say so.
+    nonisolated(unsafe) private let watchdog: (any DispatchSourceTimer)?
+
+    /// The batch the writer is writing and syncing; whoever takes it from the mutex (the
+    /// writer when the fsync returns, or the watchdog at the deadline) completes its appends.
+    struct InFlightBatch {
+        var oldestEnqueuedAt: UInt64
+        var items: [(PendingAppend, AppendReceipt)]
+    }
     private let preparer = DispatchQueue(label: "sluice.wal.segment-preparer")
 
     /// The next segment, zero-filled ahead of time by a background thread.
@@ -208,6 +218,9 @@ public final class WAL: Sendable {
                 )
             }
             self.state = Mutex(GroupCommit(limits: configuration.limits, nextLSN: nextLSN, segment: active))
+            self.watchdog = configuration.ackTimeout.map { _ in
+                DispatchSource.makeTimerSource(queue: DispatchQueue(label: "sluice.wal.watchdog"))
+            }
             self.catalog = Mutex(Catalog(segments: segments, durableNextLSN: nextLSN))
         } catch {
             if writer.fd >= 0 { fileSystem.close(writer.fd) }
@@ -237,6 +250,12 @@ public final class WAL: Sendable {
         // A dedicated serial queue: its thread is owned by the writer loop for the WAL's
         // lifetime, so fdatasync never blocks a cooperative-pool thread.
         DispatchQueue(label: "sluice.wal.writer", qos: .userInitiated).async { self.writerLoop() }
+        if let watchdog = self.watchdog, let timeout = configuration.ackTimeout {
+            let interval = max(Int(timeout.nanoseconds / 5), 2_000_000)
+            watchdog.schedule(deadline: .now() + .nanoseconds(interval), repeating: .nanoseconds(interval))
+            watchdog.setEventHandler { [weak self] in self?.expireLateAppends(timeout: timeout) }
+            watchdog.resume()
+        }
         if self.state.withLock({ $0.segment != nil }) { self.requestSpare() }
     }
 
@@ -367,29 +386,47 @@ public final class WAL: Sendable {
     ///   or ``WALError/Code/io`` (the batch failed; nothing was acknowledged),
     ///   ``WALError/Code/recordTooLarge`` or ``WALError/Code/closed``.
     public func append(_ events: [[UInt8]]) async throws -> AppendReceipt {
-        guard !events.isEmpty else { throw WALError(.invalidArgument, "an append needs at least one event") }
-        guard events.count <= Int(UInt32.max) else { throw WALError(.recordTooLarge, "too many events in one append") }
+        try await withCheckedThrowingContinuation { continuation in
+            self.append(events) { continuation.resume(with: $0) }
+        }
+    }
+
+    /// Appends `events` as one record and calls `completion` once it is durable, or with the
+    /// reason it is not; see ``append(_:)``.
+    ///
+    /// `completion` runs on the WAL's writer thread (or the caller's, for an immediate
+    /// refusal): it must return quickly and never block.
+    public func append(_ events: [[UInt8]], completion: @escaping @Sendable (Result<AppendReceipt, WALError>) -> Void) {
+        guard !events.isEmpty else {
+            completion(.failure(WALError(.invalidArgument, "an append needs at least one event")))
+            return
+        }
+        guard events.count <= Int(UInt32.max) else {
+            completion(.failure(WALError(.recordTooLarge, "too many events in one append")))
+            return
+        }
         let payload = EventPayload.encode(events)
-        let crc = CRC32C.checksum(payload)
+        let pending = PendingAppend(
+            payload: payload,
+            payloadCRC: CRC32C.checksum(payload),
+            completion: completion,
+            enqueuedAt: WallClock.monotonic()
+        )
         let frameLength = alignedTo8(FrameHeader.size + payload.count)
-        let enqueuedAt = WallClock.monotonic()
-        return try await withCheckedThrowingContinuation { continuation in
-            let pending = PendingAppend(
-                payload: payload,
-                payloadCRC: crc,
-                continuation: continuation,
-                enqueuedAt: enqueuedAt
+        let result = self.state.withLock {
+            $0.enqueue(
+                pending,
+                frameLength: frameLength,
+                eventCount: UInt32(events.count),
+                enqueuedAt: pending.enqueuedAt
             )
-            let result = self.state.withLock {
-                $0.enqueue(pending, frameLength: frameLength, eventCount: UInt32(events.count))
-            }
-            switch result {
-            case .accepted(let wakeWriter):
-                if wakeWriter { self.wake.signal() }
-            case .rejected(let error):
-                self.metrics.rejectedAppends(error.code.description).increment()
-                continuation.resume(throwing: error)
-            }
+        }
+        switch result {
+        case .accepted(let wakeWriter):
+            if wakeWriter { self.wake.signal() }
+        case .rejected(let error):
+            self.metrics.rejectedAppends(error.code.description).increment()
+            completion(.failure(error))
         }
     }
 
@@ -425,6 +462,14 @@ public final class WAL: Sendable {
 
     private func write(_ batch: GroupCommit<PendingAppend>.Batch) {
         let buffer = self.encode(batch)
+        self.inFlight.withLock {
+            $0 = InFlightBatch(
+                oldestEnqueuedAt: batch.records.map(\.item.enqueuedAt).min() ?? 0,
+                items: batch.records.map {
+                    ($0.item, AppendReceipt(firstLSN: $0.lsn, eventCount: Int($0.eventCount)))
+                }
+            )
+        }
         let fsyncStarted: UInt64
         do {
             try buffer.withUnsafeBytes {
@@ -458,7 +503,7 @@ public final class WAL: Sendable {
                 ]
             )
             self.counters.failedBatches.add(1, ordering: .relaxed)
-            for record in batch.records { record.item.continuation.resume(throwing: walError) }
+            for (item, _) in self.takeInFlight() { item.completion(.failure(walError)) }
             if walError.code == .diskFull { self.maintenanceRequested.store(true, ordering: .relaxed) }
             return
         }
@@ -484,13 +529,12 @@ public final class WAL: Sendable {
         }
         for waiter in waiters { waiter.resume() }
         var events = 0
-        for record in batch.records {
-            events += Int(record.eventCount)
-            self.metrics.appendDuration.recordNanoseconds(Int64(finished - record.item.enqueuedAt))
-            record.item.continuation.resume(
-                returning: AppendReceipt(firstLSN: record.lsn, eventCount: Int(record.eventCount))
-            )
+        let completed = self.takeInFlight()
+        for (item, receipt) in completed {
+            self.metrics.appendDuration.recordNanoseconds(Int64(finished - item.enqueuedAt))
+            item.completion(.success(receipt))
         }
+        for record in batch.records { events += Int(record.eventCount) }
         self.counters.records.add(UInt64(batch.records.count), ordering: .relaxed)
         self.counters.events.add(UInt64(events), ordering: .relaxed)
         self.counters.bytes.add(UInt64(batch.length), ordering: .relaxed)
@@ -500,6 +544,46 @@ public final class WAL: Sendable {
         self.metrics.appendedEvents.increment(by: Int64(events))
         self.metrics.appendedBytes.increment(by: Int64(batch.length))
         self.metrics.durableLSN.record(Int64(batch.nextLSN.rawValue))
+    }
+
+    private func takeInFlight() -> [(PendingAppend, AppendReceipt)] {
+        self.inFlight.withLock { batch in
+            defer { batch = nil }
+            return batch?.items ?? []
+        }
+    }
+
+    /// Fails appends that outlived the acknowledgement deadline: still queued (never written,
+    /// so not stored) or stuck in a write or fsync that has not returned (outcome unknown).
+    private func expireLateAppends(timeout: Duration) {
+        let now = WallClock.monotonic()
+        let limit = UInt64(timeout.nanoseconds)
+        guard now > limit else { return }
+        let deadline = now - limit
+        let queued = self.state.withLock { $0.expire(enqueuedBefore: deadline) }
+        let stuck = self.inFlight.withLock { batch -> [(PendingAppend, AppendReceipt)] in
+            guard let current = batch, current.oldestEnqueuedAt < deadline else { return [] }
+            batch = nil
+            return current.items
+        }
+        guard !queued.isEmpty || !stuck.isEmpty else { return }
+        self.logger.warning(
+            "wal.ack_deadline_missed",
+            metadata: ["wal.queued_failed": "\(queued.count)", "wal.in_flight_failed": "\(stuck.count)"]
+        )
+        let notStored = WALError(.overloaded, "the disk did not take the write within \(timeout); it was not stored")
+        for item in queued {
+            self.metrics.rejectedAppends("deadline_queued").increment()
+            item.completion(.failure(notStored))
+        }
+        let unknown = WALError(
+            .timedOut,
+            "the disk did not confirm the write within \(timeout); it may or may not be stored"
+        )
+        for (item, _) in stuck {
+            self.metrics.rejectedAppends("deadline_in_flight").increment()
+            item.completion(.failure(unknown))
+        }
     }
 
     private func encode(_ batch: GroupCommit<PendingAppend>.Batch) -> [UInt8] {
@@ -583,7 +667,7 @@ public final class WAL: Sendable {
                 "wal.segment_create_failed",
                 metadata: ["wal.segment": "\(name)", "error": "\(walError)", "wal.failed_appends": "\(failed.count)"]
             )
-            for item in failed { item.continuation.resume(throwing: walError) }
+            for item in failed { item.completion(.failure(walError)) }
             self.maintenanceRequested.store(true, ordering: .relaxed)
             return
         }
@@ -943,6 +1027,7 @@ public final class WAL: Sendable {
     /// directory lock. Idempotent.
     public func close() async {
         guard !self.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        self.watchdog?.cancel()
         if self.state.withLock({ $0.close() }) { self.wake.signal() }
         let finished = self.writerFinished
         let preparer = self.preparer

@@ -22,6 +22,11 @@ public struct WALConfiguration: Sendable {
     /// Keep segments every cursor has passed this long, for local replay; they are evicted
     /// first under pressure. Default: zero (delete at once).
     public var keepConsumed: Duration = .zero
+    /// Longest an append may wait for its acknowledgement. Past it, an append still queued
+    /// fails with ``WALError/Code/overloaded`` (not stored) and one already being written with
+    /// ``WALError/Code/timedOut`` (outcome unknown), so a stalled disk yields errors instead of
+    /// hung callers. nil waits as long as the disk takes. Default: nil.
+    public var ackTimeout: Duration?
     /// How often the writer re-checks disk pressure and retention when idle. Default: 1 s.
     public var maintenanceInterval: Duration = .seconds(1)
     /// The system calls, replaceable to inject faults in tests.

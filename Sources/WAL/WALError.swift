@@ -12,7 +12,7 @@ public struct WALError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Value: String, Hashable, Sendable {
             case io, diskFull, overloaded, closed, locked, recordTooLarge, invalidArgument
-            case corruptSegment, notFound, fsyncFailed
+            case corruptSegment, notFound, fsyncFailed, timedOut
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -37,6 +37,10 @@ public struct WALError: Error, Sendable, CustomStringConvertible {
         public static let notFound = Code(.notFound)
         /// `fdatasync` failed: the batch is not durable and its segment was abandoned.
         public static let fsyncFailed = Code(.fsyncFailed)
+        /// The write was handed to the disk but not confirmed within the acknowledgement
+        /// deadline (``WALConfiguration/ackTimeout``): it may or may not be durable. Retry;
+        /// downstream deduplicates.
+        public static let timedOut = Code(.timedOut)
 
         public var description: String { self.value.rawValue }
     }
@@ -68,7 +72,7 @@ public struct WALError: Error, Sendable, CustomStringConvertible {
     /// Whether retrying the same operation later can succeed (full disk, overload, I/O hiccup).
     public var isRetriable: Bool {
         switch self.code {
-        case .diskFull, .overloaded, .io, .fsyncFailed: return true
+        case .diskFull, .overloaded, .io, .fsyncFailed, .timedOut: return true
         default: return false
         }
     }

@@ -61,6 +61,7 @@ struct GatewayCommand: AsyncParsableCommand {
             }
             if let directory = self.walDir { settings.walDirectory = directory }
             settings.gateway.unsafeSkipWAL = self.unsafeNoWAL
+            settings.wal.ackTimeout = settings.gateway.appendTimeout
             try settings.gateway.validate()
             try settings.walConfiguration.validate()
         } catch {
@@ -84,6 +85,10 @@ struct GatewayCommand: AsyncParsableCommand {
             }
         }
         let gateway = settings.gateway
+        // Where to send events is printed whatever the log level: operators and scripts wait for it.
+        var startupLogger = logger
+        startupLogger.logLevel = min(startupLogger.logLevel, .notice)
+        let announcer = startupLogger
         let app = buildGatewayApplication(
             configuration: gateway,
             wal: wal,
@@ -91,7 +96,7 @@ struct GatewayCommand: AsyncParsableCommand {
             logger: logger,
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? gateway.port
-                logger.notice(
+                announcer.notice(
                     "gateway.listening",
                     metadata: [
                         "server.address": "\(gateway.host)", "server.port": "\(port)",

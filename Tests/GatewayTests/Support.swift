@@ -48,11 +48,12 @@ struct TestGateway {
         var walConfiguration = WALConfiguration(directory: directory.path + "/wal")
         walConfiguration.segmentBytes = 1 << 20
         walConfiguration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 0)
-        configureWAL(&walConfiguration)
-        let wal = try await WAL.open(walConfiguration, logger: quietLogger)
         var configuration = GatewayConfiguration()
         configuration.gatewayID = "gw-test"
         configure(&configuration)
+        walConfiguration.ackTimeout = configuration.appendTimeout
+        configureWAL(&walConfiguration)
+        let wal = try await WAL.open(walConfiguration, logger: quietLogger)
         return TestGateway(directory: directory, wal: wal, configuration: configuration)
     }
 
@@ -104,4 +105,11 @@ func sluiceBinary() throws -> String {
         throw WALError(.notFound, "the sluice binary is not built; run `swift build` first or set SLUICE_BIN")
     }
     return path
+}
+
+/// Runs blocking work outside the cooperative pool (see the WAL tests' twin).
+func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+    }
 }

@@ -65,7 +65,8 @@ final class TortureChild: @unchecked Sendable {
     /// SIGKILLs the child and returns every acknowledgement it printed.
     func kill() async throws -> [Ack] {
         Foundation.kill(self.process.processIdentifier, SIGKILL)
-        self.process.waitUntilExit()
+        let process = self.process
+        try await offPool { process.waitUntilExit() }
         // Let the reader drain what the pipe still holds.
         try await Task.sleep(for: .milliseconds(30))
         return Ack.parse(String(decoding: self.collected.bytes.withLock { $0 }, as: UTF8.self))

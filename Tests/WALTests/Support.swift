@@ -67,8 +67,21 @@ struct CommandResult {
     var stderr: String
 }
 
+/// Runs blocking work (waiting for a child process, reading its pipes) on a thread outside
+/// the cooperative pool, which has only as many threads as cores: blocking it stalls every
+/// other test running in parallel.
+func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+    }
+}
+
 /// Runs the `sluice` binary to completion.
-func runSluice(_ arguments: [String]) throws -> CommandResult {
+func runSluice(_ arguments: [String]) async throws -> CommandResult {
+    try await offPool { try runSluiceBlocking(arguments) }
+}
+
+private func runSluiceBlocking(_ arguments: [String]) throws -> CommandResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try sluiceBinary())
     process.arguments = arguments

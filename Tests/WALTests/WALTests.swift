@@ -236,6 +236,42 @@ import Testing
         for (lsn, payload) in acknowledged { #expect(events[lsn] == payload) }
     }
 
+    @Test func aStalledDiskFailsAppendsAtTheAckDeadlineInsteadOfHanging() async throws {
+        let directory = try TemporaryDirectory()
+        let faults = FaultInjectingFileSystem()
+        var configuration = testConfiguration(directory.path, fileSystem: faults)
+        configuration.ackTimeout = .milliseconds(100)
+        let wal = try await WAL.open(configuration, logger: quietLogger)
+        _ = try await wal.append([event("warm")])
+        faults.delay(.fdatasync, by: .milliseconds(600))
+        let started = ContinuousClock.now
+        let outcomes = await withTaskGroup(of: WALError.Code?.self) { group in
+            for index in 0..<5 {
+                group.addTask {
+                    do {
+                        _ = try await wal.append([event("stalled-\(index)")])
+                        return nil
+                    } catch let error as WALError {
+                        return error.code
+                    } catch {
+                        return .io
+                    }
+                }
+            }
+            return await group.reduce(into: [WALError.Code?]()) { $0.append($1) }
+        }
+        let waited = ContinuousClock.now - started
+        // Every caller heard back near the deadline, long before the stalled fsync returned.
+        #expect(waited < .milliseconds(580))
+        #expect(outcomes.allSatisfy { $0 == .timedOut || $0 == .overloaded })
+        #expect(outcomes.contains(.timedOut))
+        faults.delay(.fdatasync, by: nil)
+        try await Task.sleep(for: .milliseconds(700))  // the stalled fsync returns
+        let after = try await wal.append([event("after")])
+        await wal.close()
+        #expect(try allEvents(in: directory.path)[after.firstLSN] == event("after"))
+    }
+
     @Test func aWriteErrorFailsOnlyThatBatch() async throws {
         let directory = try TemporaryDirectory()
         let faults = FaultInjectingFileSystem()

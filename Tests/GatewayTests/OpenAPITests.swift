@@ -1,0 +1,49 @@
+import Foundation
+import Testing
+
+/// Holds the running gateway to docs/openapi.yaml with schemathesis: every documented
+/// operation, generated and mutated inputs, response codes, content types and schemas.
+///
+/// `positive_data_acceptance` is left out on purpose: the timestamp window and the
+/// properties size depend on the request time and configuration, which a schema cannot
+/// state, so schema-valid data is legitimately refused sometimes.
+@Suite(.serialized, .timeLimit(.minutes(5))) struct OpenAPITests {
+    static func schemathesis() -> String? {
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let path = "\(directory)/st"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return nil
+    }
+
+    @Test func theServerMatchesItsOpenAPIDescription() async throws {
+        let st = try #require(Self.schemathesis(), "schemathesis (st) is not installed; scripts/setup installs it")
+        let directory = try TemporaryDirectory()
+        let gateway = try await GatewayProcess(
+            walDirectory: directory.path + "/wal",
+            arguments: ["--log-level", "error"]
+        )
+        defer { gateway.signal(SIGTERM) }
+        var root = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { root.deleteLastPathComponent() }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: st)
+        process.arguments = [
+            "run", root.appendingPathComponent("docs/openapi.yaml").path, "--url", gateway.url,
+            "--max-examples", "25", "--seed", "1", "--checks", "all",
+            "--exclude-checks", "positive_data_acceptance", "--no-color",
+        ]
+        process.currentDirectoryURL = URL(fileURLWithPath: directory.path)
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+        let output = try await offPool {
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return String(decoding: data, as: UTF8.self)
+        }
+        #expect(process.terminationStatus == 0, "schemathesis found problems:\n\(output.suffix(6000))")
+        #expect(output.contains("passed"))
+    }
+}
