@@ -28,12 +28,16 @@ test: setup
 	$(MAKE) lint
 	$(SWIFT) test
 
-# For now the pipeline is the WAL alone: write to it, then look inside with the operator tools.
+# For now the pipeline is the gateway and its WAL (Kafka and ClickHouse come with the
+# forwarder and loader). Ctrl-C stops it cleanly.
 run: build
 	@mkdir -p $(DATA)
-	$(SLUICE) wal bench $(DATA) --seconds 2 --raw-seconds 1 --concurrency 64 --size 400
-	@echo
-	@echo "WAL tools: $(SLUICE) wal --help   (ls | stat | dump | verify | cursor | bench)"
+	@echo "Sluice gateway on http://127.0.0.1:8080, WAL in $(DATA)/wal"
+	@echo "  send:    curl -i -X POST http://127.0.0.1:8080/v1/events -H 'Content-Type: application/json' \\"
+	@echo "             -d '{\"action\":\"click\",\"user_id\":\"u1\",\"page\":\"https://shop.example/\",\"object\":\"buy\"}'"
+	@echo "  inspect: $(SLUICE) wal stat $(DATA)/wal    |    $(SLUICE) wal dump $(DATA)/wal --limit 5"
+	@echo "  docs:    docs/api.md"
+	$(SLUICE) gateway --listen 127.0.0.1:8080 --wal-dir $(DATA)/wal
 
 # Release-mode benchmarks (docs/performance.md) and the long crash soak.
 bench: setup
@@ -42,6 +46,7 @@ bench: setup
 	@for size in 400 4096; do for c in 1 16 256; do \
 		$(SLUICE_RELEASE) wal bench $(DATA) --size $$size --concurrency $$c --seconds 5; echo; \
 	done; done
+	scripts/bench-gateway 10 64
 	$(SWIFT) build
 	SLUICE_CRASH_ROUNDS=500 $(SWIFT) test --filter CrashTests
 
