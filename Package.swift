@@ -80,12 +80,14 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .testTarget(name: "WALTests", dependencies: ["WAL"], swiftSettings: strict),
+        // Shared by the test targets: temporary directories, the built binary, off-pool waits.
+        .target(name: "TestSupport", path: "Tests/Support", swiftSettings: strict),
+        .testTarget(name: "WALTests", dependencies: ["WAL", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EventModelTests", dependencies: ["EventModel"], swiftSettings: strict),
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "WAL", "EventModel", "Telemetry",
+                "Gateway", "WAL", "EventModel", "Telemetry", "TestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -104,17 +104,8 @@ struct TrustedProxies: Sendable {
     /// the right-most `X-Forwarded-For` entry that is not a trusted proxy.
     func clientAddress(peer: String?, forwardedFor: String?) -> String? {
         guard let peer, self.contains(peer), let forwardedFor else { return peer }
-        let hops = forwardedFor.split(separator: ",").map { String($0).trimmingCharacters() }.filter { !$0.isEmpty }
+        let hops = forwardedFor.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty }
         for hop in hops.reversed() where !self.contains(hop) { return hop }
         return hops.first ?? peer
-    }
-}
-
-extension String {
-    func trimmingCharacters() -> String {
-        var slice = Substring(self)
-        while slice.first == " " || slice.first == "\t" { slice.removeFirst() }
-        while slice.last == " " || slice.last == "\t" { slice.removeLast() }
-        return String(slice)
     }
 }

@@ -190,7 +190,7 @@ struct Ingest: Sendable {
                 extensions: [("limit", .number(String(limit)))]
             )
         }
-        let encoding = (request.headers[.contentEncoding] ?? "identity").lowercased().trimmingCharacters()
+        let encoding = (request.headers[.contentEncoding] ?? "identity").lowercased().trimmingSpaces()
         let algorithms: [CompressionAlgorithm]
         switch encoding {
         case "identity", "": return Array(buffer.readableBytesView)

@@ -698,8 +698,8 @@ public final class WAL: Sendable {
             if catalog.durableNextLSN < firstLSN { catalog.durableNextLSN = firstLSN }
         }
         self.logger.debug("wal.segment_created", metadata: ["wal.segment": "\(name)"])
-        self.requestSpare()
         self.refreshPressure()
+        self.requestSpare()
     }
 
     /// Writes the footer and trims the preallocated space. A failure leaves the segment
@@ -733,8 +733,10 @@ public final class WAL: Sendable {
         }
     }
 
-    /// Starts zero-filling the next segment in the background unless one is ready or under way.
+    /// Starts zero-filling the next segment in the background unless one is ready or under way,
+    /// or space is short: a spare would take the room the budget keeps free.
     private func requestSpare() {
+        guard self.catalog.withLock({ $0.pressure }) == .normal else { return }
         let start = self.spare.withLock { state -> Bool in
             guard case .none = state else { return false }
             state = .preparing

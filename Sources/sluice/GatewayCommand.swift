@@ -101,6 +101,7 @@ struct GatewayCommand: AsyncParsableCommand {
                     metadata: [
                         "server.address": "\(gateway.host)", "server.port": "\(port)",
                         "url.full": "http://\(gateway.host):\(port)/v1/events",
+                        "gateway.append_timeout": "\(gateway.appendTimeout)",
                     ]
                 )
             }

@@ -136,14 +136,20 @@ final class StopFlag: Sendable {
             let gateway = try await GatewayProcess(walDirectory: wal)
             let stop = StopFlag()
             let url = gateway.url
+            let before = poster.acknowledged.withLock { $0.count }
             await withTaskGroup(of: Void.self) { group in
                 for _ in 0..<8 { group.addTask { await poster.run(url: url, client: client, stop: { stop.isSet }) } }
-                try? await Task.sleep(for: .milliseconds(Int.random(in: 300...900)))
+                // Kill mid-stream: once requests are flowing, at a random moment.
+                let deadline = ContinuousClock.now + .seconds(15)
+                while poster.acknowledged.withLock({ $0.count }) < before + 50 && ContinuousClock.now < deadline {
+                    try? await Task.sleep(for: .milliseconds(10))
+                }
+                try? await Task.sleep(for: .milliseconds(Int.random(in: 50...500)))
                 gateway.signal(SIGKILL)
                 _ = try? await gateway.waitForExit()
                 stop.set()
             }
-            #expect(poster.acknowledged.withLock { $0.count } > 0, "round \(round): nothing was acknowledged")
+            #expect(poster.acknowledged.withLock { $0.count } > before, "round \(round): nothing was acknowledged")
         }
         let acknowledged = poster.acknowledged.withLock { $0 }
         let stored = try await dumpedEventIDs(wal)

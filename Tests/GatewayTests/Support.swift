@@ -8,22 +8,9 @@ import Logging
 import NIOCore
 import Prometheus
 import Telemetry
+@_exported import TestSupport
 import Testing
 @_spi(Testing) import WAL
-
-/// A fresh directory under the system temp dir, removed when the test ends.
-final class TemporaryDirectory: Sendable {
-    let path: String
-
-    init() throws {
-        let template = FileManager.default.temporaryDirectory.path + "/sluice-gw-test-XXXXXX"
-        var bytes = Array(template.utf8CString)
-        guard let result = mkdtemp(&bytes) else { throw WALError(.io, "mkdtemp failed", errno: errno) }
-        self.path = String(cString: result)
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: self.path) }
-}
 
 let registry = Telemetry.bootstrap(logLevel: .critical)
 
@@ -50,6 +37,9 @@ struct TestGateway {
         walConfiguration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 0)
         var configuration = GatewayConfiguration()
         configuration.gatewayID = "gw-test"
+        // Tests share 2 cores with each other: a 150 ms acknowledgement deadline would turn
+        // scheduling delays into 503s. Tests of the deadline set their own.
+        configuration.appendTimeout = .seconds(10)
         configure(&configuration)
         walConfiguration.ackTimeout = configuration.appendTimeout
         configureWAL(&walConfiguration)
@@ -94,22 +84,3 @@ func headers(_ pairs: [HTTPField.Name: String]) -> HTTPFields {
 }
 
 func buffer(_ text: String) -> ByteBuffer { ByteBuffer(string: text) }
-
-/// The `sluice` binary built beside the tests (`make test` builds it first).
-func sluiceBinary() throws -> String {
-    if let path = ProcessInfo.processInfo.environment["SLUICE_BIN"] { return path }
-    var root = URL(fileURLWithPath: #filePath)
-    for _ in 0..<3 { root.deleteLastPathComponent() }
-    let path = root.appendingPathComponent(".build/debug/sluice").path
-    guard FileManager.default.isExecutableFile(atPath: path) else {
-        throw WALError(.notFound, "the sluice binary is not built; run `swift build` first or set SLUICE_BIN")
-    }
-    return path
-}
-
-/// Runs blocking work outside the cooperative pool (see the WAL tests' twin).
-func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
-    }
-}

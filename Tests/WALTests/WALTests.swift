@@ -243,7 +243,7 @@ import Testing
         configuration.ackTimeout = .milliseconds(100)
         let wal = try await WAL.open(configuration, logger: quietLogger)
         _ = try await wal.append([event("warm")])
-        faults.delay(.fdatasync, by: .milliseconds(600))
+        faults.delay(.fdatasync, by: .seconds(3))
         let started = ContinuousClock.now
         let outcomes = await withTaskGroup(of: WALError.Code?.self) { group in
             for index in 0..<5 {
@@ -261,12 +261,13 @@ import Testing
             return await group.reduce(into: [WALError.Code?]()) { $0.append($1) }
         }
         let waited = ContinuousClock.now - started
-        // Every caller heard back near the deadline, long before the stalled fsync returned.
-        #expect(waited < .milliseconds(580))
+        // Every caller heard back long before the stalled fsync returned (generous bound: the
+        // machine may be busy with other tests).
+        #expect(waited < .milliseconds(2000))
         #expect(outcomes.allSatisfy { $0 == .timedOut || $0 == .overloaded })
         #expect(outcomes.contains(.timedOut))
         faults.delay(.fdatasync, by: nil)
-        try await Task.sleep(for: .milliseconds(700))  // the stalled fsync returns
+        try await Task.sleep(for: .milliseconds(3100))  // the stalled fsync returns
         let after = try await wal.append([event("after")])
         await wal.close()
         #expect(try allEvents(in: directory.path)[after.firstLSN] == event("after"))

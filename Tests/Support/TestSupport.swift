@@ -1,0 +1,57 @@
+import Foundation
+
+/// A fresh directory under the system temp dir, removed when the test ends.
+public final class TemporaryDirectory: Sendable {
+    public let path: String
+
+    public init() throws {
+        let template = FileManager.default.temporaryDirectory.path + "/sluice-test-XXXXXX"
+        var bytes = Array(template.utf8CString)
+        guard let result = mkdtemp(&bytes) else {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: "mkdtemp failed: errno \(errno)"])
+        }
+        self.path = String(cString: result)
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: self.path) }
+}
+
+/// The `sluice` binary built beside the tests (`make test` runs `swift build` first), or
+/// `SLUICE_BIN`.
+public func sluiceBinary(file: StaticString = #filePath) throws -> String {
+    if let path = ProcessInfo.processInfo.environment["SLUICE_BIN"] { return path }
+    var root = URL(fileURLWithPath: "\(file)")
+    while root.path != "/" && !FileManager.default.fileExists(atPath: root.appendingPathComponent("Package.swift").path)
+    {
+        root.deleteLastPathComponent()
+    }
+    for candidate in [".build/debug/sluice", ".build/release/sluice"] {
+        let path = root.appendingPathComponent(candidate).path
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    throw CocoaError(
+        .fileNoSuchFile,
+        userInfo: [
+            NSLocalizedDescriptionKey: "the sluice binary is not built; run `swift build` first or set SLUICE_BIN"
+        ]
+    )
+}
+
+/// The repository root (where Package.swift is).
+public func repositoryRoot(file: StaticString = #filePath) -> URL {
+    var root = URL(fileURLWithPath: "\(file)")
+    while root.path != "/" && !FileManager.default.fileExists(atPath: root.appendingPathComponent("Package.swift").path)
+    {
+        root.deleteLastPathComponent()
+    }
+    return root
+}
+
+/// Runs blocking work (waiting for a child process, reading its pipes) on a thread outside
+/// the cooperative pool, which has only as many threads as cores: blocking it stalls every
+/// other test running in parallel.
+public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+    }
+}
