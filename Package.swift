@@ -39,6 +39,18 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Debian's librdkafka (librdkafka-dev), with the mock cluster header.
+        .systemLibrary(
+            name: "Crdkafka",
+            pkgConfig: "rdkafka",
+            providers: [.apt(["librdkafka-dev"])]
+        ),
+        // A small Swift layer over librdkafka: producer with a poll thread, mock cluster, errors.
+        .target(
+            name: "Kafka",
+            dependencies: ["Crdkafka"],
+            swiftSettings: strict
+        ),
         // The event model: JSON, validation, normalization. No I/O.
         .target(name: "EventModel", swiftSettings: strict),
         // ECS JSON logs and Prometheus metrics, shared by every role.
@@ -71,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "sluice",
             dependencies: [
-                "WAL", "Gateway", "Telemetry", "EventModel",
+                "WAL", "Gateway", "Telemetry", "EventModel", "Kafka",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -84,6 +96,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/Support", swiftSettings: strict),
         .testTarget(name: "WALTests", dependencies: ["WAL", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EventModelTests", dependencies: ["EventModel"], swiftSettings: strict),
+        .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "GatewayTests",
             dependencies: [

@@ -1,0 +1,285 @@
+import Crdkafka
+import Dispatch
+import Synchronization
+
+/// Creates a librdkafka handle from string properties, turning configuration errors into a
+/// ``KafkaError`` that names the property.
+func makeHandle(
+    type: rd_kafka_type_t,
+    properties: [String: String],
+    prepare: (OpaquePointer) -> Void = { _ in }
+) throws(KafkaError) -> OpaquePointer {
+    let conf = rd_kafka_conf_new()!
+    var errorBuffer = [CChar](repeating: 0, count: 512)
+    for (key, value) in properties.sorted(by: { $0.key < $1.key }) {
+        let result = rd_kafka_conf_set(conf, key, value, &errorBuffer, errorBuffer.count)
+        guard result == RD_KAFKA_CONF_OK else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(
+                code: -1,
+                name: "_INVALID_CONFIG",
+                message:
+                    "kafka property \(key)=\(value): \(String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))",
+                isRetriable: false
+            )
+        }
+    }
+    prepare(conf)
+    guard let handle = rd_kafka_new(type, conf, &errorBuffer, errorBuffer.count) else {
+        // rd_kafka_new frees the configuration only on success.
+        rd_kafka_conf_destroy(conf)
+        throw KafkaError(
+            code: -1,
+            name: "_CREATE",
+            message: String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
+            isRetriable: false
+        )
+    }
+    return handle
+}
+
+/// One message's outcome, as librdkafka reported it.
+public struct DeliveryReport: Sendable {
+    /// The id the message was sent with.
+    public var id: UInt64
+    public var topic: String
+    public var partition: Int32
+    public var offset: Int64
+    /// nil when the broker acknowledged the message (acks=all).
+    public var error: KafkaError?
+}
+
+/// A Kafka producer: one librdkafka handle and one poll thread that turns delivery reports
+/// into calls of `onDelivery`.
+///
+/// - Important: `send` never blocks; a full local queue is a retriable `_QUEUE_FULL` error.
+///   The poll thread is a dedicated thread, never the cooperative pool. Call ``close(flushTimeout:)``
+///   before dropping the producer.
+public final class KafkaProducer: @unchecked Sendable {
+    /// Handed to librdkafka as the configuration opaque; lives as long as the producer.
+    final class Callbacks: @unchecked Sendable {
+        let onDelivery: @Sendable ([DeliveryReport]) -> Void
+        /// Filled by the delivery callback during one `rd_kafka_poll`, only on the poll thread.
+        var pending: [DeliveryReport] = []
+        let onError: @Sendable (KafkaError) -> Void
+
+        init(
+            onDelivery: @escaping @Sendable ([DeliveryReport]) -> Void,
+            onError: @escaping @Sendable (KafkaError) -> Void
+        ) {
+            self.onDelivery = onDelivery
+            self.onError = onError
+        }
+    }
+
+    private let handle: OpaquePointer
+    private let callbacks: Unmanaged<Callbacks>
+    private let stopping = Atomic<Bool>(false)
+    private let pollFinished = DispatchSemaphore(value: 0)
+    private let closed = Atomic<Bool>(false)
+
+    /// - Parameters:
+    ///   - properties: librdkafka configuration (`bootstrap.servers`, `enable.idempotence`, …).
+    ///   - onDelivery: called on the poll thread with each poll's delivery reports; keep it short.
+    ///   - onError: client-level errors (all brokers down, fatal idempotence errors).
+    public init(
+        properties: [String: String],
+        onDelivery: @escaping @Sendable ([DeliveryReport]) -> Void,
+        onError: @escaping @Sendable (KafkaError) -> Void = { _ in }
+    ) throws(KafkaError) {
+        let callbacks = Unmanaged.passRetained(Callbacks(onDelivery: onDelivery, onError: onError))
+        do {
+            self.handle = try makeHandle(type: RD_KAFKA_PRODUCER, properties: properties) { conf in
+                rd_kafka_conf_set_opaque(conf, callbacks.toOpaque())
+                rd_kafka_conf_set_dr_msg_cb(conf) { _, message, opaque in
+                    guard let message, let opaque else { return }
+                    let callbacks = Unmanaged<Callbacks>.fromOpaque(opaque).takeUnretainedValue()
+                    let id = UInt64(UInt(bitPattern: message.pointee._private)) &- 1
+                    let error = message.pointee.err
+                    let topic = message.pointee.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
+                    callbacks.pending.append(
+                        DeliveryReport(
+                            id: id,
+                            topic: topic,
+                            partition: message.pointee.partition,
+                            offset: message.pointee.offset,
+                            error: error == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(error)
+                        )
+                    )
+                }
+                rd_kafka_conf_set_error_cb(conf) { handle, code, reason, opaque in
+                    guard let opaque else { return }
+                    let callbacks = Unmanaged<Callbacks>.fromOpaque(opaque).takeUnretainedValue()
+                    var error = KafkaError(
+                        rd_kafka_resp_err_t(rawValue: code),
+                        message: reason.map { String(cString: $0) }
+                    )
+                    if error.isFatal, let handle {
+                        var buffer = [CChar](repeating: 0, count: 512)
+                        let fatal = rd_kafka_fatal_error(handle, &buffer, buffer.count)
+                        error = KafkaError(
+                            fatal,
+                            message: String(
+                                decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) },
+                                as: UTF8.self
+                            )
+                        )
+                        error.isFatal = true
+                    }
+                    callbacks.onError(error)
+                }
+            }
+        } catch {
+            callbacks.release()
+            throw error
+        }
+        self.callbacks = callbacks
+        let thread = DispatchQueue(label: "sluice.kafka.producer-poll")
+        thread.async { [self] in self.pollLoop() }
+    }
+
+    private func pollLoop() {
+        let callbacks = self.callbacks.takeUnretainedValue()
+        while !self.stopping.load(ordering: .relaxed) {
+            rd_kafka_poll(self.handle, 50)
+            if !callbacks.pending.isEmpty {
+                let reports = callbacks.pending
+                callbacks.pending.removeAll(keepingCapacity: true)
+                callbacks.onDelivery(reports)
+            }
+        }
+        self.pollFinished.signal()
+    }
+
+    /// Queues one message. `id` comes back in its ``DeliveryReport``.
+    public func send(
+        topic: String,
+        key: [UInt8]?,
+        value: [UInt8],
+        headers: [(String, [UInt8])] = [],
+        id: UInt64
+    )
+        throws(KafkaError)
+    {
+        let result: OwnedKafkaError? = topic.withCString { topicPointer in
+            value.withUnsafeBytes { valueBytes in
+                (key ?? []).withUnsafeBytes { keyBytes in
+                    var fields: [rd_kafka_vu_t] = []
+                    var field = rd_kafka_vu_t()
+                    field.vtype = RD_KAFKA_VTYPE_TOPIC
+                    field.u.cstr = topicPointer
+                    fields.append(field)
+                    field = rd_kafka_vu_t()
+                    field.vtype = RD_KAFKA_VTYPE_VALUE
+                    field.u.mem.ptr = UnsafeMutableRawPointer(mutating: valueBytes.baseAddress)
+                    field.u.mem.size = valueBytes.count
+                    fields.append(field)
+                    if key != nil {
+                        field = rd_kafka_vu_t()
+                        field.vtype = RD_KAFKA_VTYPE_KEY
+                        field.u.mem.ptr = UnsafeMutableRawPointer(mutating: keyBytes.baseAddress)
+                        field.u.mem.size = keyBytes.count
+                        fields.append(field)
+                    }
+                    field = rd_kafka_vu_t()
+                    field.vtype = RD_KAFKA_VTYPE_MSGFLAGS
+                    field.u.i = RD_KAFKA_MSG_F_COPY
+                    fields.append(field)
+                    field = rd_kafka_vu_t()
+                    field.vtype = RD_KAFKA_VTYPE_OPAQUE
+                    field.u.ptr = UnsafeMutableRawPointer(bitPattern: UInt(id &+ 1))
+                    fields.append(field)
+                    let headerList: OpaquePointer? = headers.isEmpty ? nil : rd_kafka_headers_new(headers.count)
+                    for (name, bytes) in headers {
+                        bytes.withUnsafeBytes { raw in
+                            _ = rd_kafka_header_add(headerList, name, -1, raw.baseAddress, raw.count)
+                        }
+                    }
+                    if let headerList {
+                        field = rd_kafka_vu_t()
+                        field.vtype = RD_KAFKA_VTYPE_HEADERS
+                        field.u.headers = headerList
+                        fields.append(field)
+                    }
+                    let error = fields.withUnsafeBufferPointer {
+                        rd_kafka_produceva(self.handle, $0.baseAddress, $0.count)
+                    }
+                    if error != nil, let headerList { rd_kafka_headers_destroy(headerList) }
+                    return error.map { OwnedKafkaError(pointer: $0) }
+                }
+            }
+        }
+        if let result {
+            throw KafkaError(result.code, message: "producing to \(topic)")
+        }
+    }
+
+    /// Messages queued locally or in flight.
+    public var outstanding: Int { Int(rd_kafka_outq_len(self.handle)) }
+
+    /// Waits (on the calling thread) up to `timeoutMilliseconds` for queued messages to be delivered.
+    public func flush(timeoutMilliseconds: Int32) -> Bool {
+        rd_kafka_flush(self.handle, timeoutMilliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR
+    }
+
+    /// Flushes (blocking up to the timeout), stops the poll thread and destroys the handle.
+    /// Messages still undelivered are reported as failed by librdkafka. Idempotent.
+    public func close(flushTimeoutMilliseconds: Int32 = 5000) {
+        guard !self.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        _ = rd_kafka_flush(self.handle, flushTimeoutMilliseconds)
+        self.stopping.store(true, ordering: .relaxed)
+        self.pollFinished.wait()
+        rd_kafka_destroy(self.handle)
+        self.callbacks.release()
+    }
+
+    /// Per-partition high watermarks (end offsets) of `topic`: how many messages it holds in
+    /// total, without reading them. Blocks up to the timeout per partition.
+    public func endOffsets(topic: String, timeoutMilliseconds: Int32 = 5000) throws(KafkaError) -> [Int32: Int64] {
+        try Self.endOffsets(handle: self.handle, topic: topic, timeoutMilliseconds: timeoutMilliseconds)
+    }
+
+    static func endOffsets(
+        handle: OpaquePointer,
+        topic: String,
+        timeoutMilliseconds: Int32
+    ) throws(KafkaError)
+        -> [Int32: Int64]
+    {
+        let topicHandle = rd_kafka_topic_new(handle, topic, nil)
+        defer { rd_kafka_topic_destroy(topicHandle) }
+        var metadata: UnsafePointer<rd_kafka_metadata>?
+        let error = rd_kafka_metadata(handle, 0, topicHandle, &metadata, timeoutMilliseconds)
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
+            throw KafkaError(error, message: "metadata for \(topic)")
+        }
+        defer { rd_kafka_metadata_destroy(metadata) }
+        guard metadata.pointee.topic_cnt > 0 else { return [:] }
+        let topicMetadata = metadata.pointee.topics[0]
+        guard topicMetadata.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            throw KafkaError(topicMetadata.err, message: "metadata for \(topic)")
+        }
+        var offsets: [Int32: Int64] = [:]
+        for index in 0..<Int(topicMetadata.partition_cnt) {
+            let partition = topicMetadata.partitions[index].id
+            var low: Int64 = 0
+            var high: Int64 = 0
+            let queried = rd_kafka_query_watermark_offsets(handle, topic, partition, &low, &high, timeoutMilliseconds)
+            guard queried == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                throw KafkaError(queried, message: "watermarks of \(topic)/\(partition)")
+            }
+            offsets[partition] = high
+        }
+        return offsets
+    }
+}
+
+/// An owned `rd_kafka_error_t *`, read once and destroyed.
+struct OwnedKafkaError {
+    let code: rd_kafka_resp_err_t
+
+    init(pointer: OpaquePointer) {
+        self.code = rd_kafka_error_code(pointer)
+        rd_kafka_error_destroy(pointer)
+    }
+}
