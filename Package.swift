@@ -51,6 +51,18 @@ let package = Package(
             dependencies: ["Crdkafka"],
             swiftSettings: strict
         ),
+        // Drains the WAL into Kafka and moves the WAL cursor over what Kafka acknowledged.
+        .target(
+            name: "Forwarder",
+            dependencies: [
+                "WAL", "Kafka", "EventModel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         // The event model: JSON, validation, normalization. No I/O.
         .target(name: "EventModel", swiftSettings: strict),
         // ECS JSON logs and Prometheus metrics, shared by every role.
@@ -97,6 +109,15 @@ let package = Package(
         .testTarget(name: "WALTests", dependencies: ["WAL", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EventModelTests", dependencies: ["EventModel"], swiftSettings: strict),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "ForwarderTests",
+            dependencies: [
+                "Forwarder", "Kafka", "WAL", "EventModel", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "GatewayTests",
             dependencies: [

@@ -16,6 +16,28 @@ public struct Event: Sendable, Equatable {
     public var properties: JSONValue?
 
     public static let schemaVersion = 1
+
+    public init(
+        eventID: String,
+        action: String,
+        userID: String,
+        timestampMillis: Int64,
+        page: String? = nil,
+        object: String? = nil,
+        referrer: String? = nil,
+        sessionID: String? = nil,
+        properties: JSONValue? = nil
+    ) {
+        self.eventID = eventID
+        self.action = action
+        self.userID = userID
+        self.timestampMillis = timestampMillis
+        self.page = page
+        self.object = object
+        self.referrer = referrer
+        self.sessionID = sessionID
+        self.properties = properties
+    }
 }
 
 /// What the gateway knows about the request an event came in.

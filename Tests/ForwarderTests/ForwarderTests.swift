@@ -1,0 +1,192 @@
+import EventModel
+import Foundation
+import Kafka
+import Logging
+import ServiceLifecycle
+import TestSupport
+import Testing
+import WAL
+
+@testable import Forwarder
+
+let quietLogger: Logger = {
+    var logger = Logger(label: "sluice.test")
+    logger.logLevel = .critical
+    return logger
+}()
+
+/// Reads a whole topic with kcat: (key, wal_lsn header, event_id header) per message.
+func consume(_ bootstrap: String, topic: String) async throws -> [(key: String, lsn: UInt64, id: String)] {
+    try await offPool {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/kcat")
+        process.arguments = ["-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%k\t%h\n"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { line in
+            let parts = line.split(separator: "\t", maxSplits: 1)
+            guard parts.count == 2 else { return nil }
+            var headers: [String: String] = [:]
+            for pair in parts[1].split(separator: ",") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                if kv.count == 2 { headers[String(kv[0])] = String(kv[1]) }
+            }
+            guard let lsn = headers["wal_lsn"].flatMap(UInt64.init), let id = headers["event_id"] else { return nil }
+            return (String(parts[0]), lsn, id)
+        }
+    }
+}
+
+/// A WAL with normalized events from `users` users, and a forwarder running over it.
+struct Pipeline {
+    let directory: TemporaryDirectory
+    let wal: WAL
+    let cluster: KafkaMockCluster
+    let group: ServiceGroup
+    let task: Task<Void, any Error>
+
+    static func start(partitions: Int = 4) async throws -> Pipeline {
+        let directory = try TemporaryDirectory()
+        var configuration = WALConfiguration(directory: directory.path + "/wal")
+        configuration.segmentBytes = 256 << 10
+        configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 0)
+        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let cluster = try KafkaMockCluster(brokers: 3)
+        try cluster.createTopic("events", partitions: partitions)
+        var forwarding = ForwarderConfiguration(kafkaProperties: [
+            "bootstrap.servers": cluster.bootstrapServers, "log_level": "0",
+        ])
+        forwarding.commitInterval = .milliseconds(50)
+        let forwarder = Forwarder(wal: wal, configuration: forwarding, logger: quietLogger)
+        let group = ServiceGroup(services: [forwarder], logger: quietLogger)
+        let task = Task { try await group.run() }
+        return Pipeline(directory: directory, wal: wal, cluster: cluster, group: group, task: task)
+    }
+
+    /// Appends `count` events in records of 1-3, returning their ids by LSN.
+    func append(_ count: Int, users: Int = 7, from start: Int = 0) async throws -> [String] {
+        var ids: [String] = []
+        var index = start
+        while index < start + count {
+            let size = min(1 + index % 3, start + count - index)
+            let events = (index..<index + size).map { n -> [UInt8] in
+                let event = Event(
+                    eventID: UUIDText.v7(millis: 1_795_342_530_000 + Int64(n)),
+                    action: "click",
+                    userID: "user-\(n % users)",
+                    timestampMillis: 1_795_342_530_000,
+                    page: nil,
+                    object: "o\(n)",
+                    referrer: nil,
+                    sessionID: nil,
+                    properties: nil
+                )
+                ids.append(event.eventID)
+                return event.normalizedJSON(
+                    origin: RequestOrigin(
+                        receivedAtMillis: 1_795_342_530_000,
+                        clientIP: nil,
+                        userAgent: nil,
+                        gatewayID: "gw"
+                    )
+                )
+            }
+            _ = try await self.wal.append(events)
+            index += size
+        }
+        return ids
+    }
+
+    func stop() async throws {
+        await self.group.triggerGracefulShutdown()
+        try await self.task.value
+        await self.wal.close()
+    }
+}
+
+func eventually(timeout: Duration = .seconds(60), _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("condition not met within \(timeout)")
+            return
+        }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(3))) struct ForwarderTests {
+    @Test func everyEventArrivesOnceInPerKeyOrderAndTheCursorFollows() async throws {
+        let pipeline = try await Pipeline.start()
+        let ids = try await pipeline.append(2000)
+        try await eventually { pipeline.wal.cursor("forwarder")?.lsn == LSN(2000) }
+        let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
+        #expect(messages.count == 2000)
+        #expect(Set(messages.map(\.id)) == Set(ids))
+        #expect(messages.allSatisfy { ids[Int($0.lsn)] == $0.id })
+        // Per key, Kafka holds the events in WAL order (same key → same partition, idempotent producer).
+        for (key, group) in Dictionary(grouping: messages, by: \.key) {
+            let lsns = group.map(\.lsn)
+            #expect(lsns == lsns.sorted(), "key \(key) out of order")
+        }
+        try await pipeline.stop()
+    }
+
+    @Test func aKafkaOutageKeepsTheBacklogInTheWALAndLosesNothing() async throws {
+        let pipeline = try await Pipeline.start(partitions: 2)
+        var ids = try await pipeline.append(100)
+        try await eventually { pipeline.wal.cursor("forwarder")?.lsn == LSN(100) }
+        for broker in 1...3 { pipeline.cluster.setBrokerDown(Int32(broker)) }
+        ids += try await pipeline.append(500, from: 100)
+        try await Task.sleep(for: .seconds(3))
+        // Nothing acknowledged while Kafka is down: the cursor waits, the WAL keeps the data.
+        #expect(pipeline.wal.cursor("forwarder")?.lsn == LSN(100))
+        for broker in 1...3 { pipeline.cluster.setBrokerUp(Int32(broker)) }
+        try await eventually { pipeline.wal.cursor("forwarder")?.lsn == LSN(600) }
+        let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
+        #expect(Set(messages.map(\.id)) == Set(ids))
+        #expect(messages.count >= 600)
+        try await pipeline.stop()
+    }
+
+    @Test func injectedProduceErrorsAndALeaderChangeLoseNothing() async throws {
+        let pipeline = try await Pipeline.start(partitions: 2)
+        pipeline.cluster.pushRequestErrors(apiKey: 0, errors: [6, 7, 6, 6])
+        var ids = try await pipeline.append(300)
+        pipeline.cluster.setPartitionLeader(topic: "events", partition: 0, broker: 2)
+        ids += try await pipeline.append(300, from: 300)
+        try await eventually { pipeline.wal.cursor("forwarder")?.lsn == LSN(600) }
+        let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
+        #expect(Set(messages.map(\.id)) == Set(ids))
+        try await pipeline.stop()
+    }
+
+    @Test func messagesAreKeyedRoutedAndCarryTheirHeaders() {
+        let event = Array(
+            #"{"event_id":"0190f5d2-7a3c-7cc2-9b4e-3f6a1d2c4b5a","action":"purchase","user_id":"u9","gateway_id":"gw-2"}"#
+                .utf8
+        )
+        let message = Forwarder.message(
+            for: event,
+            lsn: LSN(42),
+            routing: TopicRouting(defaultTopic: "events", topicsByAction: ["purchase": "orders"])
+        )
+        #expect(message.topic == "orders")
+        #expect(message.key == Array("u9".utf8))
+        let headers = Dictionary(
+            uniqueKeysWithValues: message.headers.map { ($0.0, String(decoding: $0.1, as: UTF8.self)) }
+        )
+        #expect(headers["event_id"] == "0190f5d2-7a3c-7cc2-9b4e-3f6a1d2c4b5a")
+        #expect(headers["wal_lsn"] == "42")
+        #expect(headers["gateway_id"] == "gw-2")
+        #expect(headers["schema_version"] == "1")
+        #expect(headers["content_type"] == "application/json")
+        let garbage = Forwarder.message(for: Array("not json".utf8), lsn: LSN(1), routing: TopicRouting())
+        #expect(garbage.topic == "events")
+        #expect(garbage.key == nil)
+    }
+}
