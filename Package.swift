@@ -95,10 +95,11 @@ let package = Package(
         .executableTarget(
             name: "sluice",
             dependencies: [
-                "WAL", "Gateway", "Telemetry", "EventModel", "Kafka",
+                "WAL", "Gateway", "Telemetry", "EventModel", "Kafka", "Forwarder",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -121,7 +122,8 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "WAL", "EventModel", "Telemetry", "TestSupport",
+                "Gateway", "WAL", "EventModel", "Telemetry", "TestSupport", "Forwarder", "Kafka",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

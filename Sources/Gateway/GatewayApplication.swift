@@ -120,19 +120,22 @@ struct OriginAllowList: RouterMiddleware {
 }
 
 /// The gateway as a runnable Hummingbird application, with the WAL closed after the server
-/// stops.
+/// stops. `services` (the forwarder) start after the WAL and stop before it.
 public func buildGatewayApplication(
     configuration: GatewayConfiguration,
     wal: WAL?,
     registry: PrometheusCollectorRegistry,
     logger: Logger,
+    services: [any Service] = [],
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let router = buildGatewayRouter(configuration: configuration, wal: wal, registry: registry, logger: logger)
     return Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sluice"),
-        services: wal.map { [WALService(wal: $0)] } ?? [],
+        // Shutdown runs in reverse: the server stops, then these (the forwarder flushes to
+        // Kafka), then the WAL closes.
+        services: (wal.map { [WALService(wal: $0)] } ?? []) + services,
         onServerRunning: onServerRunning,
         logger: logger
     )

@@ -1,9 +1,11 @@
 import ArgumentParser
+import Forwarder
 import Foundation
 import Gateway
 import Hummingbird
 import Logging
 import NIOCore
+import ServiceLifecycle
 import Telemetry
 import WAL
 
@@ -47,6 +49,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(help: "The WAL directory (default ./data/wal).")
     var walDir: String?
 
+    @Option(help: "Kafka bootstrap servers (host:port,...): run the forwarder in this process.")
+    var kafkaBootstrap: String?
+
     @Flag(help: "BENCHMARK ONLY, UNSAFE: accept events without writing them anywhere.")
     var unsafeNoWAL = false
 
@@ -60,6 +65,7 @@ struct GatewayCommand: AsyncParsableCommand {
                 )
             }
             if let directory = self.walDir { settings.walDirectory = directory }
+            if let bootstrap = self.kafkaBootstrap { settings.kafkaBootstrap = bootstrap }
             settings.gateway.unsafeSkipWAL = self.unsafeNoWAL
             settings.wal.ackTimeout = settings.gateway.appendTimeout
             try settings.gateway.validate()
@@ -84,6 +90,10 @@ struct GatewayCommand: AsyncParsableCommand {
                 throw ExitCode(2)
             }
         }
+        var services: [any Service] = []
+        if let wal, let forwarding = settings.forwarderConfiguration {
+            services.append(Forwarder(wal: wal, configuration: forwarding, logger: Logger(label: "sluice.forwarder")))
+        }
         let gateway = settings.gateway
         // Where to send events is printed whatever the log level: operators and scripts wait for it.
         var startupLogger = logger
@@ -94,6 +104,7 @@ struct GatewayCommand: AsyncParsableCommand {
             wal: wal,
             registry: registry,
             logger: logger,
+            services: services,
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? gateway.port
                 announcer.notice(

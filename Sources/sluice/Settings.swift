@@ -1,4 +1,5 @@
 import EventModel
+import Forwarder
 import Foundation
 import Gateway
 import Logging
@@ -12,6 +13,22 @@ struct Settings {
     var walDirectory = "./data/wal"
     var wal = WALConfiguration(directory: "./data/wal")
     var logLevel: Logger.Level = .info
+    /// Kafka bootstrap servers; nil runs the gateway without a forwarder.
+    var kafkaBootstrap: String?
+    /// librdkafka properties passed through as they are (TLS, SASL, tuning).
+    var kafkaProperties: [String: String] = [:]
+    var routing = TopicRouting()
+    var forwarderMaxInFlight = 100_000
+
+    var forwarderConfiguration: ForwarderConfiguration? {
+        guard let bootstrap = self.kafkaBootstrap else { return nil }
+        var properties = self.kafkaProperties
+        properties["bootstrap.servers"] = bootstrap
+        var configuration = ForwarderConfiguration(kafkaProperties: properties)
+        configuration.routing = self.routing
+        configuration.maxInFlightEvents = self.forwarderMaxInFlight
+        return configuration
+    }
 
     var walConfiguration: WALConfiguration {
         var configuration = self.wal
@@ -60,6 +77,8 @@ struct SettingValue {
     var text: String
     var list: [String]?
     var origin: String
+    /// For keys ending in `.*`: the part of the path the `*` stands for.
+    var subkey: String = ""
 
     func fail(_ key: SettingKey, _ expected: String) -> SettingsError {
         SettingsError(description: "\(self.origin): \(key.path) = '\(self.text)' is invalid: expected \(expected)")
@@ -211,6 +230,39 @@ enum SettingsLoader {
             value,
             key in settings.wal.keepConsumed = try value.duration(key)
         },
+        SettingKey(path: "kafka.bootstrap_servers", kind: .string, help: "Kafka brokers; enables the forwarder") {
+            settings,
+            value,
+            key in settings.kafkaBootstrap = value.text
+        },
+        SettingKey(path: "kafka.properties.*", kind: .string, help: "any librdkafka property (TLS, SASL, tuning)") {
+            settings,
+            value,
+            key in settings.kafkaProperties[value.subkey] = value.text
+        },
+        SettingKey(path: "forwarder.default_topic", kind: .string, help: "topic for actions without a route (events)") {
+            settings,
+            value,
+            key in settings.routing.defaultTopic = value.text
+        },
+        SettingKey(
+            path: "forwarder.topics.*",
+            kind: .string,
+            help: "topic per action, e.g. forwarder.topics.purchase: orders"
+        ) {
+            settings,
+            value,
+            key in settings.routing.topicsByAction[value.subkey] = value.text
+        },
+        SettingKey(
+            path: "forwarder.max_in_flight",
+            kind: .integer,
+            help: "events sent and unacknowledged at most (100000)"
+        ) {
+            settings,
+            value,
+            key in settings.forwarderMaxInFlight = Int(try value.integer(key, range: 1...10_000_000))
+        },
         SettingKey(path: "logging.level", kind: .string, help: "trace, debug, info, notice, warning, error, critical") {
             settings,
             value,
@@ -247,7 +299,15 @@ enum SettingsLoader {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
                 throw SettingsError(description: "cannot read the configuration file \(file)")
             }
-            for (path, value) in try self.flatten(yaml: text, file: file) {
+            for (path, var value) in try self.flatten(yaml: text, file: file) {
+                let wildcard = self.keys.first { key in
+                    key.path.hasSuffix(".*") && path.hasPrefix(key.path.dropLast()) && path.count > key.path.count - 1
+                }
+                if let wildcard {
+                    value.subkey = String(path.dropFirst(wildcard.path.count - 1))
+                    try wildcard.apply(&settings, value)
+                    continue
+                }
                 guard let key = self.keys.first(where: { $0.path == path }) else {
                     let suggestion = self.closest(to: path).map { " (did you mean \($0)?)" } ?? ""
                     throw SettingsError(description: "\(value.origin): unknown key \(path)\(suggestion)")
@@ -258,7 +318,7 @@ enum SettingsLoader {
                 try key.apply(&settings, value)
             }
         }
-        for key in self.keys {
+        for key in self.keys where !key.path.hasSuffix(".*") {
             if let text = environment[key.environmentName] {
                 try key.apply(
                     &settings,

@@ -69,6 +69,21 @@ struct Pipeline {
 
     /// Appends `count` events in records of 1-3, returning their ids by LSN.
     func append(_ count: Int, users: Int = 7, from start: Int = 0) async throws -> [String] {
+        try await Prefill(wal: self.wal).append(count, users: users, from: start)
+    }
+
+    func stop() async throws {
+        await self.group.triggerGracefulShutdown()
+        try await self.task.value
+        await self.wal.close()
+    }
+}
+
+/// Writes normalized events into a WAL.
+struct Prefill {
+    let wal: WAL
+
+    func append(_ count: Int, users: Int = 7, from start: Int = 0) async throws -> [String] {
         var ids: [String] = []
         var index = start
         while index < start + count {
@@ -100,22 +115,20 @@ struct Pipeline {
         }
         return ids
     }
-
-    func stop() async throws {
-        await self.group.triggerGracefulShutdown()
-        try await self.task.value
-        await self.wal.close()
-    }
 }
 
-func eventually(timeout: Duration = .seconds(60), _ condition: () async throws -> Bool) async throws {
+func eventually(
+    timeout: Duration = .seconds(60),
+    pollEvery interval: Duration = .milliseconds(50),
+    _ condition: () async throws -> Bool
+) async throws {
     let deadline = ContinuousClock.now + timeout
     while try await !condition() {
         guard ContinuousClock.now < deadline else {
             Issue.record("condition not met within \(timeout)")
             return
         }
-        try await Task.sleep(for: .milliseconds(50))
+        try await Task.sleep(for: interval)
     }
 }
 
@@ -160,8 +173,13 @@ func eventually(timeout: Duration = .seconds(60), _ condition: () async throws -
         pipeline.cluster.setPartitionLeader(topic: "events", partition: 0, broker: 2)
         ids += try await pipeline.append(300, from: 300)
         try await eventually { pipeline.wal.cursor("forwarder")?.lsn == LSN(600) }
-        let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
-        #expect(Set(messages.map(\.id)) == Set(ids))
+        // The idempotent producer's retries add no duplicates: exactly the 600 events.
+        let counter = try KafkaProducer(
+            properties: ["bootstrap.servers": pipeline.cluster.bootstrapServers, "log_level": "0"],
+            onDelivery: { _ in }
+        )
+        #expect(try counter.endOffsets(topic: "events").values.reduce(0, +) == Int64(ids.count))
+        counter.close()
         try await pipeline.stop()
     }
 

@@ -1,0 +1,53 @@
+import ArgumentParser
+import Forwarder
+import Gateway
+import Logging
+import ServiceLifecycle
+import Telemetry
+import UnixSignals
+import WAL
+
+/// `sluice forwarder`: drain a WAL into Kafka without the HTTP server (normally the gateway
+/// runs the forwarder itself; one process owns a WAL directory at a time).
+struct ForwarderCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "forwarder",
+        abstract: "Drain a WAL directory into Kafka (when no gateway owns it).",
+        discussion: "Runs until SIGTERM/SIGINT, then flushes to Kafka and persists its cursor."
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(help: "The WAL directory (default ./data/wal).")
+    var walDir: String?
+
+    @Option(help: "Kafka bootstrap servers (host:port,...).")
+    var kafkaBootstrap: String?
+
+    func run() async throws {
+        var settings = try self.options.load()
+        if let directory = self.walDir { settings.walDirectory = directory }
+        if let bootstrap = self.kafkaBootstrap { settings.kafkaBootstrap = bootstrap }
+        guard let forwarding = settings.forwarderConfiguration else {
+            printError("sluice: no Kafka to forward to: give --kafka-bootstrap or kafka.bootstrap_servers")
+            throw ExitCode(2)
+        }
+        Telemetry.bootstrap(logLevel: settings.logLevel)
+        let wal: WAL
+        do {
+            wal = try await WAL.open(settings.walConfiguration, logger: Logger(label: "sluice.wal"))
+        } catch {
+            printError("sluice: cannot open the WAL in \(settings.walDirectory): \(describe(error))")
+            throw ExitCode(2)
+        }
+        let logger = Logger(label: "sluice.forwarder")
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [WALService(wal: wal), Forwarder(wal: wal, configuration: forwarding, logger: logger)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await group.run()
+    }
+}
