@@ -16,7 +16,7 @@ final class Child: @unchecked Sendable {
         env.merge(environment) { $1 }
         self.process.environment = env
         self.logPath = FileManager.default.temporaryDirectory.path + "/sluice-child-\(UUID().uuidString).log"
-        FileManager.default.createFile(atPath: self.logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: self.logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: self.logPath))
         self.process.standardOutput = log
         self.process.standardError = log
