@@ -5,6 +5,9 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "A durable ingest path for user-action and clickstream events.",
-        subcommands: [GatewayCommand.self, ForwarderCommand.self, WALCommand.self, DevKafkaCommand.self]
+        subcommands: [
+            GatewayCommand.self, ForwarderCommand.self, WALCommand.self, DevKafkaCommand.self,
+            ForwarderBenchCommand.self,
+        ]
     )
 }
