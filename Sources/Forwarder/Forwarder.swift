@@ -188,11 +188,15 @@ public final class Forwarder: Service, Sendable {
     /// Topic, key and headers for one normalized event. An event that is not the JSON the
     /// gateway writes still goes out (to the default topic), so nothing stalls the WAL.
     static func message(for event: [UInt8], lsn: LSN, routing: TopicRouting) -> Message {
-        let json = try? JSONParser.parse(event)
-        func text(_ key: String) -> String? {
-            if case .string(let value) = json?[key] { return value }
-            return nil
+        // The gateway writes these fields as plain top-level strings: find them without a full
+        // parse (measured as the forwarder's main cost), and parse only when one is escaped.
+        var fields = Self.scan(event, keys: ["action", "user_id", "event_id", "gateway_id"])
+        if fields == nil, case .object(let members)? = try? JSONParser.parse(event) {
+            var parsed: [String: String] = [:]
+            for (key, value) in members { if case .string(let text) = value { parsed[key] = text } }
+            fields = parsed
         }
+        func text(_ key: String) -> String? { fields?[key] }
         var headers: [(String, [UInt8])] = [
             ("content_type", Array("application/json".utf8)),
             ("schema_version", Array(String(Event.schemaVersion).utf8)),
@@ -205,6 +209,51 @@ public final class Forwarder: Service, Sendable {
             key: text("user_id").map { Array($0.utf8) },
             headers: headers
         )
+    }
+
+    /// The string values of `keys` in a compact JSON object, found by scanning for `"key":"`
+    /// (inside a JSON string every quote is escaped, so the pattern only matches real keys);
+    /// nil when a value holds an escape (the caller then parses properly). The gateway writes
+    /// `event_id`, `action` and `user_id` before `properties` and `gateway_id` after it, so
+    /// the first (respectively last) match is the top-level one, not a nested property.
+    static func scan(_ bytes: [UInt8], keys: [String]) -> [String: String]? {
+        var result: [String: String] = [:]
+        for key in keys {
+            let pattern = Array("\"\(key)\":\"".utf8)
+            let found =
+                key == "gateway_id" ? Self.lastIndex(of: pattern, in: bytes) : Self.firstIndex(of: pattern, in: bytes)
+            guard let start = found else { continue }
+            var end = start + pattern.count
+            while end < bytes.count && bytes[end] != UInt8(ascii: "\"") {
+                if bytes[end] == UInt8(ascii: "\\") { return nil }
+                end += 1
+            }
+            guard end < bytes.count else { return nil }
+            result[key] = String(decoding: bytes[(start + pattern.count)..<end], as: UTF8.self)
+        }
+        return result
+    }
+
+    private static func lastIndex(of pattern: [UInt8], in bytes: [UInt8]) -> Int? {
+        guard bytes.count >= pattern.count else { return nil }
+        var index = bytes.count - pattern.count
+        while index >= 0 {
+            if bytes[index] == pattern[0] && bytes[index..<(index + pattern.count)].elementsEqual(pattern) {
+                return index
+            }
+            index -= 1
+        }
+        return nil
+    }
+
+    private static func firstIndex(of pattern: [UInt8], in bytes: [UInt8]) -> Int? {
+        guard let first = pattern.first, bytes.count >= pattern.count else { return nil }
+        var index = 0
+        while index <= bytes.count - pattern.count {
+            if bytes[index] == first && bytes[index..<(index + pattern.count)].elementsEqual(pattern) { return index }
+            index += 1
+        }
+        return nil
     }
 
     /// Delivery reports, on the producer's poll thread.

@@ -203,6 +203,18 @@ func eventually(
         #expect(headers["gateway_id"] == "gw-2")
         #expect(headers["schema_version"] == "1")
         #expect(headers["content_type"] == "application/json")
+        // A nested property named like a header field does not win, and escapes are decoded.
+        let tricky = Array(
+            #"{"event_id":"e1","action":"click","user_id":"a\"b","properties":{"gateway_id":"evil","action":"x"},"gateway_id":"gw-1"}"#
+                .utf8
+        )
+        let parsed = Forwarder.message(for: tricky, lsn: LSN(2), routing: TopicRouting())
+        let trickyHeaders = Dictionary(
+            uniqueKeysWithValues: parsed.headers.map { ($0.0, String(decoding: $0.1, as: UTF8.self)) }
+        )
+        #expect(parsed.key == Array("a\"b".utf8))
+        #expect(trickyHeaders["gateway_id"] == "gw-1")
+        #expect(parsed.topic == "events")
         let garbage = Forwarder.message(for: Array("not json".utf8), lsn: LSN(1), routing: TopicRouting())
         #expect(garbage.topic == "events")
         #expect(garbage.key == nil)
