@@ -30,9 +30,9 @@ public protocol WALFileSystem: Sendable {
     func fileExists(_ path: String) -> Bool
     /// Bytes available to an unprivileged writer, and the volume's size.
     func volumeSpace(_ path: String) throws -> (available: Int64, total: Int64)
-    /// Takes an exclusive, non-blocking `flock` on `path` (created if missing) and returns
-    /// the descriptor that holds it, or throws ``WALError/Code/locked``.
-    func lockExclusive(_ path: String) throws -> Int32
+    /// Takes an exclusive `flock` on `path` (created if missing) and returns the descriptor
+    /// that holds it, or throws ``WALError/Code/locked`` once `waitMilliseconds` have passed.
+    func lockExclusive(_ path: String, waitMilliseconds: Int) throws -> Int32
 }
 
 /// The real file system.
@@ -154,9 +154,16 @@ public struct SystemFileSystem: WALFileSystem {
         return (Int64(info.f_bavail) * Int64(info.f_frsize), Int64(info.f_blocks) * Int64(info.f_frsize))
     }
 
-    public func lockExclusive(_ path: String) throws -> Int32 {
+    public func lockExclusive(_ path: String, waitMilliseconds: Int) throws -> Int32 {
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw WALError.syscall("open", path: path, errno: errno) }
+        // A lock can outlive its holder by a moment (an exiting process, or a child forked
+        // elsewhere in the process before exec closes descriptors): retry briefly.
+        var waited = 0
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK && waited < waitMilliseconds {
+            usleep(20_000)
+            waited += 20
+        }
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let error = errno
             var holder = ""
@@ -206,7 +213,6 @@ public final class FaultInjectingFileSystem: WALFileSystem {
     private let base: any WALFileSystem
     private let faults = Mutex<[Operation: Fault]>([:])
     private let delays = Mutex<[Operation: Duration]>([:])
-    private let counts = Mutex<[Operation: Int]>([:])
 
     public init(base: any WALFileSystem = SystemFileSystem()) { self.base = base }
 
@@ -227,11 +233,7 @@ public final class FaultInjectingFileSystem: WALFileSystem {
         }
     }
 
-    /// How many times `operation` was attempted.
-    public func count(_ operation: Operation) -> Int { self.counts.withLock { $0[operation] ?? 0 } }
-
     private func check(_ operation: Operation, path: String) throws {
-        self.counts.withLock { $0[operation, default: 0] += 1 }
         if let delay = self.delays.withLock({ $0[operation] }) {
             let (seconds, attoseconds) = delay.components
             usleep(UInt32(seconds * 1_000_000 + attoseconds / 1_000_000_000_000))
@@ -296,5 +298,7 @@ public final class FaultInjectingFileSystem: WALFileSystem {
     public func volumeSpace(_ path: String) throws -> (available: Int64, total: Int64) {
         try self.base.volumeSpace(path)
     }
-    public func lockExclusive(_ path: String) throws -> Int32 { try self.base.lockExclusive(path) }
+    public func lockExclusive(_ path: String, waitMilliseconds: Int) throws -> Int32 {
+        try self.base.lockExclusive(path, waitMilliseconds: waitMilliseconds)
+    }
 }

@@ -166,7 +166,7 @@ public final class WAL: Sendable {
         try fileSystem.makeDirectory(directory)
         try fileSystem.makeDirectory(directory + "/cursors")
         try fileSystem.makeDirectory(directory + "/" + Quarantine.directoryName)
-        let lockFD = try fileSystem.lockExclusive(directory + "/wal.lock")
+        let lockFD = try fileSystem.lockExclusive(directory + "/wal.lock", waitMilliseconds: 1000)
         // A spare left by an earlier run may be half-filled: start over.
         if fileSystem.fileExists(directory + "/" + Self.spareName) {
             try? fileSystem.unlink(directory + "/" + Self.spareName)

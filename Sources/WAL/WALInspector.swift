@@ -53,7 +53,7 @@ public struct WALInspector: Sendable {
         let path = self.directory + "/wal.lock"
         guard self.fileSystem.fileExists(path) else { return nil }
         do {
-            let fd = try self.fileSystem.lockExclusive(path)
+            let fd = try self.fileSystem.lockExclusive(path, waitMilliseconds: 0)
             self.fileSystem.close(fd)
             return nil
         } catch let error as WALError where error.code == .locked {
@@ -270,7 +270,7 @@ public struct WALInspector: Sendable {
     /// the writer keeps cursors in memory and would overwrite the change.
     public func setCursor(_ name: String, to lsn: LSN, now: UInt64 = WallClock.now()) throws -> CursorPosition {
         try CursorFile.validate(name: name)
-        let lock = try self.fileSystem.lockExclusive(self.directory + "/wal.lock")
+        let lock = try self.fileSystem.lockExclusive(self.directory + "/wal.lock", waitMilliseconds: 1000)
         defer { self.fileSystem.close(lock) }
         let cursorDirectory = self.directory + "/cursors"
         try self.fileSystem.makeDirectory(cursorDirectory)
