@@ -9,6 +9,4 @@ enum CRC32C {
     static func checksum(_ bytes: [UInt8], seed: UInt32 = 0) -> UInt32 {
         bytes.withUnsafeBytes { self.checksum($0, seed: seed) }
     }
-
-    static var isHardwareAccelerated: Bool { sluice_crc32c_is_hardware() != 0 }
 }

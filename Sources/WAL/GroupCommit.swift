@@ -241,9 +241,6 @@ struct GroupCommit<Item> {
         return expired
     }
 
-    /// When the oldest queued append arrived, if any is queued.
-    var oldestQueuedAt: UInt64? { self.queueHead < self.queue.count ? self.queue[self.queueHead].enqueuedAt : nil }
-
     /// Stops intake; the writer drains what is queued and then returns ``Step/stop(_:)``.
     /// Returns whether the writer must be woken.
     mutating func close() -> Bool {

@@ -73,8 +73,6 @@ struct SegmentReader {
 
     func close() { self.fileSystem.close(self.fd) }
 
-    mutating func refreshSize() throws { self.fileSize = try self.fileSystem.fileSize(self.fd, path: self.path) }
-
     /// Forgets cached bytes: a live segment grows under the reader, so bytes read past the
     /// durable end earlier (zeros) are stale once the writer has been there.
     mutating func invalidateCache() {

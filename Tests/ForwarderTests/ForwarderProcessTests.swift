@@ -64,13 +64,13 @@ extension ForwarderTests {
             "forwarder", "--config", slow, "--wal-dir", walDirectory, "--kafka-bootstrap", bootstrap,
         ])
         func cursor() -> LSN { (try? WALInspector(directory: walDirectory).cursors().first?.lsn) ?? .zero }
-        try await eventually(pollEvery: .milliseconds(5)) { cursor() > .zero }
+        try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(5)) { cursor() > .zero }
         _ = try await first.stop(SIGKILL)
         let killedAt = cursor()
         #expect(killedAt < LSN(20_000), "the forwarder finished before it could be killed")
 
         let second = try Child(["forwarder", "--wal-dir", walDirectory, "--kafka-bootstrap", bootstrap])
-        try await eventually { cursor() == LSN(20_000) }
+        try await waitUntil(timeout: .seconds(60)) { cursor() == LSN(20_000) }
         try await Task.sleep(for: .seconds(1))  // signal handling is installed just after start-up
         let status = try await second.stop(SIGTERM)
         #expect(status == 0, "the forwarder exited with \(status) on SIGTERM")

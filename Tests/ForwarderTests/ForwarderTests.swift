@@ -117,26 +117,11 @@ struct Prefill {
     }
 }
 
-func eventually(
-    timeout: Duration = .seconds(60),
-    pollEvery interval: Duration = .milliseconds(50),
-    _ condition: () async throws -> Bool
-) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while try await !condition() {
-        guard ContinuousClock.now < deadline else {
-            Issue.record("condition not met within \(timeout)")
-            return
-        }
-        try await Task.sleep(for: interval)
-    }
-}
-
 @Suite(.serialized, .timeLimit(.minutes(3))) struct ForwarderTests {
     @Test func everyEventArrivesOnceInPerKeyOrderAndTheCursorFollows() async throws {
         let pipeline = try await Pipeline.start()
         let ids = try await pipeline.append(2000)
-        try await eventually { pipeline.wal.cursor("forwarder")?.lsn == LSN(2000) }
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(2000) }
         let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
         #expect(messages.count == 2000)
         #expect(Set(messages.map(\.id)) == Set(ids))
@@ -152,14 +137,14 @@ func eventually(
     @Test func aKafkaOutageKeepsTheBacklogInTheWALAndLosesNothing() async throws {
         let pipeline = try await Pipeline.start(partitions: 2)
         var ids = try await pipeline.append(100)
-        try await eventually { pipeline.wal.cursor("forwarder")?.lsn == LSN(100) }
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(100) }
         for broker in 1...3 { pipeline.cluster.setBrokerDown(Int32(broker)) }
         ids += try await pipeline.append(500, from: 100)
         try await Task.sleep(for: .seconds(3))
         // Nothing acknowledged while Kafka is down: the cursor waits, the WAL keeps the data.
         #expect(pipeline.wal.cursor("forwarder")?.lsn == LSN(100))
         for broker in 1...3 { pipeline.cluster.setBrokerUp(Int32(broker)) }
-        try await eventually { pipeline.wal.cursor("forwarder")?.lsn == LSN(600) }
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(600) }
         let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
         #expect(Set(messages.map(\.id)) == Set(ids))
         #expect(messages.count >= 600)
@@ -172,7 +157,7 @@ func eventually(
         var ids = try await pipeline.append(300)
         pipeline.cluster.setPartitionLeader(topic: "events", partition: 0, broker: 2)
         ids += try await pipeline.append(300, from: 300)
-        try await eventually { pipeline.wal.cursor("forwarder")?.lsn == LSN(600) }
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(600) }
         // The idempotent producer's retries add no duplicates: exactly the 600 events.
         let counter = try KafkaProducer(
             properties: ["bootstrap.servers": pipeline.cluster.bootstrapServers, "log_level": "0"],

@@ -1,5 +1,6 @@
 import Kafka
 import Synchronization
+import TestSupport
 import Testing
 
 /// Delivery reports collected from the poll thread.
@@ -7,17 +8,6 @@ final class Reports: Sendable {
     let all = Mutex<[DeliveryReport]>([])
     func add(_ reports: [DeliveryReport]) { self.all.withLock { $0 += reports } }
     var count: Int { self.all.withLock { $0.count } }
-}
-
-func waitUntil(timeout: Duration = .seconds(30), _ condition: () -> Bool) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while !condition() {
-        guard ContinuousClock.now < deadline else {
-            Issue.record("condition not met within \(timeout)")
-            return
-        }
-        try await Task.sleep(for: .milliseconds(20))
-    }
 }
 
 @Suite(.timeLimit(.minutes(2))) struct KafkaProducerTests {

@@ -55,3 +55,22 @@ public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) asy
         DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
     }
 }
+
+/// A condition a test waited for did not come true in time.
+public struct WaitTimedOut: Error, CustomStringConvertible {
+    public var timeout: Duration
+    public var description: String { "condition not met within \(self.timeout)" }
+}
+
+/// Polls `condition` until it holds; throws ``WaitTimedOut`` (failing the test) after `timeout`.
+public func waitUntil(
+    timeout: Duration = .seconds(30),
+    pollEvery interval: Duration = .milliseconds(10),
+    _ condition: () async throws -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else { throw WaitTimedOut(timeout: timeout) }
+        try await Task.sleep(for: interval)
+    }
+}

@@ -432,17 +432,6 @@ final class ManualClock: Sendable {
     func advance(by nanos: UInt64) { self.value.withLock { $0 += nanos } }
 }
 
-func waitUntil(timeout: Duration = .seconds(5), _ condition: () -> Bool) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while !condition() {
-        guard ContinuousClock.now < deadline else {
-            Issue.record("condition not met within \(timeout)")
-            return
-        }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-}
-
 func flipByte(in path: String, at offset: Int64) throws {
     let handle = try #require(FileHandle(forUpdatingAtPath: path))
     defer { try? handle.close() }
