@@ -13,6 +13,9 @@ struct DeliveryTracker {
         /// Per event: delivered yet?
         var done: [Bool]
         var remaining: Int
+        /// When the WAL writer appended it, and its size on disk: for the lag metrics.
+        var timestampNanos: UInt64
+        var bytes: Int
 
         var nextLSN: LSN { self.lsn + UInt64(self.events.count) }
     }
@@ -25,20 +28,37 @@ struct DeliveryTracker {
     private(set) var committable: LSN
     /// Events sent and not yet acknowledged.
     private(set) var inFlight = 0
+    /// WAL bytes of the records not yet wholly acknowledged.
+    private(set) var inFlightBytes = 0
+
+    /// When the oldest record not yet wholly acknowledged was appended (unix nanoseconds).
+    var oldestTimestampNanos: UInt64? {
+        self.head < self.records.count ? self.records[self.head].timestampNanos : nil
+    }
 
     init(cursor: LSN) { self.committable = cursor }
 
     /// Registers a record about to be sent; events below `from` (already forwarded) are
     /// treated as delivered.
-    mutating func sent(lsn: LSN, events: [[UInt8]], from: LSN) {
+    mutating func sent(lsn: LSN, events: [[UInt8]], from: LSN, timestampNanos: UInt64 = 0, bytes: Int = 0) {
         var done = [Bool](repeating: false, count: events.count)
         var remaining = events.count
         for index in events.indices where lsn + UInt64(index) < from {
             done[index] = true
             remaining -= 1
         }
-        self.records.append(Record(lsn: lsn, events: events, done: done, remaining: remaining))
+        self.records.append(
+            Record(
+                lsn: lsn,
+                events: events,
+                done: done,
+                remaining: remaining,
+                timestampNanos: timestampNanos,
+                bytes: bytes
+            )
+        )
         self.inFlight += remaining
+        self.inFlightBytes += bytes
         self.advance()
     }
 
@@ -78,6 +98,7 @@ struct DeliveryTracker {
     private mutating func advance() {
         while self.head < self.records.count, self.records[self.head].remaining == 0 {
             self.committable = max(self.committable, self.records[self.head].nextLSN)
+            self.inFlightBytes -= self.records[self.head].bytes
             self.head += 1
         }
         if self.head < self.records.count {

@@ -47,6 +47,8 @@ public struct DeliveryReport: Sendable {
     public var offset: Int64
     /// nil when the broker acknowledged the message (acks=all).
     public var error: KafkaError?
+    /// From queueing to this report, as librdkafka measured it; -1 when unknown.
+    public var latencyMicroseconds: Int64 = -1
 }
 
 /// A Kafka producer: one librdkafka handle and one poll thread that turns delivery reports
@@ -77,6 +79,7 @@ public final class KafkaProducer: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private let pollFinished = DispatchSemaphore(value: 0)
     private let closed = Atomic<Bool>(false)
+    private let topics = Mutex<[String: KafkaTopic]>([:])
 
     /// - Parameters:
     ///   - properties: librdkafka configuration (`bootstrap.servers`, `enable.idempotence`, …).
@@ -103,7 +106,8 @@ public final class KafkaProducer: @unchecked Sendable {
                             topic: topic,
                             partition: message.pointee.partition,
                             offset: message.pointee.offset,
-                            error: error == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(error)
+                            error: error == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(error),
+                            latencyMicroseconds: rd_kafka_message_latency(message)
                         )
                     )
                 }
@@ -151,7 +155,8 @@ public final class KafkaProducer: @unchecked Sendable {
         self.pollFinished.signal()
     }
 
-    /// Queues one message. `id` comes back in its ``DeliveryReport``.
+    /// Queues one message. `id` comes back in its ``DeliveryReport``. Convenient; the
+    /// forwarder's hot path uses the buffer-based overload.
     public func send(
         topic: String,
         key: [UInt8]?,
@@ -161,57 +166,99 @@ public final class KafkaProducer: @unchecked Sendable {
     )
         throws(KafkaError)
     {
-        let result: OwnedKafkaError? = topic.withCString { topicPointer in
-            value.withUnsafeBytes { valueBytes in
-                (key ?? []).withUnsafeBytes { keyBytes in
-                    var fields: [rd_kafka_vu_t] = []
-                    var field = rd_kafka_vu_t()
-                    field.vtype = RD_KAFKA_VTYPE_TOPIC
-                    field.u.cstr = topicPointer
-                    fields.append(field)
-                    field = rd_kafka_vu_t()
-                    field.vtype = RD_KAFKA_VTYPE_VALUE
-                    field.u.mem.ptr = UnsafeMutableRawPointer(mutating: valueBytes.baseAddress)
-                    field.u.mem.size = valueBytes.count
-                    fields.append(field)
-                    if key != nil {
-                        field = rd_kafka_vu_t()
-                        field.vtype = RD_KAFKA_VTYPE_KEY
-                        field.u.mem.ptr = UnsafeMutableRawPointer(mutating: keyBytes.baseAddress)
-                        field.u.mem.size = keyBytes.count
-                        fields.append(field)
-                    }
-                    field = rd_kafka_vu_t()
-                    field.vtype = RD_KAFKA_VTYPE_MSGFLAGS
-                    field.u.i = RD_KAFKA_MSG_F_COPY
-                    fields.append(field)
-                    field = rd_kafka_vu_t()
-                    field.vtype = RD_KAFKA_VTYPE_OPAQUE
-                    field.u.ptr = UnsafeMutableRawPointer(bitPattern: UInt(id &+ 1))
-                    fields.append(field)
-                    let headerList: OpaquePointer? = headers.isEmpty ? nil : rd_kafka_headers_new(headers.count)
-                    for (name, bytes) in headers {
-                        bytes.withUnsafeBytes { raw in
-                            _ = rd_kafka_header_add(headerList, name, -1, raw.baseAddress, raw.count)
-                        }
-                    }
-                    if let headerList {
-                        field = rd_kafka_vu_t()
-                        field.vtype = RD_KAFKA_VTYPE_HEADERS
-                        field.u.headers = headerList
-                        fields.append(field)
-                    }
-                    let error = fields.withUnsafeBufferPointer {
-                        rd_kafka_produceva(self.handle, $0.baseAddress, $0.count)
-                    }
-                    if error != nil, let headerList { rd_kafka_headers_destroy(headerList) }
-                    return error.map { OwnedKafkaError(pointer: $0) }
+        let handle = self.topic(topic)
+        var list = KafkaHeaders(capacity: headers.count)
+        for (name, bytes) in headers { bytes.withUnsafeBytes { list.add(name, $0) } }
+        let result: KafkaError? = value.withUnsafeBytes { valueBytes in
+            if let key {
+                return key.withUnsafeBytes { keyBytes in
+                    self.queue(topic: handle, key: keyBytes, value: valueBytes, headers: list.take(), id: id)
                 }
             }
+            return self.queue(topic: handle, key: nil, value: valueBytes, headers: list.take(), id: id)
         }
-        if let result {
-            throw KafkaError(result.code, message: "producing to \(topic)")
+        if let result { throw result }
+    }
+
+    /// Queues one message from borrowed bytes. librdkafka copies the key and the headers
+    /// (handed over, left empty, either way); the value too unless `valueOutlivesDelivery`.
+    /// `id` comes back in its ``DeliveryReport``.
+    ///
+    /// - Important: with `valueOutlivesDelivery`, the caller keeps `value`'s memory alive
+    ///   and unchanged until this message's delivery report has been handled.
+    public func send(
+        topic: KafkaTopic,
+        key: UnsafeRawBufferPointer?,
+        value: UnsafeRawBufferPointer,
+        valueOutlivesDelivery: Bool = false,
+        headers: inout KafkaHeaders,
+        id: UInt64
+    ) throws(KafkaError) {
+        if let error = self.queue(
+            topic: topic,
+            key: key,
+            value: value,
+            copy: !valueOutlivesDelivery,
+            headers: headers.take(),
+            id: id
+        ) {
+            throw error
         }
+    }
+
+    private func queue(
+        topic: KafkaTopic,
+        key: UnsafeRawBufferPointer?,
+        value: UnsafeRawBufferPointer,
+        copy: Bool = true,
+        headers: OpaquePointer?,
+        id: UInt64
+    ) -> KafkaError? {
+        let error: OpaquePointer? = withUnsafeTemporaryAllocation(of: rd_kafka_vu_t.self, capacity: 6) { fields in
+            var count = 0
+            func append(_ type: rd_kafka_vtype_t, _ fill: (inout rd_kafka_vu_t) -> Void) {
+                var field = rd_kafka_vu_t()
+                field.vtype = type
+                fill(&field)
+                fields.initializeElement(at: count, to: field)
+                count += 1
+            }
+            append(RD_KAFKA_VTYPE_RKT) { $0.u.rkt = topic.pointer }
+            append(RD_KAFKA_VTYPE_VALUE) {
+                $0.u.mem.ptr = UnsafeMutableRawPointer(mutating: value.baseAddress)
+                $0.u.mem.size = value.count
+            }
+            if let key {
+                append(RD_KAFKA_VTYPE_KEY) {
+                    $0.u.mem.ptr = UnsafeMutableRawPointer(mutating: key.baseAddress)
+                    $0.u.mem.size = key.count
+                }
+            }
+            append(RD_KAFKA_VTYPE_MSGFLAGS) { $0.u.i = copy ? RD_KAFKA_MSG_F_COPY : 0 }
+            append(RD_KAFKA_VTYPE_OPAQUE) { $0.u.ptr = UnsafeMutableRawPointer(bitPattern: UInt(id &+ 1)) }
+            if let headers { append(RD_KAFKA_VTYPE_HEADERS) { $0.u.headers = headers } }
+            return rd_kafka_produceva(self.handle, fields.baseAddress, count)
+        }
+        guard let error else { return nil }  // librdkafka now owns the headers
+        if let headers { rd_kafka_headers_destroy(headers) }
+        let owned = OwnedKafkaError(pointer: error)
+        return KafkaError(owned.code, message: "producing to \(String(cString: rd_kafka_topic_name(topic.pointer)))")
+    }
+
+    /// The handle of topic `name`, created once and kept until ``close(flushTimeoutMilliseconds:)``.
+    public func topic(_ name: String) -> KafkaTopic {
+        self.topics.withLock { topics in
+            if let topic = topics[name] { return topic }
+            let topic = KafkaTopic(pointer: rd_kafka_topic_new(self.handle, name, nil))
+            topics[name] = topic
+            return topic
+        }
+    }
+
+    /// Raises a fatal error in the client as if the cluster had fenced it (librdkafka's own
+    /// test hook): for testing recovery from fatal producer errors.
+    @_spi(Testing) public func injectFatalError(_ code: Int32 = 47, reason: String = "injected by a test") {
+        _ = rd_kafka_test_fatal_error(self.handle, rd_kafka_resp_err_t(rawValue: code), reason)
     }
 
     /// Messages queued locally or in flight.
@@ -229,6 +276,7 @@ public final class KafkaProducer: @unchecked Sendable {
         _ = rd_kafka_flush(self.handle, flushTimeoutMilliseconds)
         self.stopping.store(true, ordering: .relaxed)
         self.pollFinished.wait()
+        for topic in self.topics.withLock({ $0.values }) { rd_kafka_topic_destroy(topic.pointer) }
         rd_kafka_destroy(self.handle)
         self.callbacks.release()
     }
@@ -281,5 +329,48 @@ struct OwnedKafkaError {
     init(pointer: OpaquePointer) {
         self.code = rd_kafka_error_code(pointer)
         rd_kafka_error_destroy(pointer)
+    }
+}
+
+/// A producer's handle on one topic; valid until the producer is closed.
+public struct KafkaTopic: @unchecked Sendable {
+    let pointer: OpaquePointer
+}
+
+/// Message headers under construction; librdkafka copies names and values. Handed to
+/// ``KafkaProducer/send(topic:key:value:headers:id:)``, which takes ownership.
+public struct KafkaHeaders: ~Copyable {
+    private var pointer: OpaquePointer?
+
+    public init(capacity: Int) {
+        self.pointer = capacity > 0 ? rd_kafka_headers_new(capacity) : nil
+    }
+
+    public mutating func add(_ name: String, _ value: UnsafeRawBufferPointer) {
+        if self.pointer == nil { self.pointer = rd_kafka_headers_new(4) }
+        _ = rd_kafka_header_add(self.pointer, name, -1, value.baseAddress, value.count)
+    }
+
+    public mutating func add(_ name: StaticString, _ value: StaticString) {
+        if self.pointer == nil { self.pointer = rd_kafka_headers_new(4) }
+        name.withUTF8Buffer { nameBytes in
+            _ = rd_kafka_header_add(
+                self.pointer,
+                UnsafeRawPointer(nameBytes.baseAddress!).assumingMemoryBound(to: CChar.self),
+                nameBytes.count,
+                value.utf8Start,
+                value.utf8CodeUnitCount
+            )
+        }
+    }
+
+    /// Hands the list over (nil when empty).
+    mutating func take() -> OpaquePointer? {
+        defer { self.pointer = nil }
+        return self.pointer
+    }
+
+    deinit {
+        if let pointer { rd_kafka_headers_destroy(pointer) }
     }
 }

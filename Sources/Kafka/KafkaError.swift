@@ -11,6 +11,10 @@ public struct KafkaError: Error, Sendable, CustomStringConvertible {
     public var isRetriable: Bool
     /// The client instance is unusable (e.g. the idempotent producer was fenced): recreate it.
     public var isFatal: Bool
+    /// Kafka will never accept this message, however often it is sent (too large, corrupt,
+    /// invalid topic name). Everything else — broker down, leader moving, authorization not
+    /// yet granted — may pass later and must not cost the message.
+    public var isPermanent: Bool { Self.permanent.contains(self.code) }
 
     public init(code: Int32, name: String, message: String, isRetriable: Bool, isFatal: Bool = false) {
         self.code = code
@@ -40,6 +44,16 @@ public struct KafkaError: Error, Sendable, CustomStringConvertible {
             RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND, RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION,
             RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE, RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
             RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR,
+        ].map(\.rawValue)
+    )
+
+    /// Errors that belong to the message, not to the moment.
+    static let permanent: Set<Int32> = Set(
+        [
+            RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+            RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE, RD_KAFKA_RESP_ERR_INVALID_RECORD,
+            RD_KAFKA_RESP_ERR_INVALID_MSG, RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION,
+            RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
         ].map(\.rawValue)
     )
 

@@ -236,6 +236,10 @@ public enum EventPayload {
 
     /// Splits a payload back into its events; nil when the lengths do not add up.
     public static func decode(_ payload: [UInt8], expectedCount: Int) -> [[UInt8]]? {
+        Self.decode(payload[...], expectedCount: expectedCount)
+    }
+
+    public static func decode(_ payload: ArraySlice<UInt8>, expectedCount: Int) -> [[UInt8]]? {
         var events: [[UInt8]] = []
         events.reserveCapacity(expectedCount)
         var offset = 0

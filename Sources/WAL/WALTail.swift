@@ -1,4 +1,5 @@
 import Logging
+import Synchronization
 
 /// Reads durable records from the WAL in LSN order, waiting for new ones at the end: what
 /// the forwarder drains.
@@ -17,10 +18,13 @@ public final class WALTail: @unchecked Sendable {
     private var segmentFirstLSN: LSN?
     private var offset: Int64 = 0
     private var expected: LSN = .zero
+    /// Where reading stands (segment, byte offset), for ``unreadBytes()`` from other tasks.
+    private let readPosition = Mutex<(segment: LSN?, offset: Int64, position: LSN)>((nil, 0, .zero))
 
     init(wal: WAL, position: LSN) {
         self.wal = wal
         self.position = position
+        self.readPosition.withLock { $0.position = position }
     }
 
     deinit { self.reader?.close() }
@@ -39,7 +43,10 @@ public final class WALTail: @unchecked Sendable {
             }
             let before = self.position
             let records = try await BlockingIO.run {
-                try self.read(snapshot, maxRecords: maxRecords, maxBytes: maxBytes)
+                defer {
+                    self.readPosition.withLock { $0 = (self.segmentFirstLSN, self.offset, self.position) }
+                }
+                return try self.read(snapshot, maxRecords: maxRecords, maxBytes: maxBytes)
             }
             if !records.isEmpty { return records }
             if self.position == before {
@@ -108,6 +115,23 @@ public final class WALTail: @unchecked Sendable {
             }
         }
         return records
+    }
+
+    /// Durable bytes (frames) this tail has not read yet: how far it is behind the writer.
+    /// Safe to call from any task.
+    public func unreadBytes() -> Int64 {
+        let (segment, offset, position) = self.readPosition.withLock { $0 }
+        let snapshot = self.wal.tailSnapshot()
+        var total: Int64 = 0
+        for summary in snapshot.segments {
+            if let segment, summary.firstLSN < segment { continue }
+            if summary.firstLSN == segment {
+                total += max(0, summary.dataEnd - offset)
+            } else if summary.nextLSN > position {
+                total += max(0, summary.dataEnd - Int64(SegmentHeader.size))
+            }
+        }
+        return total
     }
 
     /// Makes sure the reader is open on the segment holding ``position``.

@@ -12,7 +12,8 @@ import WAL
 struct ForwarderBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "forwarder-bench",
-        abstract: "Measure the forwarder's drain rate against kcat on the same mock cluster."
+        abstract:
+            "Measure the forwarder's drain rate against kcat on the same mock cluster (run by `sluice dev-kafka`)."
     )
 
     @Argument(help: "A directory for the WAL and kcat's input (removed afterwards).")
@@ -31,9 +32,32 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
         var quiet = Logger(label: "sluice.bench")
         quiet.logLevel = .error
 
-        let cluster = try KafkaMockCluster(brokers: 3)
-        try cluster.createTopic("events", partitions: self.partitions)
-        try cluster.createTopic("kcat", partitions: self.partitions)
+        // The mock cluster keeps every message in memory: it runs as its own process
+        // (`sluice dev-kafka`), so this process's resident memory is the forwarder's alone.
+        let cluster = Process()
+        cluster.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        cluster.arguments = [
+            "dev-kafka", "--brokers", "3", "--topic", "events:\(self.partitions)", "--topic", "kcat:\(self.partitions)",
+        ]
+        let clusterOutput = Pipe()
+        cluster.standardOutput = clusterOutput
+        cluster.standardError = FileHandle.nullDevice
+        try cluster.run()
+        defer {
+            cluster.terminate()
+            cluster.waitUntilExit()
+        }
+        var firstLine = Data()
+        while let byte = try clusterOutput.fileHandleForReading.read(upToCount: 1), let character = byte.first,
+            character != 0x0A
+        {
+            firstLine.append(character)
+        }
+        let bootstrapServers = String(decoding: firstLine, as: UTF8.self)
+        guard !bootstrapServers.isEmpty else {
+            printError("sluice: the mock cluster (sluice dev-kafka) did not start")
+            throw ExitCode.failure
+        }
 
         // The same ~400-byte normalized events for both.
         var configuration = WALConfiguration(directory: root + "/wal")
@@ -45,7 +69,16 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
             userAgent: "bench",
             gatewayID: "gw-bench"
         )
+        // kcat's input is written as it is generated, so this process holds no copy of the backlog.
+        let inputPath = root + "/kcat-input.tsv"
+        guard FileManager.default.createFile(atPath: inputPath, contents: nil),
+            let input = FileHandle(forWritingAtPath: inputPath)
+        else {
+            printError("sluice: cannot create \(inputPath)")
+            throw ExitCode.failure
+        }
         var lines = Data()
+        var inputBytes = 0
         var batch: [[UInt8]] = []
         for index in 0..<self.events {
             let event = Event(
@@ -67,20 +100,28 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
             if batch.count == 100 {
                 _ = try await wal.append(batch)
                 batch.removeAll(keepingCapacity: true)
+                try input.write(contentsOf: lines)
+                inputBytes += lines.count
+                lines.removeAll(keepingCapacity: true)
             }
         }
         if !batch.isEmpty { _ = try await wal.append(batch) }
-        let inputPath = root + "/kcat-input.tsv"
-        try lines.write(to: URL(fileURLWithPath: inputPath))
-        let averageBytes = lines.count / max(1, self.events)
+        try input.write(contentsOf: lines)
+        inputBytes += lines.count
+        lines = Data()
+        try input.close()
+        let averageBytes = inputBytes / max(1, self.events)
 
         // kcat: the same messages with the same keys, idempotent, acks=all, lz4.
         let kcatStart = ContinuousClock.now
         let kcat = Process()
         kcat.executableURL = URL(fileURLWithPath: "/usr/bin/kcat")
         kcat.arguments = [
-            "-P", "-b", cluster.bootstrapServers, "-t", "kcat", "-K", "\t", "-l", inputPath,
+            "-P", "-b", bootstrapServers, "-t", "kcat", "-K", "\t", "-l", inputPath,
             "-X", "enable.idempotence=true", "-X", "acks=all", "-X", "compression.type=lz4", "-X", "linger.ms=5",
+            // The same five headers per message as the forwarder adds (kcat repeats static ones).
+            "-H", "content_type=application/json", "-H", "schema_version=1", "-H", "wal_lsn=1000000",
+            "-H", "event_id=0190f5d2-7a3c-7cc2-9b4e-3f6a1d2c4b5a", "-H", "gateway_id=bench",
         ]
         try kcat.run()
         kcat.waitUntilExit()
@@ -91,17 +132,29 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
         }
 
         // The forwarder, from an empty cursor to the end of the WAL.
-        var forwarding = ForwarderConfiguration(kafkaProperties: ["bootstrap.servers": cluster.bootstrapServers])
+        var forwarding = ForwarderConfiguration(kafkaProperties: ["bootstrap.servers": bootstrapServers])
         forwarding.commitInterval = .milliseconds(50)
+        if let value = ProcessInfo.processInfo.environment["BENCH_IN_FLIGHT"].flatMap(Int.init) {
+            forwarding.maxInFlightEvents = value
+        }
         let forwarder = Forwarder(wal: wal, configuration: forwarding, logger: quiet)
         let group = ServiceGroup(services: [forwarder], logger: quiet)
         let forwarderStart = ContinuousClock.now
         let running = Task { try await group.run() }
-        var peakRSS = Self.residentBytes()
+        let startRSS = Self.residentBytes()
+        var peakRSS = startRSS
+        // Resident memory at each tenth of the drain: flat means it does not grow with the backlog.
+        var samples: [Int] = []
         let end = LSN(UInt64(self.events))
-        while (wal.cursor("forwarder")?.lsn ?? .zero) < end {
+        while true {
+            let cursor = wal.cursor("forwarder")?.lsn ?? .zero
+            let rss = Self.residentBytes()
+            peakRSS = max(peakRSS, rss)
+            while samples.count < 10 && cursor.rawValue * 10 >= end.rawValue * UInt64(samples.count + 1) {
+                samples.append(rss)
+            }
+            if cursor >= end { break }
             try await Task.sleep(for: .milliseconds(20))
-            peakRSS = max(peakRSS, Self.residentBytes())
         }
         let forwarderSeconds = Self.seconds(ContinuousClock.now - forwarderStart)
         await group.triggerGracefulShutdown()
@@ -109,7 +162,7 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
         await wal.close()
 
         let counter = try KafkaProducer(
-            properties: ["bootstrap.servers": cluster.bootstrapServers],
+            properties: ["bootstrap.servers": bootstrapServers],
             onDelivery: { _ in }
         )
         let inKafka = try counter.endOffsets(topic: "events").values.reduce(0, +)
@@ -124,7 +177,8 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
               kcat -P (idempotent, acks=all, lz4):   \(String(format: "%.0f", kcatRate)) msg/s (\(String(format: "%.2f", kcatSeconds)) s, \(byKcat) in Kafka)
               forwarder (WAL → Kafka, cursor at end): \(String(format: "%.0f", forwarderRate)) msg/s (\(String(format: "%.2f", forwarderSeconds)) s, \(inKafka) in Kafka)
               ratio forwarder / kcat:                 \(String(format: "%.2f", forwarderRate / kcatRate))x
-              peak resident memory while draining:    \(peakRSS / (1 << 20)) MiB (WAL backlog \(lines.count / (1 << 20)) MiB)
+              resident memory while draining:         \(startRSS >> 20) MiB at the start, peak \(peakRSS >> 20) MiB (WAL backlog \(inputBytes >> 20) MiB)
+              … at each tenth of the drain (MiB):     \(samples.map { String($0 >> 20) }.joined(separator: " "))
             """
         )
     }

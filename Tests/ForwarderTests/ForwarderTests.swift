@@ -7,7 +7,7 @@ import TestSupport
 import Testing
 import WAL
 
-@testable import Forwarder
+@_spi(Testing) @testable import Forwarder
 
 let quietLogger: Logger = {
     var logger = Logger(label: "sluice.test")
@@ -46,10 +46,11 @@ struct Pipeline {
     let directory: TemporaryDirectory
     let wal: WAL
     let cluster: KafkaMockCluster
+    let forwarder: Forwarder
     let group: ServiceGroup
     let task: Task<Void, any Error>
 
-    static func start(partitions: Int = 4) async throws -> Pipeline {
+    static func start(partitions: Int = 4, kafkaProperties: [String: String] = [:]) async throws -> Pipeline {
         let directory = try TemporaryDirectory()
         var configuration = WALConfiguration(directory: directory.path + "/wal")
         configuration.segmentBytes = 256 << 10
@@ -57,19 +58,35 @@ struct Pipeline {
         let wal = try await WAL.open(configuration, logger: quietLogger)
         let cluster = try KafkaMockCluster(brokers: 3)
         try cluster.createTopic("events", partitions: partitions)
-        var forwarding = ForwarderConfiguration(kafkaProperties: [
-            "bootstrap.servers": cluster.bootstrapServers, "log_level": "0",
-        ])
+        var forwarding = ForwarderConfiguration(
+            kafkaProperties: ["bootstrap.servers": cluster.bootstrapServers, "log_level": "0"].merging(kafkaProperties)
+            {
+                $1
+            }
+        )
         forwarding.commitInterval = .milliseconds(50)
         let forwarder = Forwarder(wal: wal, configuration: forwarding, logger: quietLogger)
         let group = ServiceGroup(services: [forwarder], logger: quietLogger)
         let task = Task { try await group.run() }
-        return Pipeline(directory: directory, wal: wal, cluster: cluster, group: group, task: task)
+        return Pipeline(
+            directory: directory,
+            wal: wal,
+            cluster: cluster,
+            forwarder: forwarder,
+            group: group,
+            task: task
+        )
     }
 
     /// Appends `count` events in records of 1-3, returning their ids by LSN.
     func append(_ count: Int, users: Int = 7, from start: Int = 0) async throws -> [String] {
         try await Prefill(wal: self.wal).append(count, users: users, from: start)
+    }
+
+    var deadLetters: String { self.directory.path + "/wal/dead-letters.ndjson" }
+
+    var deadLetterLines: [String] {
+        ((try? String(contentsOfFile: self.deadLetters, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
     }
 
     func stop() async throws {
@@ -82,6 +99,12 @@ struct Pipeline {
 /// Writes normalized events into a WAL.
 struct Prefill {
     let wal: WAL
+    static let origin = RequestOrigin(
+        receivedAtMillis: 1_795_342_530_000,
+        clientIP: nil,
+        userAgent: nil,
+        gatewayID: "gw"
+    )
 
     func append(_ count: Int, users: Int = 7, from start: Int = 0) async throws -> [String] {
         var ids: [String] = []
@@ -101,14 +124,7 @@ struct Prefill {
                     properties: nil
                 )
                 ids.append(event.eventID)
-                return event.normalizedJSON(
-                    origin: RequestOrigin(
-                        receivedAtMillis: 1_795_342_530_000,
-                        clientIP: nil,
-                        userAgent: nil,
-                        gatewayID: "gw"
-                    )
-                )
+                return event.normalizedJSON(origin: Self.origin)
             }
             _ = try await self.wal.append(events)
             index += size
@@ -163,8 +179,80 @@ struct Prefill {
             properties: ["bootstrap.servers": pipeline.cluster.bootstrapServers, "log_level": "0"],
             onDelivery: { _ in }
         )
-        #expect(try counter.endOffsets(topic: "events").values.reduce(0, +) == Int64(ids.count))
+        let offsets = try counter.endOffsets(topic: "events")
         counter.close()
+        // Passing errors are retried, never dead-lettered.
+        #expect(!FileManager.default.fileExists(atPath: pipeline.deadLetters), "\(pipeline.deadLetterLines)")
+        #expect(offsets.values.reduce(0, +) == Int64(ids.count), "end offsets \(offsets)")
+        try await pipeline.stop()
+    }
+
+    @Test func aFatalProducerErrorRecreatesTheProducerAndLosesNothing() async throws {
+        let pipeline = try await Pipeline.start()
+        var ids = try await pipeline.append(300)
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(300) }
+        pipeline.forwarder.injectFatalProducerError()
+        ids += try await pipeline.append(300, from: 300)
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(600) }
+        #expect(pipeline.forwarder.producerRestarts == 1)
+        let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
+        #expect(Set(messages.map(\.id)) == Set(ids))
+        try await pipeline.stop()
+    }
+
+    @Test func lagMetricsFollowTheBacklog() async throws {
+        let pipeline = try await Pipeline.start()
+        for broker in 1...3 { pipeline.cluster.setBrokerDown(Int32(broker)) }
+        _ = try await pipeline.append(200)
+        try await Task.sleep(for: .seconds(2))
+        let during = pipeline.forwarder.lag
+        #expect(during.events == 200)
+        // The same figure `sluice wal stat` reports for the cursor.
+        let stat = try WALInspector(directory: pipeline.wal.configuration.directory).stat()
+        let expected = try #require(stat.cursors.first { $0.name == "forwarder" }).lagBytes
+        #expect(expected > 200 * 100 && during.bytes == expected, "\(during), wal stat says \(expected)")
+        #expect(during.oldestAgeSeconds >= 1.5, "\(during)")
+        for broker in 1...3 { pipeline.cluster.setBrokerUp(Int32(broker)) }
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(200) }
+        try await Task.sleep(for: .milliseconds(200))
+        let after = pipeline.forwarder.lag
+        #expect(after.events == 0 && after.bytes == 0 && after.oldestAgeSeconds == 0, "\(after)")
+        try await pipeline.stop()
+    }
+
+    @Test func aMessageKafkaRefusesForGoodIsDeadLetteredAndTheRestFlows() async throws {
+        // The producer refuses anything over 2,000 bytes locally (the synchronous path) …
+        let pipeline = try await Pipeline.start(kafkaProperties: ["message.max.bytes": "2000"])
+        var ids = try await pipeline.append(10)
+        let large = Event(
+            eventID: UUIDText.v7(millis: 1_795_342_530_000),
+            action: "click",
+            userID: "big",
+            timestampMillis: 1_795_342_530_000,
+            page: nil,
+            object: String(repeating: "x", count: 5000),
+            referrer: nil,
+            sessionID: nil,
+            properties: nil
+        )
+        let largeLSN = try await pipeline.wal.append([large.normalizedJSON(origin: Prefill.origin)]).firstLSN
+        ids += try await pipeline.append(10, from: 11)
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(21) }
+        // … and a broker rejects one produce request as too large (the delivery-report path).
+        pipeline.cluster.pushRequestErrors(apiKey: 0, errors: [10])
+        let rejected = try await pipeline.append(1, from: 21)
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(22) }
+        ids += try await pipeline.append(5, from: 22)
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(27) }
+
+        let lines = pipeline.deadLetterLines
+        #expect(lines.count == 2, "\(lines)")
+        #expect(lines.first?.contains("\"wal_lsn\":\(largeLSN.rawValue),") == true)
+        #expect(lines.first?.contains("MSG_SIZE_TOO_LARGE") == true)
+        #expect(lines.last?.contains(rejected[0]) == true)
+        #expect(lines.last?.contains("\"wal_lsn\":21,") == true)
+        let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
+        #expect(Set(messages.map(\.id)) == Set(ids))
         try await pipeline.stop()
     }
 
