@@ -287,6 +287,30 @@ public final class KafkaProducer: @unchecked Sendable {
         try Self.endOffsets(handle: self.handle, topic: topic, timeoutMilliseconds: timeoutMilliseconds)
     }
 
+    /// The partition ids of `topic`, from fresh metadata.
+    static func partitions(
+        handle: OpaquePointer,
+        topic: String,
+        timeoutMilliseconds: Int32
+    ) throws(KafkaError)
+        -> [Int32]
+    {
+        let topicHandle = rd_kafka_topic_new(handle, topic, nil)
+        defer { rd_kafka_topic_destroy(topicHandle) }
+        var metadata: UnsafePointer<rd_kafka_metadata>?
+        let error = rd_kafka_metadata(handle, 0, topicHandle, &metadata, timeoutMilliseconds)
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
+            throw KafkaError(error, message: "metadata for \(topic)")
+        }
+        defer { rd_kafka_metadata_destroy(metadata) }
+        guard metadata.pointee.topic_cnt > 0 else { return [] }
+        let topicMetadata = metadata.pointee.topics[0]
+        guard topicMetadata.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            throw KafkaError(topicMetadata.err, message: "metadata for \(topic)")
+        }
+        return (0..<Int(topicMetadata.partition_cnt)).map { topicMetadata.partitions[$0].id }.sorted()
+    }
+
     static func endOffsets(
         handle: OpaquePointer,
         topic: String,
