@@ -1,7 +1,9 @@
+import ClickHouse
 import EventModel
 import Forwarder
 import Foundation
 import Gateway
+import Loader
 import Logging
 import WAL
 import Yams
@@ -19,6 +21,123 @@ struct Settings {
     var kafkaProperties: [String: String] = [:]
     var routing = TopicRouting()
     var forwarderMaxInFlight = 100_000
+    var clickHouse = ClickHouseConfiguration(url: "http://127.0.0.1:8123")
+    var loaderGroup = "sluice-loader"
+    var loaderBatchRows = 20_000
+    var loaderBatchBytes = 16 << 20
+    var loaderBatchAge: Duration = .seconds(1)
+    /// `loader.routes.<topic>.<field…>` entries, in file order; turned into routes by ``loaderRoutes()``.
+    var routeEntries: [(path: [String], value: SettingValue)] = []
+
+    /// The loader's settings; nil without Kafka.
+    func loaderConfiguration() throws -> LoaderConfiguration? {
+        guard let bootstrap = self.kafkaBootstrap else { return nil }
+        var properties = self.kafkaProperties
+        properties["bootstrap.servers"] = bootstrap
+        var configuration = LoaderConfiguration(kafkaProperties: properties, clickHouse: self.clickHouse)
+        configuration.groupID = self.loaderGroup
+        configuration.batchRows = self.loaderBatchRows
+        configuration.batchBytes = self.loaderBatchBytes
+        configuration.batchAge = self.loaderBatchAge
+        configuration.routes = try self.loaderRoutes()
+        if let problem = configuration.validate() { throw SettingsError(description: "loader: \(problem)") }
+        return configuration
+    }
+
+    /// Routes from `loader.routes`: one per topic; a route without `columns` takes the
+    /// normalized event's columns. None configured: `events` → `sluice.events`.
+    func loaderRoutes() throws -> [LoaderRoute] {
+        var order: [String] = []
+        var entries: [String: [(path: [String], value: SettingValue)]] = [:]
+        for entry in self.routeEntries {
+            guard let topic = entry.path.first, entry.path.count >= 2 else {
+                throw SettingsError(description: "\(entry.value.origin): loader.routes.<topic> must be a mapping")
+            }
+            if entries[topic] == nil { order.append(topic) }
+            entries[topic, default: []].append((Array(entry.path.dropFirst()), entry.value))
+        }
+        guard !order.isEmpty else { return [.events] }
+        return try order.map { topic in
+            var table: String?
+            var dedup = "event_id"
+            var time = "timestamp"
+            var orderBy: [String]?
+            var deadLetter: String?
+            var columnOrder: [String] = []
+            var columns: [String: [String: SettingValue]] = [:]
+            for (path, value) in entries[topic]! {
+                let where_ = "\(value.origin): loader.routes.\(topic).\(path.joined(separator: "."))"
+                switch path[0] {
+                case "table": table = value.text
+                case "dedup_column": dedup = value.text
+                case "time_column": time = value.text
+                case "order_by": orderBy = value.items
+                case "dead_letter_topic": deadLetter = value.text
+                case "columns":
+                    guard path.count == 3 else {
+                        throw SettingsError(
+                            description:
+                                "\(where_): write columns as <name>: {type: …, field: …, required: …, default: …}"
+                        )
+                    }
+                    if columns[path[1]] == nil { columnOrder.append(path[1]) }
+                    columns[path[1], default: [:]][path[2]] = value
+                default:
+                    throw SettingsError(
+                        description:
+                            "\(where_): unknown route key '\(path[0])' (expected table, columns, dedup_column, time_column, order_by, dead_letter_topic)"
+                    )
+                }
+            }
+            guard let table else {
+                throw SettingsError(description: "loader.routes.\(topic) needs a table (database.table)")
+            }
+            var loaderColumns: [LoaderColumn] = []
+            for name in columnOrder {
+                let spec = columns[name]!
+                for key in spec.keys where !["type", "field", "required", "default"].contains(key) {
+                    throw SettingsError(
+                        description:
+                            "\(spec[key]!.origin): loader.routes.\(topic).columns.\(name).\(key) is unknown (expected type, field, required, default)"
+                    )
+                }
+                guard let typeValue = spec["type"], let kind = LoaderColumn.Kind(rawValue: typeValue.text) else {
+                    throw SettingsError(
+                        description:
+                            "loader.routes.\(topic).columns.\(name).type = '\(spec["type"]?.text ?? "")' is invalid: expected one of \(LoaderColumn.Kind.allCases.map(\.rawValue).joined(separator: ", "))"
+                    )
+                }
+                var required = false
+                if let value = spec["required"] {
+                    guard let flag = Bool(value.text.lowercased()) else {
+                        throw SettingsError(
+                            description:
+                                "\(value.origin): loader.routes.\(topic).columns.\(name).required = '\(value.text)' is invalid: expected true or false"
+                        )
+                    }
+                    required = flag
+                }
+                loaderColumns.append(
+                    LoaderColumn(
+                        name,
+                        kind,
+                        field: spec["field"]?.text,
+                        required: required,
+                        defaultValue: spec["default"]?.text
+                    )
+                )
+            }
+            return LoaderRoute(
+                topic: topic,
+                table: table,
+                columns: loaderColumns.isEmpty ? LoaderRoute.eventColumns : loaderColumns,
+                dedupColumn: dedup,
+                timeColumn: time,
+                orderBy: orderBy ?? (loaderColumns.isEmpty ? ["action", "event_id"] : nil),
+                deadLetterTopic: deadLetter
+            )
+        }
+    }
 
     var forwarderConfiguration: ForwarderConfiguration? {
         guard let bootstrap = self.kafkaBootstrap else { return nil }
@@ -262,6 +381,59 @@ enum SettingsLoader {
             settings,
             value,
             key in settings.forwarderMaxInFlight = Int(try value.integer(key, range: 1...10_000_000))
+        },
+        SettingKey(path: "clickhouse.url", kind: .string, help: "ClickHouse HTTP(S) URL (http://127.0.0.1:8123)") {
+            settings,
+            value,
+            key in
+            guard value.text.hasPrefix("http://") || value.text.hasPrefix("https://") else {
+                throw value.fail(key, "an http:// or https:// URL, e.g. http://127.0.0.1:8123")
+            }
+            settings.clickHouse.url = value.text
+        },
+        SettingKey(path: "clickhouse.user", kind: .string, help: "ClickHouse user (default)") { settings, value, key in
+            settings.clickHouse.user = value.text
+        },
+        SettingKey(path: "clickhouse.password", kind: .string, help: "ClickHouse password (never logged)") {
+            settings,
+            value,
+            key in settings.clickHouse.password = value.text
+        },
+        SettingKey(path: "clickhouse.ca_file", kind: .string, help: "PEM CA bundle to verify an https ClickHouse") {
+            settings,
+            value,
+            key in settings.clickHouse.caFile = value.text
+        },
+        SettingKey(path: "clickhouse.timeout", kind: .duration, help: "per-request timeout (30s)") {
+            settings,
+            value,
+            key in settings.clickHouse.timeout = try value.duration(key)
+        },
+        SettingKey(path: "loader.group_id", kind: .string, help: "Kafka consumer group (sluice-loader)") {
+            settings,
+            value,
+            key in settings.loaderGroup = value.text
+        },
+        SettingKey(path: "loader.batch_rows", kind: .integer, help: "insert when a batch has this many rows (20000)") {
+            settings,
+            value,
+            key in settings.loaderBatchRows = Int(try value.integer(key, range: 1...10_000_000))
+        },
+        SettingKey(path: "loader.batch_bytes", kind: .integer, help: "… or this many bytes (16 MiB)") {
+            settings,
+            value,
+            key in settings.loaderBatchBytes = Int(try value.integer(key, range: 1024...(1 << 31)))
+        },
+        SettingKey(path: "loader.batch_age", kind: .duration, help: "… or when its oldest row waited this long (1s)") {
+            settings,
+            value,
+            key in settings.loaderBatchAge = try value.duration(key)
+        },
+        SettingKey(path: "loader.routes.*", kind: .string, help: "topic → table routes (see docs/loader.md)") {
+            settings,
+            value,
+            key in
+            settings.routeEntries.append((value.subkey.split(separator: ".").map(String.init), value))
         },
         SettingKey(path: "logging.level", kind: .string, help: "trace, debug, info, notice, warning, error, critical") {
             settings,

@@ -1,0 +1,522 @@
+import ClickHouse
+import CoreMetrics
+import EventModel
+import Foundation
+import Kafka
+import Logging
+import Metrics
+import ServiceLifecycle
+import Synchronization
+
+/// Settings of the Kafka → ClickHouse loader.
+public struct LoaderConfiguration: Sendable {
+    /// librdkafka properties; `bootstrap.servers` at least.
+    public var kafkaProperties: [String: String]
+    public var clickHouse: ClickHouseConfiguration
+    /// Default: `sluice-loader`.
+    public var groupID = "sluice-loader"
+    /// Topics → tables. Default: `events` → `sluice.events`.
+    public var routes: [LoaderRoute] = [.events]
+    /// A batch is inserted when it reaches this many rows… Default: 20,000.
+    public var batchRows = 20_000
+    /// … or this many bytes of rows… Default: 16 MiB.
+    public var batchBytes = 16 << 20
+    /// … or when its oldest message waited this long. Default: 1 s.
+    public var batchAge: Duration = .seconds(1)
+    /// Back-off between failed inserts: doubling from `retryInitial` up to `retryMax`, with jitter.
+    public var retryInitial: Duration = .milliseconds(200)
+    public var retryMax: Duration = .seconds(30)
+    /// Called after each confirmed insert with the ingest-to-insert delay of each row that
+    /// carries `received_at` (milliseconds): for benchmarks; the histogram metric has the same.
+    public var insertObserver: (@Sendable ([Int64]) -> Void)?
+
+    public init(kafkaProperties: [String: String], clickHouse: ClickHouseConfiguration) {
+        self.kafkaProperties = kafkaProperties
+        self.clickHouse = clickHouse
+    }
+
+    /// What is wrong, if anything.
+    public func validate() -> String? {
+        if let problem = self.routes.lazy.compactMap({ $0.validate() }).first { return problem }
+        let topics = self.routes.map(\.topic)
+        if Set(topics).count != topics.count { return "two routes read the same topic" }
+        if self.batchRows < 1 { return "loader.batch_rows must be at least 1" }
+        if self.batchBytes < 1024 { return "loader.batch_bytes must be at least 1024" }
+        return nil
+    }
+}
+
+/// Consumes the routes' topics and inserts their messages into ClickHouse, committing a
+/// partition's offset only after every earlier message of it was inserted (and confirmed) or
+/// dead-lettered.
+///
+/// At least once, effectively once in queries: after a crash or a failed commit messages are
+/// inserted again, and the tables (ReplacingMergeTree on `event_id`) fold the duplicates.
+/// While ClickHouse is down or slow the loader backs off with jitter, pauses its partitions,
+/// commits nothing and holds at most one batch per route in memory.
+public final class Loader: Service, Sendable {
+    private let configuration: LoaderConfiguration
+    private let logger: Logger
+    private let metrics = LoaderMetrics()
+    private let insertedRows = Atomic<Int>(0)
+    private let deadLettered = Atomic<Int>(0)
+
+    public init(configuration: LoaderConfiguration, logger: Logger = Logger(label: "sluice.loader")) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Rows ClickHouse confirmed so far (this process).
+    public var rowsInserted: Int { self.insertedRows.load(ordering: .relaxed) }
+    /// Messages sent to a dead-letter topic so far (this process).
+    public var messagesDeadLettered: Int { self.deadLettered.load(ordering: .relaxed) }
+
+    public func run() async throws {
+        let clickHouse = ClickHouseClient(self.configuration.clickHouse, logger: self.logger)
+        defer { Task { try? await clickHouse.shutdown() } }
+        guard let version = await self.prepareTables(clickHouse) else { return }
+        var properties = self.configuration.kafkaProperties
+        properties["group.id"] = self.configuration.groupID
+        let consumer = try KafkaConsumer(properties: properties, topics: self.configuration.routes.map(\.topic))
+        var producerProperties = self.configuration.kafkaProperties
+        producerProperties["enable.idempotence"] = "true"
+        producerProperties["acks"] = "all"
+        let deadLetters = DeadLetterSender()
+        let producer = try KafkaProducer(properties: producerProperties, onDelivery: { deadLetters.report($0) })
+        self.logger.info(
+            "loader.started",
+            metadata: [
+                "clickhouse.version": "\(version)", "kafka.group": "\(self.configuration.groupID)",
+                "routes": "\(self.configuration.routes.map { "\($0.topic)→\($0.table)" }.joined(separator: ","))",
+            ]
+        )
+        var session = Session(
+            loader: self,
+            consumer: consumer,
+            clickHouse: clickHouse,
+            producer: producer,
+            deadLetters: deadLetters,
+            version: version
+        )
+        await session.run()
+        await consumer.close()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async {
+                producer.close(flushTimeoutMilliseconds: 10_000)
+                continuation.resume()
+            }
+        }
+        self.logger.info("loader.stopped", metadata: ["rows": "\(self.rowsInserted)"])
+    }
+
+    /// Creates databases and tables when missing, retrying until ClickHouse answers; nil on shutdown.
+    private func prepareTables(_ clickHouse: ClickHouseClient) async -> ClickHouseVersion? {
+        var backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
+        while !Task.isCancelledOrShuttingDownGracefully {
+            do {
+                let version = try await clickHouse.serverVersion()
+                for database in Set(self.configuration.routes.map(\.database)) {
+                    try await clickHouse.execute("CREATE DATABASE IF NOT EXISTS \(database)")
+                }
+                for route in self.configuration.routes {
+                    try await clickHouse.execute(route.createTable(on: version))
+                }
+                return version
+            } catch {
+                self.logger.warning("loader.clickhouse_unavailable", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: backoff.next())
+            }
+        }
+        return nil
+    }
+
+    /// The consume → insert → commit loop of one consumer.
+    private struct Session {
+        let loader: Loader
+        let consumer: KafkaConsumer
+        let clickHouse: ClickHouseClient
+        let producer: KafkaProducer
+        let deadLetters: DeadLetterSender
+        let version: ClickHouseVersion
+        var batches: [String: Batch] = [:]
+        let routes: [String: LoaderRoute]
+        let encoders: [String: RowEncoder]
+
+        init(
+            loader: Loader,
+            consumer: KafkaConsumer,
+            clickHouse: ClickHouseClient,
+            producer: KafkaProducer,
+            deadLetters: DeadLetterSender,
+            version: ClickHouseVersion
+        ) {
+            self.loader = loader
+            self.consumer = consumer
+            self.clickHouse = clickHouse
+            self.producer = producer
+            self.deadLetters = deadLetters
+            self.version = version
+            self.routes = Dictionary(uniqueKeysWithValues: loader.configuration.routes.map { ($0.topic, $0) })
+            self.encoders = self.routes.mapValues { RowEncoder(route: $0, version: version) }
+        }
+
+        var configuration: LoaderConfiguration { self.loader.configuration }
+        var logger: Logger { self.loader.logger }
+        var metrics: LoaderMetrics { self.loader.metrics }
+
+        mutating func run() async {
+            var lastLag = ContinuousClock.now
+            while !Task.isCancelledOrShuttingDownGracefully {
+                let poll = await self.consumer.poll(maxMessages: 2000, timeout: .milliseconds(100))
+                self.apply(poll)
+                for (topic, batch) in self.batches where self.isDue(batch) {
+                    await self.flush(topic)
+                }
+                if ContinuousClock.now - lastLag > .seconds(2) {
+                    lastLag = ContinuousClock.now
+                    for (partition, lag) in await self.consumer.lag() {
+                        Gauge(
+                            label: "sluice_loader_consumer_lag_messages",
+                            dimensions: [("topic", partition.topic), ("partition", String(partition.partition))]
+                        ).record(lag)
+                    }
+                }
+            }
+            // Shutting down: what is batched is inserted and committed if ClickHouse is there
+            // now; otherwise the next owner reads it again from the committed offsets.
+            for topic in self.batches.keys { await self.flush(topic, once: true) }
+        }
+
+        private func isDue(_ batch: Batch) -> Bool {
+            guard let first = batch.firstArrival else { return false }
+            return batch.messages.count >= self.configuration.batchRows || batch.bytes >= self.configuration.batchBytes
+                || ContinuousClock.now - first >= self.configuration.batchAge
+        }
+
+        private mutating func apply(_ poll: ConsumerPoll) {
+            if !poll.revoked.isEmpty {
+                // Their unconfirmed work belongs to the next owner: drop it, never commit it.
+                let revoked = Set(poll.revoked)
+                for topic in self.batches.keys {
+                    self.batches[topic]!.messages.removeAll { revoked.contains($0.topicPartition) }
+                    self.batches[topic]!.recount()
+                }
+                self.logger.info("loader.partitions_revoked", metadata: ["partitions": "\(poll.revoked.sorted())"])
+            }
+            if !poll.assigned.isEmpty {
+                self.logger.info("loader.partitions_assigned", metadata: ["partitions": "\(poll.assigned.sorted())"])
+            }
+            for error in poll.errors {
+                self.logger.warning("loader.kafka_error", metadata: ["error": "\(error)"])
+            }
+            self.metrics.consumed.increment(by: Int64(poll.messages.count))
+            for message in poll.messages {
+                self.batches[message.topic, default: Batch()].append(message)
+            }
+        }
+
+        /// Inserts a route's batch — retrying while ClickHouse fails for a passing reason,
+        /// isolating rows it rejects — then commits the batch's offsets.
+        private mutating func flush(_ topic: String, once: Bool = false) async {
+            guard var batch = self.batches[topic], !batch.messages.isEmpty, let route = self.routes[topic],
+                let encoder = self.encoders[topic]
+            else { return }
+            self.batches[topic] = Batch()
+            self.metrics.batchSize.record(batch.messages.count)
+
+            // Validation: what cannot become a row goes to the dead-letter topic.
+            var rows: [Row] = []
+            var rejected: [(ConsumedMessage, String)] = []
+            rows.reserveCapacity(batch.messages.count)
+            for message in batch.messages {
+                do {
+                    let (line, received) = try encoder.encode(message.value)
+                    rows.append(Row(message: message, line: line, receivedAtMillis: received))
+                } catch {
+                    rejected.append((message, error.description))
+                }
+            }
+            batch.messages.removeAll()
+
+            var paused: [TopicPartition] = []
+            var backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
+            var pending = [rows[...]]
+            while let chunk = pending.popLast() {
+                if chunk.isEmpty { continue }
+                let outcome = await self.insert(chunk, route: route)
+                switch outcome {
+                case .inserted:
+                    backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
+                case .rejected(let reason):
+                    if chunk.count == 1 {
+                        rejected.append((chunk.first!.message, reason))
+                    } else {
+                        // Halve until the rows ClickHouse refuses are alone.
+                        let middle = chunk.startIndex + chunk.count / 2
+                        pending.append(chunk[middle...])
+                        pending.append(chunk[..<middle])
+                    }
+                case .failed(let error):
+                    if once { return }
+                    self.metrics.retries.increment()
+                    if paused.isEmpty {
+                        paused = Array(self.consumer.assignment)
+                        await self.consumer.pause(paused)
+                    }
+                    let delay = backoff.next()
+                    self.logger.warning(
+                        "loader.insert_failed",
+                        metadata: [
+                            "table": "\(route.table)", "rows": "\(chunk.count)", "error": "\(error)",
+                            "retry_in_ms":
+                                "\(delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000)",
+                        ]
+                    )
+                    // Keep serving the group (rebalances, heartbeats) while waiting; the
+                    // partitions are paused, so nothing new piles up.
+                    let deadline = ContinuousClock.now + delay
+                    while ContinuousClock.now < deadline && !Task.isCancelledOrShuttingDownGracefully {
+                        let poll = await self.consumer.poll(maxMessages: 1000, timeout: .milliseconds(200))
+                        self.apply(poll)
+                    }
+                    if Task.isCancelledOrShuttingDownGracefully { return }
+                    pending.append(chunk)
+                }
+            }
+            if !paused.isEmpty { await self.consumer.resume(paused.filter { self.consumer.assignment.contains($0) }) }
+
+            // Dead letters are in Kafka (acks=all) before the offsets that cover them are committed.
+            if !rejected.isEmpty {
+                guard await self.sendDeadLetters(rejected, route: route) else { return }
+            }
+            var offsets: [TopicPartition: Int64] = [:]
+            for row in rows {
+                offsets[row.message.topicPartition] = max(
+                    offsets[row.message.topicPartition] ?? 0,
+                    row.message.offset + 1
+                )
+            }
+            for (message, _) in rejected {
+                offsets[message.topicPartition] = max(offsets[message.topicPartition] ?? 0, message.offset + 1)
+            }
+            let started = ContinuousClock.now
+            do {
+                try await self.consumer.commit(offsets)
+                self.metrics.commitLatency.recordNanoseconds(Self.nanoseconds(ContinuousClock.now - started))
+            } catch {
+                // The rows are in ClickHouse; a later commit covers them, or they are read
+                // again and folded by deduplication.
+                self.logger.warning("loader.commit_failed", metadata: ["error": "\(error)"])
+            }
+        }
+
+        enum Outcome {
+            case inserted
+            case rejected(String)
+            case failed(ClickHouseError)
+        }
+
+        private func insert(_ rows: ArraySlice<Row>, route: LoaderRoute) async -> Outcome {
+            var body: [UInt8] = []
+            body.reserveCapacity(rows.reduce(0) { $0 + $1.line.count })
+            for row in rows { body += row.line }
+            var settings: [String: String] = [:]
+            if self.version >= LoaderRoute.dedupTokenSince {
+                // The same messages inserted again (a retry after a lost answer) are dropped by the server.
+                let first = rows.first!.message
+                let last = rows.last!.message
+                settings["insert_deduplication_token"] =
+                    "\(first.topic)-\(first.partition)-\(first.offset)-\(last.partition)-\(last.offset)-\(rows.count)"
+            }
+            let started = ContinuousClock.now
+            do {
+                try await self.clickHouse.insert(route.insertPrefix, body: body, settings: settings)
+            } catch {
+                if !error.isRetriable && error.isDataError { return .rejected(error.description) }
+                return .failed(error)
+            }
+            let now = Timestamp.nowMillis()
+            self.metrics.insertLatency.recordNanoseconds(Self.nanoseconds(ContinuousClock.now - started))
+            self.metrics.rows.increment(by: Int64(rows.count))
+            self.metrics.bytes.increment(by: Int64(body.count))
+            self.loader.insertedRows.add(rows.count, ordering: .relaxed)
+            var delays: [Int64] = []
+            delays.reserveCapacity(rows.count)
+            for row in rows {
+                if let received = row.receivedAtMillis, now >= received {
+                    self.metrics.ingestDelay.recordNanoseconds((now - received) * 1_000_000)
+                    delays.append(now - received)
+                }
+            }
+            self.configuration.insertObserver?(delays)
+            return .inserted
+        }
+
+        /// Sends rejected messages to the route's dead-letter topic and waits for Kafka's
+        /// acknowledgement. False when shutting down before they were all acknowledged.
+        private func sendDeadLetters(_ rejected: [(ConsumedMessage, String)], route: LoaderRoute) async -> Bool {
+            var remaining = rejected
+            var backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
+            while !remaining.isEmpty {
+                let ids = self.deadLetters.expect(remaining.count)
+                var failed: [(ConsumedMessage, String)] = []
+                for ((message, reason), id) in zip(remaining, ids) {
+                    var headers = message.headers.filter { !$0.name.hasPrefix("dlq_") }
+                    headers.append(("dlq_reason", Array(reason.utf8)))
+                    headers.append(("dlq_topic", Array(message.topic.utf8)))
+                    headers.append(("dlq_partition", Array(String(message.partition).utf8)))
+                    headers.append(("dlq_offset", Array(String(message.offset).utf8)))
+                    headers.append(("dlq_table", Array(route.table.utf8)))
+                    do {
+                        try self.producer.send(
+                            topic: route.deadLetterTopic,
+                            key: message.key,
+                            value: message.value,
+                            headers: headers.map { ($0.name, $0.value) },
+                            id: id
+                        )
+                    } catch {
+                        failed.append((message, reason))
+                        self.deadLetters.cancel(id)
+                    }
+                }
+                let delivered = await self.deadLetters.wait(for: ids)
+                let deliveredSet = Set(delivered)
+                for ((message, reason), id) in zip(remaining, ids) where deliveredSet.contains(id) {
+                    self.metrics.deadLettered.increment()
+                    self.loader.deadLettered.add(1, ordering: .relaxed)
+                    self.logger.error(
+                        "loader.dead_letter",
+                        metadata: [
+                            "topic": "\(message.topic)", "partition": "\(message.partition)",
+                            "offset": "\(message.offset)", "reason": "\(reason)", "dlq": "\(route.deadLetterTopic)",
+                        ]
+                    )
+                }
+                remaining = zip(remaining, ids).filter { !deliveredSet.contains($0.1) }.map(\.0)
+                if remaining.isEmpty { return true }
+                if Task.isCancelledOrShuttingDownGracefully { return false }
+                self.logger.warning("loader.dead_letter_retry", metadata: ["messages": "\(remaining.count)"])
+                try? await Task.sleep(for: backoff.next())
+                _ = failed
+            }
+            return true
+        }
+
+        static func nanoseconds(_ duration: Duration) -> Int64 {
+            duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
+        }
+    }
+
+    struct Row {
+        var message: ConsumedMessage
+        var line: [UInt8]
+        var receivedAtMillis: Int64?
+    }
+
+    struct Batch {
+        var messages: [ConsumedMessage] = []
+        var bytes = 0
+        var firstArrival: ContinuousClock.Instant?
+
+        mutating func append(_ message: ConsumedMessage) {
+            if self.messages.isEmpty { self.firstArrival = .now }
+            self.messages.append(message)
+            self.bytes += message.value.count
+        }
+
+        mutating func recount() {
+            self.bytes = self.messages.reduce(0) { $0 + $1.value.count }
+            if self.messages.isEmpty { self.firstArrival = nil }
+        }
+    }
+}
+
+/// Matches dead-letter delivery reports to the sends waiting for them.
+final class DeadLetterSender: Sendable {
+    private struct State {
+        var nextID: UInt64 = 1
+        var outstanding: Set<UInt64> = []
+        var delivered: Set<UInt64> = []
+        var failed: Set<UInt64> = []
+    }
+
+    private let state = Mutex(State())
+
+    func expect(_ count: Int) -> [UInt64] {
+        self.state.withLock { state in
+            let ids = (0..<UInt64(count)).map { state.nextID + $0 }
+            state.nextID += UInt64(count)
+            state.outstanding.formUnion(ids)
+            return ids
+        }
+    }
+
+    func cancel(_ id: UInt64) {
+        self.state.withLock { state in
+            state.outstanding.remove(id)
+            state.failed.insert(id)
+        }
+    }
+
+    func report(_ reports: [DeliveryReport]) {
+        self.state.withLock { state in
+            for report in reports where state.outstanding.remove(report.id) != nil {
+                if report.error == nil { state.delivered.insert(report.id) } else { state.failed.insert(report.id) }
+            }
+        }
+    }
+
+    /// Waits until every id is reported; returns those Kafka acknowledged.
+    func wait(for ids: [UInt64]) async -> [UInt64] {
+        while true {
+            let done = self.state.withLock { state -> [UInt64]? in
+                guard ids.allSatisfy({ !state.outstanding.contains($0) }) else { return nil }
+                let delivered = ids.filter { state.delivered.contains($0) }
+                for id in ids {
+                    state.delivered.remove(id)
+                    state.failed.remove(id)
+                }
+                return delivered
+            }
+            if let done { return done }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+    }
+}
+
+/// Exponential back-off with full jitter.
+struct Backoff {
+    let initial: Duration
+    let maximum: Duration
+    private var attempt = 0
+
+    init(initial: Duration, maximum: Duration) {
+        self.initial = initial
+        self.maximum = maximum
+    }
+
+    mutating func next() -> Duration {
+        let ceiling = min(self.maximum, self.initial * (1 << min(self.attempt, 20)))
+        self.attempt += 1
+        // Full jitter, but never less than half the step: retries spread out, none spins.
+        return ceiling / 2 + ceiling / 2 * Double.random(in: 0...1)
+    }
+}
+
+struct LoaderMetrics: Sendable {
+    let consumed = Counter(label: "sluice_loader_consumed_messages_total")
+    let rows = Counter(label: "sluice_loader_inserted_rows_total")
+    let bytes = Counter(label: "sluice_loader_inserted_bytes_total")
+    let retries = Counter(label: "sluice_loader_insert_retries_total")
+    let deadLettered = Counter(label: "sluice_loader_dead_lettered_messages_total")
+    let insertLatency = Timer(label: "sluice_loader_insert_duration_seconds")
+    let commitLatency = Timer(label: "sluice_loader_commit_duration_seconds")
+    let ingestDelay = Timer(label: "sluice_loader_ingest_to_insert_seconds")
+    let batchSize = Recorder(label: "sluice_loader_batch_rows", aggregate: true)
+}
+
+extension Task where Success == Never, Failure == Never {
+    /// Cancelled, or the service group is shutting down.
+    static var isCancelledOrShuttingDownGracefully: Bool { Task.isCancelled || Task.isShuttingDownGracefully }
+}

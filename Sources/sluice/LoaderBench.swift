@@ -1,0 +1,249 @@
+import ArgumentParser
+import ClickHouse
+import EventModel
+import Foundation
+import Kafka
+import Loader
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// `sluice loader-bench`: the loader's rate from the mock cluster into ClickHouse, against
+/// curl inserting the same rows as one JSONEachRow body into the same server in the same run;
+/// then the ingest-to-insert delay at a steady rate.
+struct LoaderBenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loader-bench",
+        abstract: "Measure the loader's rows/s against curl into the same ClickHouse, and its delay at a steady rate."
+    )
+
+    @Option(help: "ClickHouse HTTP URL of a server that may be written to (database sluice_bench).")
+    var clickhouseUrl: String
+
+    @Option(help: "Events to load.")
+    var events: Int = 1_000_000
+
+    @Option(help: "Partitions of the topic (the mock keeps ~5 MiB per partition: spread the data).")
+    var partitions: Int = 64
+
+    @Option(help: "Events per second for the delay measurement (0 skips it).")
+    var rate: Int = 5000
+
+    @Option(help: "Seconds of steady load for the delay measurement.")
+    var seconds: Int = 20
+
+    func run() async throws {
+        var quiet = Logger(label: "sluice.bench")
+        quiet.logLevel = .error
+        let directory = FileManager.default.temporaryDirectory.path + "/sluice-loader-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+
+        let cluster = Process()
+        cluster.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        cluster.arguments = [
+            "dev-kafka", "--brokers", "3", "--topic", "events:\(self.partitions)", "--topic",
+            "steady:\(self.partitions)",
+        ]
+        let clusterOutput = Pipe()
+        cluster.standardOutput = clusterOutput
+        cluster.standardError = FileHandle.nullDevice
+        try cluster.run()
+        defer {
+            cluster.terminate()
+            cluster.waitUntilExit()
+        }
+        var firstLine = Data()
+        while let byte = try clusterOutput.fileHandleForReading.read(upToCount: 1), let character = byte.first,
+            character != 0x0A
+        {
+            firstLine.append(character)
+        }
+        let bootstrap = String(decoding: firstLine, as: UTF8.self)
+
+        let clickHouse = ClickHouseClient(ClickHouseConfiguration(url: self.clickhouseUrl), logger: quiet)
+        defer { Task { try? await clickHouse.shutdown() } }
+        let version = try await clickHouse.serverVersion()
+        try await clickHouse.execute("DROP DATABASE IF EXISTS sluice_bench")
+        try await clickHouse.execute("CREATE DATABASE sluice_bench")
+        var route = LoaderRoute.events
+        route.table = "sluice_bench.events"
+        var baseline = route
+        baseline.table = "sluice_bench.baseline"
+        try await clickHouse.execute(baseline.createTable(on: version))
+
+        // The same events for both: Kafka messages for the loader, JSONEachRow rows for curl.
+        let delivered = BenchTally()
+        let producer = try KafkaProducer(
+            properties: ["bootstrap.servers": bootstrap, "linger.ms": "20", "compression.type": "lz4"],
+            onDelivery: { reports in delivered.add(reports.count) }
+        )
+        let encoder = RowEncoder(route: route, version: version)
+        let rowsPath = directory + "/rows.ndjson"
+        guard FileManager.default.createFile(atPath: rowsPath, contents: nil) else {
+            printError("sluice: cannot create \(rowsPath)")
+            throw ExitCode.failure
+        }
+        let rowsFile = try FileHandle(forWritingTo: URL(fileURLWithPath: rowsPath))
+        var chunk: [UInt8] = []
+        var totalBytes = 0
+        for n in 0..<self.events {
+            let value = Self.event(n)
+            totalBytes += value.count
+            chunk += try encoder.encode(value).line
+            if chunk.count > 1 << 20 {
+                try rowsFile.write(contentsOf: chunk)
+                chunk.removeAll(keepingCapacity: true)
+            }
+            try await Self.send(producer, topic: "events", key: "user-\(n % 1000)", value: value, id: n)
+        }
+        try rowsFile.write(contentsOf: chunk)
+        try rowsFile.close()
+        while delivered.value < self.events { try await Task.sleep(for: .milliseconds(20)) }
+
+        // Baseline: curl, one INSERT with every row.
+        let curlStart = ContinuousClock.now
+        let curl = Process()
+        curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        curl.arguments = [
+            "-sS", "--fail", "--data-binary", "@" + rowsPath,
+            self.clickhouseUrl + "/?query="
+                + (baseline.insertPrefix.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""),
+        ]
+        try curl.run()
+        curl.waitUntilExit()
+        let curlSeconds = Self.seconds(ContinuousClock.now - curlStart)
+        guard curl.terminationStatus == 0 else {
+            printError("sluice: curl failed with status \(curl.terminationStatus)")
+            throw ExitCode.failure
+        }
+
+        // The loader: from an empty group to every row confirmed.
+        var configuration = LoaderConfiguration(
+            kafkaProperties: ["bootstrap.servers": bootstrap],
+            clickHouse: ClickHouseConfiguration(url: self.clickhouseUrl)
+        )
+        configuration.groupID = "bench-\(getpid())"
+        configuration.routes = [route]
+        let loader = Loader(configuration: configuration, logger: quiet)
+        let group = ServiceGroup(services: [loader], logger: quiet)
+        let loaderStart = ContinuousClock.now
+        let running = Task { try await group.run() }
+        while loader.rowsInserted < self.events { try await Task.sleep(for: .milliseconds(20)) }
+        let loaderSeconds = Self.seconds(ContinuousClock.now - loaderStart)
+        await group.triggerGracefulShutdown()
+        try await running.value
+
+        let baselineRows = try await clickHouse.query("SELECT count() FROM sluice_bench.baseline FORMAT TabSeparated")
+        let loadedRows = try await clickHouse.query(
+            "SELECT uniqExact(event_id) FROM sluice_bench.events FORMAT TabSeparated"
+        )
+        let curlRate = Double(self.events) / curlSeconds
+        let loaderRate = Double(self.events) / loaderSeconds
+        print(
+            """
+            loader bench: \(self.events) events of ~\(totalBytes / max(1, self.events)) B, \(self.partitions) partitions, ClickHouse \(version)
+              curl, one JSONEachRow INSERT:     \(String(format: "%.0f", curlRate)) rows/s (\(String(format: "%.2f", curlSeconds)) s, \(baselineRows.trimmingCharacters(in: .whitespacesAndNewlines)) rows)
+              loader (Kafka → ClickHouse):      \(String(format: "%.0f", loaderRate)) rows/s (\(String(format: "%.2f", loaderSeconds)) s, \(loadedRows.trimmingCharacters(in: .whitespacesAndNewlines)) distinct event_id)
+              ratio loader / curl:              \(String(format: "%.2f", loaderRate / curlRate))x
+            """
+        )
+
+        guard self.rate > 0 else { return }
+        // Steady load: events stamped with received_at = now, at `rate` per second.
+        let delays = BenchDelays()
+        var steady = configuration
+        steady.groupID = "bench-steady-\(getpid())"
+        var steadyRoute = route
+        steadyRoute.topic = "steady"
+        steadyRoute.deadLetterTopic = "steady.dlq"
+        steady.routes = [steadyRoute]
+        steady.insertObserver = { batch in delays.add(batch) }
+        let steadyLoader = Loader(configuration: steady, logger: quiet)
+        let steadyGroup = ServiceGroup(services: [steadyLoader], logger: quiet)
+        let steadyRunning = Task { try await steadyGroup.run() }
+        try await Task.sleep(for: .seconds(5))  // group join
+        let total = self.rate * self.seconds
+        let start = ContinuousClock.now
+        for n in 0..<total {
+            let due = start + .milliseconds(Int64(n) * 1000 / Int64(self.rate))
+            if due > ContinuousClock.now { try await Task.sleep(until: due, clock: .continuous) }
+            try? producer.send(
+                topic: "steady",
+                key: Array("u\(n % 1000)".utf8),
+                value: Self.event(self.events + n),
+                id: UInt64(n)
+            )
+        }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while steadyLoader.rowsInserted < total && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        await steadyGroup.triggerGracefulShutdown()
+        try await steadyRunning.value
+        producer.close()
+        let sorted = delays.all.sorted()
+        func percentile(_ p: Double) -> Int64 {
+            sorted.isEmpty ? -1 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+        }
+        print(
+            """
+              steady \(self.rate) events/s for \(self.seconds) s: \(steadyLoader.rowsInserted) of \(total) loaded; ingest-to-insert delay p50 \(percentile(0.5)) ms, p99 \(percentile(0.99)) ms, max \(sorted.last ?? -1) ms
+            """
+        )
+    }
+
+    /// Queues one message, waiting while librdkafka's queue is full.
+    static func send(_ producer: KafkaProducer, topic: String, key: String, value: [UInt8], id: Int) async throws {
+        var queued = false
+        while !queued {
+            do {
+                try producer.send(topic: topic, key: Array(key.utf8), value: value, id: UInt64(id))
+                queued = true
+            } catch {
+                guard error.isRetriable else { throw error }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+        }
+    }
+
+    /// A ~400-byte normalized event, received now.
+    static func event(_ n: Int) -> [UInt8] {
+        Event(
+            eventID: UUIDText.v7(millis: Timestamp.nowMillis()),
+            action: ["page_view", "click", "add_to_cart", "purchase"][n % 4],
+            userID: "user-\(n % 1000)",
+            timestampMillis: Timestamp.nowMillis(),
+            page: "https://shop.example/products/\(n % 500)?ref=campaign",
+            object: "product-card-\(n % 40)",
+            referrer: "https://search.example/?q=shoes",
+            sessionID: "session-\(n % 5000)",
+            properties: .object([
+                ("price", .number("119.99")), ("currency", .string("EUR")), ("position", .number("3")),
+            ])
+        ).normalizedJSON(
+            origin: RequestOrigin(
+                receivedAtMillis: Timestamp.nowMillis(),
+                clientIP: "203.0.113.7",
+                userAgent: "Mozilla/5.0 (bench)",
+                gatewayID: "gw-bench"
+            )
+        )
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+}
+
+final class BenchTally: Sendable {
+    private let count = Atomic<Int>(0)
+    func add(_ n: Int) { self.count.add(n, ordering: .relaxed) }
+    var value: Int { self.count.load(ordering: .relaxed) }
+}
+
+final class BenchDelays: Sendable {
+    private let delays = Mutex<[Int64]>([])
+    func add(_ batch: [Int64]) { self.delays.withLock { $0 += batch } }
+    var all: [Int64] { self.delays.withLock { $0 } }
+}

@@ -1,0 +1,328 @@
+import ArgumentParser
+import EventModel
+import Foundation
+import Kafka
+import Loader
+import Logging
+import ServiceLifecycle
+import Telemetry
+import UnixSignals
+
+/// `sluice loader`: Kafka → ClickHouse.
+struct LoaderCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loader",
+        abstract: "Load Kafka topics into ClickHouse tables, committing offsets only after confirmed inserts.",
+        discussion: "Runs until SIGTERM/SIGINT; then inserts and commits what it holds if ClickHouse answers."
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(help: "Kafka bootstrap servers (host:port,...).")
+    var kafkaBootstrap: String?
+
+    @Option(help: "ClickHouse HTTP(S) URL, e.g. http://127.0.0.1:8123.")
+    var clickhouseUrl: String?
+
+    func run() async throws {
+        var settings = try self.options.load()
+        if let bootstrap = self.kafkaBootstrap { settings.kafkaBootstrap = bootstrap }
+        if let url = self.clickhouseUrl {
+            try SettingsLoader.key("clickhouse.url").apply(
+                &settings,
+                SettingValue(text: url, list: nil, origin: "--clickhouse-url")
+            )
+        }
+        let configuration: LoaderConfiguration
+        do {
+            guard let loaded = try settings.loaderConfiguration() else {
+                printError("sluice: no Kafka to read from: give --kafka-bootstrap or kafka.bootstrap_servers")
+                throw ExitCode(2)
+            }
+            configuration = loaded
+        } catch let error as SettingsError {
+            printError("sluice: \(error)")
+            throw ExitCode(2)
+        }
+        Telemetry.bootstrap(logLevel: settings.logLevel)
+        let logger = Logger(label: "sluice.loader")
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [Loader(configuration: configuration, logger: logger)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await group.run()
+    }
+}
+
+/// Kafka connection options of the on-call tools.
+struct KafkaOptions: ParsableArguments {
+    @OptionGroup var options: ConfigOptions
+
+    @Option(help: "Kafka bootstrap servers (default: kafka.bootstrap_servers from the configuration).")
+    var kafkaBootstrap: String?
+
+    func properties() throws -> [String: String] {
+        let settings = try self.options.load()
+        guard let bootstrap = self.kafkaBootstrap ?? settings.kafkaBootstrap else {
+            printError("sluice: give --kafka-bootstrap or kafka.bootstrap_servers")
+            throw ExitCode(2)
+        }
+        var properties = settings.kafkaProperties
+        properties["bootstrap.servers"] = bootstrap
+        properties["log_level"] = properties["log_level"] ?? "3"
+        return properties
+    }
+}
+
+/// `sluice offsets`: where a consumer group stands.
+struct OffsetsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "offsets",
+        abstract: "Show a consumer group's committed offset, end offset and lag per partition."
+    )
+
+    @OptionGroup var kafka: KafkaOptions
+
+    @Option(help: "Consumer group (the loader's: sluice-loader).")
+    var group: String = "sluice-loader"
+
+    @Option(help: "Topic (repeatable; default: events).")
+    var topic: [String] = ["events"]
+
+    @Flag(help: "One JSON object per partition.")
+    var json = false
+
+    func run() async throws {
+        let tools = OffsetTools(properties: try self.kafka.properties())
+        if !self.json { print("GROUP\tTOPIC\tPARTITION\tCOMMITTED\tEND\tLAG") }
+        for topic in self.topic {
+            let states: [OffsetTools.PartitionState]
+            do {
+                states = try await tools.describe(group: self.group, topic: topic)
+            } catch {
+                printError("sluice: \(topic): \(error)")
+                throw ExitCode.failure
+            }
+            for state in states {
+                if self.json {
+                    var writer = JSONWriter()
+                    writer.raw("{")
+                    writer.member("group", self.group, first: true)
+                    writer.member("topic", topic)
+                    writer.raw(
+                        ",\"partition\":\(state.partition),\"committed\":\(state.committed.map(String.init) ?? "null"),\"end\":\(state.high),\"lag\":\(state.lag)}"
+                    )
+                    print(String(decoding: writer.bytes, as: UTF8.self))
+                } else {
+                    print(
+                        "\(self.group)\t\(topic)\t\(state.partition)\t\(state.committed.map(String.init) ?? "-")\t\(state.high)\t\(state.lag)"
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// `sluice replay`: move a stopped group back (or forward) so the loader reads again.
+struct ReplayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "replay",
+        abstract: "Reset a consumer group's offsets on a topic, e.g. to reload after a ClickHouse failure.",
+        discussion: """
+            Stop the group's loaders first: a group with active members is refused. Loading again \
+            is safe: tables deduplicate on event_id.
+            """
+    )
+
+    @OptionGroup var kafka: KafkaOptions
+
+    @Option(help: "Consumer group.")
+    var group: String = "sluice-loader"
+
+    @Option(help: "Topic.")
+    var topic: String = "events"
+
+    @Flag(help: "Back to the oldest message Kafka still has.")
+    var toEarliest = false
+
+    @Option(help: "PARTITION:OFFSET (repeatable).")
+    var toOffset: [String] = []
+
+    @Option(help: "The first message at or after this RFC 3339 time.")
+    var toTime: String?
+
+    @Flag(help: "Only print what would change.")
+    var dryRun = false
+
+    func validate() throws {
+        let chosen = [self.toEarliest, !self.toOffset.isEmpty, self.toTime != nil].filter { $0 }.count
+        guard chosen == 1 else { throw ValidationError("give exactly one of --to-earliest, --to-offset, --to-time") }
+    }
+
+    func target() throws -> OffsetTools.Target {
+        if self.toEarliest { return .earliest }
+        if let time = self.toTime {
+            guard let millis = Timestamp.parse(time) else {
+                throw ValidationError("--to-time '\(time)' is not an RFC 3339 time, e.g. 2026-11-22T10:00:00Z")
+            }
+            return .time(millis)
+        }
+        var offsets: [Int32: Int64] = [:]
+        for spec in self.toOffset {
+            let parts = spec.split(separator: ":")
+            guard parts.count == 2, let partition = Int32(parts[0]), let offset = Int64(parts[1]), offset >= 0 else {
+                throw ValidationError("--to-offset '\(spec)' must be PARTITION:OFFSET, e.g. 3:120000")
+            }
+            offsets[partition] = offset
+        }
+        return .offsets(offsets)
+    }
+
+    func run() async throws {
+        let tools = OffsetTools(properties: try self.kafka.properties())
+        let changes: [OffsetTools.Change]
+        do {
+            changes = try await tools.reset(
+                group: self.group,
+                topic: self.topic,
+                to: try self.target(),
+                dryRun: self.dryRun
+            )
+        } catch {
+            printError("sluice: \(error)")
+            throw ExitCode.failure
+        }
+        print("\(self.dryRun ? "would move" : "moved") group \(self.group) on \(self.topic):")
+        for change in changes {
+            print("  partition \(change.partition): \(change.from.map(String.init) ?? "-") → \(change.to)")
+        }
+    }
+}
+
+/// `sluice dlq`: dead letters of the loader.
+struct DLQCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dlq",
+        abstract: "Inspect dead-letter topics and send their messages back after a fix.",
+        subcommands: [List.self, Show.self, Redrive.self]
+    )
+
+    /// Reads a whole topic from its start with a throwaway group (nothing is committed).
+    static func readAll(_ properties: [String: String], topic: String, limit: Int) async throws -> [ConsumedMessage] {
+        var properties = properties
+        properties["group.id"] = "sluice-dlq-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let consumer = try KafkaConsumer(properties: properties, topics: [topic])
+        let marks = try await consumer.watermarks(topic: topic)
+        let total = marks.values.reduce(Int64(0)) { $0 + ($1.high - $1.low) }
+        var messages: [ConsumedMessage] = []
+        let deadline = ContinuousClock.now + .seconds(30)
+        while Int64(messages.count) < min(total, Int64(limit)) && ContinuousClock.now < deadline {
+            messages += await consumer.poll(maxMessages: 1000, timeout: .milliseconds(200)).messages
+        }
+        await consumer.close()
+        return Array(messages.prefix(limit))
+    }
+
+    static func text(_ bytes: [UInt8]?) -> String { bytes.map { String(decoding: $0, as: UTF8.self) } ?? "" }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "Count dead letters by reason.")
+        @OptionGroup var kafka: KafkaOptions
+        @Option(help: "Dead-letter topic.") var topic: String = "events.dlq"
+
+        func run() async throws {
+            let messages = try await DLQCommand.readAll(try self.kafka.properties(), topic: self.topic, limit: .max)
+            print("\(messages.count) dead letter(s) in \(self.topic)")
+            let reasons = Dictionary(grouping: messages) { DLQCommand.text($0.header("dlq_reason")) }
+            for (reason, group) in reasons.sorted(by: { $0.value.count > $1.value.count }) {
+                print("  \(group.count)\t\(reason)")
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "show",
+            abstract: "Print dead letters as JSON lines: origin, reason and the message."
+        )
+        @OptionGroup var kafka: KafkaOptions
+        @Option(help: "Dead-letter topic.") var topic: String = "events.dlq"
+        @Option(help: "At most this many.") var limit: Int = 100
+
+        func run() async throws {
+            for message in try await DLQCommand.readAll(
+                try self.kafka.properties(),
+                topic: self.topic,
+                limit: self.limit
+            ) {
+                var writer = JSONWriter()
+                writer.raw("{")
+                writer.member("topic", DLQCommand.text(message.header("dlq_topic")), first: true)
+                writer.raw(",\"partition\":\(DLQCommand.text(message.header("dlq_partition")))")
+                writer.raw(",\"offset\":\(DLQCommand.text(message.header("dlq_offset")))")
+                writer.member("table", DLQCommand.text(message.header("dlq_table")))
+                writer.member("reason", DLQCommand.text(message.header("dlq_reason")))
+                writer.member("value", String(decoding: message.value, as: UTF8.self))
+                writer.raw("}")
+                print(String(decoding: writer.bytes, as: UTF8.self))
+            }
+        }
+    }
+
+    struct Redrive: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "redrive",
+            abstract: "Send dead letters back to the topic they came from (after fixing the table or route).",
+            discussion: "Messages that fail again return to the dead-letter topic; duplicates fold by event_id."
+        )
+        @OptionGroup var kafka: KafkaOptions
+        @Option(help: "Dead-letter topic.") var topic: String = "events.dlq"
+        @Option(help: "Send to this topic instead of each message's origin.") var to: String?
+        @Flag(help: "Only count what would be sent.") var dryRun = false
+
+        func run() async throws {
+            let properties = try self.kafka.properties()
+            let messages = try await DLQCommand.readAll(properties, topic: self.topic, limit: .max)
+            let destinations = Dictionary(grouping: messages) { self.to ?? DLQCommand.text($0.header("dlq_topic")) }
+            if self.dryRun {
+                for (topic, group) in destinations { print("would send \(group.count) message(s) to \(topic)") }
+                return
+            }
+            let reports = Reports()
+            var producerProperties = properties
+            producerProperties["enable.idempotence"] = "true"
+            let producer = try KafkaProducer(properties: producerProperties, onDelivery: { reports.add($0) })
+            for (index, message) in messages.enumerated() {
+                let topic = self.to ?? DLQCommand.text(message.header("dlq_topic"))
+                try producer.send(
+                    topic: topic,
+                    key: message.key,
+                    value: message.value,
+                    headers: message.headers.filter { !$0.name.hasPrefix("dlq_") }.map { ($0.name, $0.value) },
+                    id: UInt64(index)
+                )
+            }
+            _ = producer.flush(timeoutMilliseconds: 30_000)
+            producer.close()
+            let failed = reports.failed
+            for (topic, group) in destinations { print("sent \(group.count) message(s) to \(topic)") }
+            if failed > 0 {
+                printError("sluice: \(failed) message(s) were not acknowledged by Kafka; run redrive again")
+                throw ExitCode.failure
+            }
+            print("the dead letters stay in \(self.topic) (Kafka topics are append-only); \(messages.count) resent")
+        }
+    }
+}
+
+final class Reports: @unchecked Sendable {
+    private let lock = NSLock()
+    private var failures = 0
+    func add(_ reports: [DeliveryReport]) {
+        self.lock.withLock { self.failures += reports.filter { $0.error != nil }.count }
+    }
+    var failed: Int { self.lock.withLock { self.failures } }
+}
