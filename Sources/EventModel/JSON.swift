@@ -318,7 +318,7 @@ public struct JSONParser {
 
 /// Writes JSON compactly into a byte buffer.
 public struct JSONWriter {
-    public private(set) var bytes: [UInt8] = []
+    public var bytes: [UInt8] = []
 
     public init(capacity: Int = 512) { self.bytes.reserveCapacity(capacity) }
 

@@ -224,18 +224,11 @@ public final class Loader: Service, Sendable {
             self.batches[topic] = Batch()
             self.metrics.batchSize.record(batch.messages.count)
 
-            // Validation: what cannot become a row goes to the dead-letter topic.
-            var rows: [Row] = []
-            var rejected: [(ConsumedMessage, String)] = []
-            rows.reserveCapacity(batch.messages.count)
-            for message in batch.messages {
-                do {
-                    let (line, received) = try encoder.encode(message.value)
-                    rows.append(Row(message: message, line: line, receivedAtMillis: received))
-                } catch {
-                    rejected.append((message, error.description))
-                }
-            }
+            // Validation: what cannot become a row goes to the dead-letter topic. Encoding is
+            // the loader's main CPU cost: slices of the batch are encoded on every core.
+            let (encodedRows, invalid) = await Self.encode(batch.messages, with: encoder)
+            var rows = encodedRows
+            var rejected = invalid
             batch.messages.removeAll()
 
             var paused: [TopicPartition] = []
@@ -308,6 +301,38 @@ public final class Loader: Service, Sendable {
                 // again and folded by deduplication.
                 self.logger.warning("loader.commit_failed", metadata: ["error": "\(error)"])
             }
+        }
+
+        /// Rows in message order, and the messages that cannot become rows (with why).
+        static func encode(
+            _ messages: [ConsumedMessage],
+            with encoder: RowEncoder
+        ) async -> (rows: [Row], rejected: [(ConsumedMessage, String)]) {
+            let slices = max(1, min(ProcessInfo.processInfo.activeProcessorCount, messages.count / 500))
+            let size = (messages.count + slices - 1) / slices
+            let parts = await withTaskGroup(of: (Int, [Row], [(ConsumedMessage, String)]).self) { group in
+                for slice in 0..<slices {
+                    let part = messages[min(messages.count, slice * size)..<min(messages.count, (slice + 1) * size)]
+                    group.addTask {
+                        var rows: [Row] = []
+                        var rejected: [(ConsumedMessage, String)] = []
+                        rows.reserveCapacity(part.count)
+                        for message in part {
+                            do throws(RowError) {
+                                let (line, received) = try encoder.encode(message.value)
+                                rows.append(Row(message: message, line: line, receivedAtMillis: received))
+                            } catch {
+                                rejected.append((message, error.description))
+                            }
+                        }
+                        return (slice, rows, rejected)
+                    }
+                }
+                var parts: [(Int, [Row], [(ConsumedMessage, String)])] = []
+                for await part in group { parts.append(part) }
+                return parts.sorted { $0.0 < $1.0 }
+            }
+            return (parts.flatMap { $0.1 }, parts.flatMap { $0.2 })
         }
 
         enum Outcome {

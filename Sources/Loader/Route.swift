@@ -198,24 +198,25 @@ public struct RowEncoder: Sendable {
         guard case .object(let members) = parsed else {
             throw RowError(description: "not a JSON object but a \(parsed.typeName)")
         }
-        var fields: [String: JSONValue] = [:]
-        for (key, member) in members where fields[key] == nil { fields[key] = member }
+        // A linear search: events have a dozen fields, fewer than hashing pays for.
+        func field(_ name: String) -> JSONValue? { members.first { $0.0 == name }?.1 }
         var writer = JSONWriter()
+        writer.bytes.reserveCapacity(value.count + 64)
         writer.raw("{")
         for (index, column) in self.route.columns.enumerated() {
             if index > 0 { writer.raw(",") }
             writer.string(column.name)
             writer.raw(":")
-            let field = fields[column.field]
-            if field == nil || field == .null {
+            let found = field(column.field)
+            if let found, found != .null {
+                try self.write(found, column, &writer)
+            } else {
                 if column.required { throw RowError(description: "missing required field '\(column.field)'") }
                 try self.write(column.defaultValue.map(JSONValue.string) ?? Self.zero(column.kind), column, &writer)
-            } else {
-                try self.write(field!, column, &writer)
             }
         }
         writer.raw("}\n")
-        let received = fields["received_at"].flatMap { value -> Int64? in
+        let received = field("received_at").flatMap { value -> Int64? in
             if case .string(let text) = value { return Timestamp.parse(text) }
             return nil
         }
@@ -258,7 +259,13 @@ public struct RowEncoder: Sendable {
             guard let millis, millis >= 0, millis < 4_102_444_800_000 else {
                 throw RowError(description: "field '\(column.field)' is not a time between 1970 and 2100: \(value)")
             }
-            writer.string(Self.clickHouseTime(millis: millis, fraction: self.version >= LoaderRoute.dateTime64Since))
+            writer.bytes.append(UInt8(ascii: "\""))
+            Timestamp.appendClickHouseText(
+                millis: millis,
+                fraction: self.version >= LoaderRoute.dateTime64Since,
+                to: &writer.bytes
+            )
+            writer.bytes.append(UInt8(ascii: "\""))
         case .int64, .uint64, .float64:
             let text: String
             switch value {
@@ -277,13 +284,5 @@ public struct RowEncoder: Sendable {
             }
             writer.raw(text)
         }
-    }
-
-    /// `YYYY-MM-DD hh:mm:ss[.mmm]` in UTC: the text both old and new servers parse.
-    static func clickHouseTime(millis: Int64, fraction: Bool) -> String {
-        let formatted = Timestamp.format(millis: millis)  // YYYY-MM-DDThh:mm:ss.mmmZ
-        var text = String(formatted.prefix(10)) + " " + String(formatted.dropFirst(11).prefix(8))
-        if fraction { text += String(formatted.dropFirst(19).prefix(4)) }
-        return text
     }
 }

@@ -8,6 +8,7 @@ struct Sluice: AsyncParsableCommand {
         subcommands: [
             GatewayCommand.self, ForwarderCommand.self, LoaderCommand.self, WALCommand.self, OffsetsCommand.self,
             ReplayCommand.self, DLQCommand.self, DevKafkaCommand.self, ForwarderBenchCommand.self,
+            LoaderBenchCommand.self,
         ]
     )
 }
