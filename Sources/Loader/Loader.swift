@@ -226,8 +226,7 @@ public final class Loader: Service, Sendable {
 
             // Validation: what cannot become a row goes to the dead-letter topic. Encoding is
             // the loader's main CPU cost: slices of the batch are encoded on every core.
-            let (encodedRows, invalid) = await Self.encode(batch.messages, with: encoder)
-            var rows = encodedRows
+            let (rows, invalid) = await Self.encode(batch.messages, with: encoder)
             var rejected = invalid
             batch.messages.removeAll()
 
