@@ -431,11 +431,10 @@ final class LoadPipeline: @unchecked Sendable {
             // The first leaves mid-load: the second takes everything over.
             try await pipeline.stopLoader()
             try await pipeline.send((6000..<9000).map { eventJSON($0) })
-            try await waitUntil(timeout: .seconds(120), pollEvery: .milliseconds(500)) {
+            try await waitUntil(timeout: .seconds(90), pollEvery: .milliseconds(200)) {
                 await pipeline.distinctIDs() == 9000
             }
-            // Rebalances on a loaded machine take a few session timeouts in the mock cluster.
-            try await waitUntil(timeout: .seconds(120), pollEvery: .milliseconds(500)) {
+            try await waitUntil(timeout: .seconds(30), pollEvery: .milliseconds(200)) {
                 let (committed, end) = try await pipeline.committedAndEnd()
                 return committed == end
             }
