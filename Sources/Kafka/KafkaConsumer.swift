@@ -176,10 +176,8 @@ public final class KafkaConsumer: @unchecked Sendable {
             defer { rd_kafka_topic_partition_list_destroy(list) }
             let error = rd_kafka_commit(self.handle, list, 0)
             if error != RD_KAFKA_RESP_ERR_NO_ERROR { return error }
-            for index in 0..<Int(list.pointee.cnt) where list.pointee.elems[index].err != RD_KAFKA_RESP_ERR_NO_ERROR {
-                return list.pointee.elems[index].err
-            }
-            return RD_KAFKA_RESP_ERR_NO_ERROR
+            return (0..<Int(list.pointee.cnt)).lazy.map { list.pointee.elems[$0].err }
+                .first { $0 != RD_KAFKA_RESP_ERR_NO_ERROR } ?? RD_KAFKA_RESP_ERR_NO_ERROR
         }
         guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(error, message: "committing offsets") }
     }
@@ -188,7 +186,7 @@ public final class KafkaConsumer: @unchecked Sendable {
     public func pause(_ partitions: [TopicPartition]) async {
         guard !partitions.isEmpty else { return }
         await self.run { [self] in
-            let list = Self.makeList(Dictionary(partitions.map { ($0, Int64(-1001)) }) { a, _ in a })
+            let list = Self.makeList(partitions)
             defer { rd_kafka_topic_partition_list_destroy(list) }
             _ = rd_kafka_pause_partitions(self.handle, list)
         }
@@ -198,7 +196,7 @@ public final class KafkaConsumer: @unchecked Sendable {
     public func resume(_ partitions: [TopicPartition]) async {
         guard !partitions.isEmpty else { return }
         await self.run { [self] in
-            let list = Self.makeList(Dictionary(partitions.map { ($0, Int64(-1001)) }) { a, _ in a })
+            let list = Self.makeList(partitions)
             defer { rd_kafka_topic_partition_list_destroy(list) }
             _ = rd_kafka_resume_partitions(self.handle, list)
         }
@@ -210,7 +208,7 @@ public final class KafkaConsumer: @unchecked Sendable {
         let partitions = Array(self.assignment)
         guard !partitions.isEmpty else { return [:] }
         return await self.run { [self] in
-            let list = Self.makeList(Dictionary(partitions.map { ($0, Int64(-1001)) }) { a, _ in a })
+            let list = Self.makeList(partitions)
             defer { rd_kafka_topic_partition_list_destroy(list) }
             rd_kafka_position(self.handle, list)
             var lags: [TopicPartition: Int64] = [:]
@@ -250,7 +248,7 @@ public final class KafkaConsumer: @unchecked Sendable {
         -> [TopicPartition: Int64?]
     {
         let result: Result<[TopicPartition: Int64?], KafkaError> = await self.run { [self] in
-            let list = Self.makeList(Dictionary(partitions.map { ($0, Int64(-1001)) }) { a, _ in a })
+            let list = Self.makeList(partitions)
             defer { rd_kafka_topic_partition_list_destroy(list) }
             let error = rd_kafka_committed(self.handle, list, timeoutMilliseconds)
             guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
@@ -336,22 +334,6 @@ public final class KafkaConsumer: @unchecked Sendable {
         return try result.get()
     }
 
-    /// Commits offsets for the group without joining it (an empty group accepts these;
-    /// a real broker refuses them while members are active).
-    public func commitAsNonMember(_ offsets: [TopicPartition: Int64]) async throws(KafkaError) {
-        let error: rd_kafka_resp_err_t = await self.run { [self] in
-            let list = Self.makeList(offsets)
-            defer { rd_kafka_topic_partition_list_destroy(list) }
-            let error = rd_kafka_commit(self.handle, list, 0)
-            if error != RD_KAFKA_RESP_ERR_NO_ERROR { return error }
-            for index in 0..<Int(list.pointee.cnt) where list.pointee.elems[index].err != RD_KAFKA_RESP_ERR_NO_ERROR {
-                return list.pointee.elems[index].err
-            }
-            return RD_KAFKA_RESP_ERR_NO_ERROR
-        }
-        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(error, message: "committing offsets") }
-    }
-
     /// Members of `group` as the group coordinator reports them; throws when the cluster
     /// cannot say (librdkafka's mock cluster does not implement the request).
     public func activeMembers(group: String, timeoutMilliseconds: Int32 = 10_000) async throws(KafkaError) -> Int {
@@ -384,6 +366,11 @@ public final class KafkaConsumer: @unchecked Sendable {
         (0..<Int(pointer.pointee.cnt)).map {
             TopicPartition(String(cString: pointer.pointee.elems[$0].topic), pointer.pointee.elems[$0].partition)
         }
+    }
+
+    /// A list of partitions without offsets (for position, pause, committed queries).
+    static func makeList(_ partitions: [TopicPartition]) -> UnsafeMutablePointer<rd_kafka_topic_partition_list_t> {
+        Self.makeList(Dictionary(partitions.map { ($0, Int64(RD_KAFKA_OFFSET_INVALID)) }) { first, _ in first })
     }
 
     static func makeList(_ offsets: [TopicPartition: Int64]) -> UnsafeMutablePointer<rd_kafka_topic_partition_list_t> {

@@ -383,7 +383,6 @@ public final class Loader: Service, Sendable {
             var backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
             while !remaining.isEmpty {
                 let ids = self.deadLetters.expect(remaining.count)
-                var failed: [(ConsumedMessage, String)] = []
                 for ((message, reason), id) in zip(remaining, ids) {
                     var headers = message.headers.filter { !$0.name.hasPrefix("dlq_") }
                     headers.append(("dlq_reason", Array(reason.utf8)))
@@ -400,8 +399,7 @@ public final class Loader: Service, Sendable {
                             id: id
                         )
                     } catch {
-                        failed.append((message, reason))
-                        self.deadLetters.cancel(id)
+                        self.deadLetters.cancel(id)  // not queued: goes round again below
                     }
                 }
                 let delivered = await self.deadLetters.wait(for: ids)
@@ -422,7 +420,6 @@ public final class Loader: Service, Sendable {
                 if Task.isCancelledOrShuttingDownGracefully { return false }
                 self.logger.warning("loader.dead_letter_retry", metadata: ["messages": "\(remaining.count)"])
                 try? await Task.sleep(for: backoff.next())
-                _ = failed
             }
             return true
         }
@@ -461,8 +458,8 @@ final class DeadLetterSender: Sendable {
     private struct State {
         var nextID: UInt64 = 1
         var outstanding: Set<UInt64> = []
+        /// Reported and acknowledged; anything else no longer outstanding failed.
         var delivered: Set<UInt64> = []
-        var failed: Set<UInt64> = []
     }
 
     private let state = Mutex(State())
@@ -477,16 +474,13 @@ final class DeadLetterSender: Sendable {
     }
 
     func cancel(_ id: UInt64) {
-        self.state.withLock { state in
-            state.outstanding.remove(id)
-            state.failed.insert(id)
-        }
+        self.state.withLock { _ = $0.outstanding.remove(id) }
     }
 
     func report(_ reports: [DeliveryReport]) {
         self.state.withLock { state in
             for report in reports where state.outstanding.remove(report.id) != nil {
-                if report.error == nil { state.delivered.insert(report.id) } else { state.failed.insert(report.id) }
+                if report.error == nil { state.delivered.insert(report.id) }
             }
         }
     }
@@ -497,10 +491,7 @@ final class DeadLetterSender: Sendable {
             let done = self.state.withLock { state -> [UInt64]? in
                 guard ids.allSatisfy({ !state.outstanding.contains($0) }) else { return nil }
                 let delivered = ids.filter { state.delivered.contains($0) }
-                for id in ids {
-                    state.delivered.remove(id)
-                    state.failed.remove(id)
-                }
+                state.delivered.subtract(ids)
                 return delivered
             }
             if let done { return done }

@@ -37,30 +37,9 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
 
         // The mock cluster keeps every message in memory: it runs as its own process
         // (`sluice dev-kafka`), so this process's resident memory is the forwarder's alone.
-        let cluster = Process()
-        cluster.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-        cluster.arguments = [
-            "dev-kafka", "--brokers", "3", "--topic", "events:\(self.partitions)", "--topic", "kcat:\(self.partitions)",
-        ]
-        let clusterOutput = Pipe()
-        cluster.standardOutput = clusterOutput
-        cluster.standardError = FileHandle.nullDevice
-        try cluster.run()
-        defer {
-            cluster.terminate()
-            cluster.waitUntilExit()
-        }
-        var firstLine = Data()
-        while let byte = try clusterOutput.fileHandleForReading.read(upToCount: 1), let character = byte.first,
-            character != 0x0A
-        {
-            firstLine.append(character)
-        }
-        let bootstrapServers = String(decoding: firstLine, as: UTF8.self)
-        guard !bootstrapServers.isEmpty else {
-            printError("sluice: the mock cluster (sluice dev-kafka) did not start")
-            throw ExitCode.failure
-        }
+        let cluster = try DevKafkaProcess.start(topics: ["events:\(self.partitions)", "kcat:\(self.partitions)"])
+        defer { cluster.stop() }
+        let bootstrapServers = cluster.bootstrapServers
 
         // The same ~400-byte normalized events for both.
         var configuration = WALConfiguration(directory: root + "/wal")

@@ -39,27 +39,9 @@ struct LoaderBenchCommand: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
 
-        let cluster = Process()
-        cluster.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-        cluster.arguments = [
-            "dev-kafka", "--brokers", "3", "--topic", "events:\(self.partitions)", "--topic",
-            "steady:\(self.partitions)",
-        ]
-        let clusterOutput = Pipe()
-        cluster.standardOutput = clusterOutput
-        cluster.standardError = FileHandle.nullDevice
-        try cluster.run()
-        defer {
-            cluster.terminate()
-            cluster.waitUntilExit()
-        }
-        var firstLine = Data()
-        while let byte = try clusterOutput.fileHandleForReading.read(upToCount: 1), let character = byte.first,
-            character != 0x0A
-        {
-            firstLine.append(character)
-        }
-        let bootstrap = String(decoding: firstLine, as: UTF8.self)
+        let cluster = try DevKafkaProcess.start(topics: ["events:\(self.partitions)", "steady:\(self.partitions)"])
+        defer { cluster.stop() }
+        let bootstrap = cluster.bootstrapServers
 
         let clickHouse = ClickHouseClient(ClickHouseConfiguration(url: self.clickhouseUrl), logger: quiet)
         defer { Task { try? await clickHouse.shutdown() } }
