@@ -28,16 +28,11 @@ test: setup
 	$(MAKE) lint
 	$(SWIFT) test
 
-# For now the pipeline is the gateway and its WAL (Kafka and ClickHouse come with the
-# forwarder and loader). Ctrl-C stops it cleanly.
+# The whole pipeline on this host: mock Kafka (3 brokers, in memory), a local ClickHouse,
+# the gateway with its forwarder, and the loader. Prints where to send events; Ctrl-C stops
+# everything. The WAL and ClickHouse's data stay in $(DATA)/dev.
 run: build
-	@mkdir -p $(DATA)
-	@echo "Sluice gateway on http://127.0.0.1:8080, WAL in $(DATA)/wal"
-	@echo "  send:    curl -i -X POST http://127.0.0.1:8080/v1/events -H 'Content-Type: application/json' \\"
-	@echo "             -d '{\"action\":\"click\",\"user_id\":\"u1\",\"page\":\"https://shop.example/\",\"object\":\"buy\"}'"
-	@echo "  inspect: $(SLUICE) wal stat $(DATA)/wal    |    $(SLUICE) wal dump $(DATA)/wal --limit 5"
-	@echo "  docs:    docs/api.md"
-	$(SLUICE) gateway --listen 127.0.0.1:8080 --wal-dir $(DATA)/wal
+	$(SLUICE) dev --state-dir $(DATA)/dev
 
 # Release-mode benchmarks (docs/performance.md) and the long crash soak.
 bench: setup

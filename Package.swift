@@ -118,10 +118,13 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Debian's clickhouse-server as a child process on loopback: for `sluice dev` and tests.
+        .target(name: "LocalClickHouse", swiftSettings: strict),
         .executableTarget(
             name: "sluice",
             dependencies: [
                 "WAL", "Gateway", "Telemetry", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
+                "LocalClickHouse",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -139,7 +142,7 @@ let package = Package(
         .testTarget(
             name: "ClickHouseTests",
             dependencies: [
-                "ClickHouse", "TestSupport",
+                "ClickHouse", "TestSupport", "LocalClickHouse",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -147,7 +150,7 @@ let package = Package(
         .testTarget(
             name: "LoaderTests",
             dependencies: [
-                "Loader", "Kafka", "ClickHouse", "EventModel", "TestSupport",
+                "Loader", "Kafka", "ClickHouse", "EventModel", "TestSupport", "LocalClickHouse",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

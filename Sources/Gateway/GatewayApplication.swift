@@ -86,15 +86,7 @@ public func buildGatewayRouter(
         response.headers[.retryAfter] = String(configuration.retryAfterSeconds)
         return response
     }
-    router.get("/metrics") { _, _ in
-        var headers = HTTPFields()
-        headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-        return Response(
-            status: .ok,
-            headers: headers,
-            body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer()))
-        )
-    }
+    router.get("/metrics") { _, _ in prometheusExposition(registry) }
     return router
 }
 
@@ -139,4 +131,34 @@ public func buildGatewayApplication(
         onServerRunning: onServerRunning,
         logger: logger
     )
+}
+
+/// `/metrics` and `/healthz` alone, for roles that run without the gateway (`sluice loader`,
+/// `sluice forwarder`): Prometheus scrapes them the same way. `services` run with it and stop
+/// after it, in reverse order.
+public func buildMetricsApplication(
+    host: String,
+    port: Int,
+    registry: PrometheusCollectorRegistry,
+    logger: Logger,
+    services: [any Service],
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+) -> some ApplicationProtocol {
+    let router = Router()
+    router.get("/healthz") { _, _ in Ingest.json(.ok, .object([("status", .string("ok"))])) }
+    router.get("/metrics") { _, _ in prometheusExposition(registry) }
+    return Application(
+        router: router,
+        configuration: .init(address: .hostname(host, port: port), serverName: "sluice"),
+        services: services,
+        onServerRunning: onServerRunning,
+        logger: logger
+    )
+}
+
+/// Every metric in Prometheus' text format.
+func prometheusExposition(_ registry: PrometheusCollectorRegistry) -> Response {
+    var headers = HTTPFields()
+    headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+    return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
 }

@@ -32,7 +32,7 @@ struct ForwarderCommand: AsyncParsableCommand {
             printError("sluice: no Kafka to forward to: give --kafka-bootstrap or kafka.bootstrap_servers")
             throw ExitCode(2)
         }
-        Telemetry.bootstrap(logLevel: settings.logLevel)
+        let registry = Telemetry.bootstrap(logLevel: settings.logLevel)
         let wal: WAL
         do {
             wal = try await WAL.open(settings.walConfiguration, logger: Logger(label: "sluice.wal"))
@@ -41,13 +41,10 @@ struct ForwarderCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let logger = Logger(label: "sluice.forwarder")
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [WALService(wal: wal), Forwarder(wal: wal, configuration: forwarding, logger: logger)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
+        try await PipelineProcess.run(
+            [WALService(wal: wal), Forwarder(wal: wal, configuration: forwarding, logger: logger)],
+            settings: settings,
+            registry: registry
         )
-        try await group.run()
     }
 }

@@ -67,62 +67,11 @@ struct GatewayCommand: AsyncParsableCommand {
             if let directory = self.walDir { settings.walDirectory = directory }
             if let bootstrap = self.kafkaBootstrap { settings.kafkaBootstrap = bootstrap }
             settings.gateway.unsafeSkipWAL = self.unsafeNoWAL
-            settings.wal.ackTimeout = settings.gateway.appendTimeout
-            try settings.gateway.validate()
-            try settings.walConfiguration.validate()
+            try settings.prepareGateway()
         } catch {
             printError("sluice: \(describe(error))")
             throw ExitCode(2)
         }
-        let registry = Telemetry.bootstrap(logLevel: settings.logLevel)
-        let logger = Logger(label: "sluice.gateway")
-        var wal: WAL?
-        if self.unsafeNoWAL {
-            logger.critical(
-                "gateway.unsafe_no_wal",
-                metadata: ["reason": "benchmark mode: accepted events are NOT stored"]
-            )
-        } else {
-            do {
-                wal = try await WAL.open(settings.walConfiguration, logger: Logger(label: "sluice.wal"))
-            } catch {
-                printError("sluice: cannot open the WAL in \(settings.walDirectory): \(describe(error))")
-                throw ExitCode(2)
-            }
-        }
-        var services: [any Service] = []
-        if let wal, let forwarding = settings.forwarderConfiguration {
-            services.append(Forwarder(wal: wal, configuration: forwarding, logger: Logger(label: "sluice.forwarder")))
-        }
-        let gateway = settings.gateway
-        // Where to send events is printed whatever the log level: operators and scripts wait for it.
-        var startupLogger = logger
-        startupLogger.logLevel = min(startupLogger.logLevel, .notice)
-        let announcer = startupLogger
-        let app = buildGatewayApplication(
-            configuration: gateway,
-            wal: wal,
-            registry: registry,
-            logger: logger,
-            services: services,
-            onServerRunning: { channel in
-                let port = channel.localAddress?.port ?? gateway.port
-                announcer.notice(
-                    "gateway.listening",
-                    metadata: [
-                        "server.address": "\(gateway.host)", "server.port": "\(port)",
-                        "url.full": "http://\(gateway.host):\(port)/v1/events",
-                        "gateway.append_timeout": "\(gateway.appendTimeout)",
-                    ]
-                )
-            }
-        )
-        do {
-            try await app.runService()
-        } catch {
-            if let wal { await wal.close() }
-            printError("sluice: the gateway stopped: \(describe(error))")
-            throw ExitCode.failure
-        }
+        try await PipelineProcess(settings: settings, runsGateway: true, loader: nil).run()
     }
 }

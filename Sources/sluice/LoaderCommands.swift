@@ -44,16 +44,7 @@ struct LoaderCommand: AsyncParsableCommand {
             printError("sluice: \(error)")
             throw ExitCode(2)
         }
-        Telemetry.bootstrap(logLevel: settings.logLevel)
-        let logger = Logger(label: "sluice.loader")
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [Loader(configuration: configuration, logger: logger)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
-        )
-        try await group.run()
+        try await PipelineProcess(settings: settings, runsGateway: false, loader: configuration).run()
     }
 }
 

@@ -15,6 +15,9 @@ struct Settings {
     var walDirectory = "./data/wal"
     var wal = WALConfiguration(directory: "./data/wal")
     var logLevel: Logger.Level = .info
+    /// Where `sluice loader` and `sluice forwarder` serve `/metrics` (the gateway serves it on
+    /// its own port); nil: nowhere.
+    var metricsListen: (host: String, port: Int)?
     /// Kafka bootstrap servers; nil runs the gateway without a forwarder.
     var kafkaBootstrap: String?
     /// librdkafka properties passed through as they are (TLS, SASL, tuning).
@@ -147,6 +150,14 @@ struct Settings {
         configuration.routing = self.routing
         configuration.maxInFlightEvents = self.forwarderMaxInFlight
         return configuration
+    }
+
+    /// Checks the gateway's and the WAL's settings and ties the WAL's ack deadline to the
+    /// gateway's append timeout.
+    mutating func prepareGateway() throws {
+        self.wal.ackTimeout = self.gateway.appendTimeout
+        try self.gateway.validate()
+        try self.walConfiguration.validate()
     }
 
     var walConfiguration: WALConfiguration {
@@ -435,6 +446,13 @@ enum SettingsLoader {
             key in
             settings.routeEntries.append((value.subkey.split(separator: ".").map(String.init), value))
         },
+        SettingKey(
+            path: "metrics.listen",
+            kind: .string,
+            help: "HOST:PORT for /metrics of sluice loader and forwarder (the gateway uses its own port)"
+        ) { settings, value, key in
+            settings.metricsListen = try parseListen(value.text, origin: value.origin)
+        },
         SettingKey(path: "logging.level", kind: .string, help: "trace, debug, info, notice, warning, error, critical") {
             settings,
             value,
@@ -498,12 +516,31 @@ enum SettingsLoader {
                 )
             }
         }
-        if let unknown = environment.keys.filter({ $0.hasPrefix("SLUICE_") && !$0.hasPrefix("SLUICE_BIN") })
-            .first(where: { name in !self.keys.contains { $0.environmentName == name } })
+        // Secrets such as sasl.password belong in the environment, not the file.
+        for (name, text) in environment.sorted(by: { $0.key < $1.key })
+        where name.hasPrefix(self.kafkaPropertyPrefix) && name.count > self.kafkaPropertyPrefix.count {
+            settings.kafkaProperties[self.kafkaProperty(fromEnvironment: name)] = text
+        }
+        if let unknown = environment.keys.filter({
+            $0.hasPrefix("SLUICE_") && !$0.hasPrefix("SLUICE_BIN") && !$0.hasPrefix("SLUICE_TEST") && !$0.hasPrefix("SLUICE_CRASH")
+                && !$0.hasPrefix(self.kafkaPropertyPrefix)
+        })
+        .sorted().first(where: { name in !self.keys.contains { $0.environmentName == name } })
         {
             throw SettingsError(description: "environment \(unknown) is not a Sluice setting")
         }
         return settings
+    }
+
+    static let kafkaPropertyPrefix = "SLUICE_KAFKA_PROPERTIES_"
+
+    /// `SLUICE_KAFKA_PROPERTIES_SASL_PASSWORD` → `sasl.password`: `_` stands for `.` and `__`
+    /// for `_` (`SLUICE_KAFKA_PROPERTIES_LOG__LEVEL` → `log_level`).
+    static func kafkaProperty(fromEnvironment name: String) -> String {
+        String(name.dropFirst(self.kafkaPropertyPrefix.count)).lowercased()
+            .replacingOccurrences(of: "__", with: "\u{0}")
+            .replacingOccurrences(of: "_", with: ".")
+            .replacingOccurrences(of: "\u{0}", with: "_")
     }
 
     static func flatten(yaml: String, file: String) throws -> [(String, SettingValue)] {

@@ -1,5 +1,6 @@
 import ClickHouse
 import Foundation
+import LocalClickHouse
 import Logging
 import Synchronization
 import TestSupport

@@ -4,17 +4,19 @@ import Foundation
 import Glibc
 #endif
 
-/// A real ClickHouse server for integration tests: Debian's `clickhouse-server` (18.16) as a
-/// child process on free loopback ports, with a generated configuration and all its data,
-/// logs and temporary files in a fresh directory that ``stop()`` removes.
+/// A real ClickHouse server as a child process: Debian's `clickhouse-server` (18.16) with a
+/// generated configuration, listening on 127.0.0.1 only, with a `default` user without a
+/// password (plus any users given to ``start(users:tls:)``). No system service, file or port is
+/// involved. The server answers `/ping` 60–150 ms after it is spawned; SIGTERM takes it
+/// 0.5–1 s to exit.
 ///
-/// The server listens on 127.0.0.1 only and has a `default` user without a password (plus any
-/// users given to ``start(users:tls:)``). No system service, file or port is involved. The
-/// server answers `/ping` 60–150 ms after it is spawned; SIGTERM takes it 0.5–1 s to exit.
+/// Two kinds: ``start(users:tls:)`` for tests (free ports, a fresh temporary directory that
+/// ``stop()`` removes) and ``start(keepingDataIn:httpPort:)`` for `sluice dev` (a fixed HTTP
+/// port, data kept across runs).
 ///
-/// A test process that dies without stopping its servers leaves them running (Linux's
-/// parent-death signal cannot be set through `posix_spawn`); they hold only loopback ports
-/// and a directory under the system's temporary directory.
+/// A process that dies without stopping its server leaves it running (Linux's parent-death
+/// signal cannot be set through `posix_spawn`). A kept-data server writes its pid to
+/// `clickhouse-server.pid` in its directory, and the next start there stops the leftover one.
 public final class ClickHouseServer: @unchecked Sendable {
     /// The HTTP interface, e.g. `http://127.0.0.1:40123`.
     public var httpURL: String { "http://127.0.0.1:\(self.httpPort)" }
@@ -29,8 +31,14 @@ public final class ClickHouseServer: @unchecked Sendable {
     /// The server's self-signed certificate (PEM, for 127.0.0.1 and localhost) when started
     /// with `tls: true`: the CA file a client must trust.
     public var certificateFile: String? { self.httpsPort.map { _ in self.directory + "/server.crt" } }
-    /// The server's temporary directory: `config.xml`, `users.xml`, `data/`, `log/`.
+    /// The server's directory: `config.xml`, `users.xml`, `data/`, `log/`.
     public let directory: String
+    /// Whether ``stop()`` removes ``directory``.
+    private let temporary: Bool
+    /// The server's `display_name`, which it sends in every response: a `/ping` answered by
+    /// another server that took the port meanwhile does not count.
+    private let displayName = "sluice-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+    private var pidFile: String { self.directory + "/clickhouse-server.pid" }
 
     /// The server binary; `CLICKHOUSE_SERVER` overrides it.
     public static var binary: String {
@@ -41,8 +49,9 @@ public final class ClickHouseServer: @unchecked Sendable {
     private var child: ChildProcess?
     private var stopped = false
 
-    private init(directory: String, ports: [Int]) {
+    private init(directory: String, ports: [Int], temporary: Bool = true) {
         self.directory = directory
+        self.temporary = temporary
         self.httpPort = ports[0]
         self.tcpPort = ports[1]
         self.interserverPort = ports[2]
@@ -75,6 +84,31 @@ public final class ClickHouseServer: @unchecked Sendable {
             }
         }
         throw lastError!
+    }
+
+    /// Starts a server whose data stays in `directory` (created if missing) across runs, with
+    /// HTTP on `httpPort` and the native protocol on a free port; waits for `/ping`. A server
+    /// left running in `directory` by a process that died is stopped first. A taken
+    /// `httpPort` is an error that says so.
+    public static func start(keepingDataIn directory: String, httpPort: Int) async throws -> ClickHouseServer {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let absolute = URL(fileURLWithPath: directory).standardizedFileURL.path
+        let server = ClickHouseServer(
+            directory: absolute,
+            ports: [httpPort] + (try freeLoopbackPorts(2)),
+            temporary: false
+        )
+        try await offPool { server.stopLeftover() }
+        try server.writeConfiguration(users: [:])
+        do {
+            try await server.launch()
+        } catch let error as ClickHouseServerError where error.portClash {
+            throw ClickHouseServerError(
+                message: "port \(httpPort) (or a free port chosen for the native protocol) is already in use",
+                logTail: ""
+            )
+        }
+        return server
     }
 
     /// Kills the server with SIGKILL, as a crash would, and waits for it to exit (a few ms; the
@@ -113,8 +147,15 @@ public final class ClickHouseServer: @unchecked Sendable {
         }
         guard !alreadyStopped else { return }
         self.terminate()
-        try? FileManager.default.removeItem(atPath: self.directory)
+        if self.temporary {
+            try? FileManager.default.removeItem(atPath: self.directory)
+        } else {
+            try? FileManager.default.removeItem(atPath: self.pidFile)
+        }
     }
+
+    /// The `clickhouse-client` command line that reaches this server.
+    public var clientCommand: String { "clickhouse-client --host 127.0.0.1 --port \(self.tcpPort)" }
 
     /// The last `lines` lines of the server's log and of its standard output and error.
     public func logTail(lines: Int = 30) -> String {
@@ -155,6 +196,7 @@ public final class ClickHouseServer: @unchecked Sendable {
             output: self.directory + "/log/stdout.log"
         )
         self.lock.withLock { self.child = child }
+        if !self.temporary { try? "\(child.pid)\n".write(toFile: self.pidFile, atomically: true, encoding: .utf8) }
 
         let port = self.httpPort
         let name = self.displayName
@@ -183,11 +225,23 @@ public final class ClickHouseServer: @unchecked Sendable {
         )
     }
 
-    // MARK: - Configuration
+    /// Stops a server that an earlier process started in this directory and left running:
+    /// the pid in the pid file, if that process still runs this directory's configuration.
+    private func stopLeftover() {
+        guard let text = try? String(contentsOfFile: self.pidFile, encoding: .utf8),
+            let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0,
+            let commandLine = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"),
+            String(decoding: commandLine, as: UTF8.self).contains("--config-file=\(self.directory)/config.xml")
+        else { return }
+        _ = Glibc.kill(pid, SIGTERM)
+        for attempt in 0..<200 {
+            guard Glibc.kill(pid, 0) == 0 else { return }
+            if attempt == 150 { _ = Glibc.kill(pid, SIGKILL) }
+            usleep(50_000)
+        }
+    }
 
-    /// The server's `display_name`, which it sends in every response: a `/ping` answered by
-    /// another server that took the port meanwhile does not count.
-    private var displayName: String { "sluice-test-" + (self.directory.split(separator: "/").last ?? "") }
+    // MARK: - Configuration
 
     /// The `https_port` and `openSSL` elements of `config.xml`, or nothing.
     private var tlsConfiguration: String {
@@ -281,7 +335,7 @@ public final class ClickHouseServer: @unchecked Sendable {
     }
 }
 
-/// The test ClickHouse server did not come up.
+/// The ClickHouse server did not come up.
 public struct ClickHouseServerError: Error, CustomStringConvertible {
     public var message: String
     public var logTail: String
@@ -289,6 +343,13 @@ public struct ClickHouseServerError: Error, CustomStringConvertible {
     public var portClash = false
 
     public var description: String { "\(self.message)\n\(self.logTail)" }
+}
+
+/// Runs blocking work on a thread outside the cooperative pool.
+private func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+    }
 }
 
 /// A self-signed P-256 certificate for 127.0.0.1 and localhost, valid for two days:

@@ -1,0 +1,239 @@
+import ArgumentParser
+import ClickHouse
+import Forwarder
+import Foundation
+import Gateway
+import Kafka
+import LocalClickHouse
+import Loader
+import Logging
+import ServiceLifecycle
+
+/// `sluice all`: every role in one process against a real Kafka and ClickHouse.
+struct AllCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "all",
+        abstract: "Run the gateway, its forwarder and the loader in one process.",
+        discussion: """
+            Needs kafka.bootstrap_servers and clickhouse.url (file or environment). Stops cleanly on \
+            SIGTERM/SIGINT: the server stops taking requests, the forwarder flushes, the loader inserts \
+            and commits what it holds, the WAL closes.
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        var settings = try self.options.load()
+        let loader: LoaderConfiguration
+        do {
+            try settings.prepareGateway()
+            guard let configured = try settings.loaderConfiguration() else {
+                printError("sluice: no Kafka configured: set kafka.bootstrap_servers (or SLUICE_KAFKA_BOOTSTRAP_SERVERS)")
+                throw ExitCode(2)
+            }
+            loader = configured
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            printError("sluice: \(describe(error))")
+            throw ExitCode(2)
+        }
+        try await PipelineProcess(settings: settings, runsGateway: true, loader: loader).run()
+    }
+}
+
+/// `sluice dev`: the whole pipeline on this host, for a first look and for development.
+struct DevCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dev",
+        abstract: "Run the whole pipeline on this host: mock Kafka, a local ClickHouse, gateway, forwarder, loader.",
+        discussion: """
+            Kafka is librdkafka's in-memory mock cluster (3 brokers) inside this process; ClickHouse is \
+            Debian's clickhouse-server with its data under the state directory. Prints where to send \
+            events and how to see them. Ctrl-C stops everything: the gateway stops taking requests, \
+            what was forwarded is loaded (up to 15 s), then ClickHouse and the mock cluster stop. \
+            The WAL and ClickHouse's data stay in the state directory; Kafka's do not.
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(help: "HOST:PORT for the gateway.")
+    var listen = "127.0.0.1:8080"
+
+    @Option(help: "Port of ClickHouse's HTTP interface.")
+    var clickhouseHttpPort = 8123
+
+    @Option(help: "Where the WAL and ClickHouse's data live.")
+    var stateDir = "./data/dev"
+
+    @Option(help: "Partitions of each topic in the mock cluster.")
+    var partitions = 6
+
+    func validate() throws {
+        guard (1...65535).contains(self.clickhouseHttpPort) else {
+            throw ValidationError("--clickhouse-http-port must be 1-65535")
+        }
+        guard (1...256).contains(self.partitions) else { throw ValidationError("--partitions must be 1-256") }
+    }
+
+    func run() async throws {
+        var settings = try self.options.load()
+        if self.options.logLevel == nil && ProcessInfo.processInfo.environment["SLUICE_LOGGING_LEVEL"] == nil {
+            settings.logLevel = .warning  // the terminal shows the banner and problems, not every request
+        }
+        do {
+            try SettingsLoader.key("gateway.listen").apply(
+                &settings,
+                SettingValue(text: self.listen, list: nil, origin: "--listen")
+            )
+            settings.walDirectory = self.stateDir + "/wal"
+            try settings.prepareGateway()
+            settings.kafkaBootstrap = "127.0.0.1:0"  // checked now, replaced by the mock's below
+            _ = try settings.loaderConfiguration()
+        } catch {
+            printError("sluice: \(describe(error))")
+            throw ExitCode(2)
+        }
+        guard FileManager.default.isExecutableFile(atPath: ClickHouseServer.binary) else {
+            printError(
+                "sluice: \(ClickHouseServer.binary) is missing: run scripts/setup (or make run), or set CLICKHOUSE_SERVER"
+            )
+            throw ExitCode(2)
+        }
+
+        let cluster: KafkaMockCluster
+        do {
+            cluster = try KafkaMockCluster(brokers: 3)
+            settings.kafkaBootstrap = cluster.bootstrapServers
+            for topic in try Self.topics(settings) { try cluster.createTopic(topic, partitions: self.partitions) }
+        } catch {
+            printError("sluice: cannot start the mock Kafka cluster: \(error)")
+            throw ExitCode.failure
+        }
+        printError("sluice: starting ClickHouse (data in \(self.stateDir)/clickhouse)…")
+        let clickHouse: ClickHouseServer
+        do {
+            clickHouse = try await ClickHouseServer.start(
+                keepingDataIn: self.stateDir + "/clickhouse",
+                httpPort: self.clickhouseHttpPort
+            )
+        } catch {
+            printError("sluice: cannot start ClickHouse: \(error)\n  (another port: --clickhouse-http-port)")
+            throw ExitCode.failure
+        }
+        defer { clickHouse.stop() }
+        settings.clickHouse.url = clickHouse.httpURL
+        guard let loader = try settings.loaderConfiguration() else { throw ExitCode.failure }
+
+        let banner = Self.banner(
+            settings: settings,
+            loader: loader,
+            kafka: cluster.bootstrapServers,
+            clickHouse: clickHouse,
+            stateDir: self.stateDir
+        )
+        let pipeline = PipelineProcess(
+            settings: settings,
+            runsGateway: true,
+            loader: loader,
+            beforeLoaderStops: LoadBeforeStopping(
+                tools: OffsetTools(properties: ["bootstrap.servers": cluster.bootstrapServers, "log_level": "3"]),
+                group: loader.groupID,
+                topics: loader.routes.map(\.topic),
+                logger: Logger(label: "sluice.dev")
+            ),
+            onListening: { port in FileHandle.standardOutput.write(Data(banner(port).utf8)) }
+        )
+        try await pipeline.run()
+        withExtendedLifetime(cluster) {}
+        printError("sluice: stopping ClickHouse…")
+    }
+
+    /// The forwarder's and the loader's topics, created up front with `--partitions`.
+    static func topics(_ settings: Settings) throws -> [String] {
+        var topics = [settings.routing.defaultTopic] + settings.routing.topicsByAction.values.sorted()
+        topics += try settings.loaderRoutes().map(\.topic)
+        var seen: Set<String> = []
+        return topics.filter { seen.insert($0).inserted }
+    }
+
+    static func banner(
+        settings: Settings,
+        loader: LoaderConfiguration,
+        kafka: String,
+        clickHouse: ClickHouseServer,
+        stateDir: String
+    ) -> @Sendable (Int) -> String {
+        let host = settings.gateway.host == "0.0.0.0" ? "127.0.0.1" : settings.gateway.host
+        let table = loader.routes.first?.table ?? "sluice.events"
+        let wal = settings.walDirectory
+        let binary = CommandLine.arguments[0]
+        let clickHouseURL = clickHouse.httpURL
+        let client = clickHouse.clientCommand
+        return { port in
+            let url = "http://\(host):\(port)"
+            return """
+
+                Sluice is running: HTTP → WAL → Kafka → ClickHouse, all on this host.
+
+                  gateway      \(url)/v1/events   (metrics: \(url)/metrics)
+                  WAL          \(wal)
+                  Kafka        \(kafka)   (mock cluster, 3 brokers, in memory)
+                  ClickHouse   \(clickHouseURL)   (table \(table), data in \(stateDir)/clickhouse)
+
+                Send an event:
+                  curl -i \(url)/v1/events -H 'Content-Type: application/json' \\
+                    -d '{"action":"click","user_id":"u1","page":"https://shop.example/","object":"buy"}'
+
+                See it in ClickHouse about a second later:
+                  echo 'SELECT action, user_id, timestamp FROM \(table) ORDER BY timestamp DESC LIMIT 10 FORMAT PrettyCompact' \\
+                    | curl -s '\(clickHouseURL)/' --data-binary @-
+                  \(client)
+
+                Watch the backlog:  \(binary) wal stat \(wal)
+                Kafka lag:          \(binary) offsets --kafka-bootstrap \(kafka)
+
+                Logs show warnings and errors (--log-level info shows every request). Ctrl-C stops everything.
+
+                """
+        }
+    }
+}
+
+/// On shutdown, after the forwarder stopped and before the loader stops, waits until the
+/// loader's group has committed everything in its topics (at most `timeout`): the mock
+/// cluster keeps messages only in memory, so what is not loaded by then is gone.
+struct LoadBeforeStopping: Service {
+    let tools: OffsetTools
+    let group: String
+    let topics: [String]
+    let logger: Logger
+    var timeout: Duration = .seconds(15)
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        let deadline = ContinuousClock.now + self.timeout
+        var remaining: Int64 = 0
+        repeat {
+            remaining = 0
+            for topic in self.topics {
+                guard let states = try? await self.tools.describe(group: self.group, topic: topic) else {
+                    remaining = -1
+                    break
+                }
+                remaining += states.reduce(0) { $0 + $1.lag }
+            }
+            if remaining == 0 { return }
+            try? await Task.sleep(for: .milliseconds(200))
+        } while ContinuousClock.now < deadline
+        self.logger.warning(
+            "dev.unloaded_on_exit",
+            metadata: [
+                "sluice.unloaded_messages": "\(remaining < 0 ? "unknown" : String(remaining))",
+                "reason": "the loader did not catch up within \(self.timeout); the mock cluster's messages are lost",
+            ]
+        )
+    }
+}

@@ -1,0 +1,136 @@
+import ArgumentParser
+import Forwarder
+import Gateway
+import Hummingbird
+import Loader
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+import Telemetry
+import UnixSignals
+import WAL
+
+/// The roles one `sluice` process runs, from one set of settings: the gateway (with its
+/// forwarder when Kafka is configured), the loader, or both (`sluice all`, `sluice dev`).
+///
+/// Shutdown (SIGTERM/SIGINT) runs in reverse of start: the HTTP server stops taking
+/// requests, the forwarder flushes what it sent, the loader inserts and commits what it holds,
+/// the WAL closes.
+struct PipelineProcess {
+    var settings: Settings
+    var runsGateway: Bool
+    var loader: LoaderConfiguration?
+    /// Runs while the loader still runs, after the forwarder stopped (`sluice dev` waits here
+    /// until the loader has loaded what was forwarded).
+    var beforeLoaderStops: (any Service)?
+    /// Called once the HTTP server (gateway or metrics) listens, with its port.
+    var onListening: @Sendable (Int) async -> Void = { _ in }
+
+    func run() async throws {
+        let settings = self.settings
+        let registry = Telemetry.bootstrap(logLevel: settings.logLevel)
+        var services: [any Service] = []
+        if let loader = self.loader {
+            services.append(Loader(configuration: loader, logger: Logger(label: "sluice.loader")))
+        }
+        if let drain = self.beforeLoaderStops { services.append(drain) }
+
+        guard self.runsGateway else {
+            try await Self.run(services, settings: settings, registry: registry, onListening: self.onListening)
+            return
+        }
+        var wal: WAL?
+        if settings.gateway.unsafeSkipWAL {
+            Logger(label: "sluice.gateway").critical(
+                "gateway.unsafe_no_wal",
+                metadata: ["reason": "benchmark mode: accepted events are NOT stored"]
+            )
+        } else {
+            do {
+                wal = try await WAL.open(settings.walConfiguration, logger: Logger(label: "sluice.wal"))
+            } catch {
+                printError("sluice: cannot open the WAL in \(settings.walDirectory): \(describe(error))")
+                throw ExitCode(2)
+            }
+        }
+        if let wal, let forwarding = settings.forwarderConfiguration {
+            services.append(Forwarder(wal: wal, configuration: forwarding, logger: Logger(label: "sluice.forwarder")))
+        }
+        let gateway = settings.gateway
+        let announcer = Self.announcer(label: "sluice.gateway")
+        let onListening = self.onListening
+        let app = buildGatewayApplication(
+            configuration: gateway,
+            wal: wal,
+            registry: registry,
+            logger: Logger(label: "sluice.gateway"),
+            services: services,
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? gateway.port
+                announcer.notice(
+                    "gateway.listening",
+                    metadata: [
+                        "server.address": "\(gateway.host)", "server.port": "\(port)",
+                        "url.full": "http://\(gateway.host):\(port)/v1/events",
+                        "gateway.append_timeout": "\(gateway.appendTimeout)",
+                    ]
+                )
+                await onListening(port)
+            }
+        )
+        do {
+            try await app.runService()
+        } catch {
+            if let wal { await wal.close() }
+            printError("sluice: stopped: \(describe(error))")
+            throw ExitCode.failure
+        }
+    }
+
+    /// Services without the gateway (the loader, or the forwarder alone), until SIGTERM or
+    /// SIGINT: with `/metrics` and `/healthz` on `metrics.listen` when it is set.
+    static func run(
+        _ services: [any Service],
+        settings: Settings,
+        registry: PrometheusCollectorRegistry,
+        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) async throws {
+        let logger = Logger(label: "sluice")
+        guard let (host, port) = settings.metricsListen else {
+            let group = ServiceGroup(
+                configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            )
+            try await group.run()
+            return
+        }
+        let announcer = Self.announcer(label: "sluice.metrics")
+        let app = buildMetricsApplication(
+            host: host,
+            port: port,
+            registry: registry,
+            logger: logger,
+            services: services,
+            onServerRunning: { channel in
+                let bound = channel.localAddress?.port ?? port
+                announcer.notice(
+                    "metrics.listening",
+                    metadata: [
+                        "server.address": "\(host)", "server.port": "\(bound)",
+                        "url.full": "http://\(host):\(bound)/metrics",
+                    ]
+                )
+                await onListening(bound)
+            }
+        )
+        try await app.runService()
+    }
+
+    /// Where the process listens is logged whatever the log level: operators and scripts wait
+    /// for it.
+    private static func announcer(label: String) -> Logger {
+        var logger = Logger(label: label)
+        logger.logLevel = min(logger.logLevel, .notice)
+        return logger
+    }
+}
