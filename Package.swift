@@ -156,6 +156,18 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The pipeline as it is deployed: sluice processes, the mock cluster, real ClickHouse.
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: [
+                "Kafka", "ClickHouse", "LocalClickHouse", "TestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "ForwarderTests",
             dependencies: [

@@ -4,8 +4,8 @@ import Forwarder
 import Foundation
 import Gateway
 import Kafka
-import LocalClickHouse
 import Loader
+import LocalClickHouse
 import Logging
 import ServiceLifecycle
 
@@ -29,7 +29,9 @@ struct AllCommand: AsyncParsableCommand {
         do {
             try settings.prepareGateway()
             guard let configured = try settings.loaderConfiguration() else {
-                printError("sluice: no Kafka configured: set kafka.bootstrap_servers (or SLUICE_KAFKA_BOOTSTRAP_SERVERS)")
+                printError(
+                    "sluice: no Kafka configured: set kafka.bootstrap_servers (or SLUICE_KAFKA_BOOTSTRAP_SERVERS)"
+                )
                 throw ExitCode(2)
             }
             loader = configured

@@ -522,11 +522,11 @@ enum SettingsLoader {
             settings.kafkaProperties[self.kafkaProperty(fromEnvironment: name)] = text
         }
         if let unknown = environment.keys.filter({
-            $0.hasPrefix("SLUICE_") && !$0.hasPrefix("SLUICE_BIN") && !$0.hasPrefix("SLUICE_TEST") && !$0.hasPrefix("SLUICE_CRASH")
+            $0.hasPrefix("SLUICE_") && !$0.hasPrefix("SLUICE_BIN") && !$0.hasPrefix("SLUICE_TEST")
+                && !$0.hasPrefix("SLUICE_CRASH")
                 && !$0.hasPrefix(self.kafkaPropertyPrefix)
         })
-        .sorted().first(where: { name in !self.keys.contains { $0.environmentName == name } })
-        {
+        .sorted().first(where: { name in !self.keys.contains { $0.environmentName == name } }) {
             throw SettingsError(description: "environment \(unknown) is not a Sluice setting")
         }
         return settings

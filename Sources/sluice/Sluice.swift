@@ -11,7 +11,8 @@ struct Sluice: AsyncParsableCommand {
         commandName: "sluice",
         abstract: "A durable ingest path for user-action and clickstream events.",
         subcommands: [
-            DevCommand.self, AllCommand.self, GatewayCommand.self, ForwarderCommand.self, LoaderCommand.self, WALCommand.self, OffsetsCommand.self,
+            DevCommand.self, AllCommand.self, GatewayCommand.self, ForwarderCommand.self, LoaderCommand.self,
+            WALCommand.self, OffsetsCommand.self,
             ReplayCommand.self, DLQCommand.self, DevKafkaCommand.self, ForwarderBenchCommand.self,
             LoaderBenchCommand.self,
         ]

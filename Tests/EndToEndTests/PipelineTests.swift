@@ -1,0 +1,149 @@
+import AsyncHTTPClient
+import Foundation
+import Kafka
+import LocalClickHouse
+import NIOCore
+import NIOHTTP1
+import Synchronization
+import TestSupport
+import Testing
+
+@Suite(.serialized, .timeLimit(.minutes(10))) struct PipelineTests {
+    /// The delivery contract end to end, the way it is deployed: `sluice gateway` (with its
+    /// forwarder) and `sluice loader` as processes, a 3-broker Kafka (librdkafka's mock) and a
+    /// real ClickHouse. Under a steady load the gateway is SIGKILLed and restarted, ClickHouse
+    /// is killed and restarted, and every broker goes down for a while. Every event that got a
+    /// 202 must end up in ClickHouse exactly once after deduplication, and nothing else may.
+    @Test func everyAcknowledgedEventIsInClickHouseExactlyOnceThroughCrashesAndOutages() async throws {
+        let cluster = try KafkaMockCluster(brokers: 3)
+        try cluster.createTopic("events", partitions: 6)
+        let clickHouse = try await ClickHouseServer.start()
+        defer { clickHouse.stop() }
+        let state = try TemporaryDirectory()
+        let environment = ["SLUICE_KAFKA_PROPERTIES_LOG__LEVEL": "2", "SLUICE_LOGGING_LEVEL": "warning"]
+        let gatewayArguments = [
+            "gateway", "--listen", "127.0.0.1:0", "--wal-dir", state.path + "/wal",
+            "--kafka-bootstrap", cluster.bootstrapServers,
+        ]
+        var gateway = try SluiceProcess(gatewayArguments, environment: environment)
+        let load = SteadyLoad()
+        let firstPort = try await gateway.listeningPort()
+        load.target.withLock { $0 = "http://127.0.0.1:\(firstPort)" }
+        let loader = try SluiceProcess(
+            ["loader", "--kafka-bootstrap", cluster.bootstrapServers, "--clickhouse-url", clickHouse.httpURL],
+            environment: environment.merging(["SLUICE_LOADER_BATCH_AGE": "250ms"]) { $1 }
+        )
+        let analyst = Analyst(url: clickHouse.httpURL)
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let posting = Task { await load.run(client: client) }
+
+        func progress(_ acknowledged: Int) async throws {
+            try await waitUntil(timeout: .seconds(120), pollEvery: .milliseconds(50)) {
+                load.acknowledgedCount >= acknowledged
+            }
+        }
+        // 1. The gateway dies the hard way mid-load, requests in flight, and comes back on the
+        // same WAL.
+        try await progress(3_000)
+        gateway.signal(SIGKILL)
+        _ = try await gateway.waitForExit()
+        load.target.withLock { $0 = nil }
+        gateway = try SluiceProcess(gatewayArguments, environment: environment)
+        let port = try await gateway.listeningPort()
+        load.target.withLock { $0 = "http://127.0.0.1:\(port)" }
+        // 2. ClickHouse dies and is restarted 3 s later.
+        try await progress(load.acknowledgedCount + 3_000)
+        try await offPool { clickHouse.kill() }
+        try await Task.sleep(for: .seconds(3))
+        try await clickHouse.restart()
+        // 3. Every broker is down for 5 s; the gateway keeps accepting meanwhile.
+        try await progress(load.acknowledgedCount + 3_000)
+        for broker in 1...3 { cluster.setBrokerDown(Int32(broker)) }
+        let acknowledgedBeforeOutage = load.acknowledgedCount
+        try await Task.sleep(for: .seconds(5))
+        let acknowledgedDuringOutage = load.acknowledgedCount - acknowledgedBeforeOutage
+        for broker in 1...3 { cluster.setBrokerUp(Int32(broker)) }
+        try await progress(load.acknowledgedCount + 3_000)
+        load.stop()
+        await posting.value
+        try await client.shutdown()
+
+        let acknowledged = load.acknowledged.withLock { $0 }
+        let attempted = load.attempted.withLock { $0 }
+        var loaded: Set<String> = []
+        do {
+            try await waitUntil(timeout: .seconds(180), pollEvery: .seconds(1)) {
+                loaded = await analyst.eventIDs()
+                return acknowledged.isSubset(of: loaded)
+            }
+        } catch {
+            Issue.record(
+                "not every acknowledged event arrived: \(error)\nloader: \(loader.standardOutput.suffix(3000))"
+            )
+        }
+        let rows = try await analyst.number("SELECT count() FROM sluice.events")
+        let rowsAfterDeduplication = try await analyst.number("SELECT count() FROM sluice.events FINAL")
+        let distinct = try await analyst.number("SELECT uniqExact(event_id) FROM sluice.events")
+        let missing = acknowledged.subtracting(loaded)
+        let unexpected = loaded.subtracting(attempted)
+        print(
+            """
+            end-to-end: \(attempted.count) events sent, \(acknowledged.count) acknowledged \
+            (\(acknowledgedDuringOutage) while every broker was down), \(load.failedRequests.withLock { $0 }) \
+            requests failed; ClickHouse holds \(rows) rows, \(rowsAfterDeduplication) after deduplication, \
+            \(distinct) distinct event ids; missing \(missing.count), not sent by the test \(unexpected.count)
+            """
+        )
+        #expect(missing.isEmpty)
+        #expect(unexpected.isEmpty)
+        #expect(rowsAfterDeduplication == distinct)
+        #expect(distinct >= acknowledged.count)
+        #expect(acknowledgedDuringOutage > 0)
+
+        for process in [gateway, loader] { process.signal(SIGTERM) }
+        #expect(try await gateway.waitForExit() == 0)
+        #expect(try await loader.waitForExit() == 0)
+        await analyst.shutdown()
+        withExtendedLifetime(cluster) {}
+    }
+
+    /// `make run`'s pipeline: `sluice dev` brings everything up, says where to send events,
+    /// loads them into its own ClickHouse, and Ctrl-C stops it all, leaving no process behind.
+    @Test func sluiceDevLoadsEventsAndCtrlCLeavesNothingRunning() async throws {
+        let state = try TemporaryDirectory()
+        let clickHousePort = try freeLoopbackPort()
+        let dev = try SluiceProcess([
+            "dev", "--listen", "127.0.0.1:0", "--clickhouse-http-port", "\(clickHousePort)", "--state-dir", state.path,
+        ])
+        let port = try await dev.listeningPort(timeout: .seconds(90))
+        let banner = try await dev.line(containing: "Ctrl-C stops everything")
+        #expect(dev.standardOutput.contains("curl -i http://127.0.0.1:\(port)/v1/events"))
+        #expect(dev.standardOutput.contains("http://127.0.0.1:\(clickHousePort)"))
+        #expect(!banner.isEmpty)
+
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let ids = (0..<3).map { _ in UUID().uuidString.lowercased() }
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/events/batch")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/x-ndjson")
+        request.body = .bytes(
+            ByteBuffer(
+                string: ids.map { #"{"action":"click","user_id":"u1","event_id":"\#($0)"}"# }.joined(separator: "\n")
+            )
+        )
+        let response = try await client.execute(request, timeout: .seconds(5))
+        #expect(response.status == .accepted)
+        try await client.shutdown()
+
+        let analyst = Analyst(url: "http://127.0.0.1:\(clickHousePort)")
+        try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            Set(ids).isSubset(of: await analyst.eventIDs())
+        }
+        await analyst.shutdown()
+
+        dev.signal(SIGINT)
+        #expect(try await dev.waitForExit(timeout: .seconds(60)) == 0)
+        #expect(processes(mentioning: state.path).isEmpty)
+        #expect(FileManager.default.fileExists(atPath: state.path + "/wal"))
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `sluice` binary as a child process, its output collected: for tests that run a role
+/// the way an operator does (and kill it the way a crash would).
+public final class SluiceProcess: Sendable {
+    private let process: Process
+    /// Bytes a pipe delivered so far.
+    private final class Collected: Sendable {
+        let bytes = Mutex<[UInt8]>([])
+        var text: String { String(decoding: self.bytes.withLock { $0 }, as: UTF8.self) }
+    }
+
+    private let output = Collected()
+    private let errors = Collected()
+
+    /// Starts `sluice arguments…` with `environment` added to this process's environment (minus
+    /// its `SLUICE_` variables, so the caller decides every setting).
+    public init(_ arguments: [String], environment: [String: String] = [:]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try sluiceBinary())
+        process.arguments = arguments
+        var merged = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
+        merged.merge(environment) { $1 }
+        process.environment = merged
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        for (pipe, sink) in [(out, self.output), (err, self.errors)] {
+            pipe.fileHandleForReading.readabilityHandler = { handle in
+                let data = handle.availableData
+                if data.isEmpty { handle.readabilityHandler = nil } else { sink.bytes.withLock { $0 += data } }
+            }
+        }
+        self.process = process
+        try process.run()
+    }
+
+    deinit {
+        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+    }
+
+    public var standardOutput: String { self.output.text }
+    public var standardError: String { self.errors.text }
+    public var isRunning: Bool { self.process.isRunning }
+    public var processIdentifier: Int32 { self.process.processIdentifier }
+
+    /// The first line of standard output containing `marker`, once it is there.
+    public func line(containing marker: String, timeout: Duration = .seconds(30)) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if let line = self.standardOutput.split(separator: "\n").first(where: { $0.contains(marker) }) {
+                return String(line)
+            }
+            guard self.process.isRunning, ContinuousClock.now < deadline else {
+                throw SluiceProcessError(
+                    description:
+                        "no line with '\(marker)' (\(self.process.isRunning ? "timed out" : "exited"))\nstdout: \(self.standardOutput.suffix(2000))\nstderr: \(self.standardError.suffix(2000))"
+                )
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// The port of the log line `message` (`"server.port":N`), e.g. `gateway.listening`.
+    public func listeningPort(
+        _ message: String = "gateway.listening",
+        timeout: Duration = .seconds(30)
+    ) async throws
+        -> Int
+    {
+        let line = try await self.line(containing: "\"\(message)\"", timeout: timeout)
+        guard let range = line.range(of: "\"server.port\":"),
+            let port = Int(line[range.upperBound...].prefix { $0.isNumber })
+        else { throw SluiceProcessError(description: "no server.port in \(line)") }
+        return port
+    }
+
+    public func signal(_ signal: Int32) { kill(self.process.processIdentifier, signal) }
+
+    /// The exit status once the process exited; throws after `timeout`.
+    public func waitForExit(timeout: Duration = .seconds(30)) async throws -> Int32 {
+        let deadline = ContinuousClock.now + timeout
+        while self.process.isRunning {
+            guard ContinuousClock.now < deadline else {
+                throw SluiceProcessError(description: "sluice \(self.process.arguments ?? []) did not exit")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return self.process.terminationStatus
+    }
+}
+
+public struct SluiceProcessError: Error, CustomStringConvertible {
+    public var description: String
+
+    public init(description: String) { self.description = description }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+public func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw SluiceProcessError(description: "socket failed: errno \(errno)") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+        }
+    }
+    guard bound else { throw SluiceProcessError(description: "bind failed: errno \(errno)") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
