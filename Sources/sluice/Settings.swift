@@ -29,6 +29,11 @@ struct Settings {
     var loaderBatchRows = 20_000
     var loaderBatchBytes = 16 << 20
     var loaderBatchAge: Duration = .seconds(1)
+    var loaderRetryInitial: Duration = .milliseconds(200)
+    var loaderRetryMax: Duration = .seconds(30)
+    /// Every key set by the file, the environment or a flag: its path, its value (secrets
+    /// hidden) and where it came from, in the order applied (`sluice config check`).
+    var applied: [(path: String, value: String, origin: String)] = []
     /// `loader.routes.<topic>.<field…>` entries, in file order; turned into routes by ``loaderRoutes()``.
     var routeEntries: [(path: [String], value: SettingValue)] = []
 
@@ -42,6 +47,8 @@ struct Settings {
         configuration.batchRows = self.loaderBatchRows
         configuration.batchBytes = self.loaderBatchBytes
         configuration.batchAge = self.loaderBatchAge
+        configuration.retryInitial = self.loaderRetryInitial
+        configuration.retryMax = max(self.loaderRetryMax, self.loaderRetryInitial)
         configuration.routes = try self.loaderRoutes()
         if let problem = configuration.validate() { throw SettingsError(description: "loader: \(problem)") }
         return configuration
@@ -196,7 +203,17 @@ struct SettingKey: Sendable {
         self.run = apply
     }
 
-    func apply(_ settings: inout Settings, _ value: SettingValue) throws { try self.run(&settings, value, self) }
+    func apply(_ settings: inout Settings, _ value: SettingValue) throws {
+        try self.run(&settings, value, self)
+        let path = self.path.hasSuffix(".*") ? String(self.path.dropLast()) + value.subkey : self.path
+        settings.applied.removeAll { $0.path == path }
+        settings.applied.append((path, self.isSecret(path) ? "(secret)" : value.text, value.origin))
+    }
+
+    /// Passwords and keys are never printed.
+    func isSecret(_ path: String) -> Bool {
+        ["password", "secret", "ssl.key.pem", "sasl.oauthbearer.config"].contains { path.lowercased().contains($0) }
+    }
 
     /// `gateway.max_body_bytes` → `SLUICE_GATEWAY_MAX_BODY_BYTES`.
     var environmentName: String { "SLUICE_" + self.path.uppercased().replacingOccurrences(of: ".", with: "_") }
@@ -368,7 +385,16 @@ enum SettingsLoader {
         SettingKey(path: "kafka.properties.*", kind: .string, help: "any librdkafka property (TLS, SASL, tuning)") {
             settings,
             value,
-            key in settings.kafkaProperties[value.subkey] = value.text
+            key in
+            // The delivery contract rests on these; a property that weakens it is refused.
+            let required = ["enable.idempotence": ["true"], "acks": ["all", "-1"], "enable.auto.commit": ["false"]]
+            if let allowed = required[value.subkey], !allowed.contains(value.text.lowercased()) {
+                throw SettingsError(
+                    description:
+                        "\(value.origin): kafka.properties.\(value.subkey) = '\(value.text)' is refused: Sluice's delivery guarantee needs \(allowed[0]) (it is the default; leave it out)"
+                )
+            }
+            settings.kafkaProperties[value.subkey] = value.text
         },
         SettingKey(path: "forwarder.default_topic", kind: .string, help: "topic for actions without a route (events)") {
             settings,
@@ -415,6 +441,22 @@ enum SettingsLoader {
             value,
             key in settings.clickHouse.caFile = value.text
         },
+        SettingKey(
+            path: "clickhouse.client_certificate_file",
+            kind: .string,
+            help: "PEM client certificate, for ClickHouse servers that verify clients"
+        ) { settings, value, key in settings.clickHouse.clientCertificateFile = value.text
+        },
+        SettingKey(path: "clickhouse.client_key_file", kind: .string, help: "PEM private key of the client certificate")
+        { settings, value, key in settings.clickHouse.clientKeyFile = value.text
+        },
+        SettingKey(
+            path: "clickhouse.compress_above_bytes",
+            kind: .integer,
+            help: "gzip insert bodies larger than this (off: pays on real networks, not on loopback)"
+        ) { settings, value, key in
+            settings.clickHouse.compressRequestsAbove = Int(try value.integer(key, range: 0...(1 << 31)))
+        },
         SettingKey(path: "clickhouse.timeout", kind: .duration, help: "per-request timeout (30s)") {
             settings,
             value,
@@ -439,6 +481,17 @@ enum SettingsLoader {
             settings,
             value,
             key in settings.loaderBatchAge = try value.duration(key)
+        },
+        SettingKey(path: "loader.retry_initial", kind: .duration, help: "first pause after a failed insert (200ms)") {
+            settings,
+            value,
+            key in settings.loaderRetryInitial = try value.duration(key)
+        },
+        SettingKey(
+            path: "loader.retry_max",
+            kind: .duration,
+            help: "longest pause between retries, doubling up to it (30s)"
+        ) { settings, value, key in settings.loaderRetryMax = try value.duration(key)
         },
         SettingKey(path: "loader.routes.*", kind: .string, help: "topic → table routes (see docs/loader.md)") {
             settings,
@@ -498,6 +551,10 @@ enum SettingsLoader {
                     try wildcard.apply(&settings, value)
                     continue
                 }
+                let isSection = self.keys.contains { $0.path.hasPrefix(path + ".") }
+                if isSection && value.list == nil && ["", "~", "null"].contains(value.text) {
+                    continue  // a section with everything commented out
+                }
                 guard let key = self.keys.first(where: { $0.path == path }) else {
                     let suggestion = self.closest(to: path).map { " (did you mean \($0)?)" } ?? ""
                     throw SettingsError(description: "\(value.origin): unknown key \(path)\(suggestion)")
@@ -519,7 +576,11 @@ enum SettingsLoader {
         // Secrets such as sasl.password belong in the environment, not the file.
         for (name, text) in environment.sorted(by: { $0.key < $1.key })
         where name.hasPrefix(self.kafkaPropertyPrefix) && name.count > self.kafkaPropertyPrefix.count {
-            settings.kafkaProperties[self.kafkaProperty(fromEnvironment: name)] = text
+            let property = self.kafkaProperty(fromEnvironment: name)
+            try self.key("kafka.properties.*").apply(
+                &settings,
+                SettingValue(text: text, list: nil, origin: "environment \(name)", subkey: property)
+            )
         }
         if let unknown = environment.keys.filter({
             $0.hasPrefix("SLUICE_") && !$0.hasPrefix("SLUICE_BIN") && !$0.hasPrefix("SLUICE_TEST")

@@ -107,6 +107,76 @@ import Testing
         withExtendedLifetime(cluster) {}
     }
 
+    /// `sluice all` from one configuration file: every role in one process, two actions routed
+    /// to two topics and from there to two tables.
+    @Test func sluiceAllRoutesTwoActionsIntoTwoTablesFromOneFile() async throws {
+        let cluster = try KafkaMockCluster(brokers: 3)
+        let clickHouse = try await ClickHouseServer.start()
+        defer { clickHouse.stop() }
+        let state = try TemporaryDirectory()
+        let file = state.path + "/sluice.yaml"
+        try """
+        gateway:
+          listen: 127.0.0.1:0
+        wal:
+          directory: \(state.path)/wal
+        kafka:
+          bootstrap_servers: \(cluster.bootstrapServers)
+          properties:
+            log_level: 2
+        forwarder:
+          topics:
+            purchase: purchases
+        clickhouse:
+          url: \(clickHouse.httpURL)
+        loader:
+          batch_age: 200ms
+          routes:
+            events:
+              table: sluice.events
+            purchases:
+              table: shop.purchases
+              columns:
+                event_id: {type: string, required: true}
+                timestamp: {type: timestamp, required: true}
+                user_id: {type: string, required: true}
+                product: {type: string, field: object}
+        logging:
+          level: warning
+        """.write(toFile: file, atomically: true, encoding: .utf8)
+        let all = try SluiceProcess(["all", "--config", file])
+        let port = try await all.listeningPort()
+
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let click = UUID().uuidString.lowercased()
+        let purchase = UUID().uuidString.lowercased()
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/events/batch")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/x-ndjson")
+        request.body = .bytes(
+            ByteBuffer(
+                string: """
+                    {"action":"click","user_id":"u1","event_id":"\(click)"}
+                    {"action":"purchase","user_id":"u1","object":"sku-42","event_id":"\(purchase)"}
+                    """
+            )
+        )
+        #expect(try await client.execute(request, timeout: .seconds(5)).status == .accepted)
+        try await client.shutdown()
+
+        let analyst = Analyst(url: clickHouse.httpURL)
+        try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            let clicks = await analyst.eventIDs("sluice.events")
+            let purchases = await analyst.eventIDs("shop.purchases")
+            return clicks == [click] && purchases == [purchase]
+        }
+        #expect(try await analyst.rows("SELECT event_id, product FROM shop.purchases") == ["\(purchase)\tsku-42"])
+        await analyst.shutdown()
+        all.signal(SIGTERM)
+        #expect(try await all.waitForExit() == 0)
+        withExtendedLifetime(cluster) {}
+    }
+
     /// `make run`'s pipeline: `sluice dev` brings everything up, says where to send events,
     /// loads them into its own ClickHouse, and Ctrl-C stops it all, leaving no process behind.
     @Test func sluiceDevLoadsEventsAndCtrlCLeavesNothingRunning() async throws {
