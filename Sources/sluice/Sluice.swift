@@ -14,7 +14,7 @@ struct Sluice: AsyncParsableCommand {
             DevCommand.self, AllCommand.self, GatewayCommand.self, ForwarderCommand.self, LoaderCommand.self,
             WALCommand.self, OffsetsCommand.self,
             ReplayCommand.self, DLQCommand.self, ConfigCommand.self, DevKafkaCommand.self, ForwarderBenchCommand.self,
-            LoaderBenchCommand.self,
+            LoaderBenchCommand.self, PipelineBenchCommand.self,
         ]
     )
 
