@@ -87,15 +87,19 @@ public final class ClickHouseServer: @unchecked Sendable {
     }
 
     /// Starts a server whose data stays in `directory` (created if missing) across runs, with
-    /// HTTP on `httpPort` and the native protocol on a free port; waits for `/ping`. A server
-    /// left running in `directory` by a process that died is stopped first. A taken
-    /// `httpPort` is an error that says so.
-    public static func start(keepingDataIn directory: String, httpPort: Int) async throws -> ClickHouseServer {
+    /// HTTP on `httpPort` and the native protocol on `tcpPort` (default: a free port); waits for
+    /// `/ping`. A server left running in `directory` by a process that died is stopped first.
+    /// A taken port is an error that says so.
+    public static func start(
+        keepingDataIn directory: String,
+        httpPort: Int,
+        tcpPort: Int? = nil
+    ) async throws -> ClickHouseServer {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let absolute = URL(fileURLWithPath: directory).standardizedFileURL.path
         let server = ClickHouseServer(
             directory: absolute,
-            ports: [httpPort] + (try freeLoopbackPorts(2)),
+            ports: try tcpPort.map { [httpPort, $0] + (try freeLoopbackPorts(1)) } ?? [httpPort] + freeLoopbackPorts(2),
             temporary: false
         )
         try await offPool { server.stopLeftover() }
@@ -104,7 +108,7 @@ public final class ClickHouseServer: @unchecked Sendable {
             try await server.launch()
         } catch let error as ClickHouseServerError where error.portClash {
             throw ClickHouseServerError(
-                message: "port \(httpPort) (or a free port chosen for the native protocol) is already in use",
+                message: "port \(httpPort) or \(server.tcpPort) is already in use",
                 logTail: ""
             )
         }

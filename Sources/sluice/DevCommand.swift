@@ -239,3 +239,40 @@ struct LoadBeforeStopping: Service {
         )
     }
 }
+
+/// `sluice dev-clickhouse`: Debian's clickhouse-server in the foreground on loopback, its data
+/// kept in a directory: for benchmarks and experiments (tests and `sluice dev` start their own).
+struct DevClickHouseCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dev-clickhouse",
+        abstract: "Run a local ClickHouse server on 127.0.0.1 with its data in a directory (development only).",
+        discussion: "Prints its HTTP URL on the first line of stdout, then runs until SIGTERM or SIGINT."
+    )
+
+    @Argument(help: "Where the server keeps its data (created if missing; kept afterwards).")
+    var directory: String
+
+    @Option(help: "Port of the HTTP interface.")
+    var httpPort = 8123
+
+    @Option(help: "Port of the native protocol (clickhouse-client); default: a free port.")
+    var tcpPort: Int?
+
+    func run() async throws {
+        let server: ClickHouseServer
+        do {
+            server = try await ClickHouseServer.start(
+                keepingDataIn: self.directory,
+                httpPort: self.httpPort,
+                tcpPort: self.tcpPort
+            )
+        } catch {
+            printError("sluice: cannot start ClickHouse: \(error)")
+            throw ExitCode.failure
+        }
+        FileHandle.standardOutput.write(Data((server.httpURL + "\n").utf8))
+        printError("sluice: ClickHouse at \(server.httpURL) (\(server.clientCommand)); Ctrl-C stops it")
+        await DevKafkaCommand.waitForTermination()
+        server.stop()
+    }
+}
