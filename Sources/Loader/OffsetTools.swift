@@ -59,7 +59,7 @@ public struct OffsetTools: Sendable {
         public var group: String
         public var detail: String
         public var description: String {
-            "group \(self.group) has active members (\(self.detail)): stop its loaders first, then reset it"
+            "group \(self.group) has active members (\(self.detail)): stop its loaders first, then reset it (a loader stopped a moment ago counts until the group notices, at most its session.timeout.ms; try again shortly)"
         }
     }
 

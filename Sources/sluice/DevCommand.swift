@@ -109,11 +109,15 @@ struct DevCommand: AsyncParsableCommand {
         do {
             cluster = try KafkaMockCluster(brokers: 3)
             settings.kafkaBootstrap = cluster.bootstrapServers
+            // librdkafka writes its own log lines to stderr; here they would bury the banner
+            // (every outage prints dozens). Sluice's own warnings say what matters.
+            if settings.kafkaProperties["log_level"] == nil { settings.kafkaProperties["log_level"] = "2" }
             for topic in try Self.topics(settings) { try cluster.createTopic(topic, partitions: self.partitions) }
         } catch {
             printError("sluice: cannot start the mock Kafka cluster: \(error)")
             throw ExitCode.failure
         }
+        let outage = KafkaOutageSwitch(cluster: cluster)
         printError("sluice: starting ClickHouse (data in \(self.stateDir)/clickhouse)…")
         let clickHouse: ClickHouseServer
         do {
@@ -149,7 +153,7 @@ struct DevCommand: AsyncParsableCommand {
             onListening: { port in FileHandle.standardOutput.write(Data(banner(port).utf8)) }
         )
         try await pipeline.run()
-        withExtendedLifetime(cluster) {}
+        withExtendedLifetime((cluster, outage)) {}
         printError("sluice: stopping ClickHouse…")
     }
 
@@ -196,6 +200,9 @@ struct DevCommand: AsyncParsableCommand {
 
                 Watch the backlog:  \(binary) wal stat \(wal)
                 Kafka lag:          \(binary) offsets --kafka-bootstrap \(kafka)
+
+                Simulate a Kafka outage: kill -USR1 \(getpid())   (every broker down; events wait in the WAL)
+                           and end it: kill -USR2 \(getpid())
 
                 Logs show warnings and errors (--log-level info shows every request). Ctrl-C stops everything.
 
@@ -275,4 +282,34 @@ struct DevClickHouseCommand: AsyncParsableCommand {
         await DevKafkaCommand.waitForTermination()
         server.stop()
     }
+}
+
+/// `sluice dev`'s Kafka outage on demand: SIGUSR1 takes every broker of the mock cluster down,
+/// SIGUSR2 brings them back.
+final class KafkaOutageSwitch: @unchecked Sendable {  // sources: set once in init
+    private let sources: [any DispatchSourceSignal]
+
+    init(cluster: KafkaMockCluster) {
+        let queue = DispatchQueue(label: "sluice.dev.outage")
+        var sources: [any DispatchSourceSignal] = []
+        for (number, down) in [(SIGUSR1, true), (SIGUSR2, false)] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+            source.setEventHandler {
+                for broker in 1...cluster.brokerCount {
+                    if down { cluster.setBrokerDown(Int32(broker)) } else { cluster.setBrokerUp(Int32(broker)) }
+                }
+                printError(
+                    down
+                        ? "sluice: Kafka is DOWN (every broker); the gateway keeps accepting, events wait in the WAL"
+                        : "sluice: Kafka is back; the forwarder drains the WAL"
+                )
+            }
+            source.resume()
+            sources.append(source)
+        }
+        self.sources = sources
+    }
+
+    deinit { for source in self.sources { source.cancel() } }
 }

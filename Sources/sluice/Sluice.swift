@@ -13,7 +13,8 @@ struct Sluice: AsyncParsableCommand {
         subcommands: [
             DevCommand.self, AllCommand.self, GatewayCommand.self, ForwarderCommand.self, LoaderCommand.self,
             WALCommand.self, OffsetsCommand.self,
-            ReplayCommand.self, DLQCommand.self, ConfigCommand.self, DevKafkaCommand.self, DevClickHouseCommand.self, ForwarderBenchCommand.self,
+            ReplayCommand.self, DLQCommand.self, ConfigCommand.self, DevKafkaCommand.self, DevClickHouseCommand.self,
+            ForwarderBenchCommand.self,
             LoaderBenchCommand.self, PipelineBenchCommand.self,
         ]
     )
