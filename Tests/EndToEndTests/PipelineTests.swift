@@ -217,3 +217,32 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: state.path + "/wal"))
     }
 }
+
+/// What Prometheus sees of a loader running on its own.
+@Suite struct LoaderProcessTests {
+    /// With `metrics.listen`, `sluice loader` serves /metrics and /healthz even while Kafka and
+    /// ClickHouse are unreachable (the loader waits for them), and stops cleanly on SIGTERM.
+    @Test func aStandaloneLoaderServesMetricsWhileItWaitsForClickHouse() async throws {
+        let loader = try SluiceProcess(
+            ["loader", "--kafka-bootstrap", "127.0.0.1:1", "--clickhouse-url", "http://127.0.0.1:1"],
+            environment: ["SLUICE_METRICS_LISTEN": "127.0.0.1:0", "SLUICE_KAFKA_PROPERTIES_LOG__LEVEL": "0"]
+        )
+        let port = try await loader.listeningPort("metrics.listening")
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        func get(_ path: String) async throws -> (HTTPResponseStatus, String) {
+            let response = try await client.execute(
+                HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)"),
+                timeout: .seconds(5)
+            )
+            let body = try await response.body.collect(upTo: 4 << 20)
+            return (response.status, String(buffer: body))
+        }
+        let (metricsStatus, exposition) = try await get("/metrics")
+        #expect(metricsStatus == .ok)
+        #expect(exposition.contains("sluice_loader_inserted_rows_total"))
+        #expect(try await get("/healthz").0 == .ok)
+        try await client.shutdown()
+        loader.signal(SIGTERM)
+        #expect(try await loader.waitForExit() == 0)
+    }
+}
