@@ -49,7 +49,7 @@ let package = Package(
         // A small Swift layer over librdkafka: producer with a poll thread, mock cluster, errors.
         .target(
             name: "Kafka",
-            dependencies: ["Crdkafka"],
+            dependencies: ["Crdkafka", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // Drains the WAL into Kafka and moves the WAL cursor over what Kafka acknowledged.

@@ -1,4 +1,5 @@
 import Crdkafka
+import Logging
 import Dispatch
 import Synchronization
 
@@ -24,6 +25,7 @@ func makeHandle(
             )
         }
     }
+    rd_kafka_conf_set_log_cb(conf, forwardLibrdkafkaLog)
     prepare(conf)
     guard let handle = rd_kafka_new(type, conf, &errorBuffer, errorBuffer.count) else {
         // rd_kafka_new frees the configuration only on success.
@@ -37,6 +39,32 @@ func makeHandle(
     }
     return handle
 }
+
+/// librdkafka's log lines, which it would otherwise print to stderr in its own format, as
+/// structured log events (JSON lines like every other), from whichever thread librdkafka logs
+/// on. `log_level` (a librdkafka property, syslog levels) still filters them at the source.
+/// The logger is made per line: a global one could be made before the logging system is set up.
+
+private let forwardLibrdkafkaLog: @convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?, UnsafePointer<CChar>?) ->
+    Void = { handle, level, facility, message in
+        let swiftLevel: Logger.Level =
+            switch level {
+            case ...2: .critical
+            case 3: .error
+            case 4: .warning
+            case 5: .notice
+            case 6: .info
+            default: .debug
+            }
+        Logger(label: "librdkafka").log(
+            level: swiftLevel,
+            "\(message.map { String(cString: $0) } ?? "")",
+            metadata: [
+                "kafka.client": "\(handle.map { String(cString: rd_kafka_name($0)) } ?? "")",
+                "kafka.facility": "\(facility.map { String(cString: $0) } ?? "")",
+            ]
+        )
+    }
 
 /// One message's outcome, as librdkafka reported it.
 public struct DeliveryReport: Sendable {

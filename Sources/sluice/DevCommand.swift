@@ -8,6 +8,7 @@ import Loader
 import LocalClickHouse
 import Logging
 import ServiceLifecycle
+import Telemetry
 
 /// `sluice all`: every role in one process against a real Kafka and ClickHouse.
 struct AllCommand: AsyncParsableCommand {
@@ -105,6 +106,7 @@ struct DevCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
 
+        Telemetry.bootstrap(logLevel: settings.logLevel)  // before the mock cluster logs anything
         let cluster: KafkaMockCluster
         do {
             cluster = try KafkaMockCluster(brokers: 3)
