@@ -346,7 +346,7 @@ public struct ClickHouseServerError: Error, CustomStringConvertible {
     /// The server could not bind one of its ports.
     public var portClash = false
 
-    public var description: String { "\(self.message)\n\(self.logTail)" }
+    public var description: String { self.logTail.isEmpty ? self.message : "\(self.message)\n\(self.logTail)" }
 }
 
 /// Runs blocking work on a thread outside the cooperative pool.

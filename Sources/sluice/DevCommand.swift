@@ -128,7 +128,13 @@ struct DevCommand: AsyncParsableCommand {
                 httpPort: self.clickhouseHttpPort
             )
         } catch {
-            printError("sluice: cannot start ClickHouse: \(error)\n  (another port: --clickhouse-http-port)")
+            printError(
+                """
+                sluice: cannot start ClickHouse: \(error)
+                  Another server on the port? Debian's clickhouse-server package may run one as a service
+                  (sudo systemctl stop clickhouse-server), or choose another port: --clickhouse-http-port 18123
+                """
+            )
             throw ExitCode.failure
         }
         defer { clickHouse.stop() }
