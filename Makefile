@@ -20,12 +20,13 @@ format:
 	$(SWIFT) format --in-place --recursive Package.swift Sources Tests
 
 # Builds everything (the tests run the `sluice` binary as a child process), checks the
-# format, then runs every test. Swift Testing prints the closing count.
+# format and the ops/ files (promtool, dashboard, units), then runs every test. Swift Testing prints the closing count.
 test: setup
 	$(SWIFT) build --build-tests 2>&1 | tee .build-test.log; test $${PIPESTATUS[0]} -eq 0
 	@if grep -E '^/.*(Sources|Tests)/.*warning:' .build-test.log; then echo "build has warnings" >&2; exit 1; fi
 	@rm -f .build-test.log
 	$(MAKE) lint
+	bash scripts/check-ops
 	$(SWIFT) test
 
 # The whole pipeline on this host: mock Kafka (3 brokers, in memory), a local ClickHouse,
