@@ -22,6 +22,17 @@ public enum Telemetry {
                 .milliseconds(200), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5),
             ]
             factory.defaultValueHistogramBuckets = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+            // Delays that include a backlog (Kafka or ClickHouse down) run to minutes or hours.
+            let backlogBuckets: [Duration] = [
+                .milliseconds(10), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+                .seconds(1), .seconds(2), .seconds(5), .seconds(10), .seconds(30), .seconds(60), .seconds(300),
+                .seconds(900), .seconds(3600),
+            ]
+            factory.durationHistogramBuckets["sluice_loader_ingest_to_insert_seconds"] = backlogBuckets
+            factory.durationHistogramBuckets["sluice_forwarder_delivery_latency_seconds"] = backlogBuckets
+            factory.valueHistogramBuckets["sluice_loader_batch_rows"] = [
+                1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100_000,
+            ]
             factory.valueHistogramBuckets["sluice_wal_group_commit_bytes"] = [
                 512, 4096, 16384, 65536, 262_144, 1_048_576, 4_194_304,
             ]

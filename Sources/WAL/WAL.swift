@@ -820,6 +820,8 @@ public final class WAL: Sendable {
         self.metrics.bytes.record(bytes)
         self.metrics.pressure.record(new == .normal ? 0 : new == .soft ? 1 : 2)
         self.metrics.segments.record(self.catalog.withLock { $0.segments.count })
+        self.metrics.maxBytes.record(budget.maxBytes)
+        if let volume { self.metrics.volumeAvailableBytes.record(volume.available) }
         if old != new {
             let metadata: Logger.Metadata = ["wal.pressure": "\(new)", "wal.bytes": "\(bytes)"]
             if new > old {

@@ -19,6 +19,9 @@ struct WALMetrics: Sendable {
     }
     let bytes = Gauge(label: "sluice_wal_bytes")
     let segments = Gauge(label: "sluice_wal_segments")
+    /// `wal.max_bytes`, so alerts compare `sluice_wal_bytes` with the budget actually set.
+    let maxBytes = Gauge(label: "sluice_wal_max_bytes")
+    let volumeAvailableBytes = Gauge(label: "sluice_wal_volume_available_bytes")
     let pressure = Gauge(label: "sluice_wal_pressure_level")
     let durableLSN = Gauge(label: "sluice_wal_durable_lsn")
     let damagedEvents = Counter(label: "sluice_wal_damaged_events_total")
