@@ -8,7 +8,12 @@ public enum Timestamp {
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; `t`, `z` and a space separator are
     /// accepted too. Fractions beyond milliseconds are truncated.
     public static func parse(_ text: String) -> Int64? {
-        let bytes = Array(text.utf8)
+        var text = text
+        return text.withUTF8 { Self.parse($0) }
+    }
+
+    /// ``parse(_:)-(String)`` over UTF-8 bytes, for callers that have them (no copy).
+    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> Int64? {
         guard bytes.count >= 20 else { return nil }
         func number(_ from: Int, _ count: Int) -> Int? {
             guard from + count <= bytes.count else { return nil }
@@ -20,7 +25,8 @@ public enum Timestamp {
             return value
         }
         guard let year = number(0, 4), bytes[4] == 0x2D, let month = number(5, 2), bytes[7] == 0x2D,
-            let day = number(8, 2), [0x54, 0x74, 0x20].contains(bytes[10]), let hour = number(11, 2),
+            let day = number(8, 2), bytes[10] == 0x54 || bytes[10] == 0x74 || bytes[10] == 0x20,
+            let hour = number(11, 2),
             bytes[13] == 0x3A, let minute = number(14, 2), bytes[16] == 0x3A, let second = number(17, 2),
             (1...12).contains(month), (1...daysIn(month: month, year: year)).contains(day), hour < 24, minute < 60,
             second <= 60
