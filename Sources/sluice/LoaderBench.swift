@@ -32,6 +32,19 @@ struct LoaderBenchCommand: AsyncParsableCommand {
     @Option(help: "Seconds of steady load for the delay measurement.")
     var seconds: Int = 20
 
+    @Option(help: "The loader's insert format: RowBinary or JSONEachRow (curl always sends JSONEachRow).")
+    var format: String = LoaderConfiguration.defaultFormat.rawValue
+
+    @Option(help: "The loader's batch size in rows.")
+    var batchRows: Int = 20_000
+
+    func validate() throws {
+        guard InsertFormat(name: self.format) != nil else {
+            throw ValidationError("--format must be RowBinary or JSONEachRow")
+        }
+        guard self.batchRows > 0 else { throw ValidationError("--batch-rows must be positive") }
+    }
+
     func run() async throws {
         var quiet = Logger(label: "sluice.bench")
         quiet.logLevel = .error
@@ -60,7 +73,7 @@ struct LoaderBenchCommand: AsyncParsableCommand {
             properties: ["bootstrap.servers": bootstrap, "linger.ms": "20", "compression.type": "lz4"],
             onDelivery: { reports in delivered.add(reports.count) }
         )
-        let encoder = RowEncoder(route: route, version: version)
+        let encoder = RowEncoder(route: route, version: version, format: .jsonEachRow)
         let rowsPath = directory + "/rows.ndjson"
         guard FileManager.default.createFile(atPath: rowsPath, contents: nil) else {
             printError("sluice: cannot create \(rowsPath)")
@@ -72,7 +85,7 @@ struct LoaderBenchCommand: AsyncParsableCommand {
         for n in 0..<self.events {
             let value = Self.event(n)
             totalBytes += value.count
-            chunk += try encoder.encode(value).line
+            chunk += try encoder.encode(value).row
             if chunk.count > 1 << 20 {
                 try rowsFile.write(contentsOf: chunk)
                 chunk.removeAll(keepingCapacity: true)
@@ -90,7 +103,8 @@ struct LoaderBenchCommand: AsyncParsableCommand {
         curl.arguments = [
             "-sS", "--fail", "--data-binary", "@" + rowsPath,
             self.clickhouseUrl + "/?query="
-                + (baseline.insertPrefix.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""),
+                + (baseline.insertPrefix(.jsonEachRow).addingPercentEncoding(withAllowedCharacters: .alphanumerics)
+                    ?? ""),
         ]
         try curl.run()
         curl.waitUntilExit()
@@ -107,6 +121,8 @@ struct LoaderBenchCommand: AsyncParsableCommand {
         )
         configuration.groupID = "bench-\(getpid())"
         configuration.routes = [route]
+        configuration.format = InsertFormat(name: self.format) ?? LoaderConfiguration.defaultFormat
+        configuration.batchRows = self.batchRows
         let loader = Loader(configuration: configuration, logger: quiet)
         let group = ServiceGroup(services: [loader], logger: quiet)
         let loaderStart = ContinuousClock.now
@@ -126,7 +142,7 @@ struct LoaderBenchCommand: AsyncParsableCommand {
             """
             loader bench: \(self.events) events of ~\(totalBytes / max(1, self.events)) B, \(self.partitions) partitions, ClickHouse \(version)
               curl, one JSONEachRow INSERT:     \(String(format: "%.0f", curlRate)) rows/s (\(String(format: "%.2f", curlSeconds)) s, \(baselineRows.trimmingCharacters(in: .whitespacesAndNewlines)) rows)
-              loader (Kafka → ClickHouse):      \(String(format: "%.0f", loaderRate)) rows/s (\(String(format: "%.2f", loaderSeconds)) s, \(loadedRows.trimmingCharacters(in: .whitespacesAndNewlines)) distinct event_id)
+              loader (Kafka → ClickHouse):      \(String(format: "%.0f", loaderRate)) rows/s (\(String(format: "%.2f", loaderSeconds)) s, \(loadedRows.trimmingCharacters(in: .whitespacesAndNewlines)) distinct event_id, \(configuration.format.rawValue), batches of \(self.batchRows))
               ratio loader / curl:              \(String(format: "%.2f", loaderRate / curlRate))x
             """
         )
