@@ -122,37 +122,32 @@ public enum Timestamp {
     }
 
     /// Appends `YYYY-MM-DD hh:mm:ss` (and `.mmm` with `fraction`) in UTC: the date-time text
-    /// every ClickHouse version parses. Written digit by digit; no intermediate strings.
+    /// every ClickHouse version parses. Written digit by digit into a fixed buffer, appended
+    /// once; no intermediate strings.
     public static func appendClickHouseText(millis: Int64, fraction: Bool, to bytes: inout [UInt8]) {
         let seconds = millis >= 0 ? millis / 1000 : (millis - 999) / 1000
         let milliseconds = Int(millis - seconds * 1000)
         let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
         let secondOfDay = Int(seconds - days * 86_400)
         let (year, month, day) = civilFromDays(Int(days))
-        func digits(_ value: Int, _ width: Int) {
-            var divisor = 1
-            for _ in 1..<width { divisor *= 10 }
-            var rest = value
-            while divisor > 0 {
-                bytes.append(UInt8(ascii: "0") + UInt8(rest / divisor % 10))
-                rest %= divisor
-                divisor /= 10
+        let template: StaticString = "0000-00-00 00:00:00.000"
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: template.utf8CodeUnitCount) { buffer in
+            for index in buffer.indices { buffer[index] = template.utf8Start[index] }
+            func digits(_ value: Int, _ width: Int, at offset: Int) {
+                var rest = value
+                for position in (offset..<offset + width).reversed() {
+                    buffer[position] = UInt8(ascii: "0") + UInt8(rest % 10)
+                    rest /= 10
+                }
             }
-        }
-        digits(year, 4)
-        bytes.append(UInt8(ascii: "-"))
-        digits(month, 2)
-        bytes.append(UInt8(ascii: "-"))
-        digits(day, 2)
-        bytes.append(UInt8(ascii: " "))
-        digits(secondOfDay / 3600, 2)
-        bytes.append(UInt8(ascii: ":"))
-        digits(secondOfDay / 60 % 60, 2)
-        bytes.append(UInt8(ascii: ":"))
-        digits(secondOfDay % 60, 2)
-        if fraction {
-            bytes.append(UInt8(ascii: "."))
-            digits(milliseconds, 3)
+            digits(year, 4, at: 0)
+            digits(month, 2, at: 5)
+            digits(day, 2, at: 8)
+            digits(secondOfDay / 3600, 2, at: 11)
+            digits(secondOfDay / 60 % 60, 2, at: 14)
+            digits(secondOfDay % 60, 2, at: 17)
+            digits(milliseconds, 3, at: 20)
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: buffer.prefix(fraction ? 23 : 19)))
         }
     }
 

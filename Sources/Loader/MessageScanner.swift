@@ -342,13 +342,16 @@ struct MessageScanner {
             var index = start + 1
             var escaped = false
             while index < count {
-                // Eight plain ASCII bytes at a time: the common case of ids, URLs and names.
-                if index + 8 <= count,
-                    let base = self.bytes.baseAddress,
-                    !Self.hasSpecialByte(UnsafeRawPointer(base + index).loadUnaligned(as: UInt64.self))
-                {
-                    index += 8
-                    continue
+                // Eight bytes at a time up to the first that is not plain ASCII: the common case
+                // of ids, URLs and names.
+                if index + 8 <= count, let base = self.bytes.baseAddress {
+                    let word = UnsafeRawPointer(base + index).loadUnaligned(as: UInt64.self)
+                    let special = Self.specialBytes(UInt64(littleEndian: word))
+                    guard special != 0 else {
+                        index += 8
+                        continue
+                    }
+                    index += special.trailingZeroBitCount >> 3
                 }
                 let byte = self.bytes[index]
                 if byte == UInt8(ascii: "\"") {
@@ -369,10 +372,11 @@ struct MessageScanner {
             throw self.failure("unterminated string", at: start)
         }
 
-        /// Whether any of the eight bytes is a quote, a backslash, a control character or
-        /// not ASCII (exact: no borrow crosses from a byte that is none of these).
+        /// The high bit set in each of the eight bytes (little-endian) that is a quote, a
+        /// backslash, a control character or not ASCII. Exact up to the first such byte: a
+        /// borrow only carries upward from a byte that is one of them.
         @inline(__always)
-        static func hasSpecialByte(_ word: UInt64) -> Bool {
+        static func specialBytes(_ word: UInt64) -> UInt64 {
             let ones: UInt64 = 0x0101_0101_0101_0101
             let highs: UInt64 = 0x8080_8080_8080_8080
             let quotes = word ^ (ones &* 0x22)
@@ -380,7 +384,7 @@ struct MessageScanner {
             let zeroQuote = (quotes &- ones) & ~quotes
             let zeroBackslash = (backslashes &- ones) & ~backslashes
             let control = (word &- ones &* 0x20) & ~word
-            return (zeroQuote | zeroBackslash | control | word) & highs != 0
+            return (zeroQuote | zeroBackslash | control | word) & highs
         }
 
         /// Validates the escape at `index` (a backslash); returns the index after it.

@@ -63,12 +63,17 @@ public struct RowEncoder: Sendable {
     public let route: LoaderRoute
     public let version: ClickHouseVersion
     public let format: InsertFormat
-    /// The keys looked up in each message, laid end to end: the columns' fields, then
-    /// `received_at` (unless a column reads it already).
-    private let keyBytes: [UInt8]
-    private let keyRanges: [Range<Int>]
+    private let layout: Layout
+    /// Each column's recipe, in the route's order (plain values: nothing to retain per row).
+    private let plans: [ColumnPlan]
+    /// The bytes the plans and keys point into: keys, JSONEachRow names, encoded defaults.
+    private let constants: [UInt8]
+    /// The keys looked up in each message: the columns' fields, then `received_at` (unless a
+    /// column reads it already).
+    private let keys: [Range<Int>]
     private let receivedAtKey: Int
-    private let columns: [ColumnWriter]
+    /// Why a column's default cannot be encoded, if so; read only when a message lacks the field.
+    private let fallbackErrors: [RowError?]
 
     /// Per-thread working memory: the scanner's member list, the key matches, decoded text.
     public struct Scratch {
@@ -83,40 +88,92 @@ public struct RowEncoder: Sendable {
         self.route = route
         self.version = version
         self.format = format
+        let layout = Layout(format: format, millisecondTimes: version >= LoaderRoute.dateTime64Since)
+        self.layout = layout
+        var constants: [UInt8] = []
+        func constant(_ bytes: some Sequence<UInt8>) -> Range<Int> {
+            let start = constants.count
+            constants.append(contentsOf: bytes)
+            return start..<constants.count
+        }
         var fields: [String] = []
-        var keyOfColumn: [Int] = []
-        for column in route.columns {
-            if let index = fields.firstIndex(of: column.field) {
-                keyOfColumn.append(index)
-            } else {
-                keyOfColumn.append(fields.count)
-                fields.append(column.field)
+        var keys: [Range<Int>] = []
+        func key(_ field: String) -> Int {
+            if let index = fields.firstIndex(of: field) { return index }
+            fields.append(field)
+            keys.append(constant(field.utf8))
+            return keys.count - 1
+        }
+        var plans: [ColumnPlan] = []
+        var fallbackErrors: [RowError?] = []
+        for (index, column) in route.columns.enumerated() {
+            var name: [UInt8] = []
+            if format == .jsonEachRow {
+                var writer = JSONWriter(capacity: 0)
+                writer.string(column.name)
+                name = [index == 0 ? UInt8(ascii: "{") : UInt8(ascii: ",")] + writer.bytes + [UInt8(ascii: ":")]
+            }
+            let defaultText = column.defaultValue.map { Array($0.utf8) }
+            let (fallback, fallbackError) = Self.encodeDefault(column, layout: layout, defaultText: defaultText)
+            plans.append(
+                ColumnPlan(
+                    kind: column.kind,
+                    key: key(column.field),
+                    required: column.required,
+                    name: constant(name),
+                    fallback: constant(fallback),
+                    defaultText: defaultText.map { constant($0) }
+                )
+            )
+            fallbackErrors.append(fallbackError)
+        }
+        self.receivedAtKey = key("received_at")
+        self.plans = plans
+        self.constants = constants
+        self.keys = keys
+        self.fallbackErrors = fallbackErrors
+    }
+
+    /// What an absent or null field becomes: the default as the JSON text a message would
+    /// carry, or the type's zero, encoded like any value; or why it cannot be.
+    private static func encodeDefault(
+        _ column: LoaderColumn,
+        layout: Layout,
+        defaultText: [UInt8]?
+    ) -> ([UInt8], RowError?) {
+        var literal = JSONWriter(capacity: 0)
+        switch (column.defaultValue, column.kind) {
+        case (let text?, _): literal.string(text)
+        case (nil, .string), (nil, .json): literal.string("")
+        case (nil, _): literal.raw("0")
+        }
+        let message = Array(#"{"":"#.utf8) + literal.bytes + [UInt8(ascii: "}")]
+        var scanner = MessageScanner()
+        var output: [UInt8] = []
+        var text: [UInt8] = []
+        let problem = message.withUnsafeBufferPointer { buffer -> ValueProblem? in
+            guard (try? scanner.scan(buffer)) != nil, let member = scanner.members.first else {
+                return .fit("an unreadable default")
+            }
+            let defaultText = defaultText ?? []
+            return defaultText.withUnsafeBufferPointer { defaultText -> ValueProblem? in
+                do throws(ValueProblem) {
+                    try Self.writeValue(
+                        member,
+                        of: buffer,
+                        as: column.kind,
+                        defaultText: defaultText,
+                        layout: layout,
+                        to: &output,
+                        text: &text
+                    )
+                    return nil
+                } catch {
+                    return error
+                }
             }
         }
-        if let index = fields.firstIndex(of: "received_at") {
-            self.receivedAtKey = index
-        } else {
-            self.receivedAtKey = fields.count
-            fields.append("received_at")
-        }
-        var keyBytes: [UInt8] = []
-        var keyRanges: [Range<Int>] = []
-        for field in fields {
-            keyRanges.append(keyBytes.count..<keyBytes.count + field.utf8.count)
-            keyBytes.append(contentsOf: field.utf8)
-        }
-        self.keyBytes = keyBytes
-        self.keyRanges = keyRanges
-        let millisecondTimes = version >= LoaderRoute.dateTime64Since
-        self.columns = route.columns.enumerated().map { index, column in
-            ColumnWriter(
-                column,
-                key: keyOfColumn[index],
-                first: index == 0,
-                format: format,
-                millisecondTimes: millisecondTimes
-            )
-        }
+        return (output, problem.map { $0.rowError(field: column.field, kind: column.kind) })
     }
 
     /// Appends the row of `message` to `output` and returns the event's `received_at` (unix
@@ -131,29 +188,52 @@ public struct RowEncoder: Sendable {
         } catch {
             throw Self.rowError(error, in: message)
         }
-        self.match(message, &scratch)
+        let members = scratch.scanner.members
+        self.constants.withUnsafeBufferPointer { constants in
+            self.match(members, in: message, keys: constants, &scratch)
+        }
         let start = output.count
-        do {
-            for column in self.columns {
-                let slot = scratch.slots[column.key]
-                if slot >= 0, scratch.scanner.members[slot].kind != .null {
-                    try column.write(scratch.scanner.members[slot], of: message, to: &output, text: &scratch.text)
-                } else {
-                    try column.writeFallback(to: &output)
+        let failure = self.constants.withUnsafeBufferPointer { constants -> RowError? in
+            for (index, plan) in self.plans.enumerated() {
+                if !plan.name.isEmpty { output.append(contentsOf: UnsafeBufferPointer(rebasing: constants[plan.name])) }
+                let slot = scratch.slots[plan.key]
+                guard slot >= 0, members[slot].kind != .null else {
+                    if plan.required {
+                        let field = self.route.columns[index].field
+                        return RowError(.missingField, field: field, "missing required field '\(field)'")
+                    }
+                    if let error = self.fallbackErrors[index] { return error }
+                    output.append(contentsOf: UnsafeBufferPointer(rebasing: constants[plan.fallback]))
+                    continue
+                }
+                do throws(ValueProblem) {
+                    try Self.writeValue(
+                        members[slot],
+                        of: message,
+                        as: plan.kind,
+                        defaultText: plan.defaultText.map { UnsafeBufferPointer(rebasing: constants[$0]) },
+                        layout: self.layout,
+                        to: &output,
+                        text: &scratch.text
+                    )
+                } catch {
+                    return error.rowError(field: self.route.columns[index].field, kind: plan.kind)
                 }
             }
-        } catch {
+            return nil
+        }
+        if let failure {
             output.removeSubrange(start...)
-            throw error
+            throw failure
         }
         if self.format == .jsonEachRow {
             output.append(UInt8(ascii: "}"))
             output.append(UInt8(ascii: "\n"))
         }
         let slot = scratch.slots[self.receivedAtKey]
-        guard slot >= 0, scratch.scanner.members[slot].kind == .string else { return nil }
+        guard slot >= 0, members[slot].kind == .string else { return nil }
         scratch.text.removeAll(keepingCapacity: true)
-        ColumnWriter.appendText(of: scratch.scanner.members[slot], in: message, to: &scratch.text)
+        Self.appendText(of: members[slot], in: message, to: &scratch.text)
         return scratch.text.withUnsafeBufferPointer { Timestamp.parse($0) }
     }
 
@@ -170,32 +250,42 @@ public struct RowEncoder: Sendable {
     }
 
     /// Points each wanted key at the first member that has it (-1: none).
-    private func match(_ message: UnsafeBufferPointer<UInt8>, _ scratch: inout Scratch) {
-        scratch.slots.removeAll(keepingCapacity: true)
-        scratch.slots.append(contentsOf: repeatElement(-1, count: self.keyRanges.count))
-        self.keyBytes.withUnsafeBufferPointer { keys in
-            // Messages usually list their fields in the columns' order: try the key after the
-            // last match first, then all.
-            var next = 0
-            for (index, member) in scratch.scanner.members.enumerated() {
-                var found = -1
-                if member.keyEscaped {
-                    scratch.text.removeAll(keepingCapacity: true)
-                    MessageScanner.unescape(UnsafeBufferPointer(rebasing: message[member.key]), into: &scratch.text)
-                    found = scratch.text.withUnsafeBufferPointer { self.lookup($0, keys, after: next) }
-                } else {
-                    found = self.lookup(UnsafeBufferPointer(rebasing: message[member.key]), keys, after: next)
-                }
-                guard found >= 0 else { continue }
-                if scratch.slots[found] < 0 { scratch.slots[found] = index }
-                next = found + 1
+    private func match(
+        _ members: [MessageScanner.Member],
+        in message: UnsafeBufferPointer<UInt8>,
+        keys constants: UnsafeBufferPointer<UInt8>,
+        _ scratch: inout Scratch
+    ) {
+        if scratch.slots.count != self.keys.count {
+            scratch.slots = Array(repeating: -1, count: self.keys.count)
+        } else {
+            for index in scratch.slots.indices { scratch.slots[index] = -1 }
+        }
+        // Messages usually list their fields in the columns' order: try the key after the last
+        // match first, then all.
+        var next = 0
+        for (index, member) in members.enumerated() {
+            var found = -1
+            if member.keyEscaped {
+                scratch.text.removeAll(keepingCapacity: true)
+                MessageScanner.unescape(UnsafeBufferPointer(rebasing: message[member.key]), into: &scratch.text)
+                found = scratch.text.withUnsafeBufferPointer { self.lookup($0, constants, after: next) }
+            } else {
+                found = self.lookup(UnsafeBufferPointer(rebasing: message[member.key]), constants, after: next)
             }
+            guard found >= 0 else { continue }
+            if scratch.slots[found] < 0 { scratch.slots[found] = index }
+            next = found + 1
         }
     }
 
-    private func lookup(_ key: UnsafeBufferPointer<UInt8>, _ keys: UnsafeBufferPointer<UInt8>, after next: Int) -> Int {
-        if next < self.keyRanges.count, Self.equal(key, keys, self.keyRanges[next]) { return next }
-        for index in self.keyRanges.indices where Self.equal(key, keys, self.keyRanges[index]) {
+    private func lookup(
+        _ key: UnsafeBufferPointer<UInt8>,
+        _ constants: UnsafeBufferPointer<UInt8>,
+        after next: Int
+    ) -> Int {
+        if next < self.keys.count, Self.equal(key, constants, self.keys[next]) { return next }
+        for index in self.keys.indices where Self.equal(key, constants, self.keys[index]) {
             return index
         }
         return -1
@@ -204,13 +294,13 @@ public struct RowEncoder: Sendable {
     @inline(__always)
     private static func equal(
         _ key: UnsafeBufferPointer<UInt8>,
-        _ keys: UnsafeBufferPointer<UInt8>,
+        _ constants: UnsafeBufferPointer<UInt8>,
         _ range: Range<Int>
     ) -> Bool {
         guard key.count == range.count else { return false }
         var offset = 0
         while offset < key.count {
-            if key[offset] != keys[range.lowerBound + offset] { return false }
+            if key[offset] != constants[range.lowerBound + offset] { return false }
             offset += 1
         }
         return true
@@ -234,90 +324,67 @@ public struct RowEncoder: Sendable {
             return RowError(.notJSON, "not JSON: \(reason) at line \(line), column \(column)")
         }
     }
-}
 
-/// Writes one column's value in the encoder's format.
-struct ColumnWriter: Sendable {
-    let kind: LoaderColumn.Kind
-    let field: String
-    let required: Bool
-    /// The key (in ``RowEncoder``'s list) the column reads.
-    let key: Int
-    let format: InsertFormat
-    let millisecondTimes: Bool
-    /// The default's text, for the `json` rule that a string equal to it is stored as is.
-    let defaultText: [UInt8]?
-    /// JSONEachRow: `{"name":` for the first column, `,"name":` for the others.
-    let name: [UInt8]
-    /// What an absent or null field becomes, encoded once; or why that cannot be.
-    private var fallback: Result<[UInt8], RowError> = .success([])
+    // MARK: - Values
 
-    init(_ column: LoaderColumn, key: Int, first: Bool, format: InsertFormat, millisecondTimes: Bool) {
-        self.kind = column.kind
-        self.field = column.field
-        self.required = column.required
-        self.key = key
-        self.format = format
-        self.millisecondTimes = millisecondTimes
-        self.defaultText = column.defaultValue.map { Array($0.utf8) }
-        var name: [UInt8] = []
-        if format == .jsonEachRow {
-            name.append(first ? UInt8(ascii: "{") : UInt8(ascii: ","))
-            var writer = JSONWriter(capacity: 0)
-            writer.string(column.name)
-            name += writer.bytes
-            name.append(UInt8(ascii: ":"))
-        }
-        self.name = name
-        // The default as the JSON value a message would carry (text), or the type's zero.
-        var literal = JSONWriter(capacity: 0)
-        switch (column.defaultValue, column.kind) {
-        case (let text?, _): literal.string(text)
-        case (nil, .string), (nil, .json): literal.string("")
-        case (nil, _): literal.raw("0")
-        }
-        let message =
-            [UInt8(ascii: "{"), UInt8(ascii: "\""), UInt8(ascii: "\""), UInt8(ascii: ":")] + literal.bytes
-            + [UInt8(ascii: "}")]
-        var scanner = MessageScanner()
-        var output: [UInt8] = []
-        var text: [UInt8] = []
-        let writer = self
-        self.fallback = message.withUnsafeBufferPointer { buffer -> Result<[UInt8], RowError> in
-            do throws(RowError) {
-                do throws(MessageScanner.Failure) {
-                    try scanner.scan(buffer)
-                } catch {
-                    throw RowEncoder.rowError(error, in: buffer)
-                }
-                try writer.write(scanner.members[0], of: buffer, to: &output, text: &text)
-                return .success(output)
-            } catch {
-                return .failure(error)
+    /// How values are laid out on the wire.
+    struct Layout: Sendable {
+        var format: InsertFormat
+        /// `DateTime64(3)` (Int64 milliseconds) rather than `DateTime` (UInt32 seconds).
+        var millisecondTimes: Bool
+    }
+
+    /// One column's recipe; ranges point into the encoder's constants.
+    struct ColumnPlan: Sendable {
+        var kind: LoaderColumn.Kind
+        /// The key (in the encoder's list) the column reads.
+        var key: Int
+        var required: Bool
+        /// JSONEachRow: `{"name":` for the first column, `,"name":` for the others.
+        var name: Range<Int>
+        /// What an absent or null field becomes, encoded.
+        var fallback: Range<Int>
+        /// The default's text, for the `json` rule that a string equal to it is stored as is.
+        var defaultText: Range<Int>?
+    }
+
+    /// What is wrong with a value for its column; the caller knows which field it was.
+    enum ValueProblem: Error {
+        case kind(MessageScanner.Kind, expected: String)
+        case time(String)
+        case fit(String)
+
+        func rowError(field: String, kind: LoaderColumn.Kind) -> RowError {
+            switch self {
+            case .kind(let found, let expected):
+                return RowError(.wrongKind, field: field, "field '\(field)' is a \(found.name), expected \(expected)")
+            case .time(let value):
+                return RowError(
+                    .outOfRange,
+                    field: field,
+                    "field '\(field)' is not a time between 1970 and 2100: \(value)"
+                )
+            case .fit(let text):
+                return RowError(.outOfRange, field: field, "field '\(field)' = \(text) does not fit \(kind.rawValue)")
             }
         }
     }
 
-    func writeFallback(to output: inout [UInt8]) throws(RowError) {
-        if self.required { throw RowError(.missingField, field: self.field, "missing required field '\(self.field)'") }
-        switch self.fallback {
-        case .success(let bytes): output.append(contentsOf: bytes)
-        case .failure(let error): throw error
-        }
-    }
-
-    func write(
+    /// Writes `member`'s value as a column of `kind`.
+    static func writeValue(
         _ member: MessageScanner.Member,
         of message: UnsafeBufferPointer<UInt8>,
+        as kind: LoaderColumn.Kind,
+        defaultText: UnsafeBufferPointer<UInt8>?,
+        layout: Layout,
         to output: inout [UInt8],
         text: inout [UInt8]
-    ) throws(RowError) {
-        output.append(contentsOf: self.name)
-        switch self.kind {
+    ) throws(ValueProblem) {
+        switch kind {
         case .string:
             switch member.kind {
             case .string where !member.valueEscaped:
-                if self.format == .jsonEachRow {
+                if layout.format == .jsonEachRow {
                     Self.append(member.value, of: message, to: &output)
                 } else {
                     Self.appendLength(member.content.count, to: &output)
@@ -326,9 +393,9 @@ struct ColumnWriter: Sendable {
             case .string:
                 text.removeAll(keepingCapacity: true)
                 Self.appendText(of: member, in: message, to: &text)
-                self.writeText(text, to: &output)
+                text.withUnsafeBufferPointer { Self.writeText($0, layout: layout, to: &output) }
             case .number, .true, .false:
-                if self.format == .jsonEachRow {
+                if layout.format == .jsonEachRow {
                     output.append(UInt8(ascii: "\""))
                     Self.append(member.value, of: message, to: &output)
                     output.append(UInt8(ascii: "\""))
@@ -337,87 +404,71 @@ struct ColumnWriter: Sendable {
                     Self.append(member.value, of: message, to: &output)
                 }
             case .null, .object, .array:
-                throw RowError(
-                    .wrongKind,
-                    field: self.field,
-                    "field '\(self.field)' is a \(member.kind.name), expected text"
-                )
+                throw .kind(member.kind, expected: "text")
             }
         case .json:
             // A string that is the default (`{}`) or empty is that text, not a JSON string.
             if member.kind == .string {
                 text.removeAll(keepingCapacity: true)
                 Self.appendText(of: member, in: message, to: &text)
-                if text.isEmpty || text == self.defaultText {
-                    self.writeText(text, to: &output)
-                    return
+                let asIs = text.withUnsafeBufferPointer { text in
+                    guard text.isEmpty || defaultText.map({ text.elementsEqual($0) }) == true else { return false }
+                    Self.writeText(text, layout: layout, to: &output)
+                    return true
                 }
+                if asIs { return }
             }
-            self.writeText(UnsafeBufferPointer(rebasing: message[member.value]), to: &output)
+            Self.writeText(UnsafeBufferPointer(rebasing: message[member.value]), layout: layout, to: &output)
         case .timestamp:
-            var millis: Int64?
             text.removeAll(keepingCapacity: true)
             Self.appendText(of: member, in: message, to: &text)
-            switch member.kind {
-            case .string: millis = text.withUnsafeBufferPointer { Timestamp.parse($0) ?? Self.int64($0) }
-            case .number: millis = text.withUnsafeBufferPointer { Self.int64($0) }
-            default: millis = nil
-            }
+            let millis: Int64? =
+                switch member.kind {
+                case .string: text.withUnsafeBufferPointer { Timestamp.parse($0) ?? Self.int64($0) }
+                case .number: text.withUnsafeBufferPointer { Self.int64($0) }
+                default: nil
+                }
             guard let millis, millis >= 0, millis < 4_102_444_800_000 else {
-                throw RowError(
-                    .outOfRange,
-                    field: self.field,
-                    "field '\(self.field)' is not a time between 1970 and 2100: \(Self.excerpt(member.value, of: message))"
-                )
+                throw .time(Self.excerpt(member.value, of: message))
             }
-            switch self.format {
-            case .rowBinary where self.millisecondTimes: Self.appendLittleEndian(millis, to: &output)
+            switch layout.format {
+            case .rowBinary where layout.millisecondTimes: Self.appendLittleEndian(millis, to: &output)
             case .rowBinary: Self.appendLittleEndian(UInt32(millis / 1000), to: &output)
             case .jsonEachRow:
                 output.append(UInt8(ascii: "\""))
-                Timestamp.appendClickHouseText(millis: millis, fraction: self.millisecondTimes, to: &output)
+                Timestamp.appendClickHouseText(millis: millis, fraction: layout.millisecondTimes, to: &output)
                 output.append(UInt8(ascii: "\""))
             }
         case .int64, .uint64, .float64:
             guard member.kind == .number || member.kind == .string else {
-                throw RowError(
-                    .wrongKind,
-                    field: self.field,
-                    "field '\(self.field)' is a \(member.kind.name), expected a number"
-                )
+                throw .kind(member.kind, expected: "a number")
             }
             text.removeAll(keepingCapacity: true)
             Self.appendText(of: member, in: message, to: &text)
             let fits = text.withUnsafeBufferPointer { digits -> Bool in
-                switch self.kind {
+                switch kind {
                 case .int64:
                     guard let value = Self.int64(digits) else { return false }
-                    if self.format == .rowBinary { Self.appendLittleEndian(value, to: &output) }
+                    if layout.format == .rowBinary { Self.appendLittleEndian(value, to: &output) }
                 case .uint64:
                     guard let value = Self.uint64(digits) else { return false }
-                    if self.format == .rowBinary { Self.appendLittleEndian(value, to: &output) }
+                    if layout.format == .rowBinary { Self.appendLittleEndian(value, to: &output) }
                 default:
                     guard let value = Double(String(decoding: digits, as: UTF8.self)), value.isFinite else {
                         return false
                     }
-                    if self.format == .rowBinary { Self.appendLittleEndian(value.bitPattern, to: &output) }
+                    if layout.format == .rowBinary { Self.appendLittleEndian(value.bitPattern, to: &output) }
                 }
-                if self.format == .jsonEachRow { output.append(contentsOf: digits) }
+                if layout.format == .jsonEachRow { output.append(contentsOf: digits) }
                 return true
             }
-            guard fits else {
-                throw RowError(
-                    .outOfRange,
-                    field: self.field,
-                    "field '\(self.field)' = \(String(decoding: text, as: UTF8.self)) does not fit \(self.kind.rawValue)"
-                )
-            }
+            guard fits else { throw .fit(String(decoding: text, as: UTF8.self)) }
         }
     }
 
     /// Text in the format: a length and the bytes, or a JSON string.
-    private func writeText(_ bytes: UnsafeBufferPointer<UInt8>, to output: inout [UInt8]) {
-        guard self.format == .jsonEachRow else {
+    private static func writeText(_ bytes: UnsafeBufferPointer<UInt8>, layout: Layout, to output: inout [UInt8]) {
+        guard layout.format == .jsonEachRow else {
             Self.appendLength(bytes.count, to: &output)
             output.append(contentsOf: bytes)
             return
@@ -437,17 +488,15 @@ struct ColumnWriter: Sendable {
             case 0x09: output.append(UInt8(ascii: "t"))
             default:
                 let hex: StaticString = "0123456789abcdef"
-                output.append(contentsOf: [UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
+                output.append(UInt8(ascii: "u"))
+                output.append(UInt8(ascii: "0"))
+                output.append(UInt8(ascii: "0"))
                 output.append(hex.utf8Start[Int(byte >> 4)])
                 output.append(hex.utf8Start[Int(byte & 0x0F)])
             }
         }
         output.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[clean...]))
         output.append(UInt8(ascii: "\""))
-    }
-
-    private func writeText(_ bytes: [UInt8], to output: inout [UInt8]) {
-        bytes.withUnsafeBufferPointer { self.writeText($0, to: &output) }
     }
 
     /// A string member's text with its escapes decoded; any other member's JSON text.

@@ -199,8 +199,8 @@ import Testing
         for sample in samples {
             var text = sample
             text.withUTF8 { bytes in
-                #expect(ColumnWriter.int64(bytes) == Int64(sample), "\(sample)")
-                #expect(ColumnWriter.uint64(bytes) == UInt64(sample), "\(sample)")
+                #expect(RowEncoder.int64(bytes) == Int64(sample), "\(sample)")
+                #expect(RowEncoder.uint64(bytes) == UInt64(sample), "\(sample)")
             }
         }
     }
