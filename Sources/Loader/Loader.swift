@@ -72,6 +72,18 @@ public final class Loader: Service, Sendable {
         self.logger = logger
     }
 
+    /// librdkafka consumer properties the loader sets unless configured otherwise.
+    ///
+    /// librdkafka before 2.2 stops fetching for a full second whenever its local queue holds
+    /// `queued.min.messages` messages or `queued.max.messages.kbytes` (defaults: 100,000 and
+    /// 64 MiB), however fast the application drains it: catching up on a backlog, the loader
+    /// then starves half of each second. The queue must hold more than a second of loading:
+    /// up to 256 MiB of fetched messages while catching up (`kafka.properties` overrides).
+    public static let consumerDefaults: [String: String] = [
+        "queued.min.messages": "10000000",
+        "queued.max.messages.kbytes": "262144",
+    ]
+
     /// Rows ClickHouse confirmed so far (this process).
     public var rowsInserted: Int { self.insertedRows.load(ordering: .relaxed) }
     /// Messages sent to a dead-letter topic so far (this process).
@@ -84,7 +96,7 @@ public final class Loader: Service, Sendable {
         defer { Task { try? await clickHouse.shutdown() } }
         guard let (version, formats) = await self.prepareTables(clickHouse) else { return }
         self.chosenFormats.withLock { $0 = formats }
-        var properties = self.configuration.kafkaProperties
+        var properties = Self.consumerDefaults.merging(self.configuration.kafkaProperties) { $1 }
         properties["group.id"] = self.configuration.groupID
         let consumer = try KafkaConsumer(properties: properties, topics: self.configuration.routes.map(\.topic))
         var producerProperties = self.configuration.kafkaProperties
