@@ -69,6 +69,7 @@ public final class Loader: Service, Sendable {
     private let insertedRows = Atomic<Int>(0)
     private let deadLettered = Atomic<Int>(0)
     private let chosenFormats = Mutex<[String: InsertFormat]>([:])
+    private let assignedPartitions = Atomic<Int>(0)
 
     public init(configuration: LoaderConfiguration, logger: Logger = Logger(label: "sluice.loader")) {
         self.configuration = configuration
@@ -91,6 +92,8 @@ public final class Loader: Service, Sendable {
     public var rowsInserted: Int { self.insertedRows.load(ordering: .relaxed) }
     /// Messages sent to a dead-letter topic so far (this process).
     public var messagesDeadLettered: Int { self.deadLettered.load(ordering: .relaxed) }
+    /// Partitions assigned to this loader now (0 until it has joined its group).
+    public var partitionsAssigned: Int { self.assignedPartitions.load(ordering: .relaxed) }
     /// The insert format of each route (by topic), once the loader has checked its tables.
     public var insertFormats: [String: InsertFormat] { self.chosenFormats.withLock { $0 } }
 
@@ -259,6 +262,9 @@ public final class Loader: Service, Sendable {
             }
             if !poll.assigned.isEmpty {
                 self.logger.info("loader.partitions_assigned", metadata: ["partitions": "\(poll.assigned.sorted())"])
+            }
+            if !poll.assigned.isEmpty || !poll.revoked.isEmpty {
+                self.loader.assignedPartitions.store(self.consumer.assignment.count, ordering: .relaxed)
             }
             for error in poll.errors {
                 self.logger.warning("loader.kafka_error", metadata: ["error": "\(error)"])
