@@ -281,9 +281,11 @@ public final class Loader: Service, Sendable {
         /// route are held (the one being inserted and the next). Encoding the next batch and
         /// consuming the one after overlap with the insert, which is mostly ClickHouse's work.
         private mutating func flush(_ topic: String, once: Bool = false) async {
-            guard var batch = self.batches[topic], !batch.messages.isEmpty, let route = self.routes[topic],
-                let encoder = self.encoders[topic]
-            else { return }
+            guard var batch = self.batches[topic], !batch.messages.isEmpty else { return }
+            guard let route = self.routes[topic], let encoder = self.encoders[topic] else {
+                self.batches[topic] = nil  // not a route's topic: nothing to insert it into
+                return
+            }
             let messages = batch.take(rows: self.configuration.batchRows, bytes: self.configuration.batchBytes)
             self.batches[topic] = batch
             self.metrics.batchSize.record(messages.count)
