@@ -8,7 +8,12 @@ public enum Timestamp {
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; `t`, `z` and a space separator are
     /// accepted too. Fractions beyond milliseconds are truncated.
     public static func parse(_ text: String) -> Int64? {
-        let bytes = Array(text.utf8)
+        var text = text
+        return text.withUTF8 { Self.parse($0) }
+    }
+
+    /// ``parse(_:)-(String)`` over UTF-8 bytes, for callers that have them (no copy).
+    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> Int64? {
         guard bytes.count >= 20 else { return nil }
         func number(_ from: Int, _ count: Int) -> Int? {
             guard from + count <= bytes.count else { return nil }
@@ -20,7 +25,8 @@ public enum Timestamp {
             return value
         }
         guard let year = number(0, 4), bytes[4] == 0x2D, let month = number(5, 2), bytes[7] == 0x2D,
-            let day = number(8, 2), [0x54, 0x74, 0x20].contains(bytes[10]), let hour = number(11, 2),
+            let day = number(8, 2), bytes[10] == 0x54 || bytes[10] == 0x74 || bytes[10] == 0x20,
+            let hour = number(11, 2),
             bytes[13] == 0x3A, let minute = number(14, 2), bytes[16] == 0x3A, let second = number(17, 2),
             (1...12).contains(month), (1...daysIn(month: month, year: year)).contains(day), hour < 24, minute < 60,
             second <= 60
@@ -116,37 +122,32 @@ public enum Timestamp {
     }
 
     /// Appends `YYYY-MM-DD hh:mm:ss` (and `.mmm` with `fraction`) in UTC: the date-time text
-    /// every ClickHouse version parses. Written digit by digit; no intermediate strings.
+    /// every ClickHouse version parses. Written digit by digit into a fixed buffer, appended
+    /// once; no intermediate strings.
     public static func appendClickHouseText(millis: Int64, fraction: Bool, to bytes: inout [UInt8]) {
         let seconds = millis >= 0 ? millis / 1000 : (millis - 999) / 1000
         let milliseconds = Int(millis - seconds * 1000)
         let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
         let secondOfDay = Int(seconds - days * 86_400)
         let (year, month, day) = civilFromDays(Int(days))
-        func digits(_ value: Int, _ width: Int) {
-            var divisor = 1
-            for _ in 1..<width { divisor *= 10 }
-            var rest = value
-            while divisor > 0 {
-                bytes.append(UInt8(ascii: "0") + UInt8(rest / divisor % 10))
-                rest %= divisor
-                divisor /= 10
+        let template: StaticString = "0000-00-00 00:00:00.000"
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: template.utf8CodeUnitCount) { buffer in
+            for index in buffer.indices { buffer[index] = template.utf8Start[index] }
+            func digits(_ value: Int, _ width: Int, at offset: Int) {
+                var rest = value
+                for position in (offset..<offset + width).reversed() {
+                    buffer[position] = UInt8(ascii: "0") + UInt8(rest % 10)
+                    rest /= 10
+                }
             }
-        }
-        digits(year, 4)
-        bytes.append(UInt8(ascii: "-"))
-        digits(month, 2)
-        bytes.append(UInt8(ascii: "-"))
-        digits(day, 2)
-        bytes.append(UInt8(ascii: " "))
-        digits(secondOfDay / 3600, 2)
-        bytes.append(UInt8(ascii: ":"))
-        digits(secondOfDay / 60 % 60, 2)
-        bytes.append(UInt8(ascii: ":"))
-        digits(secondOfDay % 60, 2)
-        if fraction {
-            bytes.append(UInt8(ascii: "."))
-            digits(milliseconds, 3)
+            digits(year, 4, at: 0)
+            digits(month, 2, at: 5)
+            digits(day, 2, at: 8)
+            digits(secondOfDay / 3600, 2, at: 11)
+            digits(secondOfDay / 60 % 60, 2, at: 14)
+            digits(secondOfDay % 60, 2, at: 17)
+            digits(milliseconds, 3, at: 20)
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: buffer.prefix(fraction ? 23 : 19)))
         }
     }
 

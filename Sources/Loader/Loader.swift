@@ -23,6 +23,11 @@ public struct LoaderConfiguration: Sendable {
     public var batchBytes = 16 << 20
     /// … or when its oldest message waited this long. Default: 1 s.
     public var batchAge: Duration = .seconds(1)
+    /// The data format of the inserts. Default: ``InsertFormat/rowBinary``, which costs the
+    /// loader and ClickHouse the least CPU; a route whose existing table has other column
+    /// types than the route's falls back to ``InsertFormat/jsonEachRow`` (logged at start).
+    public var format: InsertFormat = Self.defaultFormat
+    public static let defaultFormat = InsertFormat.rowBinary
     /// Back-off between failed inserts: doubling from `retryInitial` up to `retryMax`, with jitter.
     public var retryInitial: Duration = .milliseconds(200)
     public var retryMax: Duration = .seconds(30)
@@ -52,30 +57,52 @@ public struct LoaderConfiguration: Sendable {
 ///
 /// At least once, effectively once in queries: after a crash or a failed commit messages are
 /// inserted again, and the tables (ReplacingMergeTree on `event_id`) fold the duplicates.
+/// One insert runs at a time, while the next batch is consumed and encoded; the insert after
+/// it starts only once it succeeded, and offsets are committed in insert order.
 /// While ClickHouse is down or slow the loader backs off with jitter, pauses its partitions,
-/// commits nothing and holds at most one batch per route in memory.
+/// commits nothing and holds at most two batches per route in memory (the one being inserted
+/// and the next).
 public final class Loader: Service, Sendable {
     private let configuration: LoaderConfiguration
     private let logger: Logger
     private let metrics = LoaderMetrics()
     private let insertedRows = Atomic<Int>(0)
     private let deadLettered = Atomic<Int>(0)
+    private let chosenFormats = Mutex<[String: InsertFormat]>([:])
+    private let assignedPartitions = Atomic<Int>(0)
 
     public init(configuration: LoaderConfiguration, logger: Logger = Logger(label: "sluice.loader")) {
         self.configuration = configuration
         self.logger = logger
     }
 
+    /// librdkafka consumer properties the loader sets unless configured otherwise.
+    ///
+    /// librdkafka before 2.2 stops fetching for a full second whenever its local queue holds
+    /// `queued.min.messages` messages or `queued.max.messages.kbytes` (defaults: 100,000 and
+    /// 64 MiB), however fast the application drains it: catching up on a backlog, the loader
+    /// then starves half of each second. The queue must hold more than a second of loading:
+    /// up to 256 MiB of fetched messages while catching up (`kafka.properties` overrides).
+    public static let consumerDefaults: [String: String] = [
+        "queued.min.messages": "10000000",
+        "queued.max.messages.kbytes": "262144",
+    ]
+
     /// Rows ClickHouse confirmed so far (this process).
     public var rowsInserted: Int { self.insertedRows.load(ordering: .relaxed) }
     /// Messages sent to a dead-letter topic so far (this process).
     public var messagesDeadLettered: Int { self.deadLettered.load(ordering: .relaxed) }
+    /// Partitions assigned to this loader now (0 until it has joined its group).
+    public var partitionsAssigned: Int { self.assignedPartitions.load(ordering: .relaxed) }
+    /// The insert format of each route (by topic), once the loader has checked its tables.
+    public var insertFormats: [String: InsertFormat] { self.chosenFormats.withLock { $0 } }
 
     public func run() async throws {
         let clickHouse = ClickHouseClient(self.configuration.clickHouse, logger: self.logger)
         defer { Task { try? await clickHouse.shutdown() } }
-        guard let version = await self.prepareTables(clickHouse) else { return }
-        var properties = self.configuration.kafkaProperties
+        guard let (version, formats) = await self.prepareTables(clickHouse) else { return }
+        self.chosenFormats.withLock { $0 = formats }
+        var properties = Self.consumerDefaults.merging(self.configuration.kafkaProperties) { $1 }
         properties["group.id"] = self.configuration.groupID
         let consumer = try KafkaConsumer(properties: properties, topics: self.configuration.routes.map(\.topic))
         var producerProperties = self.configuration.kafkaProperties
@@ -83,11 +110,12 @@ public final class Loader: Service, Sendable {
         producerProperties["acks"] = "all"
         let deadLetters = DeadLetterSender()
         let producer = try KafkaProducer(properties: producerProperties, onDelivery: { deadLetters.report($0) })
+        let routes = self.configuration.routes.map { "\($0.topic)→\($0.table) \(formats[$0.topic]?.rawValue ?? "")" }
         self.logger.info(
             "loader.started",
             metadata: [
                 "clickhouse.version": "\(version)", "kafka.group": "\(self.configuration.groupID)",
-                "routes": "\(self.configuration.routes.map { "\($0.topic)→\($0.table)" }.joined(separator: ","))",
+                "routes": "\(routes.joined(separator: ","))",
             ]
         )
         var session = Session(
@@ -96,7 +124,8 @@ public final class Loader: Service, Sendable {
             clickHouse: clickHouse,
             producer: producer,
             deadLetters: deadLetters,
-            version: version
+            version: version,
+            formats: formats
         )
         await session.run()
         await consumer.close()
@@ -109,8 +138,11 @@ public final class Loader: Service, Sendable {
         self.logger.info("loader.stopped", metadata: ["rows": "\(self.rowsInserted)"])
     }
 
-    /// Creates databases and tables when missing, retrying until ClickHouse answers; nil on shutdown.
-    private func prepareTables(_ clickHouse: ClickHouseClient) async -> ClickHouseVersion? {
+    /// Creates databases and tables when missing and chooses each route's insert format,
+    /// retrying until ClickHouse answers; nil on shutdown.
+    private func prepareTables(
+        _ clickHouse: ClickHouseClient
+    ) async -> (ClickHouseVersion, [String: InsertFormat])? {
         var backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
         while !Task.isCancelledOrShuttingDownGracefully {
             do {
@@ -118,10 +150,24 @@ public final class Loader: Service, Sendable {
                 for database in Set(self.configuration.routes.map(\.database)) {
                     try await clickHouse.execute("CREATE DATABASE IF NOT EXISTS \(database)")
                 }
+                var formats: [String: InsertFormat] = [:]
                 for route in self.configuration.routes {
                     try await clickHouse.execute(route.createTable(on: version))
+                    formats[route.topic] = self.configuration.format
+                    guard self.configuration.format == .rowBinary else { continue }
+                    // RowBinary has no field boundaries the server could check: a table made
+                    // before with other types would read every row wrongly. JSONEachRow lets
+                    // the server convert (or refuse) each value.
+                    let columns = try await clickHouse.query(route.tableColumnsQuery)
+                    if let mismatch = route.rowBinaryMismatch(tableColumns: columns, on: version) {
+                        formats[route.topic] = .jsonEachRow
+                        self.logger.warning(
+                            "loader.row_binary_unavailable",
+                            metadata: ["table": "\(route.table)", "reason": "\(mismatch)", "format": "JSONEachRow"]
+                        )
+                    }
                 }
-                return version
+                return (version, formats)
             } catch {
                 self.logger.warning("loader.clickhouse_unavailable", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: backoff.next())
@@ -141,6 +187,9 @@ public final class Loader: Service, Sendable {
         var batches: [String: Batch] = [:]
         let routes: [String: LoaderRoute]
         let encoders: [String: RowEncoder]
+        let inserter: RowInserter
+        /// The last batch's insert, running while the next batch fills and is encoded.
+        var inFlight: InFlight?
 
         init(
             loader: Loader,
@@ -148,7 +197,8 @@ public final class Loader: Service, Sendable {
             clickHouse: ClickHouseClient,
             producer: KafkaProducer,
             deadLetters: DeadLetterSender,
-            version: ClickHouseVersion
+            version: ClickHouseVersion,
+            formats: [String: InsertFormat]
         ) {
             self.loader = loader
             self.consumer = consumer
@@ -156,8 +206,11 @@ public final class Loader: Service, Sendable {
             self.producer = producer
             self.deadLetters = deadLetters
             self.version = version
+            self.inserter = RowInserter(loader: loader, clickHouse: clickHouse, version: version)
             self.routes = Dictionary(uniqueKeysWithValues: loader.configuration.routes.map { ($0.topic, $0) })
-            self.encoders = self.routes.mapValues { RowEncoder(route: $0, version: version) }
+            self.encoders = self.routes.mapValues {
+                RowEncoder(route: $0, version: version, format: formats[$0.topic] ?? .jsonEachRow)
+            }
         }
 
         var configuration: LoaderConfiguration { self.loader.configuration }
@@ -169,6 +222,7 @@ public final class Loader: Service, Sendable {
             while !Task.isCancelledOrShuttingDownGracefully {
                 let poll = await self.consumer.poll(maxMessages: 2000, timeout: .milliseconds(100))
                 self.apply(poll)
+                if self.inFlight?.done.isSet == true { await self.land() }
                 for (topic, batch) in self.batches where self.isDue(batch) {
                     await self.flush(topic)
                 }
@@ -184,7 +238,10 @@ public final class Loader: Service, Sendable {
             }
             // Shutting down: what is batched is inserted and committed if ClickHouse is there
             // now; otherwise the next owner reads it again from the committed offsets.
-            for topic in self.batches.keys { await self.flush(topic, once: true) }
+            for topic in self.batches.keys {
+                while self.batches[topic]?.messages.isEmpty == false { await self.flush(topic, once: true) }
+            }
+            await self.land(once: true)
         }
 
         private func isDue(_ batch: Batch) -> Bool {
@@ -206,6 +263,9 @@ public final class Loader: Service, Sendable {
             if !poll.assigned.isEmpty {
                 self.logger.info("loader.partitions_assigned", metadata: ["partitions": "\(poll.assigned.sorted())"])
             }
+            if !poll.assigned.isEmpty || !poll.revoked.isEmpty {
+                self.loader.assignedPartitions.store(self.consumer.assignment.count, ordering: .relaxed)
+            }
             for error in poll.errors {
                 self.logger.warning("loader.kafka_error", metadata: ["error": "\(error)"])
             }
@@ -215,38 +275,94 @@ public final class Loader: Service, Sendable {
             }
         }
 
-        /// Inserts a route's batch — retrying while ClickHouse fails for a passing reason,
-        /// isolating rows it rejects — then commits the batch's offsets.
+        /// Encodes a route's batch and starts inserting it, once the insert before it has landed.
+        ///
+        /// One insert at a time: offsets are committed in order, and at most two batches per
+        /// route are held (the one being inserted and the next). Encoding the next batch and
+        /// consuming the one after overlap with the insert, which is mostly ClickHouse's work.
         private mutating func flush(_ topic: String, once: Bool = false) async {
-            guard var batch = self.batches[topic], !batch.messages.isEmpty, let route = self.routes[topic],
-                let encoder = self.encoders[topic]
-            else { return }
-            self.batches[topic] = Batch()
-            self.metrics.batchSize.record(batch.messages.count)
+            guard var batch = self.batches[topic], !batch.messages.isEmpty else { return }
+            guard let route = self.routes[topic], let encoder = self.encoders[topic] else {
+                self.batches[topic] = nil  // not a route's topic: nothing to insert it into
+                return
+            }
+            let messages = batch.take(rows: self.configuration.batchRows, bytes: self.configuration.batchBytes)
+            self.batches[topic] = batch
+            self.metrics.batchSize.record(messages.count)
 
             // Validation: what cannot become a row goes to the dead-letter topic. Encoding is
             // the loader's main CPU cost: slices of the batch are encoded on every core.
-            let (rows, invalid) = await Self.encode(batch.messages, with: encoder)
-            var rejected = invalid
-            batch.messages.removeAll()
+            let (rows, invalid) = await Self.encode(messages, with: encoder)
+
+            // When the insert before went in whole, this one starts before that one's dead
+            // letters and commit, which then run while ClickHouse works; otherwise that batch
+            // lands first (retries, halving), and this one waits.
+            if let previous = self.inFlight, case .inserted = await previous.firstOutcome.value {
+                self.inFlight = nil
+                self.startInsert(rows, invalid: invalid, route: route, format: encoder.format)
+                await self.complete(previous.rows, rejected: previous.invalid, route: previous.route)
+            } else {
+                await self.land(once: once)
+                self.startInsert(rows, invalid: invalid, route: route, format: encoder.format)
+            }
+            if once { await self.land(once: true) }
+        }
+
+        private mutating func startInsert(
+            _ rows: EncodedRows,
+            invalid: [(ConsumedMessage, String)],
+            route: LoaderRoute,
+            format: InsertFormat
+        ) {
+            let inserter = self.inserter
+            let done = Flag()
+            self.inFlight = InFlight(
+                route: route,
+                format: format,
+                rows: rows,
+                invalid: invalid,
+                done: done,
+                firstOutcome: Task {
+                    let outcome = await inserter.insert(rows.indices, of: rows, route: route, format: format)
+                    done.set()
+                    return outcome
+                }
+            )
+        }
+
+        /// Finishes the insert in flight, if any — retrying while ClickHouse fails for a passing
+        /// reason, isolating rows it rejects — then commits its batch's offsets.
+        private mutating func land(once: Bool = false) async {
+            guard let flight = self.inFlight else { return }
+            self.inFlight = nil
+            let rows = flight.rows
+            let route = flight.route
+            var rejected = flight.invalid
+            var outcome: Outcome? = await flight.firstOutcome.value
 
             var paused: [TopicPartition] = []
             var backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
-            var pending = [rows[...]]
+            var pending = [rows.indices]
             while let chunk = pending.popLast() {
                 if chunk.isEmpty { continue }
-                let outcome = await self.insert(chunk, route: route)
-                switch outcome {
+                let result: Outcome
+                if let first = outcome {
+                    result = first  // the whole batch, inserted while the next one was being read
+                    outcome = nil
+                } else {
+                    result = await self.inserter.insert(chunk, of: rows, route: route, format: flight.format)
+                }
+                switch result {
                 case .inserted:
                     backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
                 case .rejected(let reason):
                     if chunk.count == 1 {
-                        rejected.append((chunk.first!.message, reason))
+                        rejected.append((rows.message(chunk.lowerBound), reason))
                     } else {
                         // Halve until the rows ClickHouse refuses are alone.
-                        let middle = chunk.startIndex + chunk.count / 2
-                        pending.append(chunk[middle...])
-                        pending.append(chunk[..<middle])
+                        let middle = chunk.lowerBound + chunk.count / 2
+                        pending.append(middle..<chunk.upperBound)
+                        pending.append(chunk.lowerBound..<middle)
                     }
                 case .failed(let error):
                     if once { return }
@@ -276,20 +392,20 @@ public final class Loader: Service, Sendable {
                 }
             }
             if !paused.isEmpty { await self.consumer.resume(paused.filter { self.consumer.assignment.contains($0) }) }
+            await self.complete(rows, rejected: rejected, route: route)
+        }
 
+        /// Sends the dead letters of a batch whose rows are all in ClickHouse, then commits it.
+        private func complete(_ rows: EncodedRows, rejected: [(ConsumedMessage, String)], route: LoaderRoute) async {
             // Dead letters are in Kafka (acks=all) before the offsets that cover them are committed.
             if !rejected.isEmpty {
                 guard await self.sendDeadLetters(rejected, route: route) else { return }
             }
+            // Every message of the batch is now a row in ClickHouse or a dead letter in Kafka.
             var offsets: [TopicPartition: Int64] = [:]
-            for row in rows {
-                offsets[row.message.topicPartition] = max(
-                    offsets[row.message.topicPartition] ?? 0,
-                    row.message.offset + 1
-                )
-            }
-            for (message, _) in rejected {
-                offsets[message.topicPartition] = max(offsets[message.topicPartition] ?? 0, message.offset + 1)
+            for index in rows.source.indices {
+                let partition = rows.source[index].topicPartition
+                offsets[partition] = max(offsets[partition] ?? 0, rows.source[index].offset + 1)
             }
             let started = ContinuousClock.now
             do {
@@ -304,76 +420,57 @@ public final class Loader: Service, Sendable {
 
         /// Rows in message order, and the messages that cannot become rows (with why).
         static func encode(
-            _ messages: [ConsumedMessage],
+            _ messages: ArraySlice<ConsumedMessage>,
             with encoder: RowEncoder
-        ) async -> (rows: [Row], rejected: [(ConsumedMessage, String)]) {
+        ) async -> (rows: EncodedRows, rejected: [(ConsumedMessage, String)]) {
             let slices = max(1, min(ProcessInfo.processInfo.activeProcessorCount, messages.count / 500))
             let size = (messages.count + slices - 1) / slices
-            let parts = await withTaskGroup(of: (Int, [Row], [(ConsumedMessage, String)]).self) { group in
+            let parts = await withTaskGroup(of: (Int, EncodedRows, [(ConsumedMessage, String)]).self) { group in
                 for slice in 0..<slices {
-                    let part = messages[min(messages.count, slice * size)..<min(messages.count, (slice + 1) * size)]
+                    let start = messages.startIndex + min(messages.count, slice * size)
+                    let part = messages[start..<messages.startIndex + min(messages.count, (slice + 1) * size)]
                     group.addTask {
-                        var rows: [Row] = []
+                        var rows = EncodedRows()
                         var rejected: [(ConsumedMessage, String)] = []
-                        rows.reserveCapacity(part.count)
-                        for message in part {
+                        var scratch = RowEncoder.Scratch()
+                        rows.reserve(part.count, bytes: part.reduce(0) { $0 + $1.value.count })
+                        for index in part.indices {
                             do throws(RowError) {
-                                let (line, received) = try encoder.encode(message.value)
-                                rows.append(Row(message: message, line: line, receivedAtMillis: received))
+                                let received = try part[index].value.withUnsafeBufferPointer { value throws(RowError) in
+                                    try encoder.encode(value, into: &rows.body, scratch: &scratch)
+                                }
+                                rows.appended(source: index - messages.startIndex, receivedAtMillis: received)
                             } catch {
-                                rejected.append((message, error.description))
+                                rejected.append((part[index], error.description))
                             }
                         }
                         return (slice, rows, rejected)
                     }
                 }
-                var parts: [(Int, [Row], [(ConsumedMessage, String)])] = []
+                var parts: [(Int, EncodedRows, [(ConsumedMessage, String)])] = []
                 for await part in group { parts.append(part) }
                 return parts.sorted { $0.0 < $1.0 }
             }
-            return (parts.flatMap { $0.1 }, parts.flatMap { $0.2 })
+            var rows = parts.count == 1 ? parts[0].1 : EncodedRows()
+            if parts.count > 1 {
+                rows.reserve(parts.reduce(0) { $0 + $1.1.count }, bytes: parts.reduce(0) { $0 + $1.1.body.count })
+                for part in parts { rows.append(contentsOf: part.1) }
+            }
+            rows.source = messages
+            return (rows, parts.flatMap { $0.2 })
         }
 
-        enum Outcome {
-            case inserted
-            case rejected(String)
-            case failed(ClickHouseError)
-        }
-
-        private func insert(_ rows: ArraySlice<Row>, route: LoaderRoute) async -> Outcome {
-            var body: [UInt8] = []
-            body.reserveCapacity(rows.reduce(0) { $0 + $1.line.count })
-            for row in rows { body += row.line }
-            var settings: [String: String] = [:]
-            if self.version >= LoaderRoute.dedupTokenSince {
-                // The same messages inserted again (a retry after a lost answer) are dropped by the server.
-                let first = rows.first!.message
-                let last = rows.last!.message
-                settings["insert_deduplication_token"] =
-                    "\(first.topic)-\(first.partition)-\(first.offset)-\(last.partition)-\(last.offset)-\(rows.count)"
-            }
-            let started = ContinuousClock.now
-            do {
-                try await self.clickHouse.insert(route.insertPrefix, body: body, settings: settings)
-            } catch {
-                if !error.isRetriable && error.isDataError { return .rejected(error.description) }
-                return .failed(error)
-            }
-            let now = Timestamp.nowMillis()
-            self.metrics.insertLatency.recordNanoseconds(Self.nanoseconds(ContinuousClock.now - started))
-            self.metrics.rows.increment(by: Int64(rows.count))
-            self.metrics.bytes.increment(by: Int64(body.count))
-            self.loader.insertedRows.add(rows.count, ordering: .relaxed)
-            var delays: [Int64] = []
-            delays.reserveCapacity(rows.count)
-            for row in rows {
-                if let received = row.receivedAtMillis, now >= received {
-                    self.metrics.ingestDelay.recordNanoseconds((now - received) * 1_000_000)
-                    delays.append(now - received)
-                }
-            }
-            self.configuration.insertObserver?(delays)
-            return .inserted
+        /// A batch whose insert is running.
+        struct InFlight {
+            let route: LoaderRoute
+            let format: InsertFormat
+            let rows: EncodedRows
+            /// Messages that could not become rows, with why.
+            let invalid: [(ConsumedMessage, String)]
+            /// Set when `firstOutcome` is there to take.
+            let done: Flag
+            /// The insert of all the batch's rows.
+            let firstOutcome: Task<Outcome, Never>
         }
 
         /// Sends rejected messages to the route's dead-letter topic and waits for Kafka's
@@ -429,10 +526,114 @@ public final class Loader: Service, Sendable {
         }
     }
 
-    struct Row {
-        var message: ConsumedMessage
-        var line: [UInt8]
-        var receivedAtMillis: Int64?
+    enum Outcome: Sendable {
+        case inserted
+        case rejected(String)
+        case failed(ClickHouseError)
+    }
+
+    /// Sends rows to ClickHouse and accounts for the ones it confirms; shared with the task
+    /// that inserts a batch while the session reads the next.
+    struct RowInserter: Sendable {
+        let loader: Loader
+        let clickHouse: ClickHouseClient
+        let version: ClickHouseVersion
+
+        var metrics: LoaderMetrics { self.loader.metrics }
+        var configuration: LoaderConfiguration { self.loader.configuration }
+
+        func insert(
+            _ chunk: Range<Int>,
+            of rows: EncodedRows,
+            route: LoaderRoute,
+            format: InsertFormat
+        ) async -> Outcome {
+            let body = rows.body(of: chunk)
+            var settings: [String: String] = [:]
+            if self.version >= LoaderRoute.dedupTokenSince {
+                // The same messages inserted again (a retry after a lost answer) are dropped by the server.
+                let first = rows.message(chunk.lowerBound)
+                let last = rows.message(chunk.upperBound - 1)
+                settings["insert_deduplication_token"] =
+                    "\(first.topic)-\(first.partition)-\(first.offset)-\(last.partition)-\(last.offset)-\(chunk.count)"
+            }
+            let started = ContinuousClock.now
+            do {
+                try await self.clickHouse.insert(route.insertPrefix(format), body: body, settings: settings)
+            } catch {
+                if !error.isRetriable && error.isDataError { return .rejected(error.description) }
+                return .failed(error)
+            }
+            let now = Timestamp.nowMillis()
+            self.metrics.insertLatency.recordNanoseconds(Session.nanoseconds(ContinuousClock.now - started))
+            self.metrics.rows.increment(by: Int64(chunk.count))
+            self.metrics.bytes.increment(by: Int64(body.count))
+            self.loader.insertedRows.add(chunk.count, ordering: .relaxed)
+            var delays: [Int64] = []
+            delays.reserveCapacity(chunk.count)
+            for received in rows.receivedAtMillis[chunk] {
+                if let received, now >= received {
+                    self.metrics.ingestDelay.recordNanoseconds((now - received) * 1_000_000)
+                    delays.append(now - received)
+                }
+            }
+            self.configuration.insertObserver?(delays)
+            return .inserted
+        }
+    }
+
+    /// A flag set once, read from any task.
+    final class Flag: Sendable {
+        private let value = Atomic<Bool>(false)
+        func set() { self.value.store(true, ordering: .releasing) }
+        var isSet: Bool { self.value.load(ordering: .acquiring) }
+    }
+
+    /// A batch's messages, and the rows of those that became rows, encoded end to end in one
+    /// body.
+    struct EncodedRows {
+        /// The batch's messages: rows and the messages that could not become rows.
+        var source: ArraySlice<ConsumedMessage> = []
+        /// For each row, its message's position in `source` (from 0).
+        var sources: [Int] = []
+        var receivedAtMillis: [Int64?] = []
+        var body: [UInt8] = []
+        /// Where each row ends in `body`; a row starts where the one before it ends.
+        var ends: [Int] = []
+
+        var count: Int { self.sources.count }
+        var indices: Range<Int> { 0..<self.sources.count }
+
+        func message(_ row: Int) -> ConsumedMessage { self.source[self.source.startIndex + self.sources[row]] }
+
+        mutating func reserve(_ rows: Int, bytes: Int) {
+            self.sources.reserveCapacity(rows)
+            self.receivedAtMillis.reserveCapacity(rows)
+            self.ends.reserveCapacity(rows)
+            self.body.reserveCapacity(bytes)
+        }
+
+        /// Records the message whose row was just appended to `body`.
+        mutating func appended(source: Int, receivedAtMillis: Int64?) {
+            self.sources.append(source)
+            self.receivedAtMillis.append(receivedAtMillis)
+            self.ends.append(self.body.count)
+        }
+
+        mutating func append(contentsOf other: EncodedRows) {
+            let shift = self.body.count
+            self.sources += other.sources
+            self.receivedAtMillis += other.receivedAtMillis
+            self.ends += other.ends.lazy.map { $0 + shift }
+            self.body += other.body
+        }
+
+        /// The bytes of rows `chunk`: the body itself (no copy) when that is all of them.
+        func body(of chunk: Range<Int>) -> [UInt8] {
+            guard chunk != self.indices else { return self.body }
+            let start = chunk.lowerBound == 0 ? 0 : self.ends[chunk.lowerBound - 1]
+            return Array(self.body[start..<self.ends[chunk.upperBound - 1]])
+        }
     }
 
     struct Batch {
@@ -444,6 +645,23 @@ public final class Loader: Service, Sendable {
             if self.messages.isEmpty { self.firstArrival = .now }
             self.messages.append(message)
             self.bytes += message.value.count
+        }
+
+        /// Takes the first messages, up to `rows` of them and until they reach `bytes` (one at
+        /// least); the rest stay, as a batch that starts now. Batches are then as large as
+        /// configured, not that plus the rest of the last poll.
+        mutating func take(rows: Int, bytes: Int) -> ArraySlice<ConsumedMessage> {
+            var count = 0
+            var size = 0
+            while count < self.messages.count && count < max(1, rows) && size < max(1, bytes) {
+                size += self.messages[count].value.count
+                count += 1
+            }
+            let all = self.messages
+            self.messages = Array(all[count...])
+            self.bytes -= size
+            self.firstArrival = self.messages.isEmpty ? nil : .now
+            return all[..<count]
         }
 
         mutating func recount() {

@@ -147,6 +147,7 @@ public struct LoaderRoute: Sendable, Equatable {
     }
 
     var database: String { String(self.table.split(separator: ".")[0]) }
+    var tableName: String { String(self.table.split(separator: ".").last ?? "") }
 
     /// DDL that works on ClickHouse 18.16 and on current releases.
     public func createTable(on version: ClickHouseVersion) -> String {
@@ -166,123 +167,35 @@ public struct LoaderRoute: Sendable, Equatable {
         return sql
     }
 
-    /// `INSERT INTO db.table (columns…) FORMAT JSONEachRow`.
-    public var insertPrefix: String {
-        "INSERT INTO \(self.table) (\(self.columns.map { "`\($0.name)`" }.joined(separator: ", "))) FORMAT JSONEachRow"
-    }
-}
-
-/// Why a message cannot become a row.
-public struct RowError: Error, CustomStringConvertible {
-    public var description: String
-}
-
-/// Turns messages into `JSONEachRow` lines for one route.
-public struct RowEncoder: Sendable {
-    let route: LoaderRoute
-    let version: ClickHouseVersion
-
-    public init(route: LoaderRoute, version: ClickHouseVersion) {
-        self.route = route
-        self.version = version
+    /// Asks for the table's columns: `{"name":…,"type":…}` lines, for ``rowBinaryMismatch(tableColumns:on:)``.
+    var tableColumnsQuery: String {
+        "SELECT name, type FROM system.columns WHERE database = '\(self.database)' AND table = '\(self.tableName)'"
+            + " FORMAT JSONEachRow"
     }
 
-    /// One line (with its newline), and the event's `received_at` (unix ms) when present.
-    public func encode(_ value: [UInt8]) throws(RowError) -> (line: [UInt8], receivedAtMillis: Int64?) {
-        let parsed: JSONValue
-        do {
-            parsed = try JSONParser.parse(value)
-        } catch {
-            throw RowError(description: "not JSON: \(error)")
+    /// Why RowBinary rows of this route cannot go into the table as it is, if so: every column
+    /// must exist with exactly the type the route writes (`tableColumns`: the answer to
+    /// ``tableColumnsQuery``). RowBinary carries no field boundaries the server could check,
+    /// so a `UInt32` where the route writes a `String` would misread every row after it.
+    func rowBinaryMismatch(tableColumns: String, on version: ClickHouseVersion) -> String? {
+        var types: [String: String] = [:]
+        for line in tableColumns.split(separator: "\n") where !line.isEmpty {
+            guard let column = try? JSONParser.parse(Array(line.utf8)), case .string(let name)? = column["name"],
+                case .string(let type)? = column["type"]
+            else { return "cannot read the table's columns from \(line)" }
+            types[name] = type
         }
-        guard case .object(let members) = parsed else {
-            throw RowError(description: "not a JSON object but a \(parsed.typeName)")
+        for column in self.columns {
+            guard let type = types[column.name] else { return "the table has no column '\(column.name)'" }
+            let expected = column.type(on: version)
+            if type != expected { return "column '\(column.name)' is \(type), the route writes \(expected)" }
         }
-        // A linear search: events have a dozen fields, fewer than hashing pays for.
-        func field(_ name: String) -> JSONValue? { members.first { $0.0 == name }?.1 }
-        var writer = JSONWriter()
-        writer.bytes.reserveCapacity(value.count + 64)
-        writer.raw("{")
-        for (index, column) in self.route.columns.enumerated() {
-            if index > 0 { writer.raw(",") }
-            writer.string(column.name)
-            writer.raw(":")
-            let found = field(column.field)
-            if let found, found != .null {
-                try self.write(found, column, &writer)
-            } else {
-                if column.required { throw RowError(description: "missing required field '\(column.field)'") }
-                try self.write(column.defaultValue.map(JSONValue.string) ?? Self.zero(column.kind), column, &writer)
-            }
-        }
-        writer.raw("}\n")
-        let received = field("received_at").flatMap { value -> Int64? in
-            if case .string(let text) = value { return Timestamp.parse(text) }
-            return nil
-        }
-        return (writer.bytes, received)
+        return nil
     }
 
-    static func zero(_ kind: LoaderColumn.Kind) -> JSONValue {
-        switch kind {
-        case .string: .string("")
-        case .json: .string("")
-        case .timestamp: .number("0")
-        case .int64, .uint64, .float64: .number("0")
-        }
-    }
-
-    private func write(_ value: JSONValue, _ column: LoaderColumn, _ writer: inout JSONWriter) throws(RowError) {
-        switch column.kind {
-        case .string:
-            switch value {
-            case .string(let text): writer.string(text)
-            case .number(let text): writer.string(text)
-            case .bool(let flag): writer.string(flag ? "true" : "false")
-            default: throw RowError(description: "field '\(column.field)' is a \(value.typeName), expected text")
-            }
-        case .json:
-            if case .string(let text) = value, column.defaultValue == text || text.isEmpty {
-                writer.string(text)
-            } else {
-                var inner = JSONWriter()
-                inner.write(value)
-                writer.string(String(decoding: inner.bytes, as: UTF8.self))
-            }
-        case .timestamp:
-            let millis: Int64?
-            switch value {
-            case .string(let text): millis = Timestamp.parse(text) ?? Int64(text)
-            case .number(let text): millis = Int64(text)
-            default: millis = nil
-            }
-            guard let millis, millis >= 0, millis < 4_102_444_800_000 else {
-                throw RowError(description: "field '\(column.field)' is not a time between 1970 and 2100: \(value)")
-            }
-            writer.bytes.append(UInt8(ascii: "\""))
-            Timestamp.appendClickHouseText(
-                millis: millis,
-                fraction: self.version >= LoaderRoute.dateTime64Since,
-                to: &writer.bytes
-            )
-            writer.bytes.append(UInt8(ascii: "\""))
-        case .int64, .uint64, .float64:
-            let text: String
-            switch value {
-            case .number(let number): text = number
-            case .string(let string): text = string
-            default: throw RowError(description: "field '\(column.field)' is a \(value.typeName), expected a number")
-            }
-            let valid: Bool =
-                switch column.kind {
-                case .int64: Int64(text) != nil
-                case .uint64: UInt64(text) != nil
-                default: Double(text).map { $0.isFinite } ?? false
-                }
-            guard valid else {
-                throw RowError(description: "field '\(column.field)' = \(text) does not fit \(column.kind.rawValue)")
-            }
-            writer.raw(text)
-        }
+    /// `INSERT INTO db.table (columns…) FORMAT RowBinary` (or `JSONEachRow`): the statement
+    /// before the rows of ``RowEncoder`` in that format.
+    public func insertPrefix(_ format: InsertFormat) -> String {
+        "INSERT INTO \(self.table) (\(self.columns.map { "`\($0.name)`" }.joined(separator: ", "))) FORMAT \(format.rawValue)"
     }
 }

@@ -64,6 +64,18 @@ import Testing
         #expect(Timestamp.parse("yesterday") == nil)
     }
 
+    @Test func writesClickHouseDateTimeText() {
+        func text(_ millis: Int64, fraction: Bool) -> String {
+            var bytes = Array("x".utf8)
+            Timestamp.appendClickHouseText(millis: millis, fraction: fraction, to: &bytes)
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        #expect(text(0, fraction: false) == "x1970-01-01 00:00:00")
+        #expect(text(1_795_342_530_250, fraction: true) == "x2026-11-22 10:15:30.250")
+        #expect(text(951_782_400_007, fraction: true) == "x2000-02-29 00:00:00.007")
+        #expect(text(4_102_444_799_999, fraction: false) == "x2099-12-31 23:59:59")
+    }
+
     @Test func formatsMillisecondsAsUTC() {
         #expect(Timestamp.format(millis: 0) == "1970-01-01T00:00:00.000Z")
         #expect(Timestamp.format(millis: 1_795_342_530_250) == "2026-11-22T10:15:30.250Z")

@@ -173,6 +173,86 @@ final class LoadPipeline: @unchecked Sendable {
         }
     }
 
+    /// RowBinary (the default) and JSONEachRow put the same values in the table, escapes,
+    /// unicode, numbers as text and JSON text included.
+    @Test func bothFormatsStoreTheSameRows() async throws {
+        try await LoadPipeline.with { pipeline in
+            #expect(pipeline.configuration.format == .rowBinary)
+            pipeline.startLoader()
+            // A second loader on the same topic, in JSONEachRow, into its own table.
+            var jsonRoute = LoaderRoute.events
+            jsonRoute.table = "sluice.events_json"
+            var json = pipeline.configuration
+            json.groupID = "json-loader"
+            json.format = .jsonEachRow
+            json.routes = [jsonRoute]
+            let jsonGroup = ServiceGroup(
+                services: [Loader(configuration: json, logger: quietLogger)],
+                logger: quietLogger
+            )
+            let jsonTask = Task { try await jsonGroup.run() }
+            do {
+                var values = (0..<500).map { eventJSON($0) }
+                values.append(
+                    Array(
+                        #"{"event_id":"tricky-1","action":"cl\u0069ck","user_id":"ü\"ser\\1 😀","timestamp":"2026-11-22T10:15:30.250+01:00","received_at":1795342530250,"page":null,"properties":{ "a" : [1, "x\ty"] },"schema_version":"3","client_ip":12.5,"source":true}"#
+                            .utf8
+                    )
+                )
+                values.append(
+                    Array(
+                        #"{"event_id":"tricky-2","action":"a","user_id":"u","timestamp":1795342530999,"received_at":"2026-11-22T10:15:31Z","properties":"{}","object":"line\nbreak \u0000 nul \ud83d\ude00"}"#
+                            .utf8
+                    )
+                )
+                values.append(
+                    Array(
+                        #"{"event_id":"tricky-3","action":"a","user_id":"u","timestamp":0,"received_at":0,"properties":"plain text","referrer":""}"#
+                            .utf8
+                    )
+                )
+                try await pipeline.send(values)
+                try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(200)) {
+                    let binary = await pipeline.distinctIDs()
+                    let text = await pipeline.distinctIDs("sluice.events_json")
+                    return binary == values.count && text == values.count
+                }
+                // RowBinary really was used: the table the loader made has the route's types.
+                #expect(pipeline.loader.insertFormats == ["events": .rowBinary])
+                let columns = LoaderRoute.events.columns.map { "`\($0.name)`" }.joined(separator: ", ")
+                let binary = try await pipeline.clickHouse.query(
+                    "SELECT \(columns) FROM sluice.events ORDER BY event_id FORMAT TabSeparated"
+                )
+                let text = try await pipeline.clickHouse.query(
+                    "SELECT \(columns) FROM sluice.events_json ORDER BY event_id FORMAT TabSeparated"
+                )
+                #expect(binary.split(separator: "\n").count == values.count)
+                #expect(binary == text)
+                let tricky = try await pipeline.clickHouse.query(
+                    "SELECT action, user_id, toUnixTimestamp(timestamp), page, properties, client_ip, source, schema_version, object FROM sluice.events WHERE event_id LIKE 'tricky-%' ORDER BY event_id FORMAT TabSeparated"
+                )
+                #expect(
+                    tricky.split(separator: "\n").map(String.init)
+                        == [
+                            [
+                                "click", #"ü"ser\\1 😀"#, "1795338930", "", #"{ "a" : [1, "x\\ty"] }"#, "12.5", "true",
+                                "3",
+                                "",
+                            ],
+                            ["a", "u", "1795342530", "", "{}", "", "", "1", #"line\nbreak \0 nul 😀"#],
+                            ["a", "u", "0", "", #""plain text""#, "", "", "1", ""],
+                        ].map { $0.joined(separator: "\t") }
+                )
+            } catch {
+                await jsonGroup.triggerGracefulShutdown()
+                try? await jsonTask.value
+                throw error
+            }
+            await jsonGroup.triggerGracefulShutdown()
+            try await jsonTask.value
+        }
+    }
+
     @Test func clickHouseKilledMidLoadLosesNothing() async throws {
         try await LoadPipeline.with { pipeline in
             pipeline.startLoader()
@@ -270,6 +350,8 @@ final class LoadPipeline: @unchecked Sendable {
             }
             #expect(await pipeline.distinctIDs("shop.orders") == 63)
             #expect(pipeline.loader.messagesDeadLettered == 1)
+            // RowBinary would misread every row of a table with other types: the route falls back.
+            #expect(pipeline.loader.insertFormats == ["orders": .jsonEachRow])
         }
     }
 
