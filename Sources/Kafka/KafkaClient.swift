@@ -1,6 +1,6 @@
 import Crdkafka
-import Logging
 import Dispatch
+import Logging
 import Synchronization
 
 /// Creates a librdkafka handle from string properties, turning configuration errors into a
@@ -45,26 +45,27 @@ func makeHandle(
 /// on. `log_level` (a librdkafka property, syslog levels) still filters them at the source.
 /// The logger is made per line: a global one could be made before the logging system is set up.
 
-private let forwardLibrdkafkaLog: @convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?, UnsafePointer<CChar>?) ->
-    Void = { handle, level, facility, message in
-        let swiftLevel: Logger.Level =
-            switch level {
-            case ...2: .critical
-            case 3: .error
-            case 4: .warning
-            case 5: .notice
-            case 6: .info
-            default: .debug
-            }
-        Logger(label: "librdkafka").log(
-            level: swiftLevel,
-            "\(message.map { String(cString: $0) } ?? "")",
-            metadata: [
-                "kafka.client": "\(handle.map { String(cString: rd_kafka_name($0)) } ?? "")",
-                "kafka.facility": "\(facility.map { String(cString: $0) } ?? "")",
-            ]
-        )
-    }
+private let forwardLibrdkafkaLog:
+    @convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?, UnsafePointer<CChar>?) ->
+        Void = { handle, level, facility, message in
+            let swiftLevel: Logger.Level =
+                switch level {
+                case ...2: .critical
+                case 3: .error
+                case 4: .warning
+                case 5: .notice
+                case 6: .info
+                default: .debug
+                }
+            Logger(label: "librdkafka").log(
+                level: swiftLevel,
+                "\(message.map { String(cString: $0) } ?? "")",
+                metadata: [
+                    "kafka.client": "\(handle.map { String(cString: rd_kafka_name($0)) } ?? "")",
+                    "kafka.facility": "\(facility.map { String(cString: $0) } ?? "")",
+                ]
+            )
+        }
 
 /// One message's outcome, as librdkafka reported it.
 public struct DeliveryReport: Sendable {

@@ -31,6 +31,7 @@ struct Settings {
     var loaderBatchAge: Duration = .seconds(1)
     var loaderRetryInitial: Duration = .milliseconds(200)
     var loaderRetryMax: Duration = .seconds(30)
+    var loaderFormat = LoaderConfiguration.defaultFormat
     /// Every key set by the file, the environment or a flag: its path, its value (secrets
     /// hidden) and where it came from, in the order applied (`sluice config check`).
     var applied: [(path: String, value: String, origin: String)] = []
@@ -48,6 +49,7 @@ struct Settings {
         configuration.batchBytes = self.loaderBatchBytes
         configuration.batchAge = self.loaderBatchAge
         configuration.retryInitial = self.loaderRetryInitial
+        configuration.format = self.loaderFormat
         configuration.retryMax = max(self.loaderRetryMax, self.loaderRetryInitial)
         configuration.routes = try self.loaderRoutes()
         if let problem = configuration.validate() { throw SettingsError(description: "loader: \(problem)") }
@@ -492,6 +494,16 @@ enum SettingsLoader {
             kind: .duration,
             help: "longest pause between retries, doubling up to it (30s)"
         ) { settings, value, key in settings.loaderRetryMax = try value.duration(key)
+        },
+        SettingKey(
+            path: "loader.format",
+            kind: .string,
+            help: "insert format: RowBinary (faster) or JSONEachRow (RowBinary)"
+        ) { settings, value, key in
+            guard let format = InsertFormat(name: value.text) else {
+                throw value.fail(key, "RowBinary or JSONEachRow")
+            }
+            settings.loaderFormat = format
         },
         SettingKey(path: "loader.routes.*", kind: .string, help: "topic → table routes (see docs/loader.md)") {
             settings,
