@@ -497,4 +497,33 @@ final class LoadPipeline: @unchecked Sendable {
             #expect(second.terminationStatus == 0)
         }
     }
+
+    @Test func rebalancesBetweenTwoLoadersLoseNothing() async throws {
+        try await LoadPipeline.with { pipeline in
+            pipeline.startLoader()
+            try await pipeline.send((0..<3000).map { eventJSON($0) })
+            try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(100)) {
+                await pipeline.distinctIDs() > 0
+            }
+            // A second member joins mid-load: the partitions are shared out again.
+            let second = Loader(configuration: pipeline.configuration, logger: quietLogger)
+            let secondGroup = ServiceGroup(services: [second], logger: quietLogger)
+            let secondTask = Task { try await secondGroup.run() }
+            try await pipeline.send((3000..<6000).map { eventJSON($0) })
+            try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(200)) { second.rowsInserted > 0 }
+            // The first leaves mid-load: the second takes everything over.
+            try await pipeline.stopLoader()
+            try await pipeline.send((6000..<9000).map { eventJSON($0) })
+            try await waitUntil(timeout: .seconds(90), pollEvery: .milliseconds(200)) {
+                await pipeline.distinctIDs() == 9000
+            }
+            try await waitUntil(timeout: .seconds(30), pollEvery: .milliseconds(200)) {
+                let (committed, end) = try await pipeline.committedAndEnd()
+                return committed == end
+            }
+            #expect(pipeline.loader.rowsInserted + second.rowsInserted >= 9000)
+            await secondGroup.triggerGracefulShutdown()
+            try await secondTask.value
+        }
+    }
 }
