@@ -59,6 +59,12 @@ struct SegmentReader {
     private var window: [UInt8] = []
     private var windowCount = 0
     private var windowStart: Int64 = 0
+    /// The window serves bytes only before this offset: a window filled while the caller's
+    /// limit (the durable end of a segment still being written) was lower also holds what lay
+    /// past that limit then — zeros the writer may have filled since.
+    private var windowTrustedEnd: Int64 = 0
+    /// How far the current read may trust the file: the limit of the `next` call under way.
+    private var readEnd: Int64 = .max
     private let maxPayload: Int
 
     init(path: String, fileSystem: any WALFileSystem, maxPayload: Int = 512 << 20) throws {
@@ -82,12 +88,13 @@ struct SegmentReader {
     mutating func invalidateCache() {
         self.windowCount = 0
         self.windowStart = 0
+        self.windowTrustedEnd = 0
     }
 
     /// `count` bytes at `offset`, or fewer at end of file.
     mutating func bytes(at offset: Int64, count: Int) throws -> ArraySlice<UInt8> {
         let end = offset + Int64(count)
-        if offset >= self.windowStart && end <= self.windowStart + Int64(self.windowCount) {
+        if offset >= self.windowStart && end <= min(self.windowStart + Int64(self.windowCount), self.windowTrustedEnd) {
             let start = Int(offset - self.windowStart)
             return self.window[start..<start + count]
         }
@@ -101,6 +108,7 @@ struct SegmentReader {
         }
         self.windowCount = read
         self.windowStart = offset
+        self.windowTrustedEnd = min(offset + Int64(read), max(self.readEnd, end))
         return self.window[0..<min(count, read)]
     }
 
@@ -117,6 +125,7 @@ struct SegmentReader {
         let length = Int64(SegmentFooter.frameLength)
         guard self.fileSize >= Int64(SegmentHeader.size) + length else { return nil }
         let offset = self.fileSize - length
+        self.readEnd = self.fileSize
         let bytes = Array(try self.bytes(at: offset, count: Int(length)))
         guard bytes.count == Int(length) else { return nil }
         return bytes.withUnsafeBytes { raw -> SegmentFooter? in
@@ -139,6 +148,7 @@ struct SegmentReader {
     ///   - limit: do not read at or past this offset (the durable end of an active segment).
     mutating func next(at offset: Int64, expected: LSN, limit: Int64? = nil) throws -> (Item, Int64) {
         let end = min(limit ?? self.fileSize, self.fileSize)
+        self.readEnd = end
         guard offset + Int64(FrameHeader.size) <= end else {
             return (.end(limit != nil && end == limit ? .limit : .endOfFile), offset)
         }

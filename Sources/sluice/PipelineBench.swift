@@ -42,6 +42,9 @@ struct PipelineBenchCommand: AsyncParsableCommand {
     @Option(help: "Partitions of the events topic (the mock keeps ~5 MiB per partition).")
     var partitions = 256
 
+    @Flag(help: "On a loss, keep everything running for inspection until Ctrl-C.")
+    var holdOnLoss = false
+
     @Option(help: "Working directory (WAL, ClickHouse); removed afterwards.")
     var directory = FileManager.default.temporaryDirectory.path + "/sluice-pipeline-bench"
 
@@ -70,6 +73,7 @@ struct PipelineBenchCommand: AsyncParsableCommand {
           max_batch_events: \(max(self.batch, 1000))
         wal:
           directory: \(self.directory)/wal
+          keep_consumed: \(self.holdOnLoss ? "1h" : "0s")
         kafka:
           bootstrap_servers: \(cluster.bootstrapServers)
           properties:
@@ -83,7 +87,11 @@ struct PipelineBenchCommand: AsyncParsableCommand {
         defer { pipeline.stop() }
         let port = try await pipeline.listeningPort()
         let url = "http://127.0.0.1:\(port)"
-        let analyst = ClickHouseClient(ClickHouseConfiguration(url: clickHouse.httpURL), logger: quiet)
+        // The final check reads every event id (tens of bytes each): allow a large answer.
+        let analyst = ClickHouseClient(
+            ClickHouseConfiguration(url: clickHouse.httpURL, timeout: .seconds(120), maxResponseBytes: 1 << 30),
+            logger: quiet
+        )
         defer { Task { try? await analyst.shutdown() } }
         let client = HTTPClient(
             eventLoopGroupProvider: .singleton,
@@ -96,7 +104,7 @@ struct PipelineBenchCommand: AsyncParsableCommand {
         )
         defer { Task { try? await client.shutdown() } }
 
-        print(
+        printError(
             "pipeline-bench: \(self.rate) events/s of ~\(self.size) B in requests of \(self.batch), for \(self.seconds) s; sluice all pid \(pipeline.pid)"
         )
         let padding = String(repeating: "x", count: max(0, self.size - 220))
@@ -111,7 +119,7 @@ struct PipelineBenchCommand: AsyncParsableCommand {
         let started = ContinuousClock.now
         let deadline = started + .seconds(self.seconds)
         async let probing: Void = probes.run(client: client, analyst: analyst, url: url + "/v1/events", until: deadline)
-        async let progress: Void = Self.report(load: load, pipeline: pipeline, until: deadline)
+        async let progress: Void = Self.report(load: load, pipeline: pipeline, analyst: analyst, until: deadline)
         await load.run(client: client, workers: self.connections)
         let loadSeconds = Self.seconds(ContinuousClock.now - started)
         _ = await (probing, progress)
@@ -120,11 +128,16 @@ struct PipelineBenchCommand: AsyncParsableCommand {
         let acknowledged = load.acknowledgedCount
         let drainStarted = ContinuousClock.now
         var loaded = 0
+        var lastReport = drainStarted
         while ContinuousClock.now < drainStarted + .seconds(300) {
             loaded =
                 (try? await Self.number(analyst, "SELECT uniqExact(event_id) FROM sluice.events WHERE action = 'bench'"))
                 ?? 0
             if loaded >= acknowledged { break }
+            if ContinuousClock.now - lastReport >= .seconds(10) {
+                lastReport = ContinuousClock.now
+                printError("  draining: \(loaded) of \(acknowledged) acknowledged events queryable")
+            }
             try await Task.sleep(for: .seconds(1))
         }
         let drainSeconds = Self.seconds(ContinuousClock.now - drainStarted)
@@ -137,7 +150,11 @@ struct PipelineBenchCommand: AsyncParsableCommand {
                 )
                 .split(separator: "\n").map(String.init)
             )
-            lost = load.acknowledgedIDs.filter { !inClickHouse.contains($0) }.count
+            let missing = load.acknowledgedIDs.filter { !inClickHouse.contains($0) }
+            lost = missing.count
+            if !missing.isEmpty {
+                printError("  acknowledged but not in ClickHouse, e.g.: \(missing.prefix(5).joined(separator: ", "))")
+            }
         }
         let latency = load.latencies()
         let delays = probes.delays()
@@ -151,17 +168,35 @@ struct PipelineBenchCommand: AsyncParsableCommand {
             sluice all: peak resident memory \(pipeline.peakResidentMiB() ?? -1) MiB
             """
         )
-        if lost > 0 { throw ExitCode.failure }
+        for (reason, count) in load.reasons.withLock({ $0 }).sorted(by: { $0.value > $1.value }) {
+            print("  failed requests: \(count) × \(reason)")
+        }
+        if lost > 0 {
+            if self.holdOnLoss {
+                printError(
+                    "  holding for inspection (Ctrl-C ends): Kafka \(cluster.bootstrapServers), ClickHouse \(clickHouse.httpURL), WAL \(self.directory)/wal (kept segments: 1h)"
+                )
+                await DevKafkaCommand.waitForTermination()
+            }
+            throw ExitCode.failure
+        }
     }
 
     /// A line every 30 s: where the load stands and how much memory the pipeline holds.
-    static func report(load: ScheduledLoad, pipeline: BenchChild, until deadline: ContinuousClock.Instant) async {
+    static func report(
+        load: ScheduledLoad,
+        pipeline: BenchChild,
+        analyst: ClickHouseClient,
+        until deadline: ContinuousClock.Instant
+    ) async {
         let started = ContinuousClock.now
         while ContinuousClock.now + .seconds(30) <= deadline {
             try? await Task.sleep(for: .seconds(30))
             let elapsed = (ContinuousClock.now - started).components.seconds
+            let loaded =
+                (try? await Self.number(analyst, "SELECT count() FROM sluice.events WHERE action = 'bench'")) ?? -1
             printError(
-                "  \(elapsed) s: \(load.acknowledgedCount) acknowledged, \(load.failedRequests) failed requests, sluice all \(pipeline.residentMiB() ?? -1) MiB"
+                "  \(elapsed) s: \(load.acknowledgedCount) acknowledged, \(loaded) rows in ClickHouse, \(load.failedRequests) failed requests, sluice all \(pipeline.residentMiB() ?? -1) MiB"
             )
         }
     }
@@ -195,6 +230,8 @@ final class ScheduledLoad: Sendable {
     let batch: Int
     let padding: String
     private let next = Atomic<Int>(0)
+    /// Why requests failed: `HTTP 503`, a client error…, with counts.
+    let reasons = Mutex<[String: Int]>([:])
     private let state = Mutex<(ids: [String], latencies: [Int64], acknowledged: Int, failed: Int)>(([], [], 0, 0))
 
     init(url: String, interval: Double, requests: Int, batch: Int, padding: String) {
@@ -242,11 +279,15 @@ final class ScheduledLoad: Sendable {
         request.headers.add(name: "Content-Type", value: "application/x-ndjson")
         request.body = .bytes(ByteBuffer(string: body))
         var accepted = false
+        var failure = ""
         do {
             let response = try await client.execute(request, timeout: .seconds(30))
             _ = try await response.body.collect(upTo: 1 << 20)
             accepted = response.status == .accepted
-        } catch {}
+            failure = "HTTP \(response.status.code)"
+        } catch {
+            failure = "\(error)"
+        }
         let elapsed = ContinuousClock.now - scheduled
         let milliseconds = elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
         self.state.withLock {
@@ -256,6 +297,7 @@ final class ScheduledLoad: Sendable {
                 $0.latencies.append(milliseconds)
             } else {
                 $0.failed += 1
+                self.reasons.withLock { $0[failure, default: 0] += 1 }
             }
         }
     }
