@@ -535,7 +535,15 @@ public struct RowEncoder: Sendable {
     }
 
     /// `Int64(text)` without making a `String`: an optional sign, then decimal digits.
-    static func int64(_ text: UnsafeBufferPointer<UInt8>) -> Int64? {
+    static func int64(_ text: UnsafeBufferPointer<UInt8>) -> Int64? { Self.integer(text) }
+
+    /// `UInt64(text)` without making a `String`: an optional sign, then decimal digits (a
+    /// minus only before zero).
+    static func uint64(_ text: UnsafeBufferPointer<UInt8>) -> UInt64? { Self.integer(text) }
+
+    /// An optional sign, then decimal digits, accumulated towards the sign so that the type's
+    /// whole range parses and anything outside it (a negative unsigned number too) is nil.
+    static func integer<T: FixedWidthInteger>(_ text: UnsafeBufferPointer<UInt8>) -> T? {
         var index = 0
         var negative = false
         if let first = text.first, first == UInt8(ascii: "-") || first == UInt8(ascii: "+") {
@@ -543,42 +551,19 @@ public struct RowEncoder: Sendable {
             index = 1
         }
         guard index < text.count else { return nil }
-        var value: Int64 = 0
+        var value: T = 0
         while index < text.count {
             let digit = text[index] &- 0x30
             guard digit < 10 else { return nil }
             let (times, overflow) = value.multipliedReportingOverflow(by: 10)
             let (next, carry) =
                 negative
-                ? times.subtractingReportingOverflow(Int64(digit)) : times.addingReportingOverflow(Int64(digit))
+                ? times.subtractingReportingOverflow(T(digit)) : times.addingReportingOverflow(T(digit))
             guard !overflow, !carry else { return nil }
             value = next
             index += 1
         }
         return value
-    }
-
-    /// `UInt64(text)` without making a `String`: an optional sign, then decimal digits (a
-    /// minus only before zero).
-    static func uint64(_ text: UnsafeBufferPointer<UInt8>) -> UInt64? {
-        var index = 0
-        var negative = false
-        if let first = text.first, first == UInt8(ascii: "-") || first == UInt8(ascii: "+") {
-            negative = first == UInt8(ascii: "-")
-            index = 1
-        }
-        guard index < text.count else { return nil }
-        var value: UInt64 = 0
-        while index < text.count {
-            let digit = text[index] &- 0x30
-            guard digit < 10 else { return nil }
-            let (times, overflow) = value.multipliedReportingOverflow(by: 10)
-            let (next, carry) = times.addingReportingOverflow(UInt64(digit))
-            guard !overflow, !carry else { return nil }
-            value = next
-            index += 1
-        }
-        return negative && value != 0 ? nil : value
     }
 
     /// The start of a value's JSON text, for error messages.

@@ -387,8 +387,8 @@ private func makeTemporaryDirectory() throws -> String {
 }
 
 /// Ports the kernel considers free on 127.0.0.1, all different: each is bound (port 0) while
-/// the next is chosen, then all are released for the server to bind.
-private func freeLoopbackPorts(_ count: Int) throws -> [Int] {
+/// the next is chosen, then all are released for the caller to bind.
+public func freeLoopbackPorts(_ count: Int) throws -> [Int] {
     var sockets: [Int32] = []
     defer { for socket in sockets { close(socket) } }
     var ports: [Int] = []

@@ -83,14 +83,6 @@ struct SegmentReader {
 
     func close() { self.fileSystem.close(self.fd) }
 
-    /// Forgets cached bytes: a live segment grows under the reader, so bytes read past the
-    /// durable end earlier (zeros) are stale once the writer has been there.
-    mutating func invalidateCache() {
-        self.windowCount = 0
-        self.windowStart = 0
-        self.windowTrustedEnd = 0
-    }
-
     /// `count` bytes at `offset`, or fewer at end of file.
     mutating func bytes(at offset: Int64, count: Int) throws -> ArraySlice<UInt8> {
         let end = offset + Int64(count)

@@ -62,15 +62,10 @@ public final class WALTail: @unchecked Sendable {
     private func read(_ snapshot: WAL.TailSnapshot, maxRecords: Int, maxBytes: Int) throws -> [WALRecord] {
         var records: [WALRecord] = []
         var bytes = 0
-        var refreshed = false
         while records.count < maxRecords && bytes < maxBytes && self.position < snapshot.durableNextLSN {
+            // The reader serves cached bytes only up to the limit they were read under, so a
+            // segment that grew (or was sealed) since is read again where it is new.
             guard let segment = try self.positionReader(in: snapshot) else { break }
-            if segment.state == .active && !refreshed {
-                // Only the active segment grows under the reader: drop its cached bytes once
-                // per call (sealed segments keep their window, saving a re-read per batch).
-                self.reader?.invalidateCache()
-                refreshed = true
-            }
             let limit = segment.dataEnd
             let (item, next) = try self.reader!.next(at: self.offset, expected: self.expected, limit: limit)
             switch item {

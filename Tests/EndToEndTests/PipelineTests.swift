@@ -181,7 +181,7 @@ import Testing
     /// loads them into its own ClickHouse, and Ctrl-C stops it all, leaving no process behind.
     @Test func sluiceDevLoadsEventsAndCtrlCLeavesNothingRunning() async throws {
         let state = try TemporaryDirectory()
-        let clickHousePort = try freeLoopbackPort()
+        let clickHousePort = try freeLoopbackPorts(1)[0]
         let dev = try SluiceProcess([
             "dev", "--listen", "127.0.0.1:0", "--clickhouse-http-port", "\(clickHousePort)", "--state-dir", state.path,
         ])

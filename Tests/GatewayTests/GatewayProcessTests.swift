@@ -8,63 +8,36 @@ import HummingbirdTesting
 import NIOCore
 import NIOHTTP1
 import Synchronization
+import TestSupport
 import Testing
 import WAL
 
 /// `sluice gateway` as a child process on a free port.
-final class GatewayProcess: @unchecked Sendable {
-    final class Output: Sendable {
-        let bytes = Mutex<[UInt8]>([])
-        var text: String { String(decoding: self.bytes.withLock { $0 }, as: UTF8.self) }
-    }
-
-    let process = Process()
-    let output = Output()
-    let errors = Output()
-    private(set) var port = 0
+final class GatewayProcess: Sendable {
+    let child: SluiceProcess
+    /// 0 when the gateway exited before listening (the caller inspects the status).
+    let port: Int
 
     init(walDirectory: String, arguments: [String] = [], environment: [String: String] = [:]) async throws {
-        self.process.executableURL = URL(fileURLWithPath: try sluiceBinary())
-        self.process.arguments = ["gateway", "--listen", "127.0.0.1:0", "--wal-dir", walDirectory] + arguments
-        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
-        env.merge(environment) { $1 }
-        self.process.environment = env
-        let out = Pipe()
-        let err = Pipe()
-        self.process.standardOutput = out
-        self.process.standardError = err
-        for (pipe, sink) in [(out, self.output), (err, self.errors)] {
-            pipe.fileHandleForReading.readabilityHandler = { handle in
-                let data = handle.availableData
-                if data.isEmpty { handle.readabilityHandler = nil } else { sink.bytes.withLock { $0 += data } }
-            }
+        self.child = try SluiceProcess(
+            ["gateway", "--listen", "127.0.0.1:0", "--wal-dir", walDirectory] + arguments,
+            environment: environment
+        )
+        do {
+            self.port = try await self.child.listeningPort(timeout: .seconds(20))
+        } catch  where !self.child.isRunning {
+            self.port = 0
         }
-        try self.process.run()
-        let deadline = ContinuousClock.now + .seconds(20)
-        while ContinuousClock.now < deadline && self.process.isRunning {
-            if let line = self.output.text.split(separator: "\n").first(where: { $0.contains("gateway.listening") }),
-                let json = try? JSONParser.parse(Array(line.utf8)), case .number(let port) = json["server.port"]
-            {
-                self.port = Int(port) ?? 0
-                return
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        if !self.process.isRunning { return }  // exited: the caller inspects the status
-        throw WALError(.io, "gateway did not start: \(self.output.text) \(self.errors.text)")
     }
 
     var url: String { "http://127.0.0.1:\(self.port)" }
+    var standardOutput: String { self.child.standardOutput }
+    var standardError: String { self.child.standardError }
 
-    func signal(_ signal: Int32) { kill(self.process.processIdentifier, signal) }
+    func signal(_ signal: Int32) { self.child.signal(signal) }
 
     func waitForExit(timeout: Duration = .seconds(20)) async throws -> Int32 {
-        let deadline = ContinuousClock.now + timeout
-        while self.process.isRunning {
-            guard ContinuousClock.now < deadline else { throw WALError(.io, "gateway did not exit") }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        return self.process.terminationStatus
+        try await self.child.waitForExit(timeout: timeout)
     }
 }
 
@@ -175,7 +148,7 @@ final class StopFlag: Sendable {
             stop.set()
         }
         #expect(status == 0)
-        #expect(gateway.output.text.contains("wal.closed"))
+        #expect(gateway.standardOutput.contains("wal.closed"))
         let acknowledged = poster.acknowledged.withLock { $0 }
         #expect(!acknowledged.isEmpty)
         let stored = try await dumpedEventIDs(wal)
@@ -188,7 +161,7 @@ final class StopFlag: Sendable {
         try "gateway:\n  lisen: 127.0.0.1:9000\n".write(toFile: file, atomically: true, encoding: .utf8)
         let typo = try await GatewayProcess(walDirectory: directory.path + "/wal", arguments: ["--config", file])
         #expect(try await typo.waitForExit() == 2)
-        #expect(typo.errors.text.contains("sluice.yaml:2: unknown key gateway.lisen (did you mean gateway.listen?)"))
+        #expect(typo.standardError.contains("sluice.yaml:2: unknown key gateway.lisen (did you mean gateway.listen?)"))
 
         let env = try await GatewayProcess(
             walDirectory: directory.path + "/wal",
@@ -196,7 +169,7 @@ final class StopFlag: Sendable {
         )
         #expect(try await env.waitForExit() == 2)
         #expect(
-            env.errors.text.contains(
+            env.standardError.contains(
                 "environment SLUICE_GATEWAY_MAX_BATCH_EVENTS: gateway.max_batch_events = 'lots' is invalid: expected a whole number"
             )
         )
@@ -207,7 +180,7 @@ final class StopFlag: Sendable {
         let first = try await GatewayProcess(walDirectory: directory.path + "/wal")
         let second = try await GatewayProcess(walDirectory: directory.path + "/wal")
         #expect(try await second.waitForExit() == 2)
-        #expect(second.errors.text.contains("is locked by process \(first.process.processIdentifier)"))
+        #expect(second.standardError.contains("is locked by process \(first.child.processIdentifier)"))
         first.signal(SIGTERM)
         #expect(try await first.waitForExit() == 0)
     }

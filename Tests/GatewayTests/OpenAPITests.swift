@@ -49,7 +49,7 @@ import Testing
         let failures =
             output.range(of: "FAILURES").map { String(output[$0.lowerBound...].prefix(4000)) }
             ?? String(output.suffix(4000))
-        let gatewayLog = gateway.output.text.split(separator: "\n").filter { !$0.contains("\"request\"") }.suffix(20)
+        let gatewayLog = gateway.standardOutput.split(separator: "\n").filter { !$0.contains("\"request\"") }.suffix(20)
         #expect(
             process.terminationStatus == 0,
             "schemathesis found problems:\n\(failures)\ngateway log:\n\(gatewayLog.joined(separator: "\n"))"

@@ -101,21 +101,3 @@ public struct SluiceProcessError: Error, CustomStringConvertible {
 
     public init(description: String) { self.description = description }
 }
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-public func freeLoopbackPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw SluiceProcessError(description: "socket failed: errno \(errno)") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-        }
-    }
-    guard bound else { throw SluiceProcessError(description: "bind failed: errno \(errno)") }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
