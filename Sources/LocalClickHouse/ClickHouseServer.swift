@@ -48,6 +48,8 @@ public final class ClickHouseServer: @unchecked Sendable {
     private let lock = NSLock()
     private var child: ChildProcess?
     private var stopped = false
+    /// Set while ``kill()`` or ``restart()`` ends the process on purpose.
+    private var stopping = false
 
     private init(directory: String, ports: [Int], temporary: Bool = true) {
         self.directory = directory
@@ -119,6 +121,8 @@ public final class ClickHouseServer: @unchecked Sendable {
     /// calling thread blocks meanwhile). The data directory stays for ``restart()``.
     public func kill() {
         guard let child = self.running() else { return }
+        self.lock.withLock { self.stopping = true }
+        defer { self.lock.withLock { self.stopping = false } }
         child.signal(SIGKILL)
         _ = child.waitForExit(timeout: 10)
     }
@@ -126,7 +130,11 @@ public final class ClickHouseServer: @unchecked Sendable {
     /// Starts the server again on the same ports with the same data directory, stopping it first
     /// (SIGTERM) if it still runs; waits for `/ping` like ``start(users:tls:)``.
     public func restart() async throws {
-        try await offPool { self.terminate() }
+        try await offPool {
+            self.lock.withLock { self.stopping = true }
+            defer { self.lock.withLock { self.stopping = false } }
+            self.terminate()
+        }
         var attempt = 0
         while true {
             do {
@@ -156,6 +164,18 @@ public final class ClickHouseServer: @unchecked Sendable {
         } else {
             try? FileManager.default.removeItem(atPath: self.pidFile)
         }
+    }
+
+    /// Waits until the server process exits without ``stop()``, ``kill()`` or ``restart()``
+    /// having asked it to, and answers how it ended ("was killed by signal 9"); answers nil when
+    /// the task is cancelled, the server was stopped, or no server process runs. A supervisor
+    /// (`sluice dev`) restarts it with ``restart()``.
+    public func unexpectedExit() async -> String? {
+        guard let child = self.running() else { return nil }
+        await child.exited()
+        let expected = self.lock.withLock { self.stopped || self.child !== child || self.stopping }
+        guard !Task.isCancelled, !expected else { return nil }
+        return child.exitDescription
     }
 
     /// The `clickhouse-client` command line that reaches this server.
@@ -466,6 +486,9 @@ private final class ChildProcess: @unchecked Sendable {
     private let condition = NSCondition()
     /// The `waitpid` status once the child exited.
     private var status: Int32?
+    /// Tasks in ``exited()``, resumed when the child exits or the task is cancelled.
+    private var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+    private var nextWaiter: UInt64 = 0
 
     init(executable: String, arguments: [String], output: String) throws {
         var actions = posix_spawn_file_actions_t()
@@ -508,16 +531,40 @@ private final class ChildProcess: @unchecked Sendable {
         let reaper = Thread { [self] in
             var status: Int32 = 0
             while waitpid(child, &status, 0) == -1 && errno == EINTR {}
-            self.condition.withLock {
+            let waiters = self.condition.withLock {
                 self.status = status
                 self.condition.broadcast()
+                defer { self.waiters = [:] }
+                return self.waiters.values
             }
+            for waiter in waiters { waiter.resume() }
         }
         reaper.name = "clickhouse-server reaper"
         reaper.start()
     }
 
     var isRunning: Bool { self.condition.withLock { self.status == nil } }
+
+    /// Returns once the child has exited, or when the calling task is cancelled.
+    func exited() async {
+        let id = self.condition.withLock {
+            defer { self.nextWaiter += 1 }
+            return self.nextWaiter
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = self.condition.withLock {
+                    guard self.status == nil, !Task.isCancelled else { return true }
+                    self.waiters[id] = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = self.condition.withLock { self.waiters.removeValue(forKey: id) }
+            waiter?.resume()
+        }
+    }
 
     /// Sends `signal` unless the child has been reaped (its pid may belong to another process).
     func signal(_ signal: Int32) {

@@ -152,6 +152,7 @@ struct DevCommand: AsyncParsableCommand {
             settings: settings,
             runsGateway: true,
             loader: loader,
+            supervisors: [ClickHouseSupervisor(server: clickHouse, logger: Logger(label: "sluice.dev"))],
             beforeLoaderStops: LoadBeforeStopping(
                 tools: OffsetTools(properties: ["bootstrap.servers": cluster.bootstrapServers, "log_level": "3"]),
                 group: loader.groupID,
@@ -215,6 +216,52 @@ struct DevCommand: AsyncParsableCommand {
                 Logs show warnings and errors (--log-level info shows every request). Ctrl-C stops everything.
 
                 """
+        }
+    }
+}
+
+/// Restarts `sluice dev`'s ClickHouse when it dies, and says so on the terminal and in the log:
+/// the loader only sees failing inserts, which look like a slow server. Gives up after
+/// ``maximumRestarts`` deaths within a minute (a server that crashes as it starts would
+/// otherwise restart forever), leaving the rest of the pipeline running: events wait in the
+/// WAL and Kafka, and the loader inserts them once a server answers on the port again.
+struct ClickHouseSupervisor: Service {
+    let server: ClickHouseServer
+    let logger: Logger
+    var maximumRestarts = 3
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await self.supervise() }
+    }
+
+    private func supervise() async {
+        var deaths: [ContinuousClock.Instant] = []
+        while let exit = await self.server.unexpectedExit() {
+            let now = ContinuousClock.now
+            deaths = deaths.filter { now - $0 < .seconds(60) } + [now]
+            self.logger.error(
+                "dev.clickhouse_exited",
+                metadata: ["process.exit": "\(exit)", "url.full": "\(self.server.httpURL)"]
+            )
+            guard deaths.count <= self.maximumRestarts else {
+                printError(
+                    """
+                    sluice: ClickHouse \(exit) again (\(deaths.count) times within a minute); not restarting it.
+                      Its log: \(self.server.directory)/log. Events wait in the WAL and Kafka; the loader
+                      inserts them once a server answers at \(self.server.httpURL).
+                    """
+                )
+                return
+            }
+            printError("sluice: ClickHouse \(exit); restarting it (the loader retries; nothing is lost)…")
+            do {
+                try await self.server.restart()
+                self.logger.notice("dev.clickhouse_restarted", metadata: ["url.full": "\(self.server.httpURL)"])
+                printError("sluice: ClickHouse is back at \(self.server.httpURL)")
+            } catch {
+                printError("sluice: cannot restart ClickHouse: \(error)")
+                return
+            }
         }
     }
 }

@@ -21,6 +21,9 @@ struct PipelineProcess {
     var settings: Settings
     var runsGateway: Bool
     var loader: LoaderConfiguration?
+    /// Services that look after the pipeline's neighbours (`sluice dev`'s ClickHouse): they
+    /// start first and stop last.
+    var supervisors: [any Service] = []
     /// Runs while the loader still runs, after the forwarder stopped (`sluice dev` waits here
     /// until the loader has loaded what was forwarded).
     var beforeLoaderStops: (any Service)?
@@ -30,7 +33,7 @@ struct PipelineProcess {
     func run() async throws {
         let settings = self.settings
         let registry = Telemetry.bootstrap(logLevel: settings.logLevel)
-        var services: [any Service] = []
+        var services: [any Service] = self.supervisors
         if let loader = self.loader {
             services.append(Loader(configuration: loader, logger: Logger(label: "sluice.loader")))
         }

@@ -178,8 +178,9 @@ import Testing
     }
 
     /// `make run`'s pipeline: `sluice dev` brings everything up, says where to send events,
-    /// loads them into its own ClickHouse, and Ctrl-C stops it all, leaving no process behind.
-    @Test func sluiceDevLoadsEventsAndCtrlCLeavesNothingRunning() async throws {
+    /// loads them into its own ClickHouse, restarts that ClickHouse when it is killed (and says
+    /// so), and Ctrl-C stops it all, leaving no process behind.
+    @Test func sluiceDevLoadsEventsSurvivesAClickHouseCrashAndCtrlCLeavesNothingRunning() async throws {
         let state = try TemporaryDirectory()
         let clickHousePort = try freeLoopbackPorts(1)[0]
         let dev = try SluiceProcess([
@@ -192,23 +193,46 @@ import Testing
         #expect(!banner.isEmpty)
 
         let client = HTTPClient(eventLoopGroupProvider: .singleton)
-        let ids = (0..<3).map { _ in UUID().uuidString.lowercased() }
-        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/events/batch")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/x-ndjson")
-        request.body = .bytes(
-            ByteBuffer(
-                string: ids.map { #"{"action":"click","user_id":"u1","event_id":"\#($0)"}"# }.joined(separator: "\n")
+        func post() async throws -> [String] {
+            let ids = (0..<3).map { _ in UUID().uuidString.lowercased() }
+            var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/events/batch")
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/x-ndjson")
+            request.body = .bytes(
+                ByteBuffer(
+                    string: ids.map { #"{"action":"click","user_id":"u1","event_id":"\#($0)"}"# }
+                        .joined(separator: "\n")
+                )
             )
-        )
-        let response = try await client.execute(request, timeout: .seconds(5))
-        #expect(response.status == .accepted)
-        try await client.shutdown()
-
-        let analyst = Analyst(url: "http://127.0.0.1:\(clickHousePort)")
-        try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
-            Set(ids).isSubset(of: await analyst.eventIDs())
+            let response = try await client.execute(request, timeout: .seconds(5))
+            #expect(response.status == .accepted)
+            return ids
         }
+        let analyst = Analyst(url: "http://127.0.0.1:\(clickHousePort)")
+        let before = try await post()
+        try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            Set(before).isSubset(of: await analyst.eventIDs())
+        }
+
+        // ClickHouse dies as a crash would: sluice dev says so and brings it back; events sent
+        // meanwhile arrive.
+        let pidFile = state.path + "/clickhouse/clickhouse-server.pid"
+        let clickHousePID = try #require(
+            Int32(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))
+        )
+        kill(clickHousePID, SIGKILL)
+        let during = try await post()
+        #expect(try await dev.line(containing: "was killed by signal 9; restarting it", in: .standardError) != "")
+        _ = try await dev.line(containing: "ClickHouse is back", in: .standardError, timeout: .seconds(60))
+        let restartedPID = Int32(
+            try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        )
+        #expect(restartedPID != nil && restartedPID != clickHousePID)
+        let after = try await post()
+        try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            Set(during + after).isSubset(of: await analyst.eventIDs())
+        }
+        try await client.shutdown()
         await analyst.shutdown()
 
         dev.signal(SIGINT)

@@ -50,11 +50,19 @@ public final class SluiceProcess: Sendable {
     public var isRunning: Bool { self.process.isRunning }
     public var processIdentifier: Int32 { self.process.processIdentifier }
 
-    /// The first line of standard output containing `marker`, once it is there.
-    public func line(containing marker: String, timeout: Duration = .seconds(30)) async throws -> String {
+    /// Which of the child's output streams to read.
+    public enum Stream: Sendable { case standardOutput, standardError }
+
+    /// The first line of standard output (or `stream`) containing `marker`, once it is there.
+    public func line(
+        containing marker: String,
+        in stream: Stream = .standardOutput,
+        timeout: Duration = .seconds(30)
+    ) async throws -> String {
         let deadline = ContinuousClock.now + timeout
         while true {
-            if let line = self.standardOutput.split(separator: "\n").first(where: { $0.contains(marker) }) {
+            let text = stream == .standardOutput ? self.standardOutput : self.standardError
+            if let line = text.split(separator: "\n").first(where: { $0.contains(marker) }) {
                 return String(line)
             }
             guard self.process.isRunning, ContinuousClock.now < deadline else {
