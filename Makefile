@@ -5,7 +5,7 @@ SLUICE := .build/debug/sluice
 SLUICE_RELEASE := .build/release/sluice
 DATA ?= ./data
 
-.PHONY: setup build test run bench lint format clean
+.PHONY: setup build test run bench fuzz lint format clean
 
 setup:
 	@bash scripts/setup
@@ -14,10 +14,10 @@ build: setup
 	$(SWIFT) build
 
 lint:
-	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests
+	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Fuzz
 
 format:
-	$(SWIFT) format --in-place --recursive Package.swift Sources Tests
+	$(SWIFT) format --in-place --recursive Package.swift Sources Tests Fuzz
 
 # Builds everything (the tests run the `sluice` binary as a child process), checks the
 # format and the ops/ files (promtool, dashboard, units), then runs every test. Swift Testing prints the closing count.
@@ -46,5 +46,10 @@ bench: setup
 	$(SWIFT) build
 	SLUICE_CRASH_ROUNDS=500 $(SWIFT) test --filter CrashTests
 
+# libFuzzer over the body decoders and the WAL's segment reader, 10 million inputs each
+# (docs/fuzzing.md); RUNS=N for another count.
+fuzz: setup
+	bash scripts/fuzz all $(or $(RUNS),10000000)
+
 clean:
-	rm -rf .build $(DATA)
+	rm -rf .build .build-fuzz $(DATA)

@@ -136,6 +136,15 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Fuzzing harnesses for what clients and disks hand Sluice: the body decoders and the
+        // WAL's segment reader. scripts/fuzz builds them with libFuzzer; a plain build replays a
+        // corpus (docs/fuzzing.md). Not part of the product.
+        .executableTarget(
+            name: "sluice-fuzz",
+            dependencies: ["EventModel", "WAL", .product(name: "Logging", package: "swift-log")],
+            path: "Fuzz",
+            swiftSettings: strict
+        ),
         // Shared by the test targets: temporary directories, the built binary, off-pool waits.
         .target(name: "TestSupport", path: "Tests/Support", swiftSettings: strict),
         .testTarget(name: "WALTests", dependencies: ["WAL", "TestSupport"], swiftSettings: strict),

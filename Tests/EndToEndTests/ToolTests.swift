@@ -1,0 +1,74 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// The scripts and helper binaries beside `sluice`, run the way a developer runs them.
+@Suite struct ToolTests {
+    /// Runs `executable arguments…` with `environment` added to this process's, to completion:
+    /// exit status, standard output, standard error.
+    func run(
+        _ executable: String,
+        _ arguments: [String],
+        environment: [String: String] = [:]
+    ) throws -> (status: Int32, output: String, errors: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let output = out.fileHandleForReading.readDataToEndOfFile()
+        let errors = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (
+            process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: errors, as: UTF8.self)
+        )
+    }
+
+    /// `scripts/clickhouse-local` in a checkout that has only a release build (or none): it runs
+    /// the build there is, and says what to do when there is none, instead of exiting silently.
+    @Test func clickhouseLocalFindsAReleaseOnlyBuildAndExplainsAMissingOne() throws {
+        let checkout = try TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: checkout.path + "/scripts", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(
+            atPath: repositoryRoot().appendingPathComponent("scripts/clickhouse-local").path,
+            toPath: checkout.path + "/scripts/clickhouse-local"
+        )
+        let script = checkout.path + "/scripts/clickhouse-local"
+
+        let none = try self.run("/bin/bash", [script, checkout.path + "/data"])
+        #expect(none.status == 2)
+        #expect(none.errors.contains("no sluice binary"))
+
+        try FileManager.default.createDirectory(
+            atPath: checkout.path + "/.build/release",
+            withIntermediateDirectories: true
+        )
+        let fake = checkout.path + "/.build/release/sluice"
+        try "#!/bin/sh\necho \"release $*\"\n".write(toFile: fake, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: fake)
+        let release = try self.run("/bin/bash", [script, checkout.path + "/data", "18123"])
+        #expect(release.status == 0, "\(release.errors)")
+        #expect(release.output == "release dev-clickhouse \(checkout.path)/data --http-port 18123\n")
+    }
+
+    /// The fuzzing harnesses (scripts/fuzz) replay their seed corpus through the body decoders
+    /// and the WAL's segment reader without a failed check: the harness builds, its seeds are
+    /// real inputs, and `make test` notices a harness that no longer runs.
+    @Test func theFuzzingHarnessesReplayTheirSeeds() throws {
+        let fuzz = repositoryRoot().appendingPathComponent(".build/debug/sluice-fuzz").path
+        let seeds = try TemporaryDirectory()
+        let seeded = try self.run(fuzz, ["seed", seeds.path])
+        #expect(seeded.status == 0, "\(seeded.errors)")
+        for target in ["bodies", "segments"] {
+            let files = try FileManager.default.contentsOfDirectory(atPath: seeds.path + "/" + target)
+            #expect(files.count >= 6, "\(target): \(files.count) seeds")
+            let replay = try self.run(fuzz, [seeds.path + "/" + target], environment: ["SLUICE_FUZZ_TARGET": target])
+            #expect(replay.status == 0, "\(replay.errors)")
+            #expect(replay.output.contains("\(files.count) inputs through \(target): no check failed"))
+        }
+    }
+}
