@@ -17,12 +17,25 @@ let selectedHarness: Harness = {
 }()
 
 #if FUZZING
-/// libFuzzer's entry point: built with `-sanitize=fuzzer -D FUZZING` (scripts/fuzz), where
-/// libFuzzer supplies `main`.
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
-    selectedHarness.run(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
+/// libFuzzer's driver, which runs `callback` on each input (libFuzzer's `LLVMFuzzerRunDriver`).
+@_extern(c, "LLVMFuzzerRunDriver")
+func runFuzzerDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
+
+/// The entry point when built with `-sanitize=fuzzer -D FUZZING` (scripts/fuzz). SwiftPM links
+/// an executable's `main` to `<module>_main`, so the module supplies that and hands the
+/// command line to libFuzzer's driver rather than relying on libFuzzer's own `main`.
+@_cdecl("sluice_fuzz_main")
+func fuzzingMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var argc = argc
+    var argv = argv
+    return runFuzzerDriver(&argc, &argv) { data, size in
+        selectedHarness.run(UnsafeRawBufferPointer(start: data, count: size))
+        return 0
+    }
 }
 #else
 /// Without libFuzzer: replays the files named on the command line (a corpus, or the inputs a
