@@ -20,6 +20,12 @@ public struct WALService: Service {
     }
 }
 
+/// The gateway's paths and the methods each takes: 405 answers list them in `Allow`.
+let gatewayRoutes: [String: [HTTPRequest.Method]] = [
+    "/v1/events": [.post], "/v1/events/batch": [.post], "/v1/pixel": [.get, .head],
+    "/healthz": [.get], "/readyz": [.get], "/metrics": [.get],
+]
+
 /// Builds the gateway's router: ingest routes, health, readiness and metrics.
 ///
 /// - Parameters:
@@ -31,12 +37,24 @@ public func buildGatewayRouter(
     registry: PrometheusCollectorRegistry,
     logger: Logger
 ) -> Router<IngestRequestContext> {
-    let metrics = HTTPMetrics()
+    buildGatewayRouter(
+        configuration: configuration,
+        wal: wal,
+        registry: registry,
+        metrics: HTTPMetrics(),
+        logger: logger
+    )
+}
+
+func buildGatewayRouter(
+    configuration: GatewayConfiguration,
+    wal: WAL?,
+    registry: PrometheusCollectorRegistry,
+    metrics: HTTPMetrics,
+    logger: Logger
+) -> Router<IngestRequestContext> {
     let ingest = Ingest(wal: wal, configuration: configuration, metrics: metrics, logger: logger)
-    let routes: [String: [HTTPRequest.Method]] = [
-        "/v1/events": [.post], "/v1/events/batch": [.post], "/v1/pixel": [.get, .head],
-        "/healthz": [.get], "/readyz": [.get], "/metrics": [.get],
-    ]
+    let routes = gatewayRoutes
     let router = Router(context: IngestRequestContext.self)
     router.add(
         middleware: AccessLogMiddleware(
@@ -121,14 +139,51 @@ public func buildGatewayApplication(
     services: [any Service] = [],
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
-    let router = buildGatewayRouter(configuration: configuration, wal: wal, registry: registry, logger: logger)
+    let metrics = HTTPMetrics()
+    let router = buildGatewayRouter(
+        configuration: configuration,
+        wal: wal,
+        registry: registry,
+        metrics: metrics,
+        logger: logger
+    )
+    var connectionLimit = configuration.maxConnections
+    if let descriptors = ConnectionLimiter.descriptorLimit() {
+        connectionLimit = ConnectionLimiter.effectiveLimit(configured: connectionLimit, descriptorLimit: descriptors)
+        if connectionLimit < configuration.maxConnections {
+            logger.notice(
+                "gateway.max_connections.lowered",
+                metadata: [
+                    "gateway.max_connections": "\(connectionLimit)",
+                    "detail": .string(
+                        "gateway.max_connections \(configuration.maxConnections) does not fit the process's descriptor limit of \(descriptors) (ulimit -n, LimitNOFILE) with \(ConnectionLimiter.reservedDescriptors) kept for the WAL and Kafka; raise the limit to allow more"
+                    ),
+                ]
+            )
+        }
+    }
+    let limit = connectionLimit
     return Application(
         router: router,
+        server: .gateway(
+            HTTPGuardSettings(configuration: configuration, routes: gatewayRoutes, metrics: metrics, logger: logger)
+        ),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sluice"),
         // Shutdown runs in reverse: the server stops, then these (the forwarder flushes to
         // Kafka), then the WAL closes.
         services: (wal.map { [WALService(wal: $0)] } ?? []) + services,
-        onServerRunning: onServerRunning,
+        onServerRunning: { channel in
+            // Added before anything is accepted in earnest: the caller learns the port here.
+            try? await channel.eventLoop.submit {
+                // One accept per wakeup, so that accepting stops exactly at the limit.
+                try channel.syncOptions?.setOption(ChannelOptions.maxMessagesPerRead, value: 1)
+                try channel.pipeline.syncOperations.addHandler(
+                    ConnectionLimiter(limit: limit, metrics: metrics, logger: logger),
+                    position: .first
+                )
+            }.get()
+            await onServerRunning(channel)
+        },
         logger: logger
     )
 }
