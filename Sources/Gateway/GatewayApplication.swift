@@ -20,10 +20,11 @@ public struct WALService: Service {
     }
 }
 
-/// The gateway's paths and the methods each takes: 405 answers list them in `Allow`.
+/// The gateway's paths and the methods each takes: 405 answers list them in `Allow`. Every
+/// GET route also answers HEAD.
 let gatewayRoutes: [String: [HTTPRequest.Method]] = [
     "/v1/events": [.post], "/v1/events/batch": [.post], "/v1/pixel": [.get, .head],
-    "/healthz": [.get], "/readyz": [.get], "/metrics": [.get],
+    "/healthz": [.get, .head], "/readyz": [.get, .head], "/metrics": [.get, .head],
 ]
 
 /// Builds the gateway's router: ingest routes, health, readiness and metrics.
@@ -55,7 +56,9 @@ func buildGatewayRouter(
 ) -> Router<IngestRequestContext> {
     let ingest = Ingest(wal: wal, configuration: configuration, metrics: metrics, logger: logger)
     let routes = gatewayRoutes
-    let router = Router(context: IngestRequestContext.self)
+    // HEAD on a GET route answers what GET would, without the body (RFC 9110 section 9.3.2);
+    // NIO's encoder drops the body, so error answers to HEAD stay well framed too.
+    let router = Router(context: IngestRequestContext.self, options: .autoGenerateHeadEndpoints)
     router.add(
         middleware: AccessLogMiddleware(
             logger: logger,
@@ -81,6 +84,9 @@ func buildGatewayRouter(
         try await ingest.events(request, context: context, batch: true)
     }
     router.get("/v1/pixel") { request, context in try await ingest.pixel(request, context: context) }
+    router.head("/v1/pixel") { request, context in
+        try pixelHead(request, context: context, configuration: configuration)
+    }
     router.get("/healthz") { _, _ in Ingest.json(.ok, .object([("status", .string("ok"))])) }
     router.get("/readyz") { _, _ in
         guard let wal else {
@@ -106,6 +112,43 @@ func buildGatewayRouter(
     }
     router.get("/metrics") { _, _ in prometheusExposition(registry) }
     return router
+}
+
+/// `HEAD /v1/pixel`: the answer GET would give (200 and the GIF's headers, or the same 4xx),
+/// without storing the event. Link checkers, crawlers and browsers' prefetchers send HEAD;
+/// they are not page views.
+func pixelHead(
+    _ request: Request,
+    context: IngestRequestContext,
+    configuration: GatewayConfiguration
+) throws
+    -> Response
+{
+    let fields: [DecodedItem.Field]
+    do {
+        fields = try BodyDecoder.form(Array((request.uri.query ?? "").utf8))
+    } catch {
+        throw Problem(.malformed, error.detail)
+    }
+    let origin = RequestOrigin(
+        receivedAtMillis: Timestamp.nowMillis(),
+        clientIP: context.clientIP,
+        userAgent: request.headers[.userAgent],
+        gatewayID: configuration.gatewayID
+    )
+    if case .failure(let failure) = Ingest.validate(
+        .fields(fields),
+        pointer: "",
+        origin: origin,
+        limits: configuration.limits
+    ) {
+        throw Problem(.invalidEvents, "the event is invalid", errors: failure.errors)
+    }
+    var headers = HTTPFields()
+    headers[.contentType] = "image/gif"
+    headers[.cacheControl] = "no-store"
+    headers[.contentLength] = String(Ingest.gif.count)
+    return Response(status: .ok, headers: headers, body: .init())
 }
 
 /// Refuses cross-origin browser requests from origins not on the list (CORS headers alone

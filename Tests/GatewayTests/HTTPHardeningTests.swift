@@ -323,6 +323,45 @@ import Glibc
         try await running.stop()
     }
 
+    // MARK: D9: HEAD
+
+    @Test func headAnswersLikeGetWithoutABodyAndStoresNothing() async throws {
+        let running = try await Running()
+        let connection = try await running.connect()
+        let (head, next) = try await offPool {
+            try connection.send("HEAD /v1/pixel?action=click&user_id=h HTTP/1.1\r\nHost: t\r\n\r\n")
+            let head = connection.response(method: "HEAD")
+            // The same connection still frames the next answer correctly: no stray body bytes.
+            try connection.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            return (head, connection.response())
+        }
+        #expect(head?.status == 200)
+        #expect(head?.header("Content-Type") == "image/gif")
+        #expect(head?.header("Content-Length") == "43")
+        #expect(head?.rest.isEmpty == true)
+        #expect(next?.status == 200)
+        let invalid = try await running.exchange(
+            "HEAD /v1/pixel?action=click HTTP/1.1\r\nHost: t\r\n\r\n",
+            method: "HEAD"
+        )
+        #expect(invalid?.status == 422, "HEAD answers what GET would")
+        let health = try await running.exchange("HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n", method: "HEAD")
+        #expect(health?.status == 200)
+        for (request, allow) in [
+            ("POST /v1/pixel", "GET, HEAD"), ("POST /healthz", "GET, HEAD"), ("HEAD /v1/events", "POST"),
+            ("GET /v1/events/batch", "POST"), ("DELETE /metrics", "GET, HEAD"), ("PUT /readyz", "GET, HEAD"),
+        ] {
+            let response = try await running.exchange(
+                "\(request) HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+                method: String(request.prefix { $0 != " " })
+            )
+            #expect(response?.status == 405, "\(request)")
+            #expect(response?.header("Allow") == allow, "\(request)")
+        }
+        #expect(try await running.storedEventIDs().isEmpty, "HEAD stored an event")
+        try await running.stop()
+    }
+
     // MARK: D15: Expect
 
     @Test func expectContinueIsAnsweredAndOversizedBodiesAreRefusedBeforeTheyAreSent() async throws {
