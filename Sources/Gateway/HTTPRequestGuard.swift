@@ -103,6 +103,8 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var closeWhenAnswered = false
     /// A refusal waiting for earlier pipelined answers to be written.
     private var pendingRefusal: Refusal?
+    /// The last request was HTTP/1.0 with `Connection: keep-alive`.
+    private var keepAliveHTTP10 = false
 
     init(settings: HTTPGuardSettings) {
         self.settings = settings
@@ -241,6 +243,8 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 // The last request on this connection: anything after it is not read.
                 self.closeWhenAnswered = true
             }
+            // An HTTP/1.0 client keeps the connection only when the answer says so.
+            self.keepAliveHTTP10 = head.version == .http1_0 && head.isKeepAlive
             context.fireChannelRead(data)
         case .body:
             context.fireChannelRead(data)
@@ -291,7 +295,9 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 )
             )
         }
-        guard let expectation else { return .pass(expectsContinue: false) }
+        // RFC 9110 section 10.1.1: a server ignores 100-continue in an HTTP/1.0 request, and
+        // 1.0 has no expectations to fail.
+        guard let expectation, head.version != .http1_0 else { return .pass(expectsContinue: false) }
         guard expectation.trimmingSpaces().lowercased() == "100-continue" else {
             return .refuse(
                 Problem(.expectationFailed, "Expect: \(expectation) is not supported; only 100-continue is")
@@ -352,6 +358,9 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(var head):
             if self.closeWhenAnswered && self.timeouts.unanswered <= 1 && !Self.isInterim(head.status) {
                 head.headers.replaceOrAdd(name: "Connection", value: "close")
+                context.write(Self.wrapOutboundOut(.head(head)), promise: promise)
+            } else if self.keepAliveHTTP10 && self.timeouts.unanswered == 1 && !Self.isInterim(head.status) {
+                head.headers.replaceOrAdd(name: "Connection", value: "keep-alive")
                 context.write(Self.wrapOutboundOut(.head(head)), promise: promise)
             } else {
                 context.write(data, promise: promise)

@@ -398,7 +398,12 @@ import Glibc
         )
         #expect(odd?.status == 417)
         #expect(Self.problem(odd)?["type"] == .string("/problems/expectation-failed"))
-        #expect(try await running.storedEventIDs().count == 1)
+        // HTTP/1.0 has no expectations: the header is ignored (RFC 9110 section 10.1.1).
+        let old = try await running.exchange(
+            "POST /v1/events HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nExpect: 100-continue\r\n\r\n\(body)"
+        )
+        #expect(old?.status == 202)
+        #expect(try await running.storedEventIDs().count == 2)
         try await running.stop()
     }
 
@@ -420,7 +425,55 @@ import Glibc
             }
             #expect(response?.status == 200, "\(request)")
             #expect(closed == shouldClose, "\(request)")
+            if request.contains("HTTP/1.0") {
+                #expect(response?.header("Connection") == (shouldClose ? "close" : "keep-alive"), "\(request)")
+            }
         }
+        try await running.stop()
+    }
+
+    @Test func pipelinedRequestsAreAnsweredInOrderAndARefusalComesAfterThem() async throws {
+        let running = try await Running()
+        let post =
+            "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: \(Self.event.utf8.count)\r\n\r\n\(Self.event)"
+        let get = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+        let connection = try await running.connect()
+        let statuses = try await offPool {
+            try connection.send(String(repeating: post, count: 5) + get)
+            var bytes = connection.read(timeout: .seconds(5)) { bytes in
+                var rest = bytes
+                for _ in 0..<6 {
+                    guard let response = RawResponse.parse(rest) else { return false }
+                    rest = response.rest
+                }
+                return true
+            }.bytes
+            var statuses: [Int] = []
+            while let response = RawResponse.parse(bytes) {
+                statuses.append(response.status)
+                bytes = response.rest
+            }
+            return statuses
+        }
+        #expect(statuses == [202, 202, 202, 202, 202, 200])
+        // Good, broken, good in one write: the first is answered, then the refusal, then the
+        // connection closes; the third is never read.
+        let mixed = try await running.connect()
+        let (answers, closed) = try await offPool {
+            try mixed.send(post + "GET /healthz HTTP/1.1\r\nHost: t\r\nNoColon\r\n\r\n" + post)
+            let (bytes, closed) = mixed.read(timeout: .seconds(5))
+            var answers: [RawResponse] = []
+            var rest = bytes
+            while let response = RawResponse.parse(rest) {
+                answers.append(response)
+                rest = response.rest
+            }
+            return (answers, closed)
+        }
+        #expect(answers.map(\.status) == [202, 400])
+        #expect(Self.problem(answers.last)?["type"] == .string("/problems/malformed-request"))
+        #expect(closed)
+        #expect(try await running.storedEventIDs().count == 6)
         try await running.stop()
     }
 
