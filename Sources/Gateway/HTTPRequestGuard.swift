@@ -222,8 +222,9 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
         let part = Self.unwrapInboundIn(data)
         switch part {
         case .head(let head):
+            let now = NIODeadline.now()
             let started: NIODeadline
-            if case .head(let since) = self.timeouts.phase { started = since } else { started = .now() }
+            if case .head(let since) = self.timeouts.phase { started = since } else { started = now }
             let expectsContinue: Bool
             switch self.check(head) {
             case .refuse(let problem):
@@ -238,13 +239,14 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 let interim = HTTPResponseHead(version: .http1_1, status: .continue)
                 context.writeAndFlush(Self.wrapOutboundOut(.head(interim)), promise: nil)
             }
-            self.timeouts.headReceived(now: .now())
-            if !head.isKeepAlive {
+            self.timeouts.headReceived(now: now)
+            let keepAlive = head.isKeepAlive
+            if !keepAlive {
                 // The last request on this connection: anything after it is not read.
                 self.closeWhenAnswered = true
             }
             // An HTTP/1.0 client keeps the connection only when the answer says so.
-            self.keepAliveHTTP10 = head.version == .http1_0 && head.isKeepAlive
+            self.keepAliveHTTP10 = keepAlive && head.version == .http1_0
             context.fireChannelRead(data)
         case .body:
             context.fireChannelRead(data)

@@ -291,6 +291,17 @@ import Glibc
         let cases: [(String, String, Int)] = [
             ("garbage request line", "\u{1}\u{2}garbage\r\n\r\n", 400),
             ("header without a colon", "GET /healthz HTTP/1.1\r\nHost: t\r\nNoColon\r\n\r\n", 400),
+            ("HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+            (
+                "two different Content-Lengths",
+                "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx", 400
+            ),
+            (
+                "Content-Length and chunked (smuggling)",
+                "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                400
+            ),
+            ("a control character in a header", "GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\u{1}b\r\n\r\n", 400),
             ("a 90 KB header", "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: \(big)\r\n\r\n", 431),
             ("1,100 headers", "GET /healthz HTTP/1.1\r\nHost: t\r\n\(many)\r\n", 431),
         ]
@@ -314,7 +325,7 @@ import Glibc
         // The log reaches this process through a pipe, a moment after the answer.
         try await waitUntil(timeout: .seconds(5)) {
             running.accessLog.filter { $0.contains("\"http.response.status_code\":431") }.count == 2
-                && running.accessLog.filter { $0.contains("\"http.response.status_code\":400") }.count == 2
+                && running.accessLog.filter { $0.contains("\"http.response.status_code\":400") }.count == 6
         }
         let metrics = try await running.metrics()
         #expect(
