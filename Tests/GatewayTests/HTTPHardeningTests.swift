@@ -183,13 +183,15 @@ import Glibc
         #expect(served?.status == 200)
         held.removeAll()
         let metrics = try await running.metrics()
-        // The limit was reached twice (three held, then three again once the fourth got in):
-        // one warning, not one per pause or per connection.
+        // The limit was reached at least twice (three held, then three again once the fourth
+        // got in; the connection fetching /metrics may make it three): one warning, not one
+        // per pause or per connection.
         let warnings = running.gateway.standardOutput.split(separator: "\n").filter {
             $0.contains("gateway.connections.limit_reached")
         }
         #expect(warnings.count == 1)
-        #expect(metrics.contains("sluice_http_accept_pauses_total{reason=\"max_connections\"} 2"))
+        let pauses = metrics.first { $0.hasPrefix("sluice_http_accept_pauses_total{reason=\"max_connections\"}") }
+        #expect((pauses?.split(separator: " ").last).flatMap { Int($0) } ?? 0 >= 2)
         #expect(metrics.contains { $0.hasPrefix("sluice_http_connections_limit 3") })
         #expect(metrics.contains { $0.hasPrefix("sluice_http_accept_pauses_total{reason=\"max_connections\"}") })
         try await running.stop()
