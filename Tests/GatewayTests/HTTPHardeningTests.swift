@@ -248,6 +248,48 @@ import Glibc
         kill(process.processIdentifier, SIGTERM)
     }
 
+    /// Descriptors taken by something else at run time: the limit was sized at start, so here
+    /// `accept` itself fails with EMFILE, which spun a core before (NIO keeps its read pending).
+    @Test func outOfDescriptorsAtRunTimeTheGatewayPausesAcceptingAndRecovers() async throws {
+        let running = try await Running()
+        let pid = running.gateway.child.processIdentifier
+        let prlimit = Process()
+        prlimit.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
+        prlimit.arguments = ["--pid", "\(pid)", "--nofile=128:128"]
+        try prlimit.run()
+        prlimit.waitUntilExit()
+        try #require(prlimit.terminationStatus == 0, "prlimit (util-linux) could not lower the limit")
+        let port = running.gateway.port
+        var sockets = try await offPool {
+            (0..<300).compactMap { _ in try? RawConnection(port: port, timeout: .milliseconds(100)) }
+        }
+        try await Task.sleep(for: .seconds(1))
+        let before = try Self.cpuSeconds(pid)
+        try await Task.sleep(for: .seconds(2))
+        let used = try Self.cpuSeconds(pid) - before
+        #expect(used < 0.5, "the gateway used \(used) s of CPU in 2 s while out of descriptors")
+        try await waitUntil(timeout: .seconds(5)) {
+            running.gateway.standardOutput.contains("\"reason\":\"fd_limit\"")
+        }
+        sockets.removeAll()
+        try await waitUntil(timeout: .seconds(10), pollEvery: .milliseconds(200)) {
+            (try? await running.exchange("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", timeout: .seconds(1)))?.status
+                == 200
+        }
+        let metrics = try await running.metrics()
+        #expect(
+            metrics.contains {
+                $0.hasPrefix("sluice_http_accept_pauses_total{reason=\"fd_limit\"}") && !$0.hasSuffix(" 0")
+            }
+        )
+        #expect(
+            running.gateway.standardOutput.split(separator: "\n").filter {
+                $0.contains("gateway.connections.limit_reached")
+            }.count == 1
+        )
+        try await running.stop()
+    }
+
     /// User plus system CPU time of a process, from /proc/PID/stat.
     static func cpuSeconds(_ pid: Int32) throws -> Double {
         let stat = try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)
