@@ -20,6 +20,13 @@ public struct WALService: Service {
     }
 }
 
+/// The gateway's paths and the methods each takes: 405 answers list them in `Allow`. Every
+/// GET route also answers HEAD.
+let gatewayRoutes: [String: [HTTPRequest.Method]] = [
+    "/v1/events": [.post], "/v1/events/batch": [.post], "/v1/pixel": [.get, .head],
+    "/healthz": [.get, .head], "/readyz": [.get, .head], "/metrics": [.get, .head],
+]
+
 /// Builds the gateway's router: ingest routes, health, readiness and metrics.
 ///
 /// - Parameters:
@@ -31,13 +38,27 @@ public func buildGatewayRouter(
     registry: PrometheusCollectorRegistry,
     logger: Logger
 ) -> Router<IngestRequestContext> {
-    let metrics = HTTPMetrics()
+    buildGatewayRouter(
+        configuration: configuration,
+        wal: wal,
+        registry: registry,
+        metrics: HTTPMetrics(),
+        logger: logger
+    )
+}
+
+func buildGatewayRouter(
+    configuration: GatewayConfiguration,
+    wal: WAL?,
+    registry: PrometheusCollectorRegistry,
+    metrics: HTTPMetrics,
+    logger: Logger
+) -> Router<IngestRequestContext> {
     let ingest = Ingest(wal: wal, configuration: configuration, metrics: metrics, logger: logger)
-    let routes: [String: [HTTPRequest.Method]] = [
-        "/v1/events": [.post], "/v1/events/batch": [.post], "/v1/pixel": [.get, .head],
-        "/healthz": [.get], "/readyz": [.get], "/metrics": [.get],
-    ]
-    let router = Router(context: IngestRequestContext.self)
+    let routes = gatewayRoutes
+    // HEAD on a GET route answers what GET would, without the body (RFC 9110 section 9.3.2);
+    // NIO's encoder drops the body, so error answers to HEAD stay well framed too.
+    let router = Router(context: IngestRequestContext.self, options: .autoGenerateHeadEndpoints)
     router.add(
         middleware: AccessLogMiddleware(
             logger: logger,
@@ -63,6 +84,9 @@ public func buildGatewayRouter(
         try await ingest.events(request, context: context, batch: true)
     }
     router.get("/v1/pixel") { request, context in try await ingest.pixel(request, context: context) }
+    router.head("/v1/pixel") { request, context in
+        try pixelHead(request, context: context, configuration: configuration)
+    }
     router.get("/healthz") { _, _ in Ingest.json(.ok, .object([("status", .string("ok"))])) }
     router.get("/readyz") { _, _ in
         guard let wal else {
@@ -88,6 +112,43 @@ public func buildGatewayRouter(
     }
     router.get("/metrics") { _, _ in prometheusExposition(registry) }
     return router
+}
+
+/// `HEAD /v1/pixel`: the answer GET would give (200 and the GIF's headers, or the same 4xx),
+/// without storing the event. Link checkers, crawlers and browsers' prefetchers send HEAD;
+/// they are not page views.
+func pixelHead(
+    _ request: Request,
+    context: IngestRequestContext,
+    configuration: GatewayConfiguration
+) throws
+    -> Response
+{
+    let fields: [DecodedItem.Field]
+    do {
+        fields = try BodyDecoder.form(Array((request.uri.query ?? "").utf8))
+    } catch {
+        throw Problem(.malformed, error.detail)
+    }
+    let origin = RequestOrigin(
+        receivedAtMillis: Timestamp.nowMillis(),
+        clientIP: context.clientIP,
+        userAgent: request.headers[.userAgent],
+        gatewayID: configuration.gatewayID
+    )
+    if case .failure(let failure) = Ingest.validate(
+        .fields(fields),
+        pointer: "",
+        origin: origin,
+        limits: configuration.limits
+    ) {
+        throw Problem(.invalidEvents, "the event is invalid", errors: failure.errors)
+    }
+    var headers = HTTPFields()
+    headers[.contentType] = "image/gif"
+    headers[.cacheControl] = "no-store"
+    headers[.contentLength] = String(Ingest.gif.count)
+    return Response(status: .ok, headers: headers, body: .init())
 }
 
 /// Refuses cross-origin browser requests from origins not on the list (CORS headers alone
@@ -121,14 +182,51 @@ public func buildGatewayApplication(
     services: [any Service] = [],
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
-    let router = buildGatewayRouter(configuration: configuration, wal: wal, registry: registry, logger: logger)
+    let metrics = HTTPMetrics()
+    let router = buildGatewayRouter(
+        configuration: configuration,
+        wal: wal,
+        registry: registry,
+        metrics: metrics,
+        logger: logger
+    )
+    var connectionLimit = configuration.maxConnections
+    if let descriptors = ConnectionLimiter.descriptorLimit() {
+        connectionLimit = ConnectionLimiter.effectiveLimit(configured: connectionLimit, descriptorLimit: descriptors)
+        if connectionLimit < configuration.maxConnections {
+            logger.notice(
+                "gateway.max_connections.lowered",
+                metadata: [
+                    "gateway.max_connections": "\(connectionLimit)",
+                    "detail": .string(
+                        "gateway.max_connections \(configuration.maxConnections) does not fit the process's descriptor limit of \(descriptors) (ulimit -n, LimitNOFILE) with \(ConnectionLimiter.reservedDescriptors) kept for the WAL and Kafka; raise the limit to allow more"
+                    ),
+                ]
+            )
+        }
+    }
+    let limit = connectionLimit
     return Application(
         router: router,
+        server: .gateway(
+            HTTPGuardSettings(configuration: configuration, routes: gatewayRoutes, metrics: metrics, logger: logger)
+        ),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sluice"),
         // Shutdown runs in reverse: the server stops, then these (the forwarder flushes to
         // Kafka), then the WAL closes.
         services: (wal.map { [WALService(wal: $0)] } ?? []) + services,
-        onServerRunning: onServerRunning,
+        onServerRunning: { channel in
+            // Added before anything is accepted in earnest: the caller learns the port here.
+            try? await channel.eventLoop.submit {
+                // One accept per wakeup, so that accepting stops exactly at the limit.
+                try channel.syncOptions?.setOption(ChannelOptions.maxMessagesPerRead, value: 1)
+                try channel.pipeline.syncOperations.addHandler(
+                    ConnectionLimiter(limit: limit, metrics: metrics, logger: logger),
+                    position: .first
+                )
+            }.get()
+            await onServerRunning(channel)
+        },
         logger: logger
     )
 }

@@ -27,6 +27,22 @@ public struct GatewayConfiguration: Sendable {
     public var appendTimeout: Duration = .milliseconds(150)
     /// `Retry-After` seconds on 503. Default: 1.
     public var retryAfterSeconds = 1
+    /// Longest a connection may wait for the first byte of its next request (a keep-alive
+    /// connection between requests, or a new one) before it is closed without an answer.
+    /// Default: 75 s, longer than the 60 s idle timeout of common load balancers, so that they
+    /// close first and never send a request into a connection the gateway is closing.
+    public var idleTimeout: Duration = .seconds(75)
+    /// Longest from the first byte of a request to the end of its header section; then 408
+    /// and the connection is closed. Default: 10 s.
+    public var headerTimeout: Duration = .seconds(10)
+    /// Longest from the end of the header section to the end of the body, however steadily
+    /// the bytes arrive; then 408, nothing is stored and the connection is closed. Default: 60 s
+    /// (a 5 MiB body at 700 kbit/s).
+    public var bodyTimeout: Duration = .seconds(60)
+    /// Most client connections open at once. At the limit the gateway stops accepting, and
+    /// new connections wait in the kernel's listen backlog until one closes. Lowered at start
+    /// to fit the process's descriptor limit (see ``ConnectionLimiter``). Default: 10,000.
+    public var maxConnections = 10_000
     /// Benchmark only: accept events without writing them anywhere. Never set in production.
     public var unsafeSkipWAL = false
 
@@ -45,6 +61,10 @@ public struct GatewayConfiguration: Sendable {
         guard self.maxBodyBytes >= 1024 else { throw fail("max body bytes \(self.maxBodyBytes) is below 1024") }
         guard self.maxBatchEvents >= 1 else { throw fail("max batch events must be at least 1") }
         guard self.appendTimeout > .zero else { throw fail("append timeout must be positive") }
+        guard self.idleTimeout > .zero else { throw fail("idle timeout must be positive") }
+        guard self.headerTimeout > .zero else { throw fail("header timeout must be positive") }
+        guard self.bodyTimeout > .zero else { throw fail("body timeout must be positive") }
+        guard self.maxConnections >= 1 else { throw fail("max connections must be at least 1") }
         for proxy in self.trustedProxies where TrustedProxies.parse(proxy) == nil {
             throw fail("trusted proxy '\(proxy)' is neither an IP address nor an IPv4 CIDR block")
         }

@@ -10,6 +10,28 @@ final class HTTPMetrics: Sendable {
     let acceptedBytes = Counter(label: "sluice_gateway_accepted_body_bytes_total")
     let appendTimeouts = Counter(label: "sluice_gateway_append_timeouts_total")
 
+    /// Client connections open now, and the most allowed (``ConnectionLimiter``).
+    let connections = Gauge(label: "sluice_http_connections")
+    let connectionsLimit = Gauge(label: "sluice_http_connections_limit")
+    /// Times accepting stopped: at `max_connections`, or because the process ran out of
+    /// descriptors (EMFILE/ENFILE).
+    let acceptPausedAtLimit = Counter(
+        label: "sluice_http_accept_pauses_total",
+        dimensions: [("reason", "max_connections")]
+    )
+    let acceptPausedAtFDLimit = Counter(label: "sluice_http_accept_pauses_total", dimensions: [("reason", "fd_limit")])
+    /// Connections closed right after accept: over the limit, or taken only to clear the
+    /// backlog while out of descriptors.
+    let refusedAtLimit = Counter(
+        label: "sluice_http_connections_refused_total",
+        dimensions: [("reason", "max_connections")]
+    )
+    let refusedAtFDLimit = Counter(label: "sluice_http_connections_refused_total", dimensions: [("reason", "fd_limit")])
+    /// Connections closed by a timeout (``HTTPRequestGuard``).
+    let idleTimeouts = Counter(label: "sluice_http_timeouts_total", dimensions: [("reason", "idle")])
+    let headerTimeouts = Counter(label: "sluice_http_timeouts_total", dimensions: [("reason", "header")])
+    let bodyTimeouts = Counter(label: "sluice_http_timeouts_total", dimensions: [("reason", "body")])
+
     private struct Key: Hashable {
         var route: String
         var method: String
@@ -21,7 +43,13 @@ final class HTTPMetrics: Sendable {
     private let timers = Mutex<[String: Metrics.Timer]>([:])
 
     func record(route: String, method: HTTPRequest.Method, status: Int, duration: Duration) {
-        let key = Key(route: route, method: method.rawValue, status: status)
+        self.record(route: route, method: method.rawValue, status: status, duration: duration)
+    }
+
+    /// `method` and `route` must come from a bounded set: the parser's methods, known paths,
+    /// `other`, `(unparsed)`.
+    func record(route: String, method: String, status: Int, duration: Duration) {
+        let key = Key(route: route, method: method, status: status)
         let counter = self.counters.withLock { counters in
             if let counter = counters[key] { return counter }
             let counter = Counter(

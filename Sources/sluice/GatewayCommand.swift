@@ -75,3 +75,25 @@ struct GatewayCommand: AsyncParsableCommand {
         try await PipelineProcess(settings: settings, runsGateway: true, loader: nil).run()
     }
 }
+
+/// Why a server stopped, in one sentence for an operator: a taken or unusable address is
+/// named, with what to do about it.
+func describeServerStop(_ error: any Error, host: String, port: Int) -> String {
+    let address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    if let error = error as? IOError {
+        switch error.errnoCode {
+        case EADDRINUSE:
+            return
+                "\(address) is already in use by another process (another sluice?); stop it, or listen elsewhere with --listen HOST:PORT or gateway.listen"
+        case EADDRNOTAVAIL:
+            return
+                "cannot listen on \(address): \(host) is not an address of this host; use 0.0.0.0 for every interface"
+        case EACCES:
+            return
+                "cannot listen on \(address): permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        default:
+            break
+        }
+    }
+    return "stopped: \(describe(error))"
+}

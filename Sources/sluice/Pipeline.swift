@@ -86,7 +86,7 @@ struct PipelineProcess {
             try await app.runService()
         } catch {
             if let wal { await wal.close() }
-            printError("sluice: stopped: \(describe(error))")
+            printError("sluice: \(describeServerStop(error, host: gateway.host, port: gateway.port))")
             throw ExitCode.failure
         }
     }

@@ -320,6 +320,31 @@ enum SettingsLoader {
         SettingKey(path: "gateway.append_timeout", kind: .duration, help: "answer 503 if the WAL takes longer (150ms)")
         { settings, value, key in settings.gateway.appendTimeout = try value.duration(key)
         },
+        SettingKey(
+            path: "gateway.idle_timeout",
+            kind: .duration,
+            help: "close a connection that waits this long for its next request (75s)"
+        ) { settings, value, key in settings.gateway.idleTimeout = try value.duration(key)
+        },
+        SettingKey(
+            path: "gateway.header_timeout",
+            kind: .duration,
+            help: "408 when a request's headers take longer from its first byte (10s)"
+        ) { settings, value, key in settings.gateway.headerTimeout = try value.duration(key)
+        },
+        SettingKey(
+            path: "gateway.body_timeout",
+            kind: .duration,
+            help: "408 when a request's whole body takes longer after its headers (60s)"
+        ) { settings, value, key in settings.gateway.bodyTimeout = try value.duration(key)
+        },
+        SettingKey(
+            path: "gateway.max_connections",
+            kind: .integer,
+            help: "most open client connections; more wait in the backlog (10000, capped by the fd limit)"
+        ) { settings, value, key in
+            settings.gateway.maxConnections = Int(try value.integer(key, range: 1...1_000_000))
+        },
         SettingKey(path: "gateway.properties_max_bytes", kind: .integer, help: "largest properties object (16384)") {
             settings,
             value,
