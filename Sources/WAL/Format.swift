@@ -95,7 +95,7 @@ enum FrameType: UInt8, Sendable {
 /// ```
 /// 0  magic u32 "WALR"   4 payload length u32   8 header CRC32C   12 payload CRC32C
 /// 16 LSN u64            24 append time (unix ns) u64
-/// 32 event count u32    36 type u8   37 flags u8   38 reserved u16
+/// 32 event count u32    36 type u8   37 flags u8   38 writer tag u16
 /// ```
 /// The header CRC covers bytes 0..<8 and 12..<40, so a damaged length is caught before it
 /// is trusted; the magic lets a reader find the next frame after damage.
@@ -110,6 +110,10 @@ struct FrameHeader: Equatable, Sendable {
     var eventCount: UInt32
     var type: FrameType
     var flags: UInt8 = 0
+    /// Random per writer run (never 0, and never one already in the segment it appends to);
+    /// 0 in frames written before tags existed. Two writers appending to one segment at once
+    /// leave tags that come back after another: evidence of overwritten frames.
+    var writerTag: UInt16 = 0
 
     /// Bytes the whole frame occupies, padding included.
     var frameLength: Int { alignedTo8(Self.size + Int(self.payloadLength)) }
@@ -126,7 +130,7 @@ struct FrameHeader: Equatable, Sendable {
         buffer.storeBytes(of: self.eventCount.littleEndian, toByteOffset: 32, as: UInt32.self)
         buffer[36] = self.type.rawValue
         buffer[37] = self.flags
-        buffer.storeBytes(of: UInt16(0), toByteOffset: 38, as: UInt16.self)
+        buffer.storeBytes(of: self.writerTag.littleEndian, toByteOffset: 38, as: UInt16.self)
         let crc = Self.headerCRC(UnsafeRawBufferPointer(buffer))
         buffer.storeBytes(of: crc.littleEndian, toByteOffset: 8, as: UInt32.self)
     }
@@ -162,7 +166,8 @@ struct FrameHeader: Equatable, Sendable {
                 timestampNanos: bytes.load(UInt64.self, at: 24),
                 eventCount: bytes.load(UInt32.self, at: 32),
                 type: type,
-                flags: bytes[37]
+                flags: bytes[37],
+                writerTag: bytes.load(UInt16.self, at: 38)
             )
         )
     }
@@ -308,6 +313,8 @@ public struct WALRecord: Sendable, Equatable {
     public var events: [[UInt8]]
     /// Bytes the record occupies on disk, frame header and padding included.
     public var frameLength: Int
+    /// The tag of the writer run that wrote it (0: written before tags existed).
+    var writerTag: UInt16 = 0
 
     public var eventCount: Int { self.events.count }
     public var nextLSN: LSN { self.lsn + UInt64(self.events.count) }

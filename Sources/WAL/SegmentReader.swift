@@ -168,7 +168,8 @@ struct SegmentReader {
                     lsn: header.lsn,
                     timestampNanos: header.timestampNanos,
                     events: events,
-                    frameLength: header.frameLength
+                    frameLength: header.frameLength,
+                    writerTag: header.writerTag
                 )
                 return (.record(record), offset + Int64(header.frameLength))
             } else {

@@ -66,6 +66,8 @@ enum SegmentScan {
         var header: SegmentHeader
         /// How the frames ended.
         var end: SegmentReader.End
+        /// Writer tags of the frames read (empty for footer-only reads).
+        var writerTags: Set<UInt16> = []
     }
 
     /// Summarises a segment: from its footer alone when it is sealed (unless `deep`), by a
@@ -129,10 +131,35 @@ enum SegmentScan {
         )
         var offset = Int64(SegmentHeader.size)
         var expected = header.firstLSN
+        // One writer run appends after the previous one, so each tag forms one stretch; a tag
+        // that comes back after another means two writers appended at the same time.
+        var currentTag: UInt16 = 0
+        var finishedTags: Set<UInt16> = []
+        var tags: Set<UInt16> = []
         while true {
             let (item, next) = try reader.next(at: offset, expected: expected)
             switch item {
             case .record(let record):
+                if record.writerTag != 0 && record.writerTag != currentTag {
+                    if finishedTags.contains(record.writerTag) {
+                        summary.damage.append(
+                            Damage(
+                                segment: reader.name,
+                                startOffset: offset,
+                                endOffset: next,
+                                firstLostLSN: record.lsn,
+                                resumeLSN: record.lsn,
+                                reason:
+                                    "overwritten: frames of two writers interleave (writer \(record.writerTag) again at "
+                                    + "LSN \(record.lsn)...\(record.nextLSN.rawValue - 1) after writer \(currentTag)); "
+                                    + "two writers appended to this segment at once, so events of one were written over"
+                            )
+                        )
+                    }
+                    if currentTag != 0 { finishedTags.insert(currentTag) }
+                    currentTag = record.writerTag
+                    tags.insert(record.writerTag)
+                }
                 summary.records += 1
                 summary.minTimestampNanos = min(summary.minTimestampNanos ?? .max, record.timestampNanos)
                 summary.maxTimestampNanos = max(summary.maxTimestampNanos ?? 0, record.timestampNanos)
@@ -186,7 +213,7 @@ enum SegmentScan {
                 case .zeros, .endOfFile, .limit:
                     break
                 }
-                return Result(summary: summary, header: header, end: end)
+                return Result(summary: summary, header: header, end: end, writerTags: tags)
             }
             offset = next
         }

@@ -82,6 +82,8 @@ public final class WAL: Sendable {
         var failedRolls = 0
         var failedRollsUnlogged = 0
         var failedRollLoggedAt: UInt64 = 0
+        /// This run's writer tag, stamped into every frame (see ``FrameHeader/writerTag``).
+        var tag: UInt16 = 1
     }
 
     public let configuration: WALConfiguration
@@ -207,6 +209,9 @@ public final class WAL: Sendable {
                     fileSystem: fileSystem
                 )
             }
+            repeat {
+                writer.tag = UInt16.random(in: 1...UInt16.max)
+            } while recovered.activeTags.contains(writer.tag)
             // LSNs never go backwards, even if every segment was removed by hand.
             let highestCursor = cursors.values.map(\.position.lsn).max() ?? .zero
             let nextLSN = max(recovered.nextLSN, highestCursor)
@@ -336,6 +341,8 @@ public final class WAL: Sendable {
         var segments: [SegmentSummary]
         var active: GroupCommit<PendingAppend>.ActiveSegment?
         var nextLSN: LSN
+        /// Writer tags already in the active segment: this run must use another.
+        var activeTags: Set<UInt16> = []
     }
 
     private static func recover(
@@ -351,6 +358,7 @@ public final class WAL: Sendable {
             .sorted { $0.1 < $1.1 }
         var segments: [SegmentSummary] = []
         var active: GroupCommit<PendingAppend>.ActiveSegment?
+        var activeTags: Set<UInt16> = []
         for (index, (name, _)) in names.enumerated() {
             let path = directory + "/" + name
             let isLast = index == names.count - 1
@@ -420,6 +428,7 @@ public final class WAL: Sendable {
                     summary.fileBytes = try fileSystem.fileSize(fd, path: path)
                 }
                 summary.state = .active
+                activeTags = scan.writerTags
                 active = .init(
                     firstLSN: summary.firstLSN,
                     nextLSN: summary.nextLSN,
@@ -434,7 +443,7 @@ public final class WAL: Sendable {
             segments.append(summary)
         }
         let nextLSN = segments.last?.nextLSN ?? .zero
-        return Recovered(segments: segments, active: active, nextLSN: nextLSN)
+        return Recovered(segments: segments, active: active, nextLSN: nextLSN, activeTags: activeTags)
     }
 
     private static func isAllZeros(path: String, fileSystem: any WALFileSystem) throws -> Bool {
@@ -678,7 +687,8 @@ public final class WAL: Sendable {
                 lsn: record.lsn,
                 timestampNanos: batch.timestampNanos,
                 eventCount: record.eventCount,
-                type: .data
+                type: .data,
+                writerTag: self.writer.tag
             )
             let start = buffer.count
             buffer.append(contentsOf: repeatElement(0, count: FrameHeader.size))

@@ -36,7 +36,10 @@ struct WriterLock {
         do {
             directoryFD = try fileSystem.lockDirectory(directory, waitMilliseconds: waitMilliseconds)
         } catch let error as WALError where error.code == .locked {
-            let holder = Self.holderPID(directory: directory).map { "process \($0)" } ?? "another process"
+            let pid =
+                Self.holderPID(directory: directory)
+                ?? WriterSettings.read(directory: directory, fileSystem: fileSystem)?.pid
+            let holder = pid.map { "process \($0)" } ?? "another process"
             throw WALError(
                 .locked,
                 "\(directory) is locked by \(holder); a WAL directory has one writer at a time"

@@ -134,6 +134,57 @@ import Glibc
         #expect(try allEvents(in: directory.path)[LSN(5)] == event("next"))
     }
 
+    /// Two writers whose frames keep valid, increasing LSNs (each appended after the other's
+    /// frame at times): only the writer tags show it. Every run stamps its own tag, so a tag
+    /// that comes back after another one is a second writer, while a restart (a new tag once)
+    /// is not.
+    @Test func verifyReportsFramesOfTwoWritersThatInterleave() async throws {
+        let directory = try TemporaryDirectory()
+        for run in 0..<2 {
+            let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+            for index in 0..<3 { _ = try await wal.append([event("run-\(run)-\(index)")]) }
+            await wal.close()
+        }
+        let inspector = try WALInspector(directory: directory.path)
+        #expect(try inspector.verify().isClean, "a restart is not a second writer")
+        let active = try #require(try inspector.segments().last)
+        var first: Int64 = 0
+        try inspector.records(from: .zero) { item in
+            if case .record(_, _, let offset) = item { first = offset }
+            return false
+        }
+        let path = directory.path + "/" + active.name
+        let handle = try #require(FileHandle(forUpdatingAtPath: path))
+        try handle.seek(toOffset: UInt64(first))
+        let firstRunTag = try #require(try handle.read(upToCount: FrameHeader.size)).withUnsafeBytes {
+            $0.load(fromByteOffset: 38, as: UInt16.self)
+        }
+        // The first run's writer, still running, appends LSN 6 after the second run's frames.
+        let payload = EventPayload.encode([event("from-the-first-writer")])
+        let header = FrameHeader(
+            payloadLength: UInt32(payload.count),
+            payloadCRC: CRC32C.checksum(payload),
+            lsn: LSN(6),
+            timestampNanos: 1,
+            eventCount: 1,
+            type: .data,
+            writerTag: firstRunTag
+        )
+        var frame = [UInt8](repeating: 0, count: header.frameLength)
+        frame.withUnsafeMutableBytes { header.write(into: $0) }
+        frame.replaceSubrange(FrameHeader.size..<FrameHeader.size + payload.count, with: payload)
+        try handle.seek(toOffset: UInt64(active.dataEnd))
+        try handle.write(contentsOf: frame)
+        try handle.close()
+
+        let report = try inspector.verify()
+        #expect(!report.isClean)
+        #expect(
+            report.problems.contains { $0.detail.contains("two writers interleave") && $0.detail.contains("LSN 6...6") }
+        )
+        #expect(try await runSluice(["wal", "verify", directory.path]).status == 1)
+    }
+
     // MARK: - D4: a damaged header costs the header, not the segment
 
     @Test(arguments: [Int64(0), 20, 40, 61])
