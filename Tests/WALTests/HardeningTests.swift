@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 
 @_spi(Testing) @testable import WAL
@@ -303,6 +304,34 @@ import Glibc
         #expect(error?.message.contains("wal.min_free_bytes (\(1 << 60))") == true)
         #expect(error?.message.contains("the WAL holds") == false)
         await wal.close()
+    }
+
+    @Test func aFullDiskLogsItsFailuresOnceNotPerRefusedRequestAndSaysWhenItRecovers() async throws {
+        let directory = try TemporaryDirectory()
+        let faults = FaultInjectingFileSystem()
+        let logs = CapturedLogs()
+        let wal = try await WAL.open(testConfiguration(directory.path, fileSystem: faults), logger: logs.logger)
+        faults.inject(.allocate, errno: ENOSPC)
+        for index in 0..<20 {
+            await #expect(throws: WALError.self) { _ = try await wal.append([event("refused-\(index)")]) }
+        }
+        #expect(logs.count("wal.segment_create_failed") == 1)
+        faults.clear()
+        _ = try await wal.append([event("stored")])
+        #expect(logs.count("wal.segment_create_recovered") == 1)
+        await wal.close()
+    }
+
+    @Test func pressureRisingSaysWhy() async throws {
+        let directory = try TemporaryDirectory()
+        var configuration = testConfiguration(directory.path)
+        configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 1 << 60)
+        let logs = CapturedLogs()
+        let wal = try await WAL.open(configuration, logger: logs.logger)
+        await wal.close()
+        let rising = try #require(logs.entries.first { $0.message == "wal.pressure_rising" })
+        #expect("\(rising.metadata["wal.reason"] ?? "")".contains("below wal.min_free_bytes"))
+        #expect(logs.count("wal.free_space_low") == 1)
     }
 
     @Test func statComputesPressureWithTheRunningWritersBudget() async throws {
