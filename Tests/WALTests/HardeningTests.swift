@@ -90,6 +90,27 @@ import Glibc
         await reopened.close()
     }
 
+    /// A restored backup or a `mv` swaps the directory under a running writer: it would go on
+    /// acknowledging events into files no path names any more.
+    @Test func aWriterWhoseDirectoryIsReplacedStopsAccepting() async throws {
+        let root = try TemporaryDirectory()
+        let path = root.path + "/wal"
+        let wal = try await WAL.open(Self.fastLockChecks(path), logger: quietLogger)
+        _ = try await wal.append([event("before")])
+        #expect(rename(path, root.path + "/wal.moved") == 0)
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+        try await waitUntil(timeout: .seconds(5)) { !wal.isWritable }
+        let refused = await #expect(throws: WALError.self) { _ = try await wal.append([event("after")]) }
+        #expect(refused?.message.contains("moved, deleted or replaced") == true)
+        #expect(wal.unavailableReason?.contains("moved, deleted or replaced") == true)
+        // A writer on the new directory is not held up by the stopped one.
+        let fresh = try await WAL.open(testConfiguration(path), logger: quietLogger)
+        _ = try await fresh.append([event("new")])
+        await fresh.close()
+        await wal.close()
+        #expect(try allEvents(in: root.path + "/wal.moved").values.contains(event("before")))
+    }
+
     /// What two writers appending at the same offsets leave behind: an intact frame whose
     /// LSNs the chain already passed. A torn write cannot leave an intact frame, so this is
     /// not an unacknowledged tail to cut off but damage to report.
