@@ -285,7 +285,9 @@ public enum EventPayload {
 
     public static func decode(_ payload: ArraySlice<UInt8>, expectedCount: Int) -> [[UInt8]]? {
         var events: [[UInt8]] = []
-        events.reserveCapacity(expectedCount)
+        // Each event takes at least its 4-byte length: a count from a damaged (or fuzzed)
+        // header cannot make this reserve more than the payload could hold.
+        events.reserveCapacity(min(max(expectedCount, 0), payload.count / 4))
         var offset = 0
         let ok = payload.withUnsafeBytes { raw -> Bool in
             while offset < raw.count {
@@ -318,4 +320,30 @@ public struct WALRecord: Sendable, Equatable {
 
     public var eventCount: Int { self.events.count }
     public var nextLSN: LSN { self.lsn + UInt64(self.events.count) }
+}
+
+/// The on-disk format's parsers as pure, total functions over bytes: the entry points for a
+/// fuzz target. None does I/O or keeps state, and no input may make one trap.
+@_spi(Testing)
+public enum FormatFuzzing {
+    /// Parses `bytes` as one frame from its first byte (header, length, payload checksum)
+    /// and, for an intact data frame, its payload into events. Returns the events, an empty
+    /// array for an intact footer, or nil when the bytes are not one whole intact frame.
+    public static func parseFrame(_ bytes: UnsafeRawBufferPointer) -> [[UInt8]]? {
+        guard case .frame(let header) = FrameHeader.parseFrame(bytes) else { return nil }
+        let payload = UnsafeRawBufferPointer(
+            rebasing: bytes[FrameHeader.size..<FrameHeader.size + Int(header.payloadLength)]
+        )
+        switch header.type {
+        case .footer:
+            return SegmentFooter.decode(payload: payload) == nil ? nil : []
+        case .data:
+            return EventPayload.decode(Array(payload), expectedCount: Int(header.eventCount))
+        }
+    }
+
+    /// Parses `bytes` as a 64-byte segment header; returns its first LSN, or nil.
+    public static func parseSegmentHeader(_ bytes: UnsafeRawBufferPointer) -> UInt64? {
+        try? SegmentHeader.decode(bytes).get().firstLSN.rawValue
+    }
 }
