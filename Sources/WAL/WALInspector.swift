@@ -249,6 +249,13 @@ public struct WALInspector: Sendable {
             }
             previous = summary
         }
+        // Whole segments a writer moved aside at start-up (not one intact frame in them) are
+        // no longer in the directory's LSN chain; say so, or verify would look clean.
+        for file in try self.quarantine() where SegmentName.parse(file) != nil {
+            report.notes.append(
+                "\(Quarantine.directoryName)/\(file): a whole segment moved aside at start-up (no intact frame in it)"
+            )
+        }
         let cursorDirectory = self.directory + "/cursors"
         if self.fileSystem.fileExists(cursorDirectory) {
             for file in try self.fileSystem.listDirectory(cursorDirectory) where file.hasSuffix(CursorFile.suffix) {

@@ -263,6 +263,19 @@ import Glibc
         #expect(names.last != active.name)
     }
 
+    /// A file with no intact frame at all is still moved aside whole, as before; verify no
+    /// longer looks clean about it afterwards.
+    @Test func aSegmentWithoutOneIntactFrameIsMovedAsideAndVerifyStillMentionsIt() async throws {
+        let (directory, _) = try await Self.populated(records: 30)
+        let last = try #require(try WALInspector(directory: directory.path).segments().last)
+        #expect(truncate(directory.path + "/" + last.name, 10) == 0)
+        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        #expect(wal.recovery.quarantinedSegments == [last.name])
+        await wal.close()
+        let report = try WALInspector(directory: directory.path).verify()
+        #expect(report.notes.contains { $0.contains("quarantine/\(last.name)") })
+    }
+
     // MARK: - D13 (c): a damaged footer is a damaged footer
 
     @Test func aDamagedFooterIsReportedAsSuchAndTheSegmentStaysReadable() async throws {
