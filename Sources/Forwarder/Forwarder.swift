@@ -70,6 +70,9 @@ public final class Forwarder: Service, Sendable {
     /// The running pass's producer and how many passes ended in a fatal error (for tests).
     private let currentProducer = Mutex<KafkaProducer?>(nil)
     private let restartCount = Atomic<Int>(0)
+    /// Cursor commits failing since the last one that worked: logged when it starts and when
+    /// it ends, not every commit interval (a WAL that lost its lock refuses them for good).
+    private let failedCommits = Atomic<Int>(0)
     private let lastLag = Mutex(ForwarderLag())
     /// The running pass's tail, for the lag-in-bytes metric.
     private let currentTail = Mutex<WALTail?>(nil)
@@ -540,8 +543,17 @@ public final class Forwarder: Service, Sendable {
         guard target > current else { return }
         do {
             try await self.wal.commitCursor(self.configuration.cursorName, to: target)
+            let failed = self.failedCommits.exchange(0, ordering: .relaxed)
+            if failed > 0 {
+                self.logger.info(
+                    "forwarder.cursor_commit_recovered",
+                    metadata: ["forwarder.failed_commits": "\(failed)"]
+                )
+            }
         } catch {
-            self.logger.warning("forwarder.cursor_commit_failed", metadata: ["error": "\(error)"])
+            if self.failedCommits.wrappingAdd(1, ordering: .relaxed).oldValue == 0 {
+                self.logger.warning("forwarder.cursor_commit_failed", metadata: ["error": "\(error)"])
+            }
         }
     }
 }

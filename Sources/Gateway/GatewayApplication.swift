@@ -98,8 +98,7 @@ func buildGatewayRouter(
                 .object([("status", .string("ready")), ("wal_pressure", .string(wal.pressure.rawValue))])
             )
         }
-        let reason =
-            wal.pressure == .hard ? "the WAL is over its hard watermark" : (wal.lastWriteError ?? "the WAL is closed")
+        let reason = wal.unavailableReason ?? "the WAL is closed"
         var response = Ingest.json(
             .serviceUnavailable,
             .object([

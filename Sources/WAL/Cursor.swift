@@ -17,8 +17,10 @@ public struct CursorPosition: Sendable, Equatable, Codable {
 ///
 /// A store overwrites the slot holding the older generation and `fdatasync`s; a torn write
 /// can only damage that slot, so the other still holds the previous position. This needs no
-/// rename or directory fsync on the hot path. The file itself is created once, through a
-/// temporary file, `rename` and a directory fsync.
+/// rename or directory fsync on the hot path. The file itself is created through a temporary
+/// file, `rename` and a directory fsync: once, and again whenever a store finds that the file
+/// it holds open is no longer the one at its path (deleted or replaced while running), so a
+/// lost cursor file costs at most one commit interval, not a resend of the whole WAL.
 ///
 /// ```
 /// 0 magic "SLCURSOR"  8 version u16  10 reserved (6)  16 generation u64  24 LSN u64
@@ -99,6 +101,7 @@ struct CursorFile {
         name: String,
         lsn: LSN,
         now: UInt64,
+        generation: UInt64 = 1,
         fileSystem: any WALFileSystem
     ) throws {
         let path = directory + "/" + name + Self.suffix
@@ -106,8 +109,10 @@ struct CursorFile {
         if fileSystem.fileExists(temporary) { try fileSystem.unlink(temporary) }
         let fd = try fileSystem.open(temporary, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
         do {
-            var bytes = Self.encodeSlot(generation: 1, lsn: lsn, updatedNanos: now)
-            bytes += [UInt8](repeating: 0, count: Self.slotSize)
+            // Generation g lives in slot (g + 1) % 2, as in ``store(lsn:now:)``.
+            let slot = Self.encodeSlot(generation: generation, lsn: lsn, updatedNanos: now)
+            let empty = [UInt8](repeating: 0, count: Self.slotSize)
+            let bytes = generation % 2 == 1 ? slot + empty : empty + slot
             try bytes.withUnsafeBytes { try fileSystem.pwrite(fd, $0, at: 0, path: temporary) }
             try fileSystem.fdatasync(fd, path: temporary)
             fileSystem.close(fd)
@@ -121,7 +126,7 @@ struct CursorFile {
     }
 
     let path: String
-    let fd: Int32
+    private(set) var fd: Int32
     private(set) var position: CursorPosition
     private let fileSystem: any WALFileSystem
 
@@ -134,8 +139,30 @@ struct CursorFile {
     }
 
     /// Durably moves the cursor to `lsn`; on error the previous position still holds.
-    mutating func store(lsn: LSN, now: UInt64) throws {
+    ///
+    /// - Returns: nil normally; when the file at ``path`` was not the one held open (deleted
+    ///   or replaced), why, after writing a new file there holding `lsn`.
+    @discardableResult
+    mutating func store(lsn: LSN, now: UInt64) throws -> String? {
         let generation = self.position.generation + 1
+        if let problem = self.pathProblem() {
+            let directory = String(self.path[..<(self.path.lastIndex(of: "/") ?? self.path.startIndex)])
+            try Self.create(
+                directory: directory.isEmpty ? "." : directory,
+                name: self.position.name,
+                lsn: lsn,
+                now: now,
+                generation: generation,
+                fileSystem: self.fileSystem
+            )
+            let fd = try self.fileSystem.open(self.path, flags: O_RDWR, mode: 0)
+            self.fileSystem.close(self.fd)
+            self.fd = fd
+            self.position.generation = generation
+            self.position.lsn = lsn
+            self.position.updatedNanos = now
+            return problem
+        }
         let slot = Self.encodeSlot(generation: generation, lsn: lsn, updatedNanos: now)
         // Generation g lives in slot (g + 1) % 2: the new one never overwrites the current one.
         let offset = Int64(((generation + 1) % 2) * UInt64(Self.slotSize))
@@ -144,6 +171,19 @@ struct CursorFile {
         self.position.generation = generation
         self.position.lsn = lsn
         self.position.updatedNanos = now
+        return nil
+    }
+
+    /// Why the descriptor no longer backs the path (an `fstat` and a `stat`, once per store,
+    /// which the forwarder makes every commit interval), or nil.
+    private func pathProblem() -> String? {
+        guard let held = try? self.fileSystem.identity(of: self.fd, path: self.path) else { return nil }
+        guard let current = try? self.fileSystem.identity(atPath: self.path) else {
+            return "\(self.path) was deleted while in use"
+        }
+        if !current.isSameFile(as: held) { return "\(self.path) was replaced by another file while in use" }
+        if held.links == 0 { return "\(self.path) was deleted while in use" }
+        return nil
     }
 
     func close() { self.fileSystem.close(self.fd) }

@@ -71,6 +71,28 @@ public struct DiskBudget: Sendable, Equatable, Codable {
         if used >= budget * self.softFraction || volumeAvailable < 2 * self.minFreeBytes { return .soft }
         return .normal
     }
+
+    /// What puts `walBytes` and `volumeAvailable` above normal pressure, in words an operator
+    /// can act on (the volume's free space, the WAL's own size, or both); nil when normal.
+    public func pressureReason(walBytes: Int64, volumeAvailable: Int64) -> String? {
+        let level = self.pressure(walBytes: walBytes, volumeAvailable: volumeAvailable)
+        guard level != .normal else { return nil }
+        let fraction = level == .hard ? self.hardFraction : self.softFraction
+        var reasons: [String] = []
+        let reserve = level == .hard ? self.minFreeBytes : 2 * self.minFreeBytes
+        if volumeAvailable < reserve {
+            reasons.append(
+                "free space on the volume (\(volumeAvailable) bytes) is below "
+                    + (level == .hard ? "" : "twice ") + "wal.min_free_bytes (\(self.minFreeBytes))"
+            )
+        }
+        if Double(walBytes) >= Double(self.maxBytes) * fraction {
+            reasons.append(
+                "the WAL holds \(walBytes) bytes, over \(Int(fraction * 100)) % of wal.max_bytes (\(self.maxBytes))"
+            )
+        }
+        return reasons.joined(separator: ", and ")
+    }
 }
 
 /// Which sealed segments may go. Pure: the WAL feeds it the catalogue and deletes what it

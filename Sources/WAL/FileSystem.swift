@@ -33,6 +33,37 @@ public protocol WALFileSystem: Sendable {
     /// Takes an exclusive `flock` on `path` (created if missing) and returns the descriptor
     /// that holds it, or throws ``WALError/Code/locked`` once `waitMilliseconds` have passed.
     func lockExclusive(_ path: String, waitMilliseconds: Int) throws -> Int32
+    /// Takes an exclusive `flock` on the directory itself (an `O_RDONLY | O_DIRECTORY`
+    /// descriptor) and returns that descriptor, or throws ``WALError/Code/locked`` once
+    /// `waitMilliseconds` have passed. Unlike a lock file, a directory cannot be unlinked and
+    /// recreated under a writer that holds it.
+    func lockDirectory(_ path: String, waitMilliseconds: Int) throws -> Int32
+    /// Takes an exclusive `flock` on an open file without waiting, or throws
+    /// ``WALError/Code/locked``.
+    func tryLock(_ fd: Int32, path: String) throws
+    /// Device and inode of an open descriptor, and its link count (0 once unlinked).
+    func identity(of fd: Int32, path: String) throws -> FileIdentity
+    /// Device and inode of the file at `path` now; nil when nothing is there.
+    func identity(atPath path: String) throws -> FileIdentity?
+}
+
+/// Which file a path or descriptor is: device and inode, and how many names it has.
+public struct FileIdentity: Sendable, Equatable {
+    public var device: UInt64
+    public var inode: UInt64
+    /// Hard links; 0 for a file that was unlinked while open.
+    public var links: UInt64
+
+    /// Whether two identities name the same file (the link count aside).
+    public func isSameFile(as other: FileIdentity) -> Bool {
+        self.device == other.device && self.inode == other.inode
+    }
+
+    init(_ info: stat) {
+        self.device = UInt64(info.st_dev)
+        self.inode = UInt64(info.st_ino)
+        self.links = UInt64(info.st_nlink)
+    }
 }
 
 /// The real file system.
@@ -182,6 +213,49 @@ public struct SystemFileSystem: WALFileSystem {
         _ = pid.withUnsafeBytes { Glibc.pwrite(fd, $0.baseAddress, $0.count, 0) }
         return fd
     }
+
+    public func lockDirectory(_ path: String, waitMilliseconds: Int) throws -> Int32 {
+        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw WALError.syscall("open", path: path, errno: errno) }
+        var waited = 0
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK && waited < waitMilliseconds {
+            usleep(20_000)
+            waited += 20
+        }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let error = errno
+            _ = Glibc.close(fd)
+            if error == EWOULDBLOCK {
+                throw WALError(.locked, "\(path) is locked by another writer; a WAL directory has one writer at a time")
+            }
+            throw WALError.syscall("flock", path: path, errno: error)
+        }
+        return fd
+    }
+
+    public func tryLock(_ fd: Int32, path: String) throws {
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            if errno == EWOULDBLOCK {
+                throw WALError(.locked, "\(path) is locked by another writer; a segment has one writer at a time")
+            }
+            throw WALError.syscall("flock", path: path, errno: errno)
+        }
+    }
+
+    public func identity(of fd: Int32, path: String) throws -> FileIdentity {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw WALError.syscall("fstat", path: path, errno: errno) }
+        return FileIdentity(info)
+    }
+
+    public func identity(atPath path: String) throws -> FileIdentity? {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            if errno == ENOENT { return nil }
+            throw WALError.syscall("stat", path: path, errno: errno)
+        }
+        return FileIdentity(info)
+    }
 }
 
 extension String {
@@ -301,4 +375,12 @@ public final class FaultInjectingFileSystem: WALFileSystem {
     public func lockExclusive(_ path: String, waitMilliseconds: Int) throws -> Int32 {
         try self.base.lockExclusive(path, waitMilliseconds: waitMilliseconds)
     }
+    public func lockDirectory(_ path: String, waitMilliseconds: Int) throws -> Int32 {
+        try self.base.lockDirectory(path, waitMilliseconds: waitMilliseconds)
+    }
+    public func tryLock(_ fd: Int32, path: String) throws { try self.base.tryLock(fd, path: path) }
+    public func identity(of fd: Int32, path: String) throws -> FileIdentity {
+        try self.base.identity(of: fd, path: path)
+    }
+    public func identity(atPath path: String) throws -> FileIdentity? { try self.base.identity(atPath: path) }
 }

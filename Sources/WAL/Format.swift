@@ -95,7 +95,7 @@ enum FrameType: UInt8, Sendable {
 /// ```
 /// 0  magic u32 "WALR"   4 payload length u32   8 header CRC32C   12 payload CRC32C
 /// 16 LSN u64            24 append time (unix ns) u64
-/// 32 event count u32    36 type u8   37 flags u8   38 reserved u16
+/// 32 event count u32    36 type u8   37 flags u8   38 writer tag u16
 /// ```
 /// The header CRC covers bytes 0..<8 and 12..<40, so a damaged length is caught before it
 /// is trusted; the magic lets a reader find the next frame after damage.
@@ -110,6 +110,10 @@ struct FrameHeader: Equatable, Sendable {
     var eventCount: UInt32
     var type: FrameType
     var flags: UInt8 = 0
+    /// Random per writer run (never 0, and never one already in the segment it appends to);
+    /// 0 in frames written before tags existed. Two writers appending to one segment at once
+    /// leave tags that come back after another: evidence of overwritten frames.
+    var writerTag: UInt16 = 0
 
     /// Bytes the whole frame occupies, padding included.
     var frameLength: Int { alignedTo8(Self.size + Int(self.payloadLength)) }
@@ -126,7 +130,7 @@ struct FrameHeader: Equatable, Sendable {
         buffer.storeBytes(of: self.eventCount.littleEndian, toByteOffset: 32, as: UInt32.self)
         buffer[36] = self.type.rawValue
         buffer[37] = self.flags
-        buffer.storeBytes(of: UInt16(0), toByteOffset: 38, as: UInt16.self)
+        buffer.storeBytes(of: self.writerTag.littleEndian, toByteOffset: 38, as: UInt16.self)
         let crc = Self.headerCRC(UnsafeRawBufferPointer(buffer))
         buffer.storeBytes(of: crc.littleEndian, toByteOffset: 8, as: UInt32.self)
     }
@@ -162,9 +166,49 @@ struct FrameHeader: Equatable, Sendable {
                 timestampNanos: bytes.load(UInt64.self, at: 24),
                 eventCount: bytes.load(UInt32.self, at: 32),
                 type: type,
-                flags: bytes[37]
+                flags: bytes[37],
+                writerTag: bytes.load(UInt16.self, at: 38)
             )
         )
+    }
+}
+
+/// What the bytes at one frame position are.
+enum FrameParse: Equatable {
+    /// An intact frame: magic, header checksum, a length that fits, and payload checksum.
+    case frame(FrameHeader)
+    /// 40 zero bytes: preallocated, never-written space.
+    case zeros
+    /// Not a frame; the reason says why.
+    case invalid(String)
+    /// The header is intact but the frame is `needed` bytes long, more than were given.
+    case truncated(needed: Int)
+}
+
+extension FrameHeader {
+    /// Parses the frame at the start of `bytes`: header, length and payload checksum.
+    ///
+    /// Pure (no I/O, no state) and total: any bytes give an answer, never a trap, so it is
+    /// the function to fuzz. ``SegmentReader`` reads through it; a data payload that parses
+    /// here is split into events by ``EventPayload/decode(_:expectedCount:)``.
+    static func parseFrame(_ bytes: UnsafeRawBufferPointer, maxPayload: Int = 512 << 20) -> FrameParse {
+        guard bytes.count >= Self.size else { return .invalid("truncated frame header") }
+        switch Self.decode(UnsafeRawBufferPointer(rebasing: bytes[0..<Self.size])) {
+        case .zeros:
+            return .zeros
+        case .damaged(let reason):
+            return .invalid(reason)
+        case .frame(let header):
+            guard Int(header.payloadLength) <= maxPayload else {
+                return .invalid("frame length \(header.payloadLength) runs past the end of the data")
+            }
+            let end = Self.size + Int(header.payloadLength)
+            guard end <= bytes.count else { return .truncated(needed: end) }
+            guard CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[Self.size..<end])) == header.payloadCRC else {
+                return .invalid("payload checksum mismatch")
+            }
+            return .frame(header)
+        }
     }
 }
 
@@ -241,7 +285,9 @@ public enum EventPayload {
 
     public static func decode(_ payload: ArraySlice<UInt8>, expectedCount: Int) -> [[UInt8]]? {
         var events: [[UInt8]] = []
-        events.reserveCapacity(expectedCount)
+        // Each event takes at least its 4-byte length: a count from a damaged (or fuzzed)
+        // header cannot make this reserve more than the payload could hold.
+        events.reserveCapacity(min(max(expectedCount, 0), payload.count / 4))
         var offset = 0
         let ok = payload.withUnsafeBytes { raw -> Bool in
             while offset < raw.count {
@@ -269,7 +315,35 @@ public struct WALRecord: Sendable, Equatable {
     public var events: [[UInt8]]
     /// Bytes the record occupies on disk, frame header and padding included.
     public var frameLength: Int
+    /// The tag of the writer run that wrote it (0: written before tags existed).
+    var writerTag: UInt16 = 0
 
     public var eventCount: Int { self.events.count }
     public var nextLSN: LSN { self.lsn + UInt64(self.events.count) }
+}
+
+/// The on-disk format's parsers as pure, total functions over bytes: the entry points for a
+/// fuzz target. None does I/O or keeps state, and no input may make one trap.
+@_spi(Testing)
+public enum FormatFuzzing {
+    /// Parses `bytes` as one frame from its first byte (header, length, payload checksum)
+    /// and, for an intact data frame, its payload into events. Returns the events, an empty
+    /// array for an intact footer, or nil when the bytes are not one whole intact frame.
+    public static func parseFrame(_ bytes: UnsafeRawBufferPointer) -> [[UInt8]]? {
+        guard case .frame(let header) = FrameHeader.parseFrame(bytes) else { return nil }
+        let payload = UnsafeRawBufferPointer(
+            rebasing: bytes[FrameHeader.size..<FrameHeader.size + Int(header.payloadLength)]
+        )
+        switch header.type {
+        case .footer:
+            return SegmentFooter.decode(payload: payload) == nil ? nil : []
+        case .data:
+            return EventPayload.decode(Array(payload), expectedCount: Int(header.eventCount))
+        }
+    }
+
+    /// Parses `bytes` as a 64-byte segment header; returns its first LSN, or nil.
+    public static func parseSegmentHeader(_ bytes: UnsafeRawBufferPointer) -> UInt64? {
+        try? SegmentHeader.decode(bytes).get().firstLSN.rawValue
+    }
 }

@@ -86,6 +86,9 @@ struct GroupCommit<Item> {
     private(set) var closing = false
     /// Set while the WAL refuses appends (hard watermark, disk full).
     var refusal: WALError?
+    /// Set for good once the writer can no longer prove it is alone (its lock was lost):
+    /// every append is refused until the process restarts.
+    private(set) var halted: WALError?
 
     init(limits: Limits, nextLSN: LSN, segment: ActiveSegment?) {
         self.limits = limits
@@ -105,6 +108,7 @@ struct GroupCommit<Item> {
                 )
             )
         }
+        if let halted = self.halted { return .rejected(halted) }
         if let refusal = self.refusal { return .rejected(refusal) }
         if self.queuedCount > 0 && self.queuedBytes + frameLength > self.limits.maxQueuedBytes {
             return .rejected(
@@ -239,6 +243,13 @@ struct GroupCommit<Item> {
             self.queueHead = 0
         }
         return expired
+    }
+
+    /// Refuses every append from now on with `error`, and returns the queued ones (never
+    /// written) so they fail with it too. The batch being written, if any, completes.
+    mutating func halt(_ error: WALError) -> [Item] {
+        self.halted = error
+        return self.drainQueue()
     }
 
     /// Stops intake; the writer drains what is queued and then returns ``Step/stop(_:)``.

@@ -168,7 +168,8 @@ struct SegmentReader {
                     lsn: header.lsn,
                     timestampNanos: header.timestampNanos,
                     events: events,
-                    frameLength: header.frameLength
+                    frameLength: header.frameLength,
+                    writerTag: header.writerTag
                 )
                 return (.record(record), offset + Int64(header.frameLength))
             } else {
@@ -187,6 +188,21 @@ struct SegmentReader {
                 reason: "zeroed bytes before a valid frame"
             )
             return (.damaged(damage), resume)
+        case .behind(let header):
+            // A torn write never leaves an intact frame; one whose LSNs the chain already
+            // passed was written by a second writer appending at the same offsets.
+            let damage = Damage(
+                segment: self.name,
+                startOffset: offset,
+                endOffset: offset + Int64(header.frameLength),
+                firstLostLSN: header.lsn,
+                resumeLSN: header.nextLSN,
+                reason:
+                    "overwritten: an intact frame holds LSN \(header.lsn)...\(header.nextLSN.rawValue - 1) again, "
+                    + "behind the expected \(expected); two writers appended to this segment at once, "
+                    + "so these LSNs hold different events in different frames"
+            )
+            return (.damaged(damage), offset + Int64(header.frameLength))
         case .invalid(let reason):
             problem = reason
         }
@@ -206,6 +222,8 @@ struct SegmentReader {
 
     private enum Frame {
         case valid(FrameHeader, ArraySlice<UInt8>)
+        /// Intact (both checksums hold) but holding data LSNs below the expected one.
+        case behind(FrameHeader)
         case zeros
         case invalid(String)
     }
@@ -223,14 +241,19 @@ struct SegmentReader {
             guard Int(header.payloadLength) <= self.maxPayload,
                 offset + Int64(header.frameLength) <= end
             else { return .invalid("frame length \(header.payloadLength) runs past the end of the data") }
-            guard header.lsn >= minimumLSN else {
-                return .invalid("LSN \(header.lsn) is below the expected \(minimumLSN)")
-            }
-            let payload = try self.bytes(at: offset + Int64(FrameHeader.size), count: Int(header.payloadLength))
-            guard payload.count == Int(header.payloadLength),
-                payload.withUnsafeBytes({ CRC32C.checksum($0) }) == header.payloadCRC
-            else {
+            let frameBytes = try self.bytes(at: offset, count: FrameHeader.size + Int(header.payloadLength))
+            switch frameBytes.withUnsafeBytes({ FrameHeader.parseFrame($0, maxPayload: self.maxPayload) }) {
+            case .frame:
+                break
+            case .invalid(let reason):
+                return .invalid(reason)
+            case .zeros, .truncated:
                 return .invalid("payload checksum mismatch")
+            }
+            let payload = frameBytes.dropFirst(FrameHeader.size)
+            guard header.lsn >= minimumLSN else {
+                if header.type == .data && header.eventCount > 0 { return .behind(header) }
+                return .invalid("LSN \(header.lsn) is below the expected \(minimumLSN)")
             }
             return .valid(header, payload)
         }

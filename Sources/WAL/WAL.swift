@@ -23,6 +23,9 @@ public struct RecoveryReport: Sendable, Equatable {
     public var scannedSegments: [String] = []
     /// Segment files that could not be read at all and were moved to `quarantine/`.
     public var quarantinedSegments: [String] = []
+    /// Segments whose header or footer is damaged but whose frames were read and kept; the
+    /// damage is in ``damage``.
+    public var damagedSegments: [String] = []
     /// How long recovery took.
     public var durationNanos: UInt64 = 0
 }
@@ -38,8 +41,9 @@ public struct RecoveryReport: Sendable, Equatable {
 /// ``commitCursor(_:to:)``; segments every cursor has passed are deleted (or kept for
 /// ``WALConfiguration/keepConsumed``).
 ///
-/// - Important: one process owns a WAL directory at a time (a `flock` on `wal.lock`
-///   enforces it). Call ``close()`` before dropping the last reference.
+/// - Important: one process owns a WAL directory at a time (a `flock` on the directory and
+///   on `wal.lock` enforces it; see ``WriterLock``). Call ``close()`` before dropping the
+///   last reference.
 public final class WAL: Sendable {
     struct PendingAppend {
         var payload: [UInt8]
@@ -59,6 +63,10 @@ public final class WAL: Sendable {
         var nextWaiterID: UInt64 = 0
         var quarantined: Set<String> = []
         var lastWriteError: String?
+        /// Why the writer stopped for good (its lock was lost); nil while it holds it.
+        var halted: String?
+        /// What raises the pressure above normal, in words; nil at normal pressure.
+        var pressureReason: String?
 
         var walBytes: Int64 { self.segments.reduce(0) { $0 + $1.fileBytes } }
     }
@@ -68,6 +76,14 @@ public final class WAL: Sendable {
         var fd: Int32 = -1
         var path = ""
         var buffer: [UInt8] = []
+        /// Segment creations that failed since the last one that worked, and since the last
+        /// log line about them: a full disk fails every append's roll, and one `error` line
+        /// per refused request would flood the log.
+        var failedRolls = 0
+        var failedRollsUnlogged = 0
+        var failedRollLoggedAt: UInt64 = 0
+        /// This run's writer tag, stamped into every frame (see ``FrameHeader/writerTag``).
+        var tag: UInt16 = 1
     }
 
     public let configuration: WALConfiguration
@@ -80,15 +96,19 @@ public final class WAL: Sendable {
     private let wake = DispatchSemaphore(value: 0)
     private let writerFinished = DispatchSemaphore(value: 0)
     private let maintenanceRequested = Atomic<Bool>(false)
+    /// Set at open: the spare segment is prepared after the first batch is durable.
+    private let spareDeferred = Atomic<Bool>(false)
     private let closed = Atomic<Bool>(false)
     private let writer: WriterContext
-    private let lockFD: Int32
+    private let lock: WriterLock
     private let metrics = WALMetrics()
     private let retention: RetentionPolicy
     private let spare = Mutex<SpareState>(.none)
     private let inFlight = Mutex<InFlightBatch?>(nil)
     /// Dispatch sources are thread-safe; the type just does not say so.
     nonisolated(unsafe) private let watchdog: (any DispatchSourceTimer)?
+    /// Re-checks ``WriterLock`` every ``WALConfiguration/lockCheckInterval``.
+    nonisolated(unsafe) private let lockWatch: any DispatchSourceTimer
 
     /// The batch the writer is writing and syncing; whoever takes it from the mutex (the
     /// writer when the fsync returns, or the watchdog at the deadline) completes its appends.
@@ -166,7 +186,7 @@ public final class WAL: Sendable {
         try fileSystem.makeDirectory(directory)
         try fileSystem.makeDirectory(directory + "/cursors")
         try fileSystem.makeDirectory(directory + "/" + Quarantine.directoryName)
-        let lockFD = try fileSystem.lockExclusive(directory + "/wal.lock", waitMilliseconds: 1000)
+        let lock = try WriterLock.acquire(directory: directory, fileSystem: fileSystem, waitMilliseconds: 1000)
         // A spare left by an earlier run may be half-filled: start over.
         if fileSystem.fileExists(directory + "/" + Self.spareName) {
             try? fileSystem.unlink(directory + "/" + Self.spareName)
@@ -189,6 +209,9 @@ public final class WAL: Sendable {
                     fileSystem: fileSystem
                 )
             }
+            repeat {
+                writer.tag = UInt16.random(in: 1...UInt16.max)
+            } while recovered.activeTags.contains(writer.tag)
             // LSNs never go backwards, even if every segment was removed by hand.
             let highestCursor = cursors.values.map(\.position.lsn).max() ?? .zero
             let nextLSN = max(recovered.nextLSN, highestCursor)
@@ -197,7 +220,7 @@ public final class WAL: Sendable {
             self.configuration = configuration
             self.logger = logger
             self.fileSystem = fileSystem
-            self.lockFD = lockFD
+            self.lock = lock
             self.writer = writer
             self.cursors = Mutex(cursors)
             self.retention = RetentionPolicy(keepConsumedNanos: UInt64(configuration.keepConsumed.nanoseconds))
@@ -222,9 +245,10 @@ public final class WAL: Sendable {
                 DispatchSource.makeTimerSource(queue: DispatchQueue(label: "sluice.wal.watchdog"))
             }
             self.catalog = Mutex(Catalog(segments: segments, durableNextLSN: nextLSN))
+            self.lockWatch = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "sluice.wal.lock-check"))
         } catch {
             if writer.fd >= 0 { fileSystem.close(writer.fd) }
-            fileSystem.close(lockFD)
+            lock.release(fileSystem: fileSystem)
             throw error
         }
         self.metrics.truncatedTailBytes.increment(by: Int64(self.recovery.truncatedTailBytes))
@@ -235,6 +259,31 @@ public final class WAL: Sendable {
             self.metrics.cursorLSN(name).record(Int64(self.cursor(name)?.lsn.rawValue ?? 0))
         }
         self.refreshPressure()
+        do {
+            try WriterSettings(
+                pid: getpid(),
+                segmentBytes: configuration.segmentBytes,
+                budget: configuration.budget,
+                openedNanos: configuration.wallClock()
+            ).write(directory: directory, fileSystem: fileSystem)
+        } catch {
+            logger.warning("wal.settings_write_failed", metadata: ["error": "\(error)"])
+        }
+        if let volume = try? fileSystem.volumeSpace(directory), volume.available < 2 * configuration.budget.minFreeBytes
+        {
+            // Say so now, in the setting's name: otherwise a small volume only shows up as
+            // refused events with a WAL that holds nothing.
+            logger.warning(
+                "wal.free_space_low",
+                metadata: [
+                    "wal.min_free_bytes": "\(configuration.budget.minFreeBytes)",
+                    "wal.volume_bytes": "\(volume.total)",
+                    "wal.volume_available_bytes": "\(volume.available)",
+                    "wal.pressure": "\(self.pressure)",
+                    "wal.reason": "\(self.pressureReason ?? "")",
+                ]
+            )
+        }
         var metadata: Logger.Metadata = [
             "wal.directory": "\(directory)",
             "wal.next_lsn": "\(self.durableNextLSN)",
@@ -247,6 +296,11 @@ public final class WAL: Sendable {
         for damage in self.recovery.damage {
             logger.error("wal.damage", metadata: ["wal.damage": "\(damage)"])
         }
+        // The spare segment is not prepared now: zero-filling a segment's worth of pages
+        // competes with the first appends' fdatasyncs (on ext4 a journal commit flushes other
+        // files' dirty data too), and the first acknowledgement after a start must not wait
+        // for it. The first batch that reaches the disk asks for it instead.
+        self.spareDeferred.store(self.state.withLock { $0.segment != nil }, ordering: .relaxed)
         // A dedicated serial queue: its thread is owned by the writer loop for the WAL's
         // lifetime, so fdatasync never blocks a cooperative-pool thread.
         DispatchQueue(label: "sluice.wal.writer", qos: .userInitiated).async { self.writerLoop() }
@@ -256,7 +310,29 @@ public final class WAL: Sendable {
             watchdog.setEventHandler { [weak self] in self?.expireLateAppends(timeout: timeout) }
             watchdog.resume()
         }
-        if self.state.withLock({ $0.segment != nil }) { self.requestSpare() }
+        let lockInterval = max(Int(configuration.lockCheckInterval.nanoseconds), 1_000_000)
+        self.lockWatch.schedule(deadline: .now() + .nanoseconds(lockInterval), repeating: .nanoseconds(lockInterval))
+        self.lockWatch.setEventHandler { [weak self] in self?.checkLock() }
+        self.lockWatch.resume()
+    }
+
+    /// Stops the writer for good when its lock no longer proves it is alone: appends are
+    /// refused (the gateway answers 503), ``isWritable`` turns false, and nothing more is
+    /// written or deleted in the directory.
+    private func checkLock() {
+        guard self.catalog.withLock({ $0.halted == nil && !$0.closed }),
+            let problem = self.lock.check(fileSystem: self.fileSystem)
+        else { return }
+        let reason =
+            problem + "; another writer may be using the directory, so this one stopped accepting events."
+            + " Restart the gateway once the directory is sound"
+        self.catalog.withLock { $0.halted = reason }
+        let refused = self.state.withLock { $0.halt(WALError(.locked, reason)) }
+        self.logger.critical(
+            "wal.lock_lost",
+            metadata: ["wal.directory": "\(self.configuration.directory)", "wal.reason": "\(reason)"]
+        )
+        for item in refused { item.completion(.failure(WALError(.locked, reason))) }
     }
 
     // MARK: - Recovery
@@ -265,6 +341,8 @@ public final class WAL: Sendable {
         var segments: [SegmentSummary]
         var active: GroupCommit<PendingAppend>.ActiveSegment?
         var nextLSN: LSN
+        /// Writer tags already in the active segment: this run must use another.
+        var activeTags: Set<UInt16> = []
     }
 
     private static func recover(
@@ -280,15 +358,16 @@ public final class WAL: Sendable {
             .sorted { $0.1 < $1.1 }
         var segments: [SegmentSummary] = []
         var active: GroupCommit<PendingAppend>.ActiveSegment?
+        var activeTags: Set<UInt16> = []
         for (index, (name, _)) in names.enumerated() {
             let path = directory + "/" + name
             let isLast = index == names.count - 1
-            let scan: SegmentScan.Result
-            do {
-                scan = try SegmentScan.summarize(path: path, fileSystem: fileSystem)
-            } catch let error as WALError where error.code == .corruptSegment {
-                // An unreadable header. A file that is nothing but zeros is a segment whose
-                // creation was cut short before any record could be acknowledged in it.
+            let scan = try SegmentScan.summarize(path: path, fileSystem: fileSystem)
+            if let headerDamage = scan.summary.headerDamage, scan.summary.records == 0 {
+                // An unreadable header and not one intact frame behind it. A file that is
+                // nothing but zeros is a segment whose creation was cut short before any
+                // record could be acknowledged in it.
+                let error = WALError(.corruptSegment, headerDamage)
                 if try Self.isAllZeros(path: path, fileSystem: fileSystem) {
                     try fileSystem.unlink(path)
                     try fileSystem.syncDirectory(directory)
@@ -306,6 +385,7 @@ public final class WAL: Sendable {
             }
             var summary = scan.summary
             if summary.state != .sealed || !summary.damage.isEmpty { report.scannedSegments.append(name) }
+            if summary.headerDamage != nil || summary.footerDamage != nil { report.damagedSegments.append(name) }
             for damage in summary.damage {
                 try Quarantine.save(
                     damage,
@@ -316,11 +396,16 @@ public final class WAL: Sendable {
                 )
                 report.damage.append(damage)
             }
-            if isLast && summary.state != .sealed {
+            if isLast && summary.state != .sealed && (summary.headerDamage != nil || summary.footerDamage != nil) {
+                // Never append to a segment whose header or footer is damaged: its records stay
+                // readable where they are, and the next append starts a fresh segment.
+                logger.warning("wal.damaged_segment_closed", metadata: ["wal.segment": "\(name)"])
+            } else if isLast && summary.state != .sealed {
                 // The active segment: cut off an incomplete tail, then keep appending to it.
                 let fd = try fileSystem.open(path, flags: O_RDWR, mode: 0)
                 writer.fd = fd
                 writer.path = path
+                try fileSystem.tryLock(fd, path: path)
                 if summary.tornTail != nil {
                     let garbage = summary.fileBytes - summary.dataEnd
                     try fileSystem.truncate(fd, to: summary.dataEnd, path: path)
@@ -343,6 +428,7 @@ public final class WAL: Sendable {
                     summary.fileBytes = try fileSystem.fileSize(fd, path: path)
                 }
                 summary.state = .active
+                activeTags = scan.writerTags
                 active = .init(
                     firstLSN: summary.firstLSN,
                     nextLSN: summary.nextLSN,
@@ -357,7 +443,7 @@ public final class WAL: Sendable {
             segments.append(summary)
         }
         let nextLSN = segments.last?.nextLSN ?? .zero
-        return Recovered(segments: segments, active: active, nextLSN: nextLSN)
+        return Recovered(segments: segments, active: active, nextLSN: nextLSN, activeTags: activeTags)
     }
 
     private static func isAllZeros(path: String, fileSystem: any WALFileSystem) throws -> Bool {
@@ -544,6 +630,9 @@ public final class WAL: Sendable {
         self.metrics.appendedEvents.increment(by: Int64(events))
         self.metrics.appendedBytes.increment(by: Int64(batch.length))
         self.metrics.durableLSN.record(Int64(batch.nextLSN.rawValue))
+        if self.spareDeferred.load(ordering: .relaxed) && self.spareDeferred.exchange(false, ordering: .relaxed) {
+            self.requestSpare()
+        }
     }
 
     private func takeInFlight() -> [(PendingAppend, AppendReceipt)] {
@@ -598,7 +687,8 @@ public final class WAL: Sendable {
                 lsn: record.lsn,
                 timestampNanos: batch.timestampNanos,
                 eventCount: record.eventCount,
-                type: .data
+                type: .data,
+                writerTag: self.writer.tag
             )
             let start = buffer.count
             buffer.append(contentsOf: repeatElement(0, count: FrameHeader.size))
@@ -640,6 +730,7 @@ public final class WAL: Sendable {
             }
             self.writer.fd = fd
             self.writer.path = path
+            try self.fileSystem.tryLock(fd, path: path)
             let header = SegmentHeader(
                 firstLSN: firstLSN,
                 createdNanos: now,
@@ -663,13 +754,31 @@ public final class WAL: Sendable {
                     $0.segments[index].state = .unsealed
                 }
             }
-            self.logger.error(
-                "wal.segment_create_failed",
-                metadata: ["wal.segment": "\(name)", "error": "\(walError)", "wal.failed_appends": "\(failed.count)"]
-            )
+            self.writer.failedRolls += 1
+            self.writer.failedRollsUnlogged += 1
+            let monotonic = WallClock.monotonic()
+            if self.writer.failedRolls == 1 || monotonic - self.writer.failedRollLoggedAt >= 60_000_000_000 {
+                self.logger.error(
+                    "wal.segment_create_failed",
+                    metadata: [
+                        "wal.segment": "\(name)", "error": "\(walError)", "wal.failed_appends": "\(failed.count)",
+                        "wal.failures_since_last_log": "\(self.writer.failedRollsUnlogged)",
+                    ]
+                )
+                self.writer.failedRollLoggedAt = monotonic
+                self.writer.failedRollsUnlogged = 0
+            }
             for item in failed { item.completion(.failure(walError)) }
             self.maintenanceRequested.store(true, ordering: .relaxed)
             return
+        }
+        if self.writer.failedRolls > 0 {
+            self.logger.info(
+                "wal.segment_create_recovered",
+                metadata: ["wal.segment": "\(name)", "wal.failed_attempts": "\(self.writer.failedRolls)"]
+            )
+            self.writer.failedRolls = 0
+            self.writer.failedRollsUnlogged = 0
         }
         self.state.withLock { $0.rolled(firstLSN: firstLSN, now: now) }
         self.catalog.withLock { catalog in
@@ -736,7 +845,7 @@ public final class WAL: Sendable {
     /// Starts zero-filling the next segment in the background unless one is ready or under way,
     /// or space is short: a spare would take the room the budget keeps free.
     private func requestSpare() {
-        guard self.catalog.withLock({ $0.pressure }) == .normal else { return }
+        guard self.catalog.withLock({ $0.pressure == .normal && $0.halted == nil }) else { return }
         let start = self.spare.withLock { state -> Bool in
             guard case .none = state else { return false }
             state = .preparing
@@ -790,8 +899,25 @@ public final class WAL: Sendable {
     /// Whether appends can currently succeed: below the hard watermark and the last write
     /// did not fail. The gateway's readiness follows this.
     public var isWritable: Bool {
-        self.catalog.withLock { $0.pressure < .hard && $0.lastWriteError == nil && !$0.closed }
+        self.catalog.withLock { $0.pressure < .hard && $0.lastWriteError == nil && !$0.closed && $0.halted == nil }
     }
+
+    /// Why appends cannot succeed right now, in words for an operator (the gateway's
+    /// `/readyz` shows it); nil while ``isWritable``.
+    public var unavailableReason: String? {
+        self.catalog.withLock { catalog in
+            if let halted = catalog.halted { return halted }
+            if catalog.closed { return "the WAL is closed" }
+            if catalog.pressure == .hard {
+                return catalog.pressureReason ?? "the WAL is over its hard watermark"
+            }
+            return catalog.lastWriteError
+        }
+    }
+
+    /// What raises the disk pressure above normal (the volume's free space, or the WAL's own
+    /// size against its budget), in words; nil at normal pressure.
+    public var pressureReason: String? { self.catalog.withLock { $0.pressureReason } }
 
     /// The last write error, cleared by the next successful write.
     public var lastWriteError: String? { self.catalog.withLock { $0.lastWriteError } }
@@ -802,19 +928,20 @@ public final class WAL: Sendable {
         let spareBytes: Int64 = self.spare.withLock {
             if case .none = $0 { 0 } else { self.configuration.segmentBytes }
         }
-        let (old, new, bytes) = self.catalog.withLock { catalog -> (Pressure, Pressure, Int64) in
+        let (old, new, bytes, reason) = self.catalog.withLock { catalog -> (Pressure, Pressure, Int64, String?) in
             let old = catalog.pressure
             catalog.volumeAvailable = volume?.available ?? catalog.volumeAvailable
             let bytes = catalog.walBytes + spareBytes
             catalog.pressure = budget.pressure(walBytes: bytes, volumeAvailable: catalog.volumeAvailable)
-            return (old, catalog.pressure, bytes)
+            catalog.pressureReason = budget.pressureReason(walBytes: bytes, volumeAvailable: catalog.volumeAvailable)
+            return (old, catalog.pressure, bytes, catalog.pressureReason)
         }
         let refusal: WALError? =
             new == .hard
             ? WALError(
                 .diskFull,
-                "the WAL is over its hard watermark (\(bytes) bytes in segments, \(volume?.available ?? -1) bytes free "
-                    + "on the volume); it accepts again once the forwarder frees space"
+                "the WAL refuses events: \(reason ?? "it is over its hard watermark"); it accepts again once "
+                    + "there is room (the forwarder frees space as it catches up)"
             ) : nil
         self.state.withLock { $0.refusal = refusal }
         self.metrics.bytes.record(bytes)
@@ -823,7 +950,9 @@ public final class WAL: Sendable {
         self.metrics.maxBytes.record(budget.maxBytes)
         if let volume { self.metrics.volumeAvailableBytes.record(volume.available) }
         if old != new {
-            let metadata: Logger.Metadata = ["wal.pressure": "\(new)", "wal.bytes": "\(bytes)"]
+            var metadata: Logger.Metadata = ["wal.pressure": "\(new)", "wal.bytes": "\(bytes)"]
+            if let reason { metadata["wal.reason"] = "\(reason)" }
+            if let volume { metadata["wal.volume_available_bytes"] = "\(volume.available)" }
             if new > old {
                 self.logger.warning("wal.pressure_rising", metadata: metadata)
             } else {
@@ -836,6 +965,8 @@ public final class WAL: Sendable {
     /// and re-evaluates disk pressure. Runs on the writer thread.
     private func performMaintenance() {
         self.refreshPressure()
+        // A writer that lost its lock deletes nothing: the paths may name another writer's files.
+        guard self.catalog.withLock({ $0.halted == nil }) else { return }
         let consumedBefore = self.cursors.withLock { $0.values.map(\.position.lsn).min() }
         let now = self.configuration.wallClock()
         let (pressure, candidates) = self.catalog.withLock { catalog in
@@ -912,6 +1043,19 @@ public final class WAL: Sendable {
         return try await BlockingIO.run {
             try self.cursors.withLock { cursors in
                 if let existing = cursors[name] { return existing.position }
+                if initialLSN == nil && start > .zero && start < self.durableNextLSN {
+                    // Segments below `start` were deleted, which only a consumer's cursor
+                    // allows: this cursor existed and its file is gone. Say so: whatever it had
+                    // consumed beyond `start` is read (and sent) again.
+                    self.logger.warning(
+                        "wal.cursor_missing",
+                        metadata: [
+                            "wal.cursor": "\(name)", "wal.cursor_lsn": "\(start)",
+                            "wal.reason":
+                                "no cursor file, but segments below LSN \(start) were deleted, so a consumer existed; starting at the oldest LSN still held, events from there on may be sent again",
+                        ]
+                    )
+                }
                 try CursorFile.create(directory: directory, name: name, lsn: start, now: now, fileSystem: fileSystem)
                 let file = try CursorFile(
                     path: directory + "/" + name + CursorFile.suffix,
@@ -936,8 +1080,12 @@ public final class WAL: Sendable {
             throw WALError(.invalidArgument, "cursor \(name) cannot move to \(lsn), past the durable end \(durable)")
         }
         let now = self.configuration.wallClock()
-        try await BlockingIO.run {
-            try self.cursors.withLock { cursors in
+        guard self.catalog.withLock({ $0.halted == nil }) else {
+            // The directory may be another writer's now: write nothing into it.
+            throw WALError(.locked, "cursor \(name) not stored: \(self.unavailableReason ?? "the WAL stopped")")
+        }
+        let recreated = try await BlockingIO.run {
+            try self.cursors.withLock { cursors -> String? in
                 guard var file = cursors[name] else {
                     throw WALError(.notFound, "no cursor named \(name); open it first")
                 }
@@ -947,10 +1095,17 @@ public final class WAL: Sendable {
                         "cursor \(name) cannot move back from \(file.position.lsn) to \(lsn)"
                     )
                 }
-                if lsn == file.position.lsn { return }
-                try file.store(lsn: lsn, now: now)
+                if lsn == file.position.lsn { return nil }
+                let problem = try file.store(lsn: lsn, now: now)
                 cursors[name] = file
+                return problem
             }
+        }
+        if let recreated {
+            self.logger.warning(
+                "wal.cursor_file_recreated",
+                metadata: ["wal.cursor": "\(name)", "wal.cursor_lsn": "\(lsn)", "wal.reason": "\(recreated)"]
+            )
         }
         self.metrics.cursorLSN(name).record(Int64(lsn.rawValue))
         self.requestMaintenance()
@@ -1050,7 +1205,8 @@ public final class WAL: Sendable {
             for file in cursors.values { file.close() }
             cursors.removeAll()
         }
-        self.fileSystem.close(self.lockFD)
+        self.lockWatch.cancel()
+        self.lock.release(fileSystem: self.fileSystem)
         self.logger.info("wal.closed", metadata: ["wal.next_lsn": "\(self.durableNextLSN)"])
     }
 }

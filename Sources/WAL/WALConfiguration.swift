@@ -29,6 +29,9 @@ public struct WALConfiguration: Sendable {
     public var ackTimeout: Duration?
     /// How often the writer re-checks disk pressure and retention when idle. Default: 1 s.
     public var maintenanceInterval: Duration = .seconds(1)
+    /// How often the writer checks that its lock still holds (the lock file and the
+    /// directory are the ones it locked; see ``WriterLock``). Default: 1 s.
+    public var lockCheckInterval: Duration = .seconds(1)
     /// The system calls, replaceable to inject faults in tests.
     public var fileSystem: any WALFileSystem = SystemFileSystem()
     /// Unix time in nanoseconds; injectable so tests control record and segment ages.

@@ -18,7 +18,10 @@ public struct WALInspector: Sendable {
             throw WALError(.notFound, "\(directory) does not exist")
         }
         let names = try fileSystem.listDirectory(directory)
-        guard names.contains("wal.lock") || names.contains(where: { SegmentName.parse($0) != nil }) else {
+        guard
+            names.contains(WriterLock.fileName) || names.contains(WriterSettings.fileName)
+                || names.contains(where: { SegmentName.parse($0) != nil })
+        else {
             throw WALError(.notFound, "\(directory) is not a Sluice WAL directory (no wal.lock, no segments)")
         }
         self.directory = directory
@@ -42,30 +45,37 @@ public struct WALInspector: Sendable {
                 fileSystem: self.fileSystem,
                 deep: deep
             ).summary
-            if index == names.count - 1 && summary.state == .unsealed { summary.state = .active }
+            if index == names.count - 1 && summary.state == .unsealed && summary.headerDamage == nil
+                && summary.footerDamage == nil
+            {
+                summary.state = .active
+            }
             result.append(summary)
         }
         return result
     }
 
     /// The process holding the writer lock, if any.
+    ///
+    /// A writer locks the directory itself (see ``WriterLock``), so this holds even when
+    /// `wal.lock` was deleted; the pid comes from `wal.lock`, else from `wal.settings`, else -1.
     public func writerPID() -> Int32? {
-        let path = self.directory + "/wal.lock"
-        guard self.fileSystem.fileExists(path) else { return nil }
         do {
-            let fd = try self.fileSystem.lockExclusive(path, waitMilliseconds: 0)
+            let fd = try self.fileSystem.lockDirectory(self.directory, waitMilliseconds: 0)
             self.fileSystem.close(fd)
             return nil
         } catch let error as WALError where error.code == .locked {
-            var buffer = [UInt8](repeating: 0, count: 32)
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { return -1 }
-            defer { close(fd) }
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            return n > 0 ? Int32(String(decoding: buffer[0..<n], as: UTF8.self).trimmingWhitespace()) ?? -1 : -1
+            return WriterLock.holderPID(directory: self.directory)
+                ?? WriterSettings.read(directory: self.directory, fileSystem: self.fileSystem)?.pid ?? -1
         } catch {
             return nil
         }
+    }
+
+    /// The budget the last writer to open this directory enforced (from `wal.settings`; the
+    /// running one's, when ``writerPID()`` is not nil), or nil when none recorded one.
+    public func writerSettings() -> WriterSettings? {
+        WriterSettings.read(directory: self.directory, fileSystem: self.fileSystem)
     }
 
     public func cursors() throws -> [CursorPosition] {
@@ -110,7 +120,7 @@ public struct WALInspector: Sendable {
                         guard try body(.record(record, segment: segment.name, offset: offset)) else { return }
                     }
                 case .damaged(let damage):
-                    expected = damage.resumeLSN
+                    expected = max(expected, damage.resumeLSN)
                     guard try body(.damage(damage)) else { return }
                 case .end:
                     break scan
@@ -174,8 +184,11 @@ public struct WALInspector: Sendable {
             records: segments.reduce(0) { $0 + $1.records },
             volumeAvailableBytes: available,
             budgetBytes: budget.maxBytes,
+            minFreeBytes: budget.minFreeBytes,
             pressure: budget.pressure(walBytes: bytes, volumeAvailable: available),
+            pressureReason: budget.pressureReason(walBytes: bytes, volumeAvailable: available),
             writerPID: self.writerPID(),
+            budgetSource: nil,
             cursors: lags,
             quarantinedFiles: try self.quarantine().count
         )
@@ -220,7 +233,7 @@ public struct WALInspector: Sendable {
                     "\(name): incomplete write at byte \(summary.dataEnd) (\(tail)); never acknowledged"
                 )
             }
-            if !isLast && summary.state != .sealed {
+            if !isLast && summary.state != .sealed && summary.footerDamage == nil {
                 report.notes.append("\(name): not sealed (the writer stopped or abandoned it); fully scanned")
             }
             if let previous, summary.firstLSN < previous.nextLSN {
@@ -235,6 +248,13 @@ public struct WALInspector: Sendable {
                 )
             }
             previous = summary
+        }
+        // Whole segments a writer moved aside at start-up (not one intact frame in them) are
+        // no longer in the directory's LSN chain; say so, or verify would look clean.
+        for file in try self.quarantine() where SegmentName.parse(file) != nil {
+            report.notes.append(
+                "\(Quarantine.directoryName)/\(file): a whole segment moved aside at start-up (no intact frame in it)"
+            )
         }
         let cursorDirectory = self.directory + "/cursors"
         if self.fileSystem.fileExists(cursorDirectory) {
@@ -270,8 +290,12 @@ public struct WALInspector: Sendable {
     /// the writer keeps cursors in memory and would overwrite the change.
     public func setCursor(_ name: String, to lsn: LSN, now: UInt64 = WallClock.now()) throws -> CursorPosition {
         try CursorFile.validate(name: name)
-        let lock = try self.fileSystem.lockExclusive(self.directory + "/wal.lock", waitMilliseconds: 1000)
-        defer { self.fileSystem.close(lock) }
+        let lock = try WriterLock.acquire(
+            directory: self.directory,
+            fileSystem: self.fileSystem,
+            waitMilliseconds: 1000
+        )
+        defer { lock.release(fileSystem: self.fileSystem) }
         let cursorDirectory = self.directory + "/cursors"
         try self.fileSystem.makeDirectory(cursorDirectory)
         let path = cursorDirectory + "/" + name + CursorFile.suffix
@@ -286,7 +310,7 @@ public struct WALInspector: Sendable {
         } else {
             var file = try CursorFile(path: path, name: name, fileSystem: self.fileSystem)
             defer { file.close() }
-            try file.store(lsn: lsn, now: now)
+            _ = try file.store(lsn: lsn, now: now)
         }
         return try CursorFile.read(path: path, name: name, fileSystem: self.fileSystem)
     }
@@ -312,8 +336,15 @@ public struct WALStat: Sendable, Codable {
     public var records: UInt64
     public var volumeAvailableBytes: Int64
     public var budgetBytes: Int64
+    /// The free space the budget leaves on the volume (`wal.min_free_bytes`).
+    public var minFreeBytes: Int64
     public var pressure: Pressure
+    /// What raises the pressure above normal, in words; nil at normal pressure.
+    public var pressureReason: String?
     public var writerPID: Int32?
+    /// Where the budget came from (the running writer's `wal.settings`, flags, defaults);
+    /// set by the caller.
+    public var budgetSource: String?
     public var cursors: [CursorLag]
     public var quarantinedFiles: Int
 }

@@ -80,7 +80,7 @@ public final class WALTail: @unchecked Sendable {
             case .damaged(let damage):
                 self.wal.report(damage, segmentPath: self.wal.segmentDirectory + "/" + segment.name)
                 self.offset = next
-                self.expected = damage.resumeLSN
+                self.expected = max(self.expected, damage.resumeLSN)
                 self.position = max(self.position, damage.resumeLSN)
             case .end(let end):
                 if case .tornTail(let reason) = end {

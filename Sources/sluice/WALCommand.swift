@@ -115,10 +115,19 @@ extension WALCommand {
                     formatBytes(segment.fileBytes),
                     formatTime(segment.minTimestampNanos),
                     formatTime(segment.maxTimestampNanos),
-                    segment.state.rawValue + (segment.damage.isEmpty ? "" : " (damaged)"),
+                    segment.state.rawValue + Self.damageMark(segment),
                 ])
             }
             print(table(rows))
+            for segment in segments {
+                for damage in segment.damage { print("!! \(damage)") }
+            }
+        }
+
+        static func damageMark(_ segment: SegmentSummary) -> String {
+            if segment.headerDamage != nil { return " (damaged header)" }
+            if segment.footerDamage != nil { return " (damaged footer)" }
+            return segment.damage.isEmpty ? "" : " (damaged)"
         }
     }
 
@@ -130,14 +139,34 @@ extension WALCommand {
         @Argument(help: "The WAL directory.")
         var directory: String
 
-        @Option(help: "The WAL budget in bytes the pressure is computed against.")
-        var maxBytes: Int64 = DiskBudget().maxBytes
+        @Option(
+            help: "The WAL budget in bytes (wal.max_bytes) to compute pressure with; default: the running writer's."
+        )
+        var maxBytes: Int64?
+
+        @Option(help: "The free space to leave on the volume (wal.min_free_bytes); default: the running writer's.")
+        var minFreeBytes: Int64?
 
         @OptionGroup var output: OutputOptions
 
         func run() async throws {
             let inspector = try openInspector(self.directory)
-            let stat = try inspector.stat(budget: DiskBudget(maxBytes: self.maxBytes))
+            // The writer's own numbers (it records them in wal.settings when it opens), so this
+            // agrees with its pressure gauge and /readyz; flags override, defaults come last.
+            let recorded = inspector.writerSettings()
+            let running = inspector.writerPID() != nil
+            var budget = recorded?.budget ?? DiskBudget()
+            var source =
+                recorded == nil
+                ? "defaults (no wal.settings; pass --max-bytes and --min-free-bytes to match the gateway)"
+                : running
+                    ? "the running writer (wal.settings, pid \(recorded!.pid))"
+                    : "the last writer (wal.settings, pid \(recorded!.pid), no longer running)"
+            if let maxBytes = self.maxBytes { budget.maxBytes = maxBytes }
+            if let minFreeBytes = self.minFreeBytes { budget.minFreeBytes = minFreeBytes }
+            if self.maxBytes != nil || self.minFreeBytes != nil { source = "flags, then " + source }
+            var stat = try inspector.stat(budget: budget)
+            stat.budgetSource = source
             if self.output.json {
                 try printJSON(stat)
                 return
@@ -148,9 +177,20 @@ extension WALCommand {
                 "segments:    \(stat.segments) (\(formatBytes(stat.bytes)) of a \(formatBytes(stat.budgetBytes)) budget)"
             )
             print("events:      LSN \(stat.firstLSN) ..< \(stat.nextLSN) in \(stat.records) records")
-            print("volume free: \(formatBytes(stat.volumeAvailableBytes))")
-            print("pressure:    \(stat.pressure.rawValue)")
+            print(
+                "volume free: \(formatBytes(stat.volumeAvailableBytes)) (wal.min_free_bytes: \(formatBytes(stat.minFreeBytes)))"
+            )
+            print("pressure:    \(stat.pressure.rawValue)" + (stat.pressureReason.map { ": \($0)" } ?? ""))
+            print("budget from: \(source)")
             print("quarantine:  \(stat.quarantinedFiles) file(s)")
+            if stat.cursors.isEmpty && stat.firstLSN > .zero {
+                print(
+                    "cursors:     NONE, but segments below LSN \(stat.firstLSN) were deleted, so a consumer existed: "
+                        + "its cursor file is missing (a running forwarder rewrites it at its next commit; "
+                        + "a restarted one begins at LSN \(stat.firstLSN))"
+                )
+                return
+            }
             if stat.cursors.isEmpty {
                 print("cursors:     none (nothing consumes this WAL yet; no segment is deleted)")
                 return

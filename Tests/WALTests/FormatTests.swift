@@ -1,6 +1,6 @@
 import Testing
 
-@testable import WAL
+@_spi(Testing) @testable import WAL
 
 @Suite struct FormatTests {
     @Test func crc32cMatchesTheStandardCheckValue() {
@@ -80,5 +80,38 @@ import Testing
         #expect(SegmentName.parse("977.wal") == nil)
         #expect(SegmentName.parse("wal.lock") == nil)
         #expect(SegmentName.make(LSN(UInt64.max)) == "18446744073709551615.wal")
+    }
+}
+
+/// The fuzz entry points: a real frame parses back to its events, and no mangling of it traps.
+@Suite struct FormatFuzzingTests {
+    @Test func aFrameParsesBackAndNoSingleByteChangeOrTruncationTraps() {
+        let events = [Array("one".utf8), Array("two".utf8)]
+        let payload = EventPayload.encode(events)
+        let header = FrameHeader(
+            payloadLength: UInt32(payload.count),
+            payloadCRC: CRC32C.checksum(payload),
+            lsn: LSN(7),
+            timestampNanos: 1,
+            eventCount: 2,
+            type: .data,
+            writerTag: 9
+        )
+        var frame = [UInt8](repeating: 0, count: header.frameLength)
+        frame.withUnsafeMutableBytes { header.write(into: $0) }
+        frame.replaceSubrange(FrameHeader.size..<FrameHeader.size + payload.count, with: payload)
+        #expect(frame.withUnsafeBytes { FormatFuzzing.parseFrame($0) } == events)
+        for index in frame.indices {
+            var mangled = frame
+            mangled[index] ^= 0x5A
+            _ = mangled.withUnsafeBytes { FormatFuzzing.parseFrame($0) }
+            _ = frame[0..<index].withUnsafeBytes { FormatFuzzing.parseFrame($0) }
+        }
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let noise = (0..<Int.random(in: 0..<200, using: &generator)).map { _ in UInt8.random(in: 0...255) }
+            _ = noise.withUnsafeBytes { FormatFuzzing.parseFrame($0) }
+            _ = noise.withUnsafeBytes { FormatFuzzing.parseSegmentHeader($0) }
+        }
     }
 }

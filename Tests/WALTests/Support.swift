@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 @_exported import TestSupport
 import Testing
 
@@ -64,4 +65,41 @@ private func runSluiceBlocking(_ arguments: [String]) throws -> CommandResult {
         stdout: String(decoding: stdout, as: UTF8.self),
         stderr: String(decoding: stderr, as: UTF8.self)
     )
+}
+
+/// Keeps what the WAL logs, to count and read its lines.
+final class CapturedLogs: Sendable {
+    struct Entry: Sendable {
+        var level: Logger.Level
+        var message: String
+        var metadata: Logger.Metadata
+    }
+
+    private let storage = Mutex<[Entry]>([])
+
+    var entries: [Entry] { self.storage.withLock { $0 } }
+
+    func count(_ message: String) -> Int { self.entries.filter { $0.message == message }.count }
+
+    var logger: Logger {
+        var logger = Logger(label: "sluice.wal.test") { _ in Handler(logs: self) }
+        logger.logLevel = .debug
+        return logger
+    }
+
+    private struct Handler: LogHandler {
+        let logs: CapturedLogs
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .debug
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { self.metadata[key] }
+            set { self.metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            let entry = Entry(level: event.level, message: event.message.description, metadata: event.metadata ?? [:])
+            self.logs.storage.withLock { $0.append(entry) }
+        }
+    }
 }
