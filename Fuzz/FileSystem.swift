@@ -71,4 +71,8 @@ final class OneSegmentFileSystem: WALFileSystem, @unchecked Sendable {
     func volumeSpace(_ path: String) throws -> (available: Int64, total: Int64) { (0, Int64(self.bytes.count)) }
 
     func lockExclusive(_ path: String, waitMilliseconds: Int) throws -> Int32 { throw self.refuse("flock", path) }
+    func lockDirectory(_ path: String, waitMilliseconds: Int) throws -> Int32 { throw self.refuse("flock", path) }
+    func tryLock(_ fd: Int32, path: String) throws { throw self.refuse("flock", path) }
+    func identity(of fd: Int32, path: String) throws -> FileIdentity { throw self.refuse("fstat", path) }
+    func identity(atPath path: String) throws -> FileIdentity? { nil }
 }

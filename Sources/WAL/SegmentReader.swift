@@ -90,7 +90,9 @@ struct SegmentReader {
             let start = Int(offset - self.windowStart)
             return self.window[start..<start + count]
         }
-        let size = max(count, Self.windowSize)
+        // No larger than what is left of the file: a short segment (a damaged one, a test's,
+        // a fuzzer's input) needs no megabyte of zeroed memory.
+        let size = max(count, min(Self.windowSize, Int(clamping: max(self.fileSize - offset, 0))))
         if self.window.count < size { self.window = [UInt8](repeating: 0, count: size) }
         self.windowCount = 0
         let (fileSystem, fd, path) = (self.fileSystem, self.fd, self.path)
