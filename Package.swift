@@ -64,8 +64,10 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // The event model: JSON, validation, normalization. No I/O.
-        .target(name: "EventModel", swiftSettings: strict),
+        // The system zlib, for request bodies sent with Content-Encoding gzip or deflate.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // The event model: JSON, validation, normalization, body decoding. No I/O.
+        .target(name: "EventModel", dependencies: ["CZlib"], swiftSettings: strict),
         // ECS JSON logs and Prometheus metrics, shared by every role.
         .target(
             name: "Telemetry",

@@ -1,4 +1,3 @@
-import CompressNIO
 import CoreMetrics
 import EventModel
 import HTTPTypes
@@ -190,42 +189,31 @@ struct Ingest: Sendable {
                 extensions: [("limit", .number(String(limit)))]
             )
         }
-        let encoding = (request.headers[.contentEncoding] ?? "identity").lowercased().trimmingSpaces()
-        let algorithms: [CompressionAlgorithm]
-        switch encoding {
-        case "identity", "": return Array(buffer.readableBytesView)
-        case "gzip", "x-gzip": algorithms = [.gzip()]
-        // HTTP's "deflate" is zlib-wrapped (RFC 9110), but some clients send raw deflate.
-        case "deflate": algorithms = [.zlib(), .deflate()]
-        default:
+        let header = (request.headers[.contentEncoding] ?? "identity").lowercased().trimmingSpaces()
+        if header == "identity" || header.isEmpty { return Array(buffer.readableBytesView) }
+        guard let encoding = ContentEncoding(header: header) else {
             throw Problem(
                 .unsupportedMediaType,
-                "Content-Encoding \(encoding) is not supported; use gzip, deflate or none",
+                "Content-Encoding \(header) is not supported; use gzip, deflate or none",
                 extensions: [
                     ("accepted_encodings", .array([.string("gzip"), .string("deflate"), .string("identity")]))
                 ]
             )
         }
-        for (index, algorithm) in algorithms.enumerated() {
-            var input = buffer
-            do {
-                let output = try input.decompress(with: algorithm, maxSize: limit + 1)
-                guard output.readableBytes <= limit else { throw CompressNIOError.bufferOverflow }
-                return Array(output.readableBytesView)
-            } catch let error as CompressNIOError where error == .bufferOverflow {
-                throw Problem(
-                    .tooLarge,
-                    "the body decompresses to more than \(limit) bytes",
-                    extensions: [("limit", .number(String(limit)))]
-                )
-            } catch  where index < algorithms.count - 1 {
-                continue
-            } catch {
-                throw Problem(.malformed, "the body is not valid \(encoding) data")
-            }
-        }
+        let compressed = Array(buffer.readableBytesView)
         buffer.clear()
-        throw Problem(.malformed, "the body is not valid \(encoding) data")
+        do throws(ContentDecodingError) {
+            return try ContentDecoding.decode(compressed, encoding: encoding, maxBytes: limit)
+        } catch  where error.reason == .tooLarge {
+            throw Problem(
+                .tooLarge,
+                "the body decompresses to more than \(limit) bytes",
+                extensions: [("limit", .number(String(limit)))]
+            )
+        } catch {
+            // All or nothing: no prefix of an incomplete body is ever parsed.
+            throw Problem(.malformed, "the body is not valid \(header) data: \(error.detail)")
+        }
     }
 
     /// Appends the events as one WAL record and returns once it is durable, or throws a 503
