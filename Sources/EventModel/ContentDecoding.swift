@@ -104,21 +104,26 @@ public enum ContentDecoding {
         stream.pointee.next_in = UnsafeMutablePointer(mutating: input.baseAddress)
         stream.pointee.avail_in = UInt32(input.count)
 
-        var output = [UInt8](repeating: 0, count: min(maxBytes + 1, max(4096, input.count * 4)))
+        // Raw memory rather than an array: it grows without zero-filling (zlib writes every
+        // byte before it is read), and the array is made once, of the final size.
+        var capacity = min(maxBytes + 1, max(1 << 16, input.count * 4))
+        var output = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+        defer { output.deallocate() }
         var produced = 0
         while true {
-            if produced == output.count {
+            if produced == capacity {
                 // The output holds maxBytes + 1 bytes at most: one more than allowed is enough to know.
                 guard produced <= maxBytes else { throw Self.tooLarge(maxBytes) }
-                output.append(contentsOf: repeatElement(0, count: min(maxBytes + 1, output.count * 2) - output.count))
+                capacity = min(maxBytes + 1, capacity * 2)
+                let grown = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+                grown.initialize(from: output, count: produced)
+                output.deallocate()
+                output = grown
             }
-            let code = output.withUnsafeMutableBufferPointer { buffer in
-                stream.pointee.next_out = buffer.baseAddress! + produced
-                stream.pointee.avail_out = UInt32(buffer.count - produced)
-                let code = CZlib.inflate(stream, Z_NO_FLUSH)
-                produced = buffer.count - Int(stream.pointee.avail_out)
-                return code
-            }
+            stream.pointee.next_out = output + produced
+            stream.pointee.avail_out = UInt32(capacity - produced)
+            let code = CZlib.inflate(stream, Z_NO_FLUSH)
+            produced = capacity - Int(stream.pointee.avail_out)
             guard produced <= maxBytes else { throw Self.tooLarge(maxBytes) }
             switch code {
             case Z_OK:
@@ -126,10 +131,7 @@ public enum ContentDecoding {
             case Z_STREAM_END:
                 // The end of a stream; zlib has checked gzip's CRC-32 and ISIZE or zlib's Adler-32.
                 let left = Int(stream.pointee.avail_in)
-                if left == 0 {
-                    output.removeSubrange(produced...)
-                    return output
-                }
+                if left == 0 { return Array(UnsafeBufferPointer(start: output, count: produced)) }
                 if gzipMembers, left >= 2, let next = stream.pointee.next_in, next[0] == 0x1F, next[1] == 0x8B {
                     inflateReset(stream)
                     continue
