@@ -52,7 +52,10 @@ enum DuplicateKeys {
         }
     }
 
-    private static func same(_ a: String, _ b: String) -> Bool { a.utf8.elementsEqual(b.utf8) }
+    /// Byte-wise equality; the count (O(1) for native strings) settles most pairs.
+    private static func same(_ a: String, _ b: String) -> Bool {
+        a.utf8.count == b.utf8.count && a.utf8.elementsEqual(b.utf8)
+    }
 
     private static func pointer(_ path: [Component], _ key: String) -> String {
         var pointer = ""
@@ -69,7 +72,7 @@ enum DuplicateKeys {
     private struct Key: Hashable {
         var text: String
 
-        static func == (lhs: Key, rhs: Key) -> Bool { lhs.text.utf8.elementsEqual(rhs.text.utf8) }
+        static func == (lhs: Key, rhs: Key) -> Bool { DuplicateKeys.same(lhs.text, rhs.text) }
 
         func hash(into hasher: inout Hasher) {
             var text = self.text
