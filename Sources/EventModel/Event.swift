@@ -94,7 +94,7 @@ public struct EventLimits: Sendable, Equatable {
 public struct FieldError: Sendable, Equatable, CustomStringConvertible {
     public var pointer: String
     public var detail: String
-    /// The limit that was exceeded, when a count limit was (rendered as `limit`).
+    /// The limit that was exceeded, for count and size limits (rendered as `limit`).
     public var limit: Int?
 
     public init(pointer: String, detail: String, limit: Int? = nil) {
@@ -430,7 +430,7 @@ private struct Builder {
                 } else {
                     let detail =
                         self.flat
-                        ? "is set more than once (a field x and properties.x, or a key of properties and properties.x, name the same property)"
+                        ? "appears more than once (x and properties.x name the same property)"
                         : "appears more than once"
                     for duplicate in DuplicateKeys.pointers(in: value) {
                         errors.append(FieldError(pointer: self.pointer + "/properties" + duplicate, detail: detail))
