@@ -136,7 +136,10 @@ public enum BodyDecoder {
         var index = 0
         var cellStarted = false
         func endCell() throws(BodyError) {
-            guard let text = String(validating: cell, as: UTF8.self) else {
+            // Most cells are ASCII, which needs no validation and no repair.
+            let ascii = cell.allSatisfy { $0 < 0x80 }
+            guard let text = ascii ? String(decoding: cell, as: UTF8.self) : String(validating: cell, as: UTF8.self)
+            else {
                 throw BodyError(
                     "CSV line \(cellLine): field \(cells.count + 1) is not valid UTF-8; send CSV encoded as UTF-8"
                 )
