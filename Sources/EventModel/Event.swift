@@ -94,7 +94,7 @@ public struct EventLimits: Sendable, Equatable {
 public struct FieldError: Sendable, Equatable, CustomStringConvertible {
     public var pointer: String
     public var detail: String
-    /// The limit that was exceeded, for count and size limits (rendered as `limit`).
+    /// The limit that was exceeded, for the member-count and `properties` size limits (rendered as `limit`).
     public var limit: Int?
 
     public init(pointer: String, detail: String, limit: Int? = nil) {
