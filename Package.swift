@@ -64,8 +64,10 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // The event model: JSON, validation, normalization. No I/O.
-        .target(name: "EventModel", swiftSettings: strict),
+        // The system zlib, for request bodies sent with Content-Encoding gzip or deflate.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // The event model: JSON, validation, normalization, body decoding. No I/O.
+        .target(name: "EventModel", dependencies: ["CZlib"], swiftSettings: strict),
         // ECS JSON logs and Prometheus metrics, shared by every role.
         .target(
             name: "Telemetry",
@@ -84,7 +86,6 @@ let package = Package(
                 "WAL", "EventModel", "Telemetry",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
-                .product(name: "CompressNIO", package: "compress-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

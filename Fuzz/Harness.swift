@@ -27,7 +27,8 @@ enum Harness: String, CaseIterable {
 
     /// The formats each route takes (the gateway's `Ingest.singleFormats` and `batchFormats`).
     static let formats: [(BodyFormat, batch: Bool)] =
-        [BodyFormat.json, .form, .textJSON].map { ($0, false) } + [BodyFormat.json, .ndjson, .csv, .textJSON].map { ($0, true) }
+        [BodyFormat.json, .form, .textJSON].map { ($0, false) }
+        + [BodyFormat.json, .ndjson, .csv, .textJSON].map { ($0, true) }
 
     static func body(_ input: [UInt8]) {
         guard let selector = input.first else { return }

@@ -55,8 +55,15 @@ public enum BodyDecoder {
     /// - Parameters:
     ///   - batch: whether the route takes several events (`/v1/events/batch`).
     ///   - maxEvents: more items than this is an error the caller maps to 413.
+    /// A pure function of its arguments: the gateway's parser, and the entry point for fuzzing.
+    /// A UTF-8 byte order mark at the very start of the body is skipped in every format
+    /// (RFC 8259 §8.1 lets a parser ignore it; Excel's "CSV UTF-8" writes one); anywhere else
+    /// it is data.
+    ///
     /// - Throws: ``BodyError`` when the body as a whole is malformed.
     public static func decode(_ body: [UInt8], format: BodyFormat, batch: Bool) throws(BodyError) -> [DecodedItem] {
+        // Copies only a body that has a BOM, which is rare.
+        let body = body.starts(with: Self.byteOrderMark) ? Array(body.dropFirst(Self.byteOrderMark.count)) : body
         switch format {
         case .json, .textJSON:
             let value: JSONValue
@@ -96,6 +103,9 @@ public enum BodyDecoder {
         }
     }
 
+    /// U+FEFF encoded in UTF-8.
+    static let byteOrderMark: [UInt8] = [0xEF, 0xBB, 0xBF]
+
     /// Lines with their 1-based numbers.
     static func lines(_ body: [UInt8]) -> [(Int, ArraySlice<UInt8>)] {
         var result: [(Int, ArraySlice<UInt8>)] = []
@@ -110,24 +120,37 @@ public enum BodyDecoder {
         return result
     }
 
-    /// RFC 4180 CSV with a header row. Rows whose column count differs from the header's are
-    /// reported one by one.
+    /// RFC 4180 CSV with a header row, strictly: UTF-8 only, a quote only around a whole field,
+    /// CR only in a quoted field or before LF. Rows whose column count differs from the
+    /// header's are reported one by one; anything else wrong refuses the body, naming the line.
     static func csv(_ body: [UInt8]) throws(BodyError) -> [DecodedItem] {
         var rows: [(line: Int, cells: [String])] = []
         var cells: [String] = []
         var cell: [UInt8] = []
         var inQuotes = false
+        // A quoted field has just closed: only a delimiter or the end of the line may follow.
+        var afterQuote = false
         var line = 1
         var rowLine = 1
+        var cellLine = 1
         var index = 0
         var cellStarted = false
-        func endCell() {
-            cells.append(String(decoding: cell, as: UTF8.self))
+        func endCell() throws(BodyError) {
+            // Most cells are ASCII, which needs no validation and no repair.
+            let ascii = cell.allSatisfy { $0 < 0x80 }
+            guard let text = ascii ? String(decoding: cell, as: UTF8.self) : String(validating: cell, as: UTF8.self)
+            else {
+                throw BodyError(
+                    "CSV line \(cellLine): field \(cells.count + 1) is not valid UTF-8; send CSV encoded as UTF-8"
+                )
+            }
+            cells.append(text)
             cell.removeAll(keepingCapacity: true)
             cellStarted = false
+            afterQuote = false
         }
-        func endRow() {
-            endCell()
+        func endRow() throws(BodyError) {
+            try endCell()
             if !(cells.count == 1 && cells[0].isEmpty) { rows.append((rowLine, cells)) }
             cells = []
         }
@@ -140,6 +163,7 @@ public enum BodyDecoder {
                         index += 1
                     } else {
                         inQuotes = false
+                        afterQuote = true
                     }
                 } else {
                     if byte == 0x0A { line += 1 }
@@ -147,20 +171,34 @@ public enum BodyDecoder {
                 }
             } else {
                 switch byte {
+                case 0x2C:
+                    try endCell()
+                    cellLine = line
+                case 0x0A:
+                    try endRow()
+                    line += 1
+                    rowLine = line
+                    cellLine = line
+                case 0x0D:
+                    // CR belongs to a CRLF line ending (or ends the body); alone it is refused,
+                    // not dropped: dropping it would store something other than what was sent.
+                    if index + 1 == body.count || body[index + 1] == 0x0A { break }
+                    if !body.contains(0x0A) {
+                        throw BodyError("CSV uses CR-only line endings; use LF or CRLF")
+                    }
+                    throw BodyError(
+                        "CSV line \(line): a carriage return (CR) in an unquoted field; quote the field, and end lines with LF or CRLF"
+                    )
+                case _ where afterQuote:
+                    throw BodyError(
+                        "CSV line \(line): text after the closing quote of a field; inside a quoted field, write a quote as \"\""
+                    )
                 case 0x22:
                     guard !cellStarted && cell.isEmpty else {
                         throw BodyError("CSV line \(line): a quote inside an unquoted field")
                     }
                     inQuotes = true
                     cellStarted = true
-                case 0x2C:
-                    endCell()
-                case 0x0A:
-                    endRow()
-                    line += 1
-                    rowLine = line
-                case 0x0D:
-                    break
                 default:
                     cell.append(byte)
                 }
@@ -168,13 +206,16 @@ public enum BodyDecoder {
             index += 1
         }
         if inQuotes { throw BodyError("CSV line \(rowLine): unterminated quoted field") }
-        if !cell.isEmpty || !cells.isEmpty || cellStarted { endRow() }
+        if !cell.isEmpty || !cells.isEmpty || cellStarted { try endRow() }
         guard let header = rows.first else { throw BodyError("CSV body has no header row") }
         let names = header.cells.map { $0.trimmingSpaces() }
         guard names.contains("action") || names.contains("user_id") else {
             throw BodyError(
                 "CSV header row must name the fields (action, user_id, ...); found \(names.joined(separator: ","))"
             )
+        }
+        if let unnamed = names.firstIndex(where: \.isEmpty) {
+            throw BodyError("CSV header row: column \(unnamed + 1) has no name")
         }
         return rows.dropFirst().map { row in
             guard row.cells.count == names.count else {
@@ -227,6 +268,17 @@ public enum BodyDecoder {
 }
 
 extension String {
+    /// The string cut to at most `maxBytes` bytes of UTF-8, at a character (scalar) boundary.
+    public func truncatedUTF8(maxBytes: Int) -> String {
+        guard self.utf8.count > maxBytes else { return self }
+        var end = self.utf8.index(self.utf8.startIndex, offsetBy: maxBytes)
+        // Back off continuation bytes (10xxxxxx) so no scalar is cut in two.
+        while end > self.utf8.startIndex && self.utf8[end] & 0xC0 == 0x80 {
+            end = self.utf8.index(before: end)
+        }
+        return String(self.utf8[..<end]) ?? ""
+    }
+
     /// The string without leading and trailing spaces and tabs.
     public func trimmingSpaces() -> String {
         var scalars = Substring(self)

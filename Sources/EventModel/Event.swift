@@ -76,6 +76,16 @@ public struct EventLimits: Sendable, Equatable {
     public var maxIdentifierBytes = 256
     /// Longest `page` and `referrer` URL. Default: 4096 bytes.
     public var maxURLBytes = 4096
+    /// Most members in one event object. An event has nine fields, so more is always an error;
+    /// the limit keeps the answer to a body of 100,000 keys one error, found before any other
+    /// work. Default: 64.
+    public var maxEventMembers = 64
+    /// Most members in the `properties` object (its top level; nested objects are bounded by
+    /// ``maxPropertiesBytes``). Default: 256.
+    public var maxPropertiesMembers = 256
+    /// Longest `user_agent` stored; a longer header is cut at a UTF-8 character boundary.
+    /// It is copied into every event of a request, so it must not dwarf them. Default: 512 bytes.
+    public var maxUserAgentBytes = 512
 
     public init() {}
 }
@@ -84,10 +94,13 @@ public struct EventLimits: Sendable, Equatable {
 public struct FieldError: Sendable, Equatable, CustomStringConvertible {
     public var pointer: String
     public var detail: String
+    /// The limit that was exceeded, for the member-count and `properties` size limits (rendered as `limit`).
+    public var limit: Int?
 
-    public init(pointer: String, detail: String) {
+    public init(pointer: String, detail: String, limit: Int? = nil) {
         self.pointer = pointer
         self.detail = detail
+        self.limit = limit
     }
 
     public var description: String { "\(self.pointer): \(self.detail)" }
@@ -121,20 +134,39 @@ extension Event {
                 ])
             )
         }
-        var builder = Builder(pointer: pointer, origin: origin, limits: limits)
-        for (index, (key, member)) in members.enumerated() {
-            // Events have a handful of fields: a scan beats hashing into a set.
-            if members[..<index].contains(where: { $0.0 == key }) {
+        // Checked before anything else: the work below is linear, but an answer listing
+        // 100,000 unknown fields would not be.
+        guard members.count <= limits.maxEventMembers else {
+            return .failure(
+                EventErrors([
+                    FieldError(
+                        pointer: pointer,
+                        detail: "has \(members.count) members; the limit is \(limits.maxEventMembers)",
+                        limit: limits.maxEventMembers
+                    )
+                ])
+            )
+        }
+        var builder = Builder(pointer: pointer, origin: origin, limits: limits, flat: false)
+        // One bit per known field: a repeated field is found without comparing keys pairwise.
+        var seen: UInt16 = 0
+        for (key, member) in members {
+            guard let known = Self.knownFields.firstIndex(of: key) else {
+                builder.fail(key, "is not an event field; put custom data in \"properties\"")
+                continue
+            }
+            guard seen & (1 << known) == 0 else {
                 builder.fail(key, "appears more than once")
                 continue
             }
+            seen |= 1 << known
             switch key {
             case "properties":
                 builder.properties(member)
             case "timestamp":
                 switch member {
                 case .number(let text): builder.timestamp(epochMillis: text)
-                case .string(let text): builder.timestamp(text)
+                case .string(let text): builder.timestamp(text: text)
                 case .null: break
                 default: builder.fail(key, "must be an RFC 3339 string or epoch milliseconds, not \(member.typeName)")
                 }
@@ -145,14 +177,12 @@ extension Event {
                     builder.set(key, text)
                 default: builder.fail(key, "must be a string (or an integer), not \(member.typeName)")
                 }
-            case _ where Self.knownFields.contains(key):
+            default:
                 switch member {
                 case .string(let text): builder.set(key, text)
                 case .null: break
                 default: builder.fail(key, "must be a string, not \(member.typeName)")
                 }
-            default:
-                builder.fail(key, "is not an event field; put custom data in \"properties\"")
             }
         }
         return builder.finish()
@@ -160,17 +190,22 @@ extension Event {
 
     /// Validates flat key-value input (form bodies, pixel query strings, CSV rows): the
     /// known fields by name, `properties` as a JSON object string, and any other key as a
-    /// string property.
+    /// string property. A field without a name is refused, and so is a property named twice
+    /// (`x` and `properties.x`, or a key of a `properties` JSON value and `properties.x`).
     public static func validate(
         fields: [(String, String)],
         pointer: String,
         origin: RequestOrigin,
         limits: EventLimits
     ) -> Result<Event, EventErrors> {
-        var builder = Builder(pointer: pointer, origin: origin, limits: limits)
+        var builder = Builder(pointer: pointer, origin: origin, limits: limits, flat: true)
         var extra: [(String, JSONValue)] = []
         var seen: Set<String> = []
         for (key, value) in fields {
+            guard !key.isEmpty else {
+                builder.fail(key, "a field has no name (as in \"=1\" in a form or query string)")
+                continue
+            }
             guard seen.insert(key).inserted else {
                 builder.fail(key, "appears more than once")
                 continue
@@ -185,15 +220,15 @@ extension Event {
                 }
             case "timestamp":
                 if value.isEmpty { continue }
-                if value.utf8.allSatisfy({ (0x30...0x39).contains($0) || $0 == UInt8(ascii: "-") }) {
-                    builder.timestamp(epochMillis: value)
-                } else {
-                    builder.timestamp(value)
-                }
+                builder.timestamp(text: value)
             case _ where Self.knownFields.contains(key):
                 if !value.isEmpty || key == "action" || key == "user_id" { builder.set(key, value) }
             default:
                 let property = key.hasPrefix("properties.") ? String(key.dropFirst("properties.".count)) : key
+                guard !property.isEmpty else {
+                    builder.fail(key, "names a property with no name")
+                    continue
+                }
                 extra.append((property, .string(value)))
             }
         }
@@ -232,6 +267,8 @@ private struct Builder {
     let pointer: String
     let origin: RequestOrigin
     let limits: EventLimits
+    /// Form, CSV or pixel input, where `x` and `properties.x` name the same property.
+    let flat: Bool
     var errors: [FieldError] = []
     var eventID: String?
     var action: String?
@@ -243,10 +280,11 @@ private struct Builder {
     var sessionID: String?
     var properties: [(String, JSONValue)]?
 
-    init(pointer: String, origin: RequestOrigin, limits: EventLimits) {
+    init(pointer: String, origin: RequestOrigin, limits: EventLimits, flat: Bool) {
         self.pointer = pointer
         self.origin = origin
         self.limits = limits
+        self.flat = flat
     }
 
     mutating func fail(_ field: String, _ detail: String) {
@@ -258,6 +296,15 @@ private struct Builder {
         case "event_id":
             guard let uuid = UUIDText.normalize(value) else {
                 self.fail(field, "must be a UUID such as 0190f5d2-7a3c-7cc2-9b4e-3f6a1d2c4b5a")
+                return
+            }
+            // Every client that sends the nil (or max) UUID would share one id, and ClickHouse
+            // would keep one of their events.
+            guard uuid != UUIDText.nilUUID && uuid != UUIDText.maxUUID else {
+                self.fail(
+                    field,
+                    "is the \(uuid == UUIDText.nilUUID ? "nil" : "max") UUID, which is reserved; omit event_id and the gateway assigns one"
+                )
                 return
             }
             self.eventID = uuid
@@ -298,7 +345,18 @@ private struct Builder {
         }
     }
 
-    mutating func timestamp(_ text: String) {
+    /// Epoch milliseconds written as digits (in a string, as flat formats always send them),
+    /// or RFC 3339.
+    mutating func timestamp(text: String) {
+        let digits = text.utf8.first == UInt8(ascii: "-") ? text.utf8.dropFirst() : Substring(text).utf8
+        if !digits.isEmpty && digits.allSatisfy({ (0x30...0x39).contains($0) }) {
+            self.timestamp(epochMillis: text)
+        } else {
+            self.timestamp(rfc3339: text)
+        }
+    }
+
+    mutating func timestamp(rfc3339 text: String) {
         guard let millis = Timestamp.parse(text) else {
             self.fail("timestamp", "must be RFC 3339 (2026-11-22T10:15:30.250Z) or epoch milliseconds")
             return
@@ -348,15 +406,36 @@ private struct Builder {
         var properties: JSONValue?
         if let members = self.properties {
             let value = JSONValue.object(members)
-            var writer = JSONWriter()
-            writer.write(value)
-            if writer.bytes.count > self.limits.maxPropertiesBytes {
+            // Cheapest check first: the member count, then the size, and only a bounded object
+            // is searched for duplicate keys.
+            if members.count > self.limits.maxPropertiesMembers {
                 errors.append(
                     FieldError(
                         pointer: self.pointer + "/properties",
-                        detail: "is \(writer.bytes.count) bytes; the limit is \(self.limits.maxPropertiesBytes)"
+                        detail: "has \(members.count) members; the limit is \(self.limits.maxPropertiesMembers)",
+                        limit: self.limits.maxPropertiesMembers
                     )
                 )
+            } else {
+                var writer = JSONWriter()
+                writer.write(value)
+                if writer.bytes.count > self.limits.maxPropertiesBytes {
+                    errors.append(
+                        FieldError(
+                            pointer: self.pointer + "/properties",
+                            detail: "is \(writer.bytes.count) bytes; the limit is \(self.limits.maxPropertiesBytes)",
+                            limit: self.limits.maxPropertiesBytes
+                        )
+                    )
+                } else {
+                    let detail =
+                        self.flat
+                        ? "appears more than once (x and properties.x name the same property)"
+                        : "appears more than once"
+                    for duplicate in DuplicateKeys.pointers(in: value) {
+                        errors.append(FieldError(pointer: self.pointer + "/properties" + duplicate, detail: detail))
+                    }
+                }
             }
             properties = value
         }

@@ -166,6 +166,11 @@ public enum Timestamp {
 
 /// UUIDs as text: validation, normalization and UUIDv7 generation.
 public enum UUIDText {
+    /// The nil UUID (RFC 9562 §5.9): reserved, refused as an `event_id`.
+    public static let nilUUID = "00000000-0000-0000-0000-000000000000"
+    /// The max UUID (RFC 9562 §5.10): reserved, refused as an `event_id`.
+    public static let maxUUID = "ffffffff-ffff-ffff-ffff-ffffffffffff"
+
     /// The UUID in lower case, or nil when `text` is not `8-4-4-4-12` hex digits.
     public static func normalize(_ text: String) -> String? {
         let bytes = Array(text.utf8)

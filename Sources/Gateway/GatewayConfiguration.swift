@@ -96,7 +96,8 @@ struct TrustedProxies: Sendable {
             return .ipv4(network: address & mask, mask: mask)
         }
         guard parts.count == 1, Self.ipv4(spec) != nil || spec.contains(":") else { return nil }
-        return .exact(spec)
+        // Canonical, to match the canonical form clientAddress compares ("2001:DB8::1").
+        return .exact(IPAddressText.canonical(Substring(spec)) ?? spec)
     }
 
     static func ipv4(_ text: String) -> UInt32? {
@@ -121,11 +122,39 @@ struct TrustedProxies: Sendable {
     }
 
     /// The client address: the peer itself, unless the peer is a trusted proxy, in which case
-    /// the right-most `X-Forwarded-For` entry that is not a trusted proxy.
-    func clientAddress(peer: String?, forwardedFor: String?) -> String? {
-        guard let peer, self.contains(peer), let forwardedFor else { return peer }
-        let hops = forwardedFor.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty }
-        for hop in hops.reversed() where !self.contains(hop) { return hop }
-        return hops.first ?? peer
+    /// the right-most `X-Forwarded-For` entry that is not a trusted proxy. Every hop walked
+    /// over must be an IP address (a port is stripped); when one is not, the header cannot be
+    /// trusted and the peer's address is used, with the offending hop (at most 64 bytes) in
+    /// `invalidHop` for the log.
+    func clientAddress(peer: String?, forwardedFor: String?) -> ClientAddress {
+        guard let peer, self.contains(peer), let forwardedFor else { return ClientAddress(address: peer) }
+        var leftmost: String?
+        for hop in forwardedFor.split(separator: ",").reversed() {
+            let hop = hop.trimmingSpaces()
+            if hop.isEmpty { continue }
+            guard let address = IPAddressText.canonical(hop) else {
+                return ClientAddress(address: peer, invalidHop: String(hop).truncatedUTF8(maxBytes: 64))
+            }
+            if !self.contains(address) { return ClientAddress(address: address) }
+            leftmost = address
+        }
+        return ClientAddress(address: leftmost ?? peer)
+    }
+}
+
+/// Who sent a request, as far as the gateway can tell.
+struct ClientAddress: Sendable, Equatable {
+    var address: String?
+    /// An `X-Forwarded-For` hop that was not an IP address (cut to 64 bytes), when there was one.
+    var invalidHop: String?
+}
+
+extension Substring {
+    /// Without leading and trailing spaces and tabs.
+    fileprivate func trimmingSpaces() -> Substring {
+        var text = self
+        while text.first == " " || text.first == "\t" { text.removeFirst() }
+        while text.last == " " || text.last == "\t" { text.removeLast() }
+        return text
     }
 }

@@ -454,7 +454,9 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
             route = self.settings.routes[path] != nil ? path : "other"
             metadata["http.request.method"] = "\(method)"
             metadata["url.path"] = "\(path)"
-            if let agent = head.headers.first(name: "User-Agent") { metadata["user_agent.original"] = "\(agent)" }
+            if let agent = head.headers.first(name: "User-Agent") {
+                metadata["user_agent.original"] = "\(agent.truncatedUTF8(maxBytes: EventLimits().maxUserAgentBytes))"
+            }
             if let length = head.headers.first(name: "Content-Length") {
                 metadata["http.request.body.bytes"] = "\(length)"
             }
@@ -462,7 +464,7 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 peer: peer,
                 forwardedFor: head.headers.first(name: "X-Forwarded-For")
             )
-            if let client { metadata["client.ip"] = "\(client)" }
+            if let address = client.address { metadata["client.ip"] = "\(address)" }
         } else {
             route = "(unparsed)"
             method = "(unparsed)"

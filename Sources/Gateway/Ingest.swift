@@ -1,4 +1,3 @@
-import CompressNIO
 import CoreMetrics
 import EventModel
 import HTTPTypes
@@ -47,9 +46,10 @@ struct Ingest: Sendable {
             )
         }
         let origin = self.origin(request, context: context)
-        let results = items.enumerated().map { index, item in
+        var results = items.enumerated().map { index, item in
             Self.validate(item, pointer: batch ? "/\(index)" : "", origin: origin, limits: self.configuration.limits)
         }
+        if results.count > 1 { Self.refuseRepeatedEventIDs(&results) }
         let valid = results.compactMap { try? $0.get() }
         let errors = results.flatMap { result -> [FieldError] in
             if case .failure(let failure) = result { return failure.errors }
@@ -97,9 +97,7 @@ struct Ingest: Sendable {
                     (
                         "errors",
                         .array(
-                            problems.map {
-                                .object([("pointer", .string($0.pointer)), ("detail", .string($0.detail))])
-                            }
+                            problems.map(Problem.json(for:))
                         )
                     ),
                 ])
@@ -166,11 +164,37 @@ struct Ingest: Sendable {
         }
     }
 
+    /// Two events with one `event_id` in one request are a client bug (ClickHouse would keep
+    /// one of them): the first valid one is accepted, the later ones refused.
+    static func refuseRepeatedEventIDs(_ results: inout [Result<Event, EventErrors>]) {
+        var first: [String: Int] = [:]
+        first.reserveCapacity(results.count)
+        for index in results.indices {
+            guard case .success(let event) = results[index] else { continue }
+            if let earlier = first[event.eventID] {
+                results[index] = .failure(
+                    EventErrors([
+                        FieldError(
+                            pointer: "/\(index)/event_id",
+                            detail: "repeats the event_id of item \(earlier) in this request; every event needs its own"
+                        )
+                    ])
+                )
+            } else {
+                first[event.eventID] = index
+            }
+        }
+    }
+
     private func origin(_ request: Request, context: IngestRequestContext) -> RequestOrigin {
         RequestOrigin(
             receivedAtMillis: Timestamp.nowMillis(),
             clientIP: context.clientIP,
-            userAgent: request.headers[.userAgent],
+            // Copied into every event of the request: bounded, so that a 100 KB header does not
+            // turn 1,000 small events into a 100 MB record.
+            userAgent: request.headers[.userAgent].map {
+                $0.truncatedUTF8(maxBytes: self.configuration.limits.maxUserAgentBytes)
+            },
             gatewayID: self.configuration.gatewayID
         )
     }
@@ -190,42 +214,31 @@ struct Ingest: Sendable {
                 extensions: [("limit", .number(String(limit)))]
             )
         }
-        let encoding = (request.headers[.contentEncoding] ?? "identity").lowercased().trimmingSpaces()
-        let algorithms: [CompressionAlgorithm]
-        switch encoding {
-        case "identity", "": return Array(buffer.readableBytesView)
-        case "gzip", "x-gzip": algorithms = [.gzip()]
-        // HTTP's "deflate" is zlib-wrapped (RFC 9110), but some clients send raw deflate.
-        case "deflate": algorithms = [.zlib(), .deflate()]
-        default:
+        let header = (request.headers[.contentEncoding] ?? "identity").lowercased().trimmingSpaces()
+        if header == "identity" || header.isEmpty { return Array(buffer.readableBytesView) }
+        guard let encoding = ContentEncoding(header: header) else {
             throw Problem(
                 .unsupportedMediaType,
-                "Content-Encoding \(encoding) is not supported; use gzip, deflate or none",
+                "Content-Encoding \(header) is not supported; use gzip, deflate or none",
                 extensions: [
                     ("accepted_encodings", .array([.string("gzip"), .string("deflate"), .string("identity")]))
                 ]
             )
         }
-        for (index, algorithm) in algorithms.enumerated() {
-            var input = buffer
-            do {
-                let output = try input.decompress(with: algorithm, maxSize: limit + 1)
-                guard output.readableBytes <= limit else { throw CompressNIOError.bufferOverflow }
-                return Array(output.readableBytesView)
-            } catch let error as CompressNIOError where error == .bufferOverflow {
-                throw Problem(
-                    .tooLarge,
-                    "the body decompresses to more than \(limit) bytes",
-                    extensions: [("limit", .number(String(limit)))]
-                )
-            } catch  where index < algorithms.count - 1 {
-                continue
-            } catch {
-                throw Problem(.malformed, "the body is not valid \(encoding) data")
-            }
-        }
+        let compressed = Array(buffer.readableBytesView)
         buffer.clear()
-        throw Problem(.malformed, "the body is not valid \(encoding) data")
+        do throws(ContentDecodingError) {
+            return try ContentDecoding.decode(compressed, encoding: encoding, maxBytes: limit)
+        } catch  where error.reason == .tooLarge {
+            throw Problem(
+                .tooLarge,
+                "the body decompresses to more than \(limit) bytes",
+                extensions: [("limit", .number(String(limit)))]
+            )
+        } catch {
+            // All or nothing: no prefix of an incomplete body is ever parsed.
+            throw Problem(.malformed, "the body is not valid \(header) data: \(error.detail)")
+        }
     }
 
     /// Appends the events as one WAL record and returns once it is durable, or throws a 503
@@ -239,7 +252,11 @@ struct Ingest: Sendable {
         } catch let error as WALError {
             if error.code == .timedOut || error.code == .overloaded { self.metrics.appendTimeouts.increment() }
             if error.code == .recordTooLarge {
-                throw Problem(.tooLarge, "the events are too large to store together: \(error.message)")
+                throw Problem(
+                    .tooLarge,
+                    "stored, the events of this request are too large for one WAL record (\(error.message)); "
+                        + "send fewer events per request"
+                )
             }
             var problem = Problem(.unavailable, Self.describe(error))
             problem.headers[.retryAfter] = String(self.configuration.retryAfterSeconds)

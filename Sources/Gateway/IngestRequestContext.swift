@@ -1,3 +1,4 @@
+import CoreMetrics
 import EventModel
 import HTTPTypes
 import Hummingbird
@@ -33,6 +34,8 @@ struct AccessLogMiddleware: RouterMiddleware {
     let metrics: HTTPMetrics
     /// Path → allowed methods, to tell 405 from 404.
     let routes: [String: [HTTPRequest.Method]]
+    /// Requests from a trusted proxy whose `X-Forwarded-For` held something other than an IP address.
+    let invalidForwardedFor = Counter(label: "sluice_gateway_invalid_forwarded_for_total")
 
     func handle(
         _ request: Request,
@@ -42,10 +45,12 @@ struct AccessLogMiddleware: RouterMiddleware {
         let started = ContinuousClock.now
         var context = context
         context.requestID = Self.requestID(from: request.headers[.xRequestID])
-        context.clientIP = self.proxies.clientAddress(
+        let client = self.proxies.clientAddress(
             peer: context.remoteAddress?.ipAddress,
             forwardedFor: request.headers[.xForwardedFor]
         )
+        context.clientIP = client.address
+        if client.invalidHop != nil { self.invalidForwardedFor.increment() }
         var response: Response
         do {
             response = try await next(request, context)
@@ -70,7 +75,7 @@ struct AccessLogMiddleware: RouterMiddleware {
         let elapsed = ContinuousClock.now - started
         let route = self.routes[request.uri.path] != nil ? request.uri.path : "other"
         self.metrics.record(route: route, method: request.method, status: response.status.code, duration: elapsed)
-        self.log(request: request, response: response, context: context, elapsed: elapsed)
+        self.log(request: request, response: response, context: context, client: client, elapsed: elapsed)
         return response
     }
 
@@ -107,7 +112,16 @@ struct AccessLogMiddleware: RouterMiddleware {
         return UUIDText.v7(millis: Timestamp.nowMillis())
     }
 
-    private func log(request: Request, response: Response, context: IngestRequestContext, elapsed: Duration) {
+    /// Header values copied into the log are cut to this many bytes.
+    static let maxLoggedHeaderBytes = 512
+
+    private func log(
+        request: Request,
+        response: Response,
+        context: IngestRequestContext,
+        client: ClientAddress,
+        elapsed: Duration
+    ) {
         let nanos = elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
         var metadata: Logger.Metadata = [
             "http.request.method": "\(request.method.rawValue)",
@@ -117,7 +131,10 @@ struct AccessLogMiddleware: RouterMiddleware {
             "http.request.id": "\(context.requestID)",
         ]
         if let ip = context.clientIP { metadata["client.ip"] = "\(ip)" }
-        if let agent = request.headers[.userAgent] { metadata["user_agent.original"] = "\(agent)" }
+        if let agent = request.headers[.userAgent] {
+            metadata["user_agent.original"] = "\(agent.truncatedUTF8(maxBytes: Self.maxLoggedHeaderBytes))"
+        }
+        if let hop = client.invalidHop { metadata["sluice.forwarded_for.invalid_hop"] = "\(hop)" }
         if let length = request.headers[.contentLength] { metadata["http.request.body.bytes"] = "\(length)" }
         if let length = response.body.contentLength { metadata["http.response.body.bytes"] = "\(length)" }
         if let query = request.uri.query, request.uri.path != "/v1/pixel" { metadata["url.query"] = "\(query)" }

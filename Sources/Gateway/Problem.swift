@@ -74,9 +74,7 @@ public struct Problem: Error, HTTPResponseError, Sendable {
             members.append(
                 (
                     "errors",
-                    .array(
-                        self.errors.map { .object([("pointer", .string($0.pointer)), ("detail", .string($0.detail))]) }
-                    )
+                    .array(self.errors.map(Self.json(for:)))
                 )
             )
         }
@@ -84,6 +82,13 @@ public struct Problem: Error, HTTPResponseError, Sendable {
         var writer = JSONWriter()
         writer.write(.object(members))
         return writer.bytes
+    }
+
+    /// One entry of an `errors` array: `pointer`, `detail`, and `limit` when a limit was exceeded.
+    static func json(for error: FieldError) -> JSONValue {
+        var members: [(String, JSONValue)] = [("pointer", .string(error.pointer)), ("detail", .string(error.detail))]
+        if let limit = error.limit { members.append(("limit", .number(String(limit)))) }
+        return .object(members)
     }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
