@@ -140,11 +140,11 @@ let package = Package(
             swiftSettings: strict
         ),
         // Fuzzing harnesses for what clients and disks hand Sluice: the body decoders and the
-        // WAL's segment reader. scripts/fuzz builds them with libFuzzer; a plain build replays a
+        // WAL's frame and segment readers. scripts/fuzz builds them with libFuzzer; a plain build replays a
         // corpus (docs/fuzzing.md). Not part of the product.
         .executableTarget(
             name: "sluice-fuzz",
-            dependencies: ["EventModel", "WAL", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["EventModel", "WAL", "CCRC32C", "CZlib", .product(name: "Logging", package: "swift-log")],
             path: "Fuzz",
             swiftSettings: strict
         ),

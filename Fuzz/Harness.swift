@@ -1,5 +1,6 @@
+import CCRC32C
 import EventModel
-import WAL
+@_spi(Testing) import WAL
 
 #if canImport(Glibc)
 import Glibc
@@ -13,6 +14,11 @@ enum Harness: String, CaseIterable {
     /// The request body decoders and event validation. The first byte chooses the format and
     /// whether it is a batch; the rest is the body.
     case bodies
+    /// The WAL's frame reader on one frame (`FormatFuzzing.parseFrame`: header, length,
+    /// checksums, the payload split into events). When the first byte is odd, the harness
+    /// first writes correct checksums into the frame, so that mutations reach the structure
+    /// behind them instead of stopping at a checksum mismatch.
+    case frames
     /// The WAL's segment reader, through `WALInspector` over an in-memory directory holding the
     /// input as its only segment: `verify` and `records(from:)`, as `wal verify` and `wal dump`
     /// run them on a damaged disk.
@@ -21,6 +27,7 @@ enum Harness: String, CaseIterable {
     func run(_ input: UnsafeRawBufferPointer) {
         switch self {
         case .bodies: Self.body(Array(input))
+        case .frames: Self.frame(Array(input))
         case .segments: Self.segment(Array(input))
         }
     }
@@ -30,10 +37,31 @@ enum Harness: String, CaseIterable {
         [BodyFormat.json, .form, .textJSON].map { ($0, false) }
         + [BodyFormat.json, .ndjson, .csv, .textJSON].map { ($0, true) }
 
+    /// The `Content-Encoding`s a body may arrive in: none, gzip, deflate.
+    static let encodings: [ContentEncoding?] = [nil, .gzip, .deflate]
+
+    /// The selector byte of a body input: the route's format and the content encoding.
+    static func selector(format: BodyFormat, batch: Bool, encoding: ContentEncoding?) -> UInt8? {
+        guard let formatIndex = Self.formats.firstIndex(where: { $0.0 == format && $0.batch == batch }),
+            let encodingIndex = Self.encodings.firstIndex(of: encoding)
+        else { return nil }
+        return UInt8(formatIndex + Self.formats.count * encodingIndex)
+    }
+
     static func body(_ input: [UInt8]) {
         guard let selector = input.first else { return }
         let (format, batch) = Self.formats[Int(selector) % Self.formats.count]
-        let body = Array(input.dropFirst())
+        var body = Array(input.dropFirst())
+        if let encoding = Self.encodings[Int(selector) / Self.formats.count % Self.encodings.count] {
+            let limit = 1 << 20
+            do {
+                body = try ContentDecoding.decode(body, encoding: encoding, maxBytes: limit)
+            } catch {
+                check(!error.detail.isEmpty, "a content decoding error without a detail")
+                return
+            }
+            check(body.count <= limit, "decompressed \(body.count) bytes past a limit of \(limit)")
+        }
         let items: [DecodedItem]
         do {
             items = try BodyDecoder.decode(body, format: format, batch: batch)
@@ -76,6 +104,47 @@ enum Harness: String, CaseIterable {
             check(parsed?["action"] == .string(event.action), "action changed on the way to the WAL")
             check(parsed?["user_id"] == .string(event.userID), "user_id changed on the way to the WAL")
         }
+    }
+
+    static func frame(_ input: [UInt8]) {
+        guard let selector = input.first else { return }
+        var frame = Array(input.dropFirst())
+        if selector & 1 == 1 { Self.sealChecksums(&frame) }
+        guard let events = frame.withUnsafeBytes({ FormatFuzzing.parseFrame($0) }) else { return }
+        // An intact data frame's payload is exactly its events, each behind its length.
+        let payloadLength = Int(Self.load(frame, at: 4))
+        check(40 + payloadLength <= frame.count, "a frame parsed past the end of its bytes")
+        if frame[36] == 1 {
+            check(
+                EventPayload.encode(events) == Array(frame[40..<40 + payloadLength]),
+                "the events of a frame do not make up its payload"
+            )
+        } else {
+            check(events.isEmpty, "a footer frame produced events")
+        }
+    }
+
+    /// Writes the payload checksum (over the length the header states, where the bytes hold
+    /// it) and then the header checksum, as the WAL's writer does.
+    static func sealChecksums(_ frame: inout [UInt8]) {
+        guard frame.count >= 40 else { return }
+        let payloadLength = Int(Self.load(frame, at: 4))
+        if payloadLength <= frame.count - 40 {
+            let crc = frame.withUnsafeBytes { sluice_crc32c_extend(0, $0.baseAddress! + 40, payloadLength) }
+            Self.store(crc, in: &frame, at: 12)
+        }
+        let header = frame.withUnsafeBytes { bytes in
+            sluice_crc32c_extend(sluice_crc32c_extend(0, bytes.baseAddress!, 8), bytes.baseAddress! + 12, 28)
+        }
+        Self.store(header, in: &frame, at: 8)
+    }
+
+    static func load(_ bytes: [UInt8], at offset: Int) -> UInt32 {
+        (0..<4).reduce(0) { $0 | UInt32(bytes[offset + $1]) << (8 * $1) }
+    }
+
+    static func store(_ value: UInt32, in bytes: inout [UInt8], at offset: Int) {
+        for index in 0..<4 { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * index)) }
     }
 
     static func segment(_ input: [UInt8]) {

@@ -1,4 +1,5 @@
 #if !FUZZING
+import CZlib
 import EventModel
 import Foundation
 import Logging
@@ -10,24 +11,71 @@ import WAL
 enum Seeds {
     static func write(to directory: String) async throws -> Int {
         var written = 0
-        let bodies = directory + "/bodies"
-        try FileManager.default.createDirectory(atPath: bodies, withIntermediateDirectories: true)
-        for (index, body) in Self.bodies.enumerated() {
-            let (format, batch, text) = body
-            guard let selector = Harness.formats.firstIndex(where: { $0.0 == format && $0.batch == batch }) else {
-                continue
+        func write(_ inputs: [[UInt8]], to name: String) throws {
+            let folder = directory + "/" + name
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            for (index, input) in inputs.enumerated() {
+                try Data(input).write(to: URL(fileURLWithPath: "\(folder)/seed-\(index)"))
             }
-            let input = [UInt8(selector)] + Array(text.utf8)
-            try Data(input).write(to: URL(fileURLWithPath: "\(bodies)/seed-\(index)"))
-            written += 1
+            written += inputs.count
         }
-        let segments = directory + "/segments"
-        try FileManager.default.createDirectory(atPath: segments, withIntermediateDirectories: true)
-        for (index, segment) in try await Self.segments().enumerated() {
-            try Data(segment).write(to: URL(fileURLWithPath: "\(segments)/seed-\(index)"))
-            written += 1
+        var bodies: [[UInt8]] = []
+        for (format, batch, text) in Self.bodies {
+            let plain = Array(text.utf8)
+            for encoding in Harness.encodings {
+                guard let selector = Harness.selector(format: format, batch: batch, encoding: encoding) else {
+                    continue
+                }
+                let body: [UInt8]
+                switch encoding {
+                case nil: body = plain
+                case .gzip: body = Self.gzip(plain)
+                case .deflate: body = Self.zlib(plain)
+                }
+                bodies.append([selector] + body)
+            }
         }
+        try write(bodies, to: "bodies")
+        let segments = try await Self.segments()
+        try write(segments, to: "segments")
+        // Each frame of the first sealed segment, as it is and for checksum fix-up.
+        try write(Self.frames(in: segments[0]).prefix(32).flatMap { [[0] + $0, [1] + $0] }, to: "frames")
         return written
+    }
+
+    /// The frames of a segment file, from after its 64-byte header to the first zeros.
+    static func frames(in segment: [UInt8]) -> [[UInt8]] {
+        var frames: [[UInt8]] = []
+        var offset = 64
+        while offset + 40 <= segment.count {
+            let length = Int(Harness.load(segment, at: offset + 4))
+            guard length > 0 || segment[offset] != 0 else { break }
+            let end = offset + ((40 + length + 7) & ~7)
+            guard end <= segment.count else { break }
+            frames.append(Array(segment[offset..<end]))
+            offset = end
+        }
+        return frames
+    }
+
+    /// `bytes` in zlib's format (HTTP's `deflate`).
+    static func zlib(_ bytes: [UInt8]) -> [UInt8] {
+        var length = compressBound(uLong(bytes.count))
+        var output = [UInt8](repeating: 0, count: Int(length))
+        _ = compress2(&output, &length, bytes, uLong(bytes.count), Z_BEST_COMPRESSION)
+        return Array(output.prefix(Int(length)))
+    }
+
+    /// `bytes` as one gzip member: zlib's deflate stream without its own framing, wrapped in
+    /// RFC 1952's header and CRC-32/length trailer.
+    static func gzip(_ bytes: [UInt8]) -> [UInt8] {
+        let deflated = Self.zlib(bytes).dropFirst(2).dropLast(4)
+        let crc = UInt32(crc32(0, bytes, uInt(bytes.count)))
+        var member: [UInt8] = [0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0xFF] + deflated
+        for value in [crc, UInt32(truncatingIfNeeded: bytes.count)] {
+            member += (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) }
+        }
+        return member
     }
 
     static let bodies: [(BodyFormat, Bool, String)] = [

@@ -56,14 +56,14 @@ import Testing
     }
 
     /// The fuzzing harnesses (scripts/fuzz) replay their seed corpus through the body decoders
-    /// and the WAL's segment reader without a failed check: the harness builds, its seeds are
+    /// and the WAL's frame and segment readers without a failed check: the harness builds, its seeds are
     /// real inputs, and `make test` notices a harness that no longer runs.
     @Test func theFuzzingHarnessesReplayTheirSeeds() throws {
         let fuzz = repositoryRoot().appendingPathComponent(".build/debug/sluice-fuzz").path
         let seeds = try TemporaryDirectory()
         let seeded = try self.run(fuzz, ["seed", seeds.path])
         #expect(seeded.status == 0, "\(seeded.errors)")
-        for target in ["bodies", "segments"] {
+        for target in ["bodies", "frames", "segments"] {
             let files = try FileManager.default.contentsOfDirectory(atPath: seeds.path + "/" + target)
             #expect(files.count >= 6, "\(target): \(files.count) seeds")
             let replay = try self.run(fuzz, [seeds.path + "/" + target], environment: ["SLUICE_FUZZ_TARGET": target])
