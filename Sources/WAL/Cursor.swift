@@ -104,25 +104,15 @@ struct CursorFile {
         generation: UInt64 = 1,
         fileSystem: any WALFileSystem
     ) throws {
-        let path = directory + "/" + name + Self.suffix
-        let temporary = path + ".tmp"
-        if fileSystem.fileExists(temporary) { try fileSystem.unlink(temporary) }
-        let fd = try fileSystem.open(temporary, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
-        do {
-            // Generation g lives in slot (g + 1) % 2, as in ``store(lsn:now:)``.
-            let slot = Self.encodeSlot(generation: generation, lsn: lsn, updatedNanos: now)
-            let empty = [UInt8](repeating: 0, count: Self.slotSize)
-            let bytes = generation % 2 == 1 ? slot + empty : empty + slot
-            try bytes.withUnsafeBytes { try fileSystem.pwrite(fd, $0, at: 0, path: temporary) }
-            try fileSystem.fdatasync(fd, path: temporary)
-            fileSystem.close(fd)
-        } catch {
-            fileSystem.close(fd)
-            try? fileSystem.unlink(temporary)
-            throw error
-        }
-        try fileSystem.rename(temporary, to: path)
-        try fileSystem.syncDirectory(directory)
+        // Generation g lives in slot (g + 1) % 2, as in ``store(lsn:now:)``.
+        let slot = Self.encodeSlot(generation: generation, lsn: lsn, updatedNanos: now)
+        let empty = [UInt8](repeating: 0, count: Self.slotSize)
+        try fileSystem.replaceFile(
+            directory + "/" + name + Self.suffix,
+            with: generation % 2 == 1 ? slot + empty : empty + slot,
+            in: directory,
+            durable: true
+        )
     }
 
     let path: String

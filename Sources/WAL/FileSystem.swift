@@ -66,6 +66,29 @@ public struct FileIdentity: Sendable, Equatable {
     }
 }
 
+extension WALFileSystem {
+    /// Replaces the file at `path` with `bytes` so that a reader finds the old file or the new
+    /// one, never a mix: a temporary file beside it is renamed over it. With `durable`, the
+    /// data is fdatasync'd before the rename and `directory` fsync'd after it, so that the new
+    /// file is the one found after a crash.
+    func replaceFile(_ path: String, with bytes: [UInt8], in directory: String, durable: Bool) throws {
+        let temporary = path + ".tmp"
+        if self.fileExists(temporary) { try self.unlink(temporary) }
+        let fd = try self.open(temporary, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+        do {
+            try bytes.withUnsafeBytes { try self.pwrite(fd, $0, at: 0, path: temporary) }
+            if durable { try self.fdatasync(fd, path: temporary) }
+            self.close(fd)
+        } catch {
+            self.close(fd)
+            try? self.unlink(temporary)
+            throw error
+        }
+        try self.rename(temporary, to: path)
+        if durable { try self.syncDirectory(directory) }
+    }
+}
+
 /// The real file system.
 public struct SystemFileSystem: WALFileSystem {
     public init() {}
@@ -188,14 +211,7 @@ public struct SystemFileSystem: WALFileSystem {
     public func lockExclusive(_ path: String, waitMilliseconds: Int) throws -> Int32 {
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw WALError.syscall("open", path: path, errno: errno) }
-        // A lock can outlive its holder by a moment (an exiting process, or a child forked
-        // elsewhere in the process before exec closes descriptors): retry briefly.
-        var waited = 0
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK && waited < waitMilliseconds {
-            usleep(20_000)
-            waited += 20
-        }
-        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+        if !Self.flockWaiting(fd, milliseconds: waitMilliseconds) {
             let error = errno
             var holder = ""
             var buffer = [UInt8](repeating: 0, count: 32)
@@ -217,12 +233,7 @@ public struct SystemFileSystem: WALFileSystem {
     public func lockDirectory(_ path: String, waitMilliseconds: Int) throws -> Int32 {
         let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw WALError.syscall("open", path: path, errno: errno) }
-        var waited = 0
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK && waited < waitMilliseconds {
-            usleep(20_000)
-            waited += 20
-        }
-        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+        if !Self.flockWaiting(fd, milliseconds: waitMilliseconds) {
             let error = errno
             _ = Glibc.close(fd)
             if error == EWOULDBLOCK {
@@ -231,6 +242,18 @@ public struct SystemFileSystem: WALFileSystem {
             throw WALError.syscall("flock", path: path, errno: error)
         }
         return fd
+    }
+
+    /// Takes an exclusive `flock` on `fd`, retrying for up to `milliseconds`: a lock can
+    /// outlive its holder by a moment (an exiting process, or a child forked elsewhere in the
+    /// process before exec closes descriptors). False with `errno` set when it was not taken.
+    private static func flockWaiting(_ fd: Int32, milliseconds: Int) -> Bool {
+        var waited = 0
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK && waited < milliseconds {
+            usleep(20_000)
+            waited += 20
+        }
+        return flock(fd, LOCK_EX | LOCK_NB) == 0
     }
 
     public func tryLock(_ fd: Int32, path: String) throws {
@@ -378,6 +401,18 @@ public final class FaultInjectingFileSystem: WALFileSystem {
     public func lockDirectory(_ path: String, waitMilliseconds: Int) throws -> Int32 {
         try self.base.lockDirectory(path, waitMilliseconds: waitMilliseconds)
     }
+    /// Takes an exclusive `flock` on `fd`, retrying for up to `milliseconds`: a lock can
+    /// outlive its holder by a moment (an exiting process, or a child forked elsewhere in the
+    /// process before exec closes descriptors). False with `errno` set when it was not taken.
+    private static func flockWaiting(_ fd: Int32, milliseconds: Int) -> Bool {
+        var waited = 0
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK && waited < milliseconds {
+            usleep(20_000)
+            waited += 20
+        }
+        return flock(fd, LOCK_EX | LOCK_NB) == 0
+    }
+
     public func tryLock(_ fd: Int32, path: String) throws { try self.base.tryLock(fd, path: path) }
     public func identity(of fd: Int32, path: String) throws -> FileIdentity {
         try self.base.identity(of: fd, path: path)

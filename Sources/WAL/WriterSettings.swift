@@ -60,19 +60,13 @@ public struct WriterSettings: Sendable, Equatable, Codable {
 
     /// Replaces `wal.settings` in `directory` (temporary file, then rename).
     func write(directory: String, fileSystem: any WALFileSystem) throws {
-        let path = directory + "/" + Self.fileName
-        let temporary = path + ".tmp"
-        let bytes = Array(self.encoded().utf8)
-        let fd = try fileSystem.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
-        do {
-            try bytes.withUnsafeBytes { try fileSystem.pwrite(fd, $0, at: 0, path: temporary) }
-            fileSystem.close(fd)
-        } catch {
-            fileSystem.close(fd)
-            try? fileSystem.unlink(temporary)
-            throw error
-        }
-        try fileSystem.rename(temporary, to: path)
+        // Not durable: it describes the running writer, which writes it again at every open.
+        try fileSystem.replaceFile(
+            directory + "/" + Self.fileName,
+            with: Array(self.encoded().utf8),
+            in: directory,
+            durable: false
+        )
     }
 
     /// Reads `wal.settings` from `directory`; nil when absent or unreadable.
