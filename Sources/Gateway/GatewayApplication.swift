@@ -84,9 +84,7 @@ func buildGatewayRouter(
         try await ingest.events(request, context: context, batch: true)
     }
     router.get("/v1/pixel") { request, context in try await ingest.pixel(request, context: context) }
-    router.head("/v1/pixel") { request, context in
-        try pixelHead(request, context: context, configuration: configuration)
-    }
+    router.head("/v1/pixel") { request, context in try await ingest.pixel(request, context: context, store: false) }
     router.get("/healthz") { _, _ in Ingest.json(.ok, .object([("status", .string("ok"))])) }
     router.get("/readyz") { _, _ in
         guard let wal else {
@@ -111,43 +109,6 @@ func buildGatewayRouter(
     }
     router.get("/metrics") { _, _ in prometheusExposition(registry) }
     return router
-}
-
-/// `HEAD /v1/pixel`: the answer GET would give (200 and the GIF's headers, or the same 4xx),
-/// without storing the event. Link checkers, crawlers and browsers' prefetchers send HEAD;
-/// they are not page views.
-func pixelHead(
-    _ request: Request,
-    context: IngestRequestContext,
-    configuration: GatewayConfiguration
-) throws
-    -> Response
-{
-    let fields: [DecodedItem.Field]
-    do {
-        fields = try BodyDecoder.form(Array((request.uri.query ?? "").utf8))
-    } catch {
-        throw Problem(.malformed, error.detail)
-    }
-    let origin = RequestOrigin(
-        receivedAtMillis: Timestamp.nowMillis(),
-        clientIP: context.clientIP,
-        userAgent: request.headers[.userAgent],
-        gatewayID: configuration.gatewayID
-    )
-    if case .failure(let failure) = Ingest.validate(
-        .fields(fields),
-        pointer: "",
-        origin: origin,
-        limits: configuration.limits
-    ) {
-        throw Problem(.invalidEvents, "the event is invalid", errors: failure.errors)
-    }
-    var headers = HTTPFields()
-    headers[.contentType] = "image/gif"
-    headers[.cacheControl] = "no-store"
-    headers[.contentLength] = String(Ingest.gif.count)
-    return Response(status: .ok, headers: headers, body: .init())
 }
 
 /// Refuses cross-origin browser requests from origins not on the list (CORS headers alone

@@ -114,7 +114,11 @@ struct Ingest: Sendable {
     }
 
     /// `GET /v1/pixel?action=…&user_id=…`: for image beacons. Answers a 1×1 transparent GIF.
-    func pixel(_ request: Request, context: IngestRequestContext) async throws -> Response {
+    ///
+    /// `HEAD` (`store: false`) answers what GET would (200 and the GIF's headers, or the same
+    /// 4xx) without storing the event: link checkers, crawlers and browsers' prefetchers send
+    /// HEAD, and they are not page views.
+    func pixel(_ request: Request, context: IngestRequestContext, store: Bool = true) async throws -> Response {
         let query = Array((request.uri.query ?? "").utf8)
         let fields: [DecodedItem.Field]
         do {
@@ -128,11 +132,15 @@ struct Ingest: Sendable {
         case .success(let valid): event = valid
         case .failure(let failure): throw Problem(.invalidEvents, "the event is invalid", errors: failure.errors)
         }
-        try await self.append([event.normalizedJSON(origin: origin)])
-        self.metrics.acceptedEvents.increment()
         var headers = HTTPFields()
         headers[.contentType] = "image/gif"
         headers[.cacheControl] = "no-store"
+        guard store else {
+            headers[.contentLength] = String(Self.gif.count)
+            return Response(status: .ok, headers: headers, body: .init())
+        }
+        try await self.append([event.normalizedJSON(origin: origin)])
+        self.metrics.acceptedEvents.increment()
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: Self.gif)))
     }
 
