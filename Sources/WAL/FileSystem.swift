@@ -401,18 +401,6 @@ public final class FaultInjectingFileSystem: WALFileSystem {
     public func lockDirectory(_ path: String, waitMilliseconds: Int) throws -> Int32 {
         try self.base.lockDirectory(path, waitMilliseconds: waitMilliseconds)
     }
-    /// Takes an exclusive `flock` on `fd`, retrying for up to `milliseconds`: a lock can
-    /// outlive its holder by a moment (an exiting process, or a child forked elsewhere in the
-    /// process before exec closes descriptors). False with `errno` set when it was not taken.
-    private static func flockWaiting(_ fd: Int32, milliseconds: Int) -> Bool {
-        var waited = 0
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK && waited < milliseconds {
-            usleep(20_000)
-            waited += 20
-        }
-        return flock(fd, LOCK_EX | LOCK_NB) == 0
-    }
-
     public func tryLock(_ fd: Int32, path: String) throws { try self.base.tryLock(fd, path: path) }
     public func identity(of fd: Int32, path: String) throws -> FileIdentity {
         try self.base.identity(of: fd, path: path)
