@@ -156,12 +156,15 @@ extension WALCommand {
             let recorded = inspector.writerSettings()
             let running = inspector.writerPID() != nil
             var budget = recorded?.budget ?? DiskBudget()
-            var source =
-                recorded == nil
-                ? "defaults (no wal.settings; pass --max-bytes and --min-free-bytes to match the gateway)"
-                : running
-                    ? "the running writer (wal.settings, pid \(recorded!.pid))"
-                    : "the last writer (wal.settings, pid \(recorded!.pid), no longer running)"
+            var source: String
+            switch recorded {
+            case nil:
+                source = "defaults (no wal.settings; pass --max-bytes and --min-free-bytes to match the gateway)"
+            case .some(let settings) where running:
+                source = "the running writer (wal.settings, pid \(settings.pid))"
+            case .some(let settings):
+                source = "the last writer (wal.settings, pid \(settings.pid), no longer running)"
+            }
             if let maxBytes = self.maxBytes { budget.maxBytes = maxBytes }
             if let minFreeBytes = self.minFreeBytes { budget.minFreeBytes = minFreeBytes }
             if self.maxBytes != nil || self.minFreeBytes != nil { source = "flags, then " + source }
