@@ -149,7 +149,12 @@ let package = Package(
             swiftSettings: strict
         ),
         // Shared by the test targets: temporary directories, the built binary, off-pool waits.
-        .target(name: "TestSupport", path: "Tests/Support", swiftSettings: strict),
+        .target(
+            name: "TestSupport",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            path: "Tests/Support",
+            swiftSettings: strict
+        ),
         .testTarget(name: "WALTests", dependencies: ["WAL", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EventModelTests", dependencies: ["EventModel"], swiftSettings: strict),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport"], swiftSettings: strict),

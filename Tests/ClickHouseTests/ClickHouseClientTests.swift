@@ -324,40 +324,6 @@ private func rows(_ range: Range<Int>) -> [UInt8] {
     return Array(text.utf8)
 }
 
-/// Keeps what the client logs, to look at what it sent.
-private final class CapturedLogs: Sendable {
-    struct Entry: Sendable {
-        var message: String
-        var metadata: Logger.Metadata
-    }
-
-    private let storage = Mutex<[Entry]>([])
-
-    var entries: [Entry] { self.storage.withLock { $0 } }
-
-    var logger: Logger {
-        var logger = Logger(label: "clickhouse-test") { _ in Handler(logs: self) }
-        logger.logLevel = .debug
-        return logger
-    }
-
-    private struct Handler: LogHandler {
-        let logs: CapturedLogs
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .debug
-
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { self.metadata[key] }
-            set { self.metadata[key] = newValue }
-        }
-
-        func log(event: LogEvent) {
-            let entry = Entry(message: event.message.description, metadata: event.metadata ?? [:])
-            self.logs.storage.withLock { $0.append(entry) }
-        }
-    }
-}
-
 /// The test harness itself: what the other suites rely on.
 @Suite("ClickHouse test server", .serialized, .timeLimit(.minutes(3)))
 struct ClickHouseServerTests {
