@@ -26,6 +26,10 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "4.1.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // CRC32C (Castagnoli) with SSE4.2 / ARMv8 CRC instructions when the CPU has them.
@@ -80,10 +84,31 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Who may write and how much: API keys, OAuth 2.0 access tokens (JWT) and their issuers'
+        // key sets, the built-in authorization server, per-principal rate limits. No HTTP server.
+        .target(
+            name: "Auth",
+            dependencies: [
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict
+        ),
         .target(
             name: "Gateway",
             dependencies: [
-                "WAL", "EventModel", "Telemetry",
+                "WAL", "EventModel", "Telemetry", "Auth",
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -127,7 +152,7 @@ let package = Package(
             name: "sluice",
             dependencies: [
                 "WAL", "Gateway", "Telemetry", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
-                "LocalClickHouse",
+                "LocalClickHouse", "Auth",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -157,6 +182,22 @@ let package = Package(
         ),
         .testTarget(name: "WALTests", dependencies: ["WAL", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EventModelTests", dependencies: ["EventModel"], swiftSettings: strict),
+        .testTarget(
+            name: "AuthTests",
+            dependencies: [
+                "Auth", "TestSupport",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "ClickHouseTests",
@@ -199,7 +240,9 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "WAL", "EventModel", "Telemetry", "TestSupport", "Forwarder", "Kafka",
+                "Gateway", "WAL", "EventModel", "Telemetry", "TestSupport", "Forwarder", "Kafka", "Auth",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
