@@ -32,10 +32,12 @@ let gatewayRoutes: [String: [HTTPRequest.Method]] = [
 /// - Parameters:
 ///   - wal: where accepted events go; nil only with ``GatewayConfiguration/unsafeSkipWAL``.
 ///   - registry: rendered at `/metrics`.
+///   - authentication: who may write and how much; by default anyone, without limits.
 public func buildGatewayRouter(
     configuration: GatewayConfiguration,
     wal: WAL?,
     registry: PrometheusCollectorRegistry,
+    authentication: GatewayAuthentication = .open,
     logger: Logger
 ) -> Router<IngestRequestContext> {
     buildGatewayRouter(
@@ -43,6 +45,7 @@ public func buildGatewayRouter(
         wal: wal,
         registry: registry,
         metrics: HTTPMetrics(),
+        authentication: authentication,
         logger: logger
     )
 }
@@ -52,9 +55,16 @@ func buildGatewayRouter(
     wal: WAL?,
     registry: PrometheusCollectorRegistry,
     metrics: HTTPMetrics,
+    authentication: GatewayAuthentication,
     logger: Logger
 ) -> Router<IngestRequestContext> {
-    let ingest = Ingest(wal: wal, configuration: configuration, metrics: metrics, logger: logger)
+    let ingest = Ingest(
+        wal: wal,
+        configuration: configuration,
+        metrics: metrics,
+        logger: logger,
+        authentication: authentication
+    )
     let routes = gatewayRoutes
     // HEAD on a GET route answers what GET would, without the body (RFC 9110 section 9.3.2);
     // NIO's encoder drops the body, so error answers to HEAD stay well framed too.
@@ -72,13 +82,14 @@ func buildGatewayRouter(
         router.add(
             middleware: CORSMiddleware(
                 allowOrigin: origins.contains("*") ? .all : .originBased,
-                allowHeaders: [.contentType, .contentEncoding, .xRequestID, .authorization],
+                allowHeaders: [.contentType, .contentEncoding, .xRequestID, .authorization, .xWriteKey],
                 allowMethods: [.get, .post, .options],
                 maxAge: .seconds(600)
             )
         )
         if !origins.contains("*") { router.add(middleware: OriginAllowList(origins: Set(origins))) }
     }
+    router.add(middleware: AuthenticationMiddleware(authentication: authentication, metrics: AuthMetrics()))
     router.post("/v1/events") { request, context in try await ingest.events(request, context: context, batch: false) }
     router.post("/v1/events/batch") { request, context in
         try await ingest.events(request, context: context, batch: true)
@@ -138,6 +149,7 @@ public func buildGatewayApplication(
     configuration: GatewayConfiguration,
     wal: WAL?,
     registry: PrometheusCollectorRegistry,
+    authentication: GatewayAuthentication = .open,
     logger: Logger,
     services: [any Service] = [],
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
@@ -148,6 +160,7 @@ public func buildGatewayApplication(
         wal: wal,
         registry: registry,
         metrics: metrics,
+        authentication: authentication,
         logger: logger
     )
     var connectionLimit = configuration.maxConnections

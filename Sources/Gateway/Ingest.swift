@@ -1,3 +1,4 @@
+import Auth
 import CoreMetrics
 import EventModel
 import HTTPTypes
@@ -15,6 +16,7 @@ struct Ingest: Sendable {
     let configuration: GatewayConfiguration
     let metrics: HTTPMetrics
     let logger: Logger
+    var authentication = GatewayAuthentication.open
 
     static let singleFormats: [BodyFormat] = [.json, .form, .textJSON]
     static let batchFormats: [BodyFormat] = [.json, .ndjson, .csv, .textJSON]
@@ -45,12 +47,21 @@ struct Ingest: Sendable {
                 extensions: [("limit", .number(String(self.configuration.maxBatchEvents)))]
             )
         }
+        let policy = self.policy(context)
+        if let most = policy?.maxBatch, items.count > most {
+            throw Problem(
+                .forbidden,
+                "\(items.count) events in one request; \(context.grant?.principal.description ?? "this client") may send at most \(most)",
+                extensions: [("reason", .string("batch_too_large")), ("limit", .number(String(most)))]
+            )
+        }
         let origin = self.origin(request, context: context)
         var results = items.enumerated().map { index, item in
             Self.validate(item, pointer: batch ? "/\(index)" : "", origin: origin, limits: self.configuration.limits)
         }
         if results.count > 1 { Self.refuseRepeatedEventIDs(&results) }
         let valid = results.compactMap { try? $0.get() }
+        try self.authorize(valid, policy: policy, context: context)
         let errors = results.flatMap { result -> [FieldError] in
             if case .failure(let failure) = result { return failure.errors }
             return []
@@ -132,6 +143,7 @@ struct Ingest: Sendable {
         case .success(let valid): event = valid
         case .failure(let failure): throw Problem(.invalidEvents, "the event is invalid", errors: failure.errors)
         }
+        if store { try self.authorize([event], policy: self.policy(context), context: context) }
         var headers = HTTPFields()
         headers[.contentType] = "image/gif"
         headers[.cacheControl] = "no-store"
@@ -194,6 +206,35 @@ struct Ingest: Sendable {
         }
     }
 
+    /// The rules for the request's principal: configured ones first, then the credential's own.
+    private func policy(_ context: IngestRequestContext) -> AccessPolicy? {
+        guard let grant = context.grant else { return nil }
+        return self.authentication.policies[grant.principal.description] ?? grant.policy
+    }
+
+    /// The policy's allowed actions, then the rate limit when it counts events.
+    private func authorize(_ events: [Event], policy: AccessPolicy?, context: IngestRequestContext) throws {
+        if let policy {
+            let forbidden = policy.forbiddenActions(events.map(\.action))
+            if !forbidden.isEmpty {
+                throw Problem(
+                    .forbidden,
+                    "\(context.grant?.principal.description ?? "this client") may not send the action(s) "
+                        + forbidden.prefix(5).joined(separator: ", ") + "; nothing was accepted",
+                    extensions: [("reason", .string("action_not_allowed"))]
+                )
+            }
+        }
+        if let limits = self.authentication.rateLimits, limits.cost == .events, let grant = context.grant,
+            !events.isEmpty, let answer = limits.acquire(grant, cost: events.count)
+        {
+            context.authRecord.state.withLock { $0.rateLimit = answer }
+            if !answer.decision.allowed {
+                throw AuthenticationMiddleware.rateLimited(answer, who: grant.principal.description)
+            }
+        }
+    }
+
     private func origin(_ request: Request, context: IngestRequestContext) -> RequestOrigin {
         RequestOrigin(
             receivedAtMillis: Timestamp.nowMillis(),
@@ -203,7 +244,8 @@ struct Ingest: Sendable {
             userAgent: request.headers[.userAgent].map {
                 $0.truncatedUTF8(maxBytes: self.configuration.limits.maxUserAgentBytes)
             },
-            gatewayID: self.configuration.gatewayID
+            gatewayID: self.configuration.gatewayID,
+            source: context.grant.flatMap { $0.principal.kind == .anonymous ? nil : $0.principal.description }
         )
     }
 

@@ -1,9 +1,11 @@
+import Auth
 import CoreMetrics
 import EventModel
 import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import Synchronization
 
 /// The per-request context: Hummingbird's core storage plus what the gateway resolves once
 /// per request (request id, client address).
@@ -14,6 +16,13 @@ public struct IngestRequestContext: RequestContext, RemoteAddressRequestContext 
     public var requestID: String = ""
     /// The client's address, honouring `X-Forwarded-For` only from trusted proxies.
     public var clientIP: String?
+    /// What the request's credential grants; set by the authentication middleware on the
+    /// ingest routes.
+    public var grant: AccessGrant?
+    /// Who the request turned out to be, for the access log.
+    let authRecord = RequestAuthRecord()
+    // TODO(merge gw-tls): replaced by the TLS branch's per-connection identity.
+    public var clientCertificateIdentity: String? { nil }
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
@@ -112,6 +121,18 @@ struct AccessLogMiddleware: RouterMiddleware {
         return UUIDText.v7(millis: Timestamp.nowMillis())
     }
 
+    /// Query parameters that may carry a credential: their values never reach the log.
+    static let credentialParameters: Set<Substring> = ["key", "writekey", "token", "access_token", "api_key", "apikey"]
+
+    /// The query with the values of credential parameters replaced by `REDACTED`.
+    static func redactingCredentials(_ query: String) -> String {
+        query.split(separator: "&", omittingEmptySubsequences: false).map { pair -> String in
+            let name = pair.prefix { $0 != "=" }
+            guard Self.credentialParameters.contains(Substring(name.lowercased())) else { return String(pair) }
+            return name + "=REDACTED"
+        }.joined(separator: "&")
+    }
+
     /// Header values copied into the log are cut to this many bytes.
     static let maxLoggedHeaderBytes = 512
 
@@ -135,9 +156,17 @@ struct AccessLogMiddleware: RouterMiddleware {
             metadata["user_agent.original"] = "\(agent.truncatedUTF8(maxBytes: Self.maxLoggedHeaderBytes))"
         }
         if let hop = client.invalidHop { metadata["sluice.forwarded_for.invalid_hop"] = "\(hop)" }
+        let auth = context.authRecord.state.withLock { $0 }
+        if let principal = auth.principal, principal.kind != .anonymous {
+            metadata["user.id"] = "\(principal.description)"
+        }
+        if let method = auth.method { metadata["sluice.auth.method"] = "\(method)" }
+        if let reason = auth.failure { metadata["event.reason"] = "\(reason)" }
         if let length = request.headers[.contentLength] { metadata["http.request.body.bytes"] = "\(length)" }
         if let length = response.body.contentLength { metadata["http.response.body.bytes"] = "\(length)" }
-        if let query = request.uri.query, request.uri.path != "/v1/pixel" { metadata["url.query"] = "\(query)" }
+        if let query = request.uri.query, request.uri.path != "/v1/pixel" {
+            metadata["url.query"] = "\(Self.redactingCredentials(query))"
+        }
         self.logger.info("request", metadata: metadata)
     }
 }

@@ -30,6 +30,18 @@ public struct Problem: Error, HTTPResponseError, Sendable {
             title: "Temporarily unable to accept events",
             status: .serviceUnavailable
         )
+        /// 401: no credential, or one that is unknown, expired, revoked or badly signed.
+        public static let unauthorized = Kind(slug: "unauthorized", title: "Unauthorized", status: .unauthorized)
+        /// 403: a valid credential that may not do this (scope, endpoint, origin, action).
+        public static let forbidden = Kind(slug: "forbidden", title: "Forbidden", status: .forbidden)
+        /// 400: a malformed credential, or more than one.
+        public static let invalidCredentials = Kind(
+            slug: "invalid-credentials",
+            title: "Invalid credentials",
+            status: .badRequest
+        )
+        /// 429: this client's rate limit, or too many failed authentications from its address.
+        public static let rateLimited = Kind(slug: "rate-limited", title: "Too many requests", status: .tooManyRequests)
         public static let notFound = Kind(slug: "not-found", title: "Not found", status: .notFound)
         public static let methodNotAllowed = Kind(
             slug: "method-not-allowed",

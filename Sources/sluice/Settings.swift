@@ -37,6 +37,8 @@ struct Settings {
     var applied: [(path: String, value: String, origin: String)] = []
     /// `loader.routes.<topic>.<field…>` entries, in file order; turned into routes by ``loaderRoutes()``.
     var routeEntries: [(path: [String], value: SettingValue)] = []
+    /// `auth.*` and `rate_limits.*`: credentials, policies, limits.
+    var auth = AuthSettings()
 
     /// The loader's settings; nil without Kafka.
     func loaderConfiguration() throws -> LoaderConfiguration? {
@@ -275,7 +277,9 @@ struct SettingValue {
 }
 
 enum SettingsLoader {
-    static let keys: [SettingKey] = [
+    static let keys: [SettingKey] = coreKeys + authKeys
+
+    static let coreKeys: [SettingKey] = [
         SettingKey(path: "gateway.listen", kind: .string, help: "HOST:PORT to listen on (default 127.0.0.1:8080)") {
             settings,
             value,
@@ -661,6 +665,19 @@ enum SettingsLoader {
                     try walk(value, path: path.isEmpty ? scalar.string : path + "." + scalar.string)
                 }
             case .sequence(let sequence):
+                // A list of mappings (auth.oauth.issuers, auth.policy): each item's keys under
+                // its index, `auth.oauth.issuers.0.issuer`, for a `.*` key to take apart.
+                if let first = sequence.first, case .mapping = first {
+                    for (index, element) in sequence.enumerated() {
+                        guard case .mapping = element else {
+                            throw SettingsError(
+                                description: "\(origin(element)): every item of \(path) must be a mapping"
+                            )
+                        }
+                        try walk(element, path: path + ".\(index)")
+                    }
+                    return
+                }
                 var items: [String] = []
                 for element in sequence {
                     guard case .scalar(let scalar) = element else {

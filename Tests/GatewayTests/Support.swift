@@ -25,8 +25,10 @@ struct TestGateway {
     let directory: TemporaryDirectory
     let wal: WAL
     let configuration: GatewayConfiguration
+    var authentication = GatewayAuthentication.open
 
     static func make(
+        authentication: GatewayAuthentication = .open,
         configure: (inout GatewayConfiguration) -> Void = { _ in },
         wal configureWAL: (inout WALConfiguration) -> Void = { _ in }
     ) async throws -> TestGateway {
@@ -44,11 +46,17 @@ struct TestGateway {
         walConfiguration.ackTimeout = configuration.appendTimeout
         configureWAL(&walConfiguration)
         let wal = try await WAL.open(walConfiguration, logger: quietLogger)
-        return TestGateway(directory: directory, wal: wal, configuration: configuration)
+        return TestGateway(directory: directory, wal: wal, configuration: configuration, authentication: authentication)
     }
 
     var router: Router<IngestRequestContext> {
-        buildGatewayRouter(configuration: self.configuration, wal: self.wal, registry: registry, logger: quietLogger)
+        buildGatewayRouter(
+            configuration: self.configuration,
+            wal: self.wal,
+            registry: registry,
+            authentication: self.authentication,
+            logger: quietLogger
+        )
     }
 
     /// Runs `body` against the router (no sockets), then closes the WAL.
