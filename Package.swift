@@ -221,6 +221,7 @@ let package = Package(
             name: "EndToEndTests",
             dependencies: [
                 "Kafka", "ClickHouse", "LocalClickHouse", "TestSupport",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -36,6 +36,11 @@ public struct GatewayAuthentication: Sendable {
     public var rateLimits: PrincipalRateLimits?
     /// Failed authentications per client IP, checked before any cryptography; nil: none.
     public var failedAuthPerIP: FailedAuthLimiter?
+    /// Serves `/oauth/token`, its metadata and its JWKS when set (the built-in server).
+    public var authorizationServer: AuthorizationServer?
+    /// Why some credentials cannot be checked now (an issuer's keys unavailable past
+    /// `stale_if_error`), for `/readyz`; nil: all can.
+    public var authReadiness: (@Sendable () -> String?)?
 
     public init() {}
 
@@ -115,9 +120,15 @@ public final class PrincipalRateLimits: Sendable {
     }
 
     /// Spends `cost` of the grant's budget; the answer carries the headers either way.
-    func acquire(_ grant: AccessGrant, cost: Int) -> RateLimitAnswer? {
+    ///
+    /// A publishable key is shared by every visitor of a site, so its budget is per key *and*
+    /// client address: one abuser of a leaked browser key is limited without throttling the
+    /// site's other visitors. Every other principal has one budget.
+    func acquire(_ grant: AccessGrant, cost: Int, client: String?) -> RateLimitAnswer? {
         guard let (limit, policy) = self.limit(for: grant) else { return nil }
-        let decision = self.limiter.acquire(key: grant.principal.description, limit: limit, cost: cost)
+        var key = grant.principal.description
+        if grant.principal.kind == .publishableKey { key += "|" + (client ?? "unknown") }
+        let decision = self.limiter.check(key, cost: cost, limit: limit)
         if !decision.allowed { self.counter(policy).increment() }
         return RateLimitAnswer(decision: decision, limit: limit, policy: policy)
     }
@@ -147,7 +158,7 @@ public final class FailedAuthLimiter: Sendable {
 
     /// Whether the address may try now; nil if yes, else the seconds to wait.
     func blocked(_ address: String) -> Int? {
-        let decision = self.limiter.peek(key: address, limit: self.limit)
+        let decision = self.limiter.peek(address, limit: self.limit)
         if decision.allowed { return nil }
         self.refused.increment()
         return decision.retryAfterSeconds
@@ -155,7 +166,7 @@ public final class FailedAuthLimiter: Sendable {
 
     /// Counts one failure against the address.
     func failed(_ address: String) {
-        _ = self.limiter.acquire(key: address, limit: self.limit, cost: 1)
+        _ = self.limiter.check(address, limit: self.limit)
     }
 }
 
@@ -168,9 +179,8 @@ struct RateLimitAnswer: Sendable {
     /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), and
     /// `Retry-After` when refused.
     func apply(to headers: inout HTTPFields) {
-        for (name, value) in self.decision.headers(policy: self.policy, limit: self.limit) {
-            if let field = HTTPField.Name(name) { headers[field] = value }
-        }
+        headers[.rateLimitPolicy] = RateLimitHeaders.policy(name: self.policy, limit: self.limit)
+        headers[.rateLimit] = RateLimitHeaders.state(name: self.policy, decision: self.decision)
         if !self.decision.allowed { headers[.retryAfter] = String(self.decision.retryAfterSeconds) }
     }
 }
@@ -222,7 +232,7 @@ struct AuthenticationMiddleware: RouterMiddleware {
         self.metrics.record(method: method, result: "accepted", reason: "ok", since: started)
         var answer: RateLimitAnswer?
         if let limits = self.authentication.rateLimits, limits.cost == .requests {
-            answer = limits.acquire(grant, cost: 1)
+            answer = limits.acquire(grant, cost: 1, client: context.clientIP)
             if let answer {
                 context.authRecord.state.withLock { $0.rateLimit = answer }
                 if !answer.decision.allowed { throw Self.rateLimited(answer, who: "this client") }
@@ -237,7 +247,9 @@ struct AuthenticationMiddleware: RouterMiddleware {
 
     private func authenticate(_ request: Request, context: IngestRequestContext) async throws -> AccessGrant {
         let path = request.uri.path
-        let browser = IngestRoutes.browser.contains(path)
+        // A browser request: the pixel (an image sends no Origin), or any request with an
+        // Origin (fetch with CORS, and sendBeacon, which POSTs with one and cannot set headers).
+        let browser = IngestRoutes.browser.contains(path) || request.headers[.origin] != nil
         let query = request.uri.queryParameters.map { (String($0.key), String($0.value)) }
         let extracted = CredentialExtraction.extract(
             authorization: request.headers[values: .authorization],
@@ -434,4 +446,6 @@ final class AuthMetrics: Sendable {
 
 extension HTTPField.Name {
     static let xWriteKey = Self("X-Write-Key")!
+    static let rateLimit = Self("RateLimit")!
+    static let rateLimitPolicy = Self("RateLimit-Policy")!
 }

@@ -90,6 +90,7 @@ func buildGatewayRouter(
         if !origins.contains("*") { router.add(middleware: OriginAllowList(origins: Set(origins))) }
     }
     router.add(middleware: AuthenticationMiddleware(authentication: authentication, metrics: AuthMetrics()))
+    if let server = authentication.authorizationServer { addAuthorizationServerRoutes(to: router, server: server) }
     router.post("/v1/events") { request, context in try await ingest.events(request, context: context, batch: false) }
     router.post("/v1/events/batch") { request, context in
         try await ingest.events(request, context: context, batch: true)
@@ -102,10 +103,13 @@ func buildGatewayRouter(
             return Ingest.json(.ok, .object([("status", .string("ready")), ("wal", .string("disabled (unsafe)"))]))
         }
         if wal.isWritable {
-            return Ingest.json(
-                .ok,
-                .object([("status", .string("ready")), ("wal_pressure", .string(wal.pressure.rawValue))])
-            )
+            var members: [(String, JSONValue)] = [
+                ("status", .string("ready")), ("wal_pressure", .string(wal.pressure.rawValue)),
+            ]
+            // Degraded, not unready: API keys and cached tokens still work, and taking every
+            // gateway out of the balancer because an identity provider is down would stop them too.
+            if let problem = authentication.authReadiness?() { members.append(("auth", .string("degraded: \(problem)"))) }
+            return Ingest.json(.ok, .object(members))
         }
         let reason = wal.unavailableReason ?? "the WAL is closed"
         var response = Ingest.json(

@@ -226,7 +226,7 @@ struct Ingest: Sendable {
             }
         }
         if let limits = self.authentication.rateLimits, limits.cost == .events, let grant = context.grant,
-            !events.isEmpty, let answer = limits.acquire(grant, cost: events.count)
+            !events.isEmpty, let answer = limits.acquire(grant, cost: events.count, client: context.clientIP)
         {
             context.authRecord.state.withLock { $0.rateLimit = answer }
             if !answer.decision.allowed {

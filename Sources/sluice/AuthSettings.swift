@@ -34,13 +34,18 @@ struct BuiltinServerSettings {
     var signingKeyFile = "./data/oauth/signing.key"
     var clientsFile = "./data/oauth/clients.json"
     var tokenTTL: Duration = .seconds(15 * 60)
+    /// The CA the gateway trusts when it fetches the built-in server's own JWKS over HTTPS;
+    /// default: `gateway.tls.cert_file` (a self-signed certificate, or a chain ending in its CA).
+    var caFile: String?
 }
 
 struct RateLimitSettings {
-    /// `rate_limits.default`: secret keys, access tokens, client certificates.
-    var serverRate = "100/s"
+    /// `rate_limits.default`: secret keys, access tokens, client certificates. The reference
+    /// load is 1,000 requests/s from one back end: the default lets it through.
+    var serverRate = "1000/s"
     var serverBurst: Int?
-    /// `rate_limits.publishable`: browser keys, stricter: a publishable key is public.
+    /// `rate_limits.publishable`: per browser key *and* client address, stricter: a
+    /// publishable key is public, and one visitor sends a few events a second at most.
     var browserRate = "20/s"
     var browserBurst: Int?
     /// `rate_limits.cost`: requests or events.
@@ -143,6 +148,12 @@ extension SettingsLoader {
         ) { settings, value, key in settings.auth.builtinServer.tokenTTL = try value.duration(key)
         },
         SettingKey(
+            path: "auth.oauth.builtin_server.ca_file",
+            kind: .string,
+            help: "CA to trust when fetching its own JWKS (default: gateway.tls.cert_file)"
+        ) { settings, value, key in settings.auth.builtinServer.caFile = value.text
+        },
+        SettingKey(
             path: "auth.policy.*",
             kind: .string,
             help: "per-principal rules: a list of {principal, allow_actions, max_batch}"
@@ -169,7 +180,7 @@ extension SettingsLoader {
         SettingKey(
             path: "rate_limits.default.rate",
             kind: .string,
-            help: "per principal of a server credential (100/s)"
+            help: "per principal of a server credential (1000/s)"
         ) { settings, value, key in settings.auth.rateLimits.serverRate = value.text
         },
         SettingKey(path: "rate_limits.default.burst", kind: .integer, help: "burst above that rate (2 x rate)") {
@@ -177,7 +188,7 @@ extension SettingsLoader {
             value,
             key in settings.auth.rateLimits.serverBurst = Int(try value.integer(key, range: 1...10_000_000))
         },
-        SettingKey(path: "rate_limits.publishable.rate", kind: .string, help: "per publishable browser key (20/s)") {
+        SettingKey(path: "rate_limits.publishable.rate", kind: .string, help: "per publishable key and client address (20/s)") {
             settings,
             value,
             key in settings.auth.rateLimits.browserRate = value.text

@@ -83,6 +83,7 @@ struct DevCommand: AsyncParsableCommand {
 
     func run() async throws {
         var settings = try self.options.load()
+        var credentials: DevCredentials?
         if self.options.logLevel == nil && ProcessInfo.processInfo.environment["SLUICE_LOGGING_LEVEL"] == nil {
             settings.logLevel = .warning  // the terminal shows the banner and problems, not every request
         }
@@ -92,6 +93,13 @@ struct DevCommand: AsyncParsableCommand {
                 SettingValue(text: self.listen, list: nil, origin: "--listen")
             )
             settings.walDirectory = self.stateDir + "/wal"
+            // The built-in authorization server's issuer URL names the port: find it first.
+            if settings.gateway.port == 0 { settings.gateway.port = try DevCredentials.freePort(host: settings.gateway.host) }
+            credentials = try await DevCredentials.prepare(
+                settings: &settings,
+                stateDir: self.stateDir,
+                port: settings.gateway.port
+            )
             try settings.prepareGateway()
             settings.kafkaBootstrap = "127.0.0.1:0"  // checked now, replaced by the mock's below
             _ = try settings.loaderConfiguration()
@@ -141,12 +149,14 @@ struct DevCommand: AsyncParsableCommand {
         settings.clickHouse.url = clickHouse.httpURL
         guard let loader = try settings.loaderConfiguration() else { throw ExitCode.failure }
 
+        guard let credentials else { throw ExitCode.failure }
         let banner = Self.banner(
             settings: settings,
             loader: loader,
             kafka: cluster.bootstrapServers,
             clickHouse: clickHouse,
-            stateDir: self.stateDir
+            stateDir: self.stateDir,
+            credentials: credentials
         )
         let pipeline = PipelineProcess(
             settings: settings,
@@ -159,7 +169,15 @@ struct DevCommand: AsyncParsableCommand {
                 topics: loader.routes.map(\.topic),
                 logger: Logger(label: "sluice.dev")
             ),
-            onListening: { port in FileHandle.standardOutput.write(Data(banner(port).utf8)) }
+            onListening: { port in
+                let host = settings.gateway.host == "0.0.0.0" ? "127.0.0.1" : settings.gateway.host
+                do {
+                    try credentials.writeEnv(url: "https://\(host):\(port)")
+                } catch {
+                    printError("sluice: cannot write \(credentials.envFile): \(describe(error))")
+                }
+                FileHandle.standardOutput.write(Data(banner(port).utf8))
+            }
         )
         try await pipeline.run()
         withExtendedLifetime((cluster, outage)) {}
@@ -179,7 +197,8 @@ struct DevCommand: AsyncParsableCommand {
         loader: LoaderConfiguration,
         kafka: String,
         clickHouse: ClickHouseServer,
-        stateDir: String
+        stateDir: String,
+        credentials: DevCredentials
     ) -> @Sendable (Int) -> String {
         let host = settings.gateway.host == "0.0.0.0" ? "127.0.0.1" : settings.gateway.host
         let table = loader.routes.first?.table ?? "sluice.events"
@@ -187,20 +206,30 @@ struct DevCommand: AsyncParsableCommand {
         let binary = CommandLine.arguments[0]
         let clickHouseURL = clickHouse.httpURL
         let client = clickHouse.clientCommand
+        let env = credentials.envFile
         return { port in
-            let url = "http://\(host):\(port)"
+            let url = "https://\(host):\(port)"
             return """
 
-                Sluice is running: HTTP → WAL → Kafka → ClickHouse, all on this host.
+                Sluice is running: HTTPS → WAL → Kafka → ClickHouse, all on this host.
 
                   gateway      \(url)/v1/events   (metrics: \(url)/metrics)
                   WAL          \(wal)
                   Kafka        \(kafka)   (mock cluster, 3 brokers, in memory)
                   ClickHouse   \(clickHouseURL)   (table \(table), data in \(stateDir)/clickhouse)
 
+                Credentials (a test CA, a secret key, a browser key, an OAuth client) are in \(env):
+                  source \(env)
+
                 Send an event:
-                  curl -i \(url)/v1/events -H 'Content-Type: application/json' \\
+                  curl -i \(url)/v1/events -H "Authorization: Bearer $SLUICE_KEY" \\
+                    -H 'Content-Type: application/json' \\
                     -d '{"action":"click","user_id":"u1","page":"https://shop.example/","object":"buy"}'
+
+                Or with an OAuth 2.0 access token from the built-in authorization server:
+                  TOKEN=$(curl -s -u "$SLUICE_CLIENT_ID:$SLUICE_CLIENT_SECRET" -d grant_type=client_credentials \\
+                    \(url)/oauth/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+                  curl -i \(url)/v1/events -H "Authorization: Bearer $TOKEN" -d 'action=signup&user_id=u2'
 
                 See it in ClickHouse about a second later:
                   echo 'SELECT action, user_id, timestamp FROM \(table) ORDER BY timestamp DESC LIMIT 10 FORMAT PrettyCompact' \\

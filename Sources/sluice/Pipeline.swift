@@ -61,12 +61,42 @@ struct PipelineProcess {
             services.append(Forwarder(wal: wal, configuration: forwarding, logger: Logger(label: "sluice.forwarder")))
         }
         let gateway = settings.gateway
+        let scheme = gateway.tlsEnabled ? "https" : "http"
+        let publicHost = gateway.host == "0.0.0.0" || gateway.host == "::" ? "127.0.0.1" : gateway.host
+        let auth: AuthRuntime
+        do {
+            auth = try settings.authRuntime(
+                publicURL: "\(scheme)://\(publicHost):\(gateway.port)",
+                logger: Logger(label: "sluice.auth")
+            )
+        } catch {
+            if let wal { await wal.close() }
+            printError("sluice: \(describe(error))")
+            throw ExitCode(2)
+        }
+        services += auth.services
+        services.append(SignalReloads(reloaders: auth.reloaders, logger: Logger(label: "sluice.auth")))
+        let authLogger = Logger(label: "sluice.auth")
+        if !settings.auth.required {
+            authLogger.warning(
+                "auth.disabled",
+                metadata: [
+                    "reason": .string(
+                        "auth.required is false (\(settings.auth.requiredOrigin ?? "set")): anyone who can reach the port can write events"
+                    )
+                ]
+            )
+        }
+        for line in auth.summary { authLogger.info("auth.configured", metadata: ["detail": .string(line)]) }
+        var authentication = auth.authentication
+        authentication.authorizationServer = auth.authorizationServer
         let announcer = Self.announcer(label: "sluice.gateway")
         let onListening = self.onListening
         let app = buildGatewayApplication(
             configuration: gateway,
             wal: wal,
             registry: registry,
+            authentication: authentication,
             logger: Logger(label: "sluice.gateway"),
             services: services,
             onServerRunning: { channel in
@@ -75,10 +105,11 @@ struct PipelineProcess {
                     "gateway.listening",
                     metadata: [
                         "server.address": "\(gateway.host)", "server.port": "\(port)",
-                        "url.full": "http://\(gateway.host):\(port)/v1/events",
+                        "url.full": "\(scheme)://\(gateway.host):\(port)/v1/events",
                         "gateway.append_timeout": "\(gateway.appendTimeout)",
                     ]
                 )
+                auth.listening.open()
                 await onListening(port)
             }
         )
@@ -135,5 +166,22 @@ struct PipelineProcess {
         var logger = Logger(label: label)
         logger.logLevel = min(logger.logLevel, .notice)
         return logger
+    }
+}
+
+/// SIGHUP reloads what can change without a restart: the API key store and the issuers' key
+/// sets (the TLS certificate has its own reloader).
+struct SignalReloads: Service {
+    let reloaders: [@Sendable () async -> Void]
+    let logger: Logger
+
+    func run() async throws {
+        guard !self.reloaders.isEmpty else { return }
+        await cancelWhenGracefulShutdown {
+            for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                self.logger.notice("auth.reload", metadata: ["trigger": "SIGHUP"])
+                for reload in self.reloaders { await reload() }
+            }
+        }
     }
 }

@@ -20,21 +20,25 @@ import Testing
         let clickHouse = try await ClickHouseServer.start()
         defer { clickHouse.stop() }
         let state = try TemporaryDirectory()
+        // The front door as deployed: HTTPS with a certificate and a secret API key.
+        let door = try await FrontDoor.make(in: state.path)
         let environment = ["SLUICE_KAFKA_PROPERTIES_LOG__LEVEL": "2", "SLUICE_LOGGING_LEVEL": "warning"]
+            .merging(door.environment) { $1 }
         let gatewayArguments = [
             "gateway", "--listen", "127.0.0.1:0", "--wal-dir", state.path + "/wal",
             "--kafka-bootstrap", cluster.bootstrapServers,
         ]
         var gateway = try SluiceProcess(gatewayArguments, environment: environment)
         let load = SteadyLoad()
+        load.authorization.withLock { $0 = "Bearer \(door.key)" }
         let firstPort = try await gateway.listeningPort()
-        load.target.withLock { $0 = "http://127.0.0.1:\(firstPort)" }
+        load.target.withLock { $0 = "https://127.0.0.1:\(firstPort)" }
         let loader = try SluiceProcess(
             ["loader", "--kafka-bootstrap", cluster.bootstrapServers, "--clickhouse-url", clickHouse.httpURL],
             environment: environment.merging(["SLUICE_LOADER_BATCH_AGE": "250ms"]) { $1 }
         )
         let analyst = Analyst(url: clickHouse.httpURL)
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let client = try door.client()
         let posting = Task { await load.run(client: client) }
 
         func progress(_ acknowledged: Int) async throws {
@@ -50,7 +54,7 @@ import Testing
         load.target.withLock { $0 = nil }
         gateway = try SluiceProcess(gatewayArguments, environment: environment)
         let port = try await gateway.listeningPort()
-        load.target.withLock { $0 = "http://127.0.0.1:\(port)" }
+        load.target.withLock { $0 = "https://127.0.0.1:\(port)" }
         // 2. ClickHouse dies and is restarted 3 s later.
         try await progress(load.acknowledgedCount + 3_000)
         try await offPool { clickHouse.kill() }
@@ -99,6 +103,8 @@ import Testing
         #expect(rowsAfterDeduplication == distinct)
         #expect(distinct >= acknowledged.count)
         #expect(acknowledgedDuringOutage > 0)
+        // Every event names the key that sent it.
+        #expect(try await analyst.rows("SELECT DISTINCT source FROM sluice.events") == ["key:e2e"])
 
         for process in [gateway, loader] { process.signal(SIGTERM) }
         #expect(try await gateway.waitForExit() == 0)
@@ -143,6 +149,8 @@ import Testing
                 product: {type: string, field: object}
         logging:
           level: warning
+        auth:
+          required: false       # this test is about routing; the front door has its own
         """.write(toFile: file, atomically: true, encoding: .utf8)
         let all = try SluiceProcess(["all", "--config", file])
         let port = try await all.listeningPort()

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import Synchronization
 import TestSupport
 
@@ -12,6 +13,8 @@ import TestSupport
 final class SteadyLoad: Sendable {
     /// The gateway's base URL; nil while it is down (the workers wait).
     let target = Mutex<String?>(nil)
+    /// The `Authorization` header every request carries.
+    let authorization = Mutex<String?>(nil)
     let attempted = Mutex<Set<String>>([])
     let acknowledged = Mutex<Set<String>>([])
     let failedRequests = Mutex<Int>(0)
@@ -45,6 +48,9 @@ final class SteadyLoad: Sendable {
             var request = HTTPClientRequest(url: url + "/v1/events/batch")
             request.method = .POST
             request.headers.add(name: "Content-Type", value: "application/x-ndjson")
+            if let authorization = self.authorization.withLock({ $0 }) {
+                request.headers.add(name: "Authorization", value: authorization)
+            }
             request.body = .bytes(ByteBuffer(string: body))
             do {
                 let response = try await client.execute(request, timeout: .seconds(5))
@@ -100,4 +106,55 @@ func processes(mentioning text: String) -> [Int32] {
         else { return nil }
         return String(decoding: commandLine, as: UTF8.self).contains(text) ? pid : nil
     }
+}
+
+/// What the front door of an end-to-end gateway needs: a test CA with a server certificate
+/// (`sluice tls self-signed`) and a secret key (`sluice keys create`), made with the binary as
+/// an operator would.
+struct FrontDoor {
+    let directory: String
+    let key: String
+
+    var caFile: String { self.directory + "/tls/ca.pem" }
+    var keysFile: String { self.directory + "/keys.json" }
+
+    /// The gateway's environment: HTTPS with the test certificate, keys from the file.
+    var environment: [String: String] {
+        [
+            "SLUICE_GATEWAY_TLS_CERT_FILE": self.directory + "/tls/server.pem",
+            "SLUICE_GATEWAY_TLS_KEY_FILE": self.directory + "/tls/server.key",
+            "SLUICE_AUTH_API_KEYS_FILE": self.keysFile,
+        ]
+    }
+
+    static func make(in directory: String, rate: String = "100000/s") async throws -> FrontDoor {
+        let tls = try SluiceProcess(["tls", "self-signed", "--out", directory + "/tls", "--host", "127.0.0.1"])
+        guard try await tls.waitForExit() == 0 else {
+            throw FrontDoorError(message: "sluice tls self-signed failed: \(tls.standardError)")
+        }
+        let keys = try SluiceProcess([
+            "keys", "create", "e2e", "--kind", "secret", "--rate", rate, "--file", directory + "/keys.json",
+        ])
+        guard try await keys.waitForExit() == 0,
+            let key = keys.standardOutput.split(whereSeparator: \.isWhitespace).first(where: { $0.hasPrefix("slk_") })
+        else {
+            throw FrontDoorError(message: "sluice keys create failed: \(keys.standardError)")
+        }
+        return FrontDoor(directory: directory, key: String(key))
+    }
+
+    /// An HTTP client that trusts the test CA (and only it).
+    func client() throws -> HTTPClient {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .file(self.caFile)
+        return HTTPClient(
+            eventLoopGroupProvider: .singleton,
+            configuration: HTTPClient.Configuration(tlsConfiguration: tls)
+        )
+    }
+}
+
+struct FrontDoorError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { self.message }
 }

@@ -217,7 +217,7 @@ import Testing
     @Test func aPrincipalOverItsLimitGets429WithRetryAfterAndRateLimitFields() async throws {
         var authentication = Checks().authentication()
         authentication.rateLimits = PrincipalRateLimits(
-            defaults: [.oauthClient: try #require(RateLimit(parsing: "1/m", burst: 2))]
+            defaults: [.oauthClient: try #require(RateLimit("1/m", burst: 2))]
         )
         let gateway = try await TestGateway.make(authentication: authentication)
         try await gateway.test { client in
@@ -258,7 +258,7 @@ import Testing
     @Test func failedAuthenticationsFromOneAddressAre429BeforeAnyCheck() async throws {
         let checks = Checks()
         var authentication = checks.authentication()
-        authentication.failedAuthPerIP = FailedAuthLimiter(limit: try #require(RateLimit(parsing: "1/m", burst: 3)))
+        authentication.failedAuthPerIP = FailedAuthLimiter(limit: try #require(RateLimit("1/m", burst: 3)))
         let gateway = try await TestGateway.make(authentication: authentication)
         try await gateway.test { client in
             var statuses: [HTTPResponse.Status] = []

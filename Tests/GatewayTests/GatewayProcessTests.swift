@@ -18,10 +18,12 @@ final class GatewayProcess: Sendable {
     /// 0 when the gateway exited before listening (the caller inspects the status).
     let port: Int
 
+    /// Without credentials in `environment`, the gateway runs with `auth.required: false`:
+    /// these tests are about the WAL and HTTP, and AuthProcessTests hold the front door.
     init(walDirectory: String, arguments: [String] = [], environment: [String: String] = [:]) async throws {
         self.child = try SluiceProcess(
             ["gateway", "--listen", "127.0.0.1:0", "--wal-dir", walDirectory] + arguments,
-            environment: environment
+            environment: ["SLUICE_AUTH_REQUIRED": "false"].merging(environment) { $1 }
         )
         do {
             self.port = try await self.child.listeningPort(timeout: .seconds(20))

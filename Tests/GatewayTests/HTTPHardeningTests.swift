@@ -559,9 +559,10 @@ import Glibc
     @Test func aTakenPortIsReportedInOneSentence() async throws {
         let running = try await Running()
         let directory = try TemporaryDirectory()
-        let second = try SluiceProcess([
-            "gateway", "--listen", "127.0.0.1:\(running.gateway.port)", "--wal-dir", directory.path + "/wal",
-        ])
+        let second = try SluiceProcess(
+            ["gateway", "--listen", "127.0.0.1:\(running.gateway.port)", "--wal-dir", directory.path + "/wal"],
+            environment: ["SLUICE_AUTH_REQUIRED": "false"]
+        )
         #expect(try await second.waitForExit() != 0)
         let message = second.standardError
         #expect(message.contains("127.0.0.1:\(running.gateway.port) is already in use"), "\(message)")

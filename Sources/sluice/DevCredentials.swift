@@ -1,0 +1,164 @@
+import Auth
+import Foundation
+import Gateway
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `sluice dev` sets up so that the tour works with the front door on: HTTPS with its
+/// own CA, a secret key, a publishable browser key and an OAuth client of the built-in
+/// authorization server. All of it lives in the state directory, is reused across restarts,
+/// and is written to `<state>/env` (mode 0600) for `source`.
+struct DevCredentials {
+    var secretKey: String
+    var browserKey: String
+    var clientID: String
+    var clientSecret: String
+    var caFile: String
+    var envFile: String
+
+    /// The origin the dev browser key is bound to (the tour's pixel sends it as `Referer`).
+    static let browserOrigin = "https://shop.example"
+
+    /// Points the settings at the state directory's certificate, key store and built-in
+    /// server, creating what is missing, and returns the credentials to show.
+    static func prepare(settings: inout Settings, stateDir: String, port: Int) async throws -> DevCredentials {
+        let tls = stateDir + "/tls"
+        let manager = FileManager.default
+        if !manager.fileExists(atPath: tls + "/server.pem") || !manager.fileExists(atPath: tls + "/ca.pem") {
+            _ = try TLSSelfSigned.writeBundle(
+                directory: tls,
+                hosts: ["localhost", "127.0.0.1", "::1"],
+                clientURI: "spiffe://sluice.local/dev-client"
+            )
+        }
+        if settings.gateway.tlsCertFile == nil && settings.gateway.tlsKeyFile == nil {
+            settings.gateway.tlsCertFile = tls + "/server.pem"
+            settings.gateway.tlsKeyFile = tls + "/server.key"
+        }
+        let envFile = stateDir + "/env"
+        let previous = Self.readEnv(envFile)
+
+        // API keys, in the state directory unless configured elsewhere.
+        if settings.apiKeys.file == nil && settings.apiKeys.postgresURL == nil {
+            settings.apiKeys.file = stateDir + "/keys.json"
+        }
+        guard let keysFile = settings.apiKeys.file else {
+            throw SettingsError(description: "sluice dev keeps its keys in a file; unset auth.api_keys.postgres_url")
+        }
+        let store = try FileKeyStore(path: keysFile)
+        let authenticator = APIKeyAuthenticator(store: store)
+        func stillValid(_ key: String?, browser: Bool) -> Bool {
+            guard let key else { return false }
+            let origin = browser ? Self.browserOrigin : nil
+            if case .success = authenticator.authenticate(key: key, origin: origin, browserEndpoint: browser) {
+                return true
+            }
+            return false
+        }
+        var secretKey = previous["SLUICE_KEY"]
+        if !stillValid(secretKey, browser: false) {
+            let current = try await store.list()
+            if current.contains(where: { $0.name == "dev" && $0.revokedAt == nil }) {
+                _ = try await store.revoke(name: "dev", now: Date())
+            }
+            let issued = try await store.create(
+                NewAPIKey(name: "dev", kind: .secret, environment: .test),
+                now: Date()
+            )
+            secretKey = issued.key.plaintext
+        }
+        var browserKey = previous["SLUICE_BROWSER_KEY"]
+        if !stillValid(browserKey, browser: true) {
+            let current = try await store.list()
+            if current.contains(where: { $0.name == "dev-browser" && $0.revokedAt == nil }) {
+                _ = try await store.revoke(name: "dev-browser", now: Date())
+            }
+            let issued = try await store.create(
+                NewAPIKey(name: "dev-browser", kind: .publishable, environment: .test, origins: [Self.browserOrigin]),
+                now: Date()
+            )
+            browserKey = issued.key.plaintext
+        }
+
+        // The built-in authorization server, with one client.
+        let oauth = stateDir + "/oauth"
+        try manager.createDirectory(atPath: oauth, withIntermediateDirectories: true)
+        settings.auth.builtinServer.enabled = true
+        settings.auth.builtinServer.signingKeyFile = oauth + "/signing.key"
+        settings.auth.builtinServer.clientsFile = oauth + "/clients.json"
+        settings.auth.builtinServer.issuer = "https://127.0.0.1:\(port)"
+        settings.auth.builtinServer.caFile = tls + "/ca.pem"
+        let clients = try OAuthClientStore(path: oauth + "/clients.json")
+        var clientSecret = previous["SLUICE_CLIENT_SECRET"]
+        if clientSecret == nil || (try clients.client("dev")) == nil {
+            if try clients.client("dev") != nil { try clients.remove("dev") }
+            clientSecret = try clients.add("dev", scopes: ["events:write"]).secret
+        }
+        guard let secretKey, let browserKey, let clientSecret else {
+            throw SettingsError(description: "could not create the development credentials in \(stateDir)")
+        }
+        return DevCredentials(
+            secretKey: secretKey,
+            browserKey: browserKey,
+            clientID: "dev",
+            clientSecret: clientSecret,
+            caFile: tls + "/ca.pem",
+            envFile: envFile
+        )
+    }
+
+    /// `<state>/env`: the variables the README tour uses, for `source`. Mode 0600.
+    func writeEnv(url: String) throws {
+        let text = """
+            # Written by sluice dev: development credentials (test keys; never use them in production).
+            export SLUICE_URL=\(url)
+            export CURL_CA_BUNDLE=\(Self.absolute(self.caFile))
+            export SLUICE_KEY=\(self.secretKey)
+            export SLUICE_BROWSER_KEY=\(self.browserKey)
+            export SLUICE_CLIENT_ID=\(self.clientID)
+            export SLUICE_CLIENT_SECRET=\(self.clientSecret)
+
+            """
+        try TLSSelfSigned.write(text, to: self.envFile, mode: 0o600)
+    }
+
+    static func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    }
+
+    static func readEnv(_ path: String) -> [String: String] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [:] }
+        var values: [String: String] = [:]
+        for line in text.split(separator: "\n") where line.hasPrefix("export ") {
+            let assignment = line.dropFirst("export ".count)
+            guard let equals = assignment.firstIndex(of: "=") else { continue }
+            values[String(assignment[..<equals])] = String(assignment[assignment.index(after: equals)...])
+        }
+        return values
+    }
+
+    /// A free TCP port on `host` now: `sluice dev --listen …:0` needs its port before it
+    /// listens, because the built-in server's issuer URL contains it.
+    static func freePort(host: String) throws -> Int {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw SettingsError(description: "cannot open a socket to find a free port") }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr(host == "0.0.0.0" ? "127.0.0.1" : host)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard bound == 0 else { throw SettingsError(description: "cannot bind \(host):0 to find a free port") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
