@@ -502,3 +502,121 @@ private struct AccessTokenPayload: JWTPayload {
         #expect(throws: AuthorizationServerError.self) { try OAuthClientStore(path: fixture.store.path) }
     }
 }
+
+/// Runs a tool to completion (off the cooperative pool) and returns its exit status and output.
+private func runTool(
+    _ executable: String,
+    _ arguments: [String],
+    input: String? = nil
+) async throws -> (status: Int32, output: String, errors: String) {
+    try await offPool {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let output = Pipe()
+        let errors = Pipe()
+        let standardInput = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        process.standardInput = standardInput
+        try process.run()
+        standardInput.fileHandleForWriting.write(Data((input ?? "").utf8))
+        try standardInput.fileHandleForWriting.close()
+        let out = output.fileHandleForReading.readDataToEndOfFile()
+        let err = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (
+            process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self)
+        )
+    }
+}
+
+/// Keys and tokens checked by other implementations: OpenSSL for the PEM files, PyJWT for the
+/// tokens (what a resource server in another language would do).
+@Suite struct AuthorizationServerInteropTests {
+    static let openssl = "/usr/bin/openssl"
+
+    /// The public key OpenSSL derives from a private key file, as raw bytes (the end of the SPKI).
+    private func opensslPublicKey(_ path: String, count: Int) async throws -> [UInt8] {
+        let directory = (path as NSString).deletingLastPathComponent
+        let der = directory + "/public.der"
+        let result = try await runTool(Self.openssl, ["pkey", "-in", path, "-pubout", "-outform", "DER", "-out", der])
+        try #require(result.status == 0, "\(result.errors)")
+        return Array(try Data(contentsOf: URL(fileURLWithPath: der)).suffix(count))
+    }
+
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: openssl)))
+    func keysMadeByOpenSSLAreReadAndOursAreReadByOpenSSL() async throws {
+        let directory = try TemporaryDirectory()
+        let made: [([String], AuthorizationServerSigningKey.Algorithm)] = [
+            (["genpkey", "-algorithm", "ed25519"], .eddsa),
+            (["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"], .es256),  // PKCS#8
+            (["ecparam", "-name", "prime256v1", "-genkey", "-noout"], .es256),  // SEC 1
+        ]
+        for (index, (command, algorithm)) in made.enumerated() {
+            let path = directory.path + "/openssl-\(index).key"
+            let result = try await runTool(Self.openssl, command + ["-out", path])
+            try #require(result.status == 0, "\(result.errors)")
+            #expect(chmod(path, 0o600) == 0)
+            let key = try #require(try AuthorizationServerSigningKey.load(path: path))
+            #expect(key.algorithm == algorithm)
+            try await self.expectSamePublicKey(key, path: path)
+        }
+        for algorithm in AuthorizationServerSigningKey.Algorithm.allCases {
+            let path = directory.path + "/ours-\(algorithm.rawValue).key"
+            let key = try AuthorizationServerSigningKey.loadOrCreate(path: path, algorithm: algorithm)
+            try await self.expectSamePublicKey(key, path: path)
+        }
+    }
+
+    private func expectSamePublicKey(_ key: AuthorizationServerSigningKey, path: String) async throws {
+        let jwk = key.publicJWK
+        switch key.algorithm {
+        case .eddsa:
+            #expect(try await self.opensslPublicKey(path, count: 32) == Base64URLForTests.decode(jwk["x"] ?? ""))
+        case .es256:
+            let point = try await self.opensslPublicKey(path, count: 65)
+            #expect(point.first == 0x04)
+            #expect(Array(point[1..<33]) == Base64URLForTests.decode(jwk["x"] ?? ""))
+            #expect(Array(point[33..<65]) == Base64URLForTests.decode(jwk["y"] ?? ""))
+        }
+    }
+
+    /// PyJWT is installed by scripts/setup for cross-implementation checks.
+    @Test(arguments: AuthorizationServerSigningKey.Algorithm.allCases)
+    func pyJWTVerifiesTheIssuedToken(algorithm: AuthorizationServerSigningKey.Algorithm) async throws {
+        let fixture = try Fixture(algorithm: algorithm)
+        let body = try object(fixture.token("grant_type=client_credentials", authorization: fixture.basic()).body)
+        let token = try #require(body["access_token"] as? String)
+        let script = """
+            import json, sys, jwt
+            data = json.load(sys.stdin)
+            header = jwt.get_unverified_header(data["token"])
+            key = jwt.PyJWK(data["jwks"]["keys"][0]).key
+            claims = jwt.decode(data["token"], key=key, algorithms=[header["alg"]], audience=data["aud"],
+                                issuer=data["iss"], options={"require": ["exp", "iat", "nbf", "sub", "jti"]})
+            print(json.dumps({"typ": header["typ"], "client_id": claims["client_id"]}))
+            """
+        let input = try JSONSerialization.data(withJSONObject: [
+            "token": token, "aud": Fixture.issuer, "iss": Fixture.issuer,
+            "jwks": try JSONSerialization.jsonObject(with: Data(fixture.server.jwksJSON())),
+        ])
+        let result = try await runTool(
+            "/usr/bin/env",
+            ["python3", "-c", script],
+            input: String(decoding: input, as: UTF8.self)
+        )
+        try #require(result.status == 0, "PyJWT refused the token: \(result.errors)")
+        let verified = try object(Array(result.output.utf8))
+        #expect(verified["typ"] as? String == "at+jwt")
+        #expect(verified["client_id"] as? String == "shop")
+    }
+}
+
+private enum Base64URLForTests {
+    static func decode(_ text: String) -> [UInt8] {
+        var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        base64 += String(repeating: "=", count: (4 - base64.count % 4) % 4)
+        return Data(base64Encoded: base64).map(Array.init) ?? []
+    }
+}
