@@ -271,7 +271,11 @@ extension OAuthCommand {
                     throw ExitCode(2)
                 }
             }
-            let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+            var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
+            // One request from a script: a refused certificate or connection is reported at
+            // once, not retried until the connect timeout.
+            configuration.connectionPool.retryConnectionEstablishment = false
+            let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
             let outcome: Result<(status: UInt, body: [UInt8]), any Error>
             do {
                 var request = HTTPClientRequest(url: endpoint)
