@@ -409,6 +409,35 @@ private struct AccessTokenPayload: JWTPayload {
         #expect(first.tokenTTL == .seconds(60))
     }
 
+    @Test func gatewaysStartingTogetherShareOneKey() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.path + "/signing.key"
+        let keyIDs = try await withThrowingTaskGroup(of: String.self) { group in
+            for _ in 0..<8 {
+                group.addTask { try await offPool { try AuthorizationServerSigningKey.loadOrCreate(path: path).keyID } }
+            }
+            return try await group.reduce(into: Set<String>()) { $0.insert($1) }
+        }
+        #expect(keyIDs.count == 1)
+        #expect(try AuthorizationServerSigningKey.load(path: path)?.keyID == keyIDs.first)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path) == ["signing.key"])
+    }
+
+    @Test func concurrentEditsOfTheClientsFileAreAllKept() async throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.path + "/clients.json"
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<8 {
+                // Separate stores, as separate `sluice oauth clients add` processes would have.
+                group.addTask {
+                    try await offPool { _ = try OAuthClientStore(path: path).add("c\(index)", scopes: ["s"]) }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(Set(try OAuthClientStore(path: path).clients().map(\.clientID)) == Set((0..<8).map { "c\($0)" }))
+    }
+
     @Test func groupReadableKeyIsRefused() throws {
         let directory = try TemporaryDirectory()
         let path = directory.path + "/signing.key"
