@@ -84,17 +84,27 @@ import Testing
                 "oauth", "token", "--url", url, "--client", "shop", "--secret-file", secretFile,
                 "--ca-file", certificate, "--scope", "events:write",
             ])
-            #expect(try await trusted.waitForExit() == 0, "\(trusted.standardError)")
+            #expect(try await finish(trusted, [.standardOutput]) == 0, "\(trusted.standardError)")
             #expect(trusted.standardOutput.split(separator: ".").count == 3)
 
             // Without --ca-file the system roots do not know this certificate: no token.
             let untrusted = try SluiceProcess([
                 "oauth", "token", "--url", url, "--client", "shop", "--secret-file", secretFile,
             ])
-            #expect(try await untrusted.waitForExit() == 1)
+            #expect(try await finish(untrusted, [.standardError]) == 1)
             #expect(untrusted.standardOutput.isEmpty)
             #expect(untrusted.standardError.contains("CERTIFICATE_VERIFY_FAILED"))
             group.cancelAll()
         }
     }
+}
+
+/// Waits for the exit, then for each named stream's last line: a pipe's final bytes can be
+/// read after the exit has been seen.
+private func finish(_ process: SluiceProcess, _ streams: [SluiceProcess.Stream]) async throws -> Int32 {
+    let status = try await process.waitForExit()
+    try await waitUntil(timeout: .seconds(10)) {
+        streams.allSatisfy { ($0 == .standardOutput ? process.standardOutput : process.standardError).hasSuffix("\n") }
+    }
+    return status
 }

@@ -173,7 +173,7 @@ private let form: [HTTPField.Name: String] = [.contentType: "application/x-www-f
         let fixture = try AuthorizationServerApp()
         let clientsFile = fixture.server.clients.path
         let add = try SluiceProcess(["oauth", "clients", "add", "cli-client", "--clients-file", clientsFile, "--json"])
-        #expect(try await add.waitForExit() == 0)
+        #expect(try await finish(add, [.standardOutput, .standardError]) == 0)
         #expect(add.standardError.contains("will not be shown again"))
         let added = try #require(
             try JSONSerialization.jsonObject(with: Data(add.standardOutput.utf8)) as? [String: Any]
@@ -186,7 +186,7 @@ private let form: [HTTPField.Name: String] = [.contentType: "application/x-www-f
         try Data("slc_wrong".utf8).write(to: URL(fileURLWithPath: wrongFile))
 
         let list = try SluiceProcess(["oauth", "clients", "ls", "--clients-file", clientsFile])
-        #expect(try await list.waitForExit() == 0)
+        #expect(try await finish(list, [.standardOutput]) == 0)
         #expect(list.standardOutput.contains("cli-client"))
         #expect(!list.standardOutput.contains(secret))
 
@@ -196,7 +196,7 @@ private let form: [HTTPField.Name: String] = [.contentType: "application/x-www-f
             let token = try SluiceProcess([
                 "oauth", "token", "--url", url, "--client", "cli-client", "--secret-file", secretFile,
             ])
-            #expect(try await token.waitForExit() == 0, "\(token.standardError)")
+            #expect(try await finish(token, [.standardOutput]) == 0, "\(token.standardError)")
             let accessToken = token.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
             let claims = try verifyEdDSA(accessToken, jwks: fixture.server.jwksJSON())
             #expect(claims["client_id"] as? String == "cli-client")
@@ -205,16 +205,16 @@ private let form: [HTTPField.Name: String] = [.contentType: "application/x-www-f
             let refused = try SluiceProcess([
                 "oauth", "token", "--url", url + "/oauth/token", "--client", "cli-client", "--secret-file", wrongFile,
             ])
-            #expect(try await refused.waitForExit() == 1)
+            #expect(try await finish(refused, [.standardError]) == 1)
             #expect(refused.standardError.contains("invalid_client"))
             #expect(refused.standardOutput.isEmpty)
         }
 
         let remove = try SluiceProcess(["oauth", "clients", "remove", "cli-client", "--clients-file", clientsFile])
-        #expect(try await remove.waitForExit() == 0)
+        #expect(try await finish(remove, [.standardOutput]) == 0)
         #expect(try fixture.server.clients.client("cli-client") == nil)
         let again = try SluiceProcess(["oauth", "clients", "remove", "cli-client", "--clients-file", clientsFile])
-        #expect(try await again.waitForExit() == 1)
+        #expect(try await finish(again, [.standardError]) == 1)
     }
 
     @Test func clientsFileComesFromTheConfigFile() async throws {
@@ -233,6 +233,16 @@ private let form: [HTTPField.Name: String] = [.contentType: "application/x-www-f
         #expect(try await add.waitForExit() == 0)
         #expect(try OAuthClientStore(path: clientsFile).client("shop")?.scopes == ["events:write"])
     }
+}
+
+/// Waits for the exit, then for each named stream's last line: a pipe's final bytes can be
+/// read after the exit has been seen.
+private func finish(_ process: SluiceProcess, _ streams: [SluiceProcess.Stream]) async throws -> Int32 {
+    let status = try await process.waitForExit()
+    try await waitUntil(timeout: .seconds(10)) {
+        streams.allSatisfy { ($0 == .standardOutput ? process.standardOutput : process.standardError).hasSuffix("\n") }
+    }
+    return status
 }
 
 private func base64URLDecode(_ text: some StringProtocol) throws -> Data {
