@@ -15,7 +15,7 @@ struct Sluice: AsyncParsableCommand {
             WALCommand.self, OffsetsCommand.self,
             ReplayCommand.self, DLQCommand.self, ConfigCommand.self, DevKafkaCommand.self, DevClickHouseCommand.self,
             ForwarderBenchCommand.self,
-            LoaderBenchCommand.self, PipelineBenchCommand.self,
+            LoaderBenchCommand.self, PipelineBenchCommand.self, OAuthCommand.self,
         ]
     )
 
