@@ -154,6 +154,7 @@ let package = Package(
                 "WAL", "Gateway", "Telemetry", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
                 "LocalClickHouse", "Auth",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -217,6 +217,9 @@ struct AuthenticationMiddleware: RouterMiddleware {
         context: IngestRequestContext,
         next: (Request, IngestRequestContext) async throws -> Response
     ) async throws -> Response {
+        if request.uri.path == "/oauth/token", let limiter = self.authentication.failedAuthPerIP {
+            return try await self.tokenEndpoint(request, context: context, limiter: limiter, next: next)
+        }
         guard IngestRoutes.all.contains(request.uri.path), request.method != .options else {
             return try await next(request, context)
         }
@@ -242,6 +245,32 @@ struct AuthenticationMiddleware: RouterMiddleware {
         if let answer = answer ?? context.authRecord.state.withLock({ $0.rateLimit }) {
             answer.apply(to: &response.headers)
         }
+        return response
+    }
+
+    /// The built-in server's token endpoint: a wrong client secret counts as a failed
+    /// authentication of the address, and an address over its budget is refused before the
+    /// secret is hashed.
+    private func tokenEndpoint(
+        _ request: Request,
+        context: IngestRequestContext,
+        limiter: FailedAuthLimiter,
+        next: (Request, IngestRequestContext) async throws -> Response
+    ) async throws -> Response {
+        let address = context.clientIP ?? "unknown"
+        if let wait = limiter.blocked(address) {
+            self.metrics.record(method: "client_secret", result: "refused", reason: "failed_auth_per_ip", since: nil)
+            throw AuthProblem(
+                failure: AuthFailure(
+                    .rateLimited,
+                    reason: "failed_auth_per_ip",
+                    detail: "too many failed authentications from this address; retry in \(wait) s",
+                    retryAfterSeconds: wait
+                )
+            ).problem
+        }
+        let response = try await next(request, context)
+        if response.status == .unauthorized { limiter.failed(address) }
         return response
     }
 

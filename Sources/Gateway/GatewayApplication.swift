@@ -25,6 +25,9 @@ public struct WALService: Service {
 let gatewayRoutes: [String: [HTTPRequest.Method]] = [
     "/v1/events": [.post], "/v1/events/batch": [.post], "/v1/pixel": [.get, .head],
     "/healthz": [.get, .head], "/readyz": [.get, .head], "/metrics": [.get, .head],
+    // The built-in authorization server's, when it is on.
+    "/oauth/token": [.post], "/.well-known/oauth-authorization-server": [.get, .head],
+    "/.well-known/jwks.json": [.get, .head],
 ]
 
 /// Builds the gateway's router: ingest routes, health, readiness and metrics.

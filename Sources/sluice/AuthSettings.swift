@@ -34,6 +34,8 @@ struct BuiltinServerSettings {
     var signingKeyFile = "./data/oauth/signing.key"
     var clientsFile = "./data/oauth/clients.json"
     var tokenTTL: Duration = .seconds(15 * 60)
+    /// The algorithm of a signing key it creates: EdDSA (Ed25519) or ES256 (P-256).
+    var signingAlgorithm = AuthorizationServerSigningKey.Algorithm.eddsa
     /// The CA the gateway trusts when it fetches the built-in server's own JWKS over HTTPS;
     /// default: `gateway.tls.cert_file` (a self-signed certificate, or a chain ending in its CA).
     var caFile: String?
@@ -146,6 +148,16 @@ extension SettingsLoader {
             kind: .duration,
             help: "lifetime of its access tokens (15m)"
         ) { settings, value, key in settings.auth.builtinServer.tokenTTL = try value.duration(key)
+        },
+        SettingKey(
+            path: "auth.oauth.builtin_server.signing_algorithm",
+            kind: .string,
+            help: "algorithm of a signing key it creates: EdDSA or ES256 (EdDSA)"
+        ) { settings, value, key in
+            guard let algorithm = AuthorizationServerSigningKey.Algorithm(rawValue: value.text) else {
+                throw value.fail(key, "EdDSA or ES256")
+            }
+            settings.auth.builtinServer.signingAlgorithm = algorithm
         },
         SettingKey(
             path: "auth.oauth.builtin_server.ca_file",

@@ -115,6 +115,7 @@ extension Settings {
             )
             configuration.audience = builtin.audience
             configuration.tokenTTL = builtin.tokenTTL
+            configuration.signingAlgorithm = builtin.signingAlgorithm
             let server: AuthorizationServer
             do {
                 server = try AuthorizationServer(configuration: configuration, logger: Logger(label: "sluice.oauth"))
@@ -131,7 +132,7 @@ extension Settings {
                         issuer: server.issuer,
                         jwksURI: server.jwksURI,
                         audiences: [server.audience],
-                        algorithms: ["EdDSA", "ES256"],
+                        algorithms: [server.signingKey.algorithm.rawValue],
                         jwks: jwks
                     )
                 )
