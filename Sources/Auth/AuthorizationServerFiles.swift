@@ -1,6 +1,8 @@
 import Foundation
 
 #if canImport(Glibc)
+// `stat` is seen through CoreFoundation as well once other files of the module import it.
+import CoreFoundation
 import Glibc
 #endif
 
