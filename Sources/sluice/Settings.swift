@@ -593,8 +593,8 @@ enum SettingsLoader {
                     continue
                 }
                 let isSection = self.keys.contains { $0.path.hasPrefix(path + ".") }
-                if isSection && value.list == nil && ["", "~", "null"].contains(value.text) {
-                    continue  // a section with everything commented out
+                if isSection && (value.list.map(\.isEmpty) ?? ["", "~", "null"].contains(value.text)) {
+                    continue  // a section with everything commented out, or an empty list
                 }
                 guard let key = self.keys.first(where: { $0.path == path }) else {
                     let suggestion = self.closest(to: path).map { " (did you mean \($0)?)" } ?? ""
