@@ -1,4 +1,5 @@
 import Foundation
+import JWTKit
 import Testing
 
 @testable import Auth
@@ -90,6 +91,28 @@ import Testing
         )
     }
 
+    @Test func normalisedKeysResistAlgCachePoisoningEvenWithoutTheAlgCheck() async throws {  // A32, §3.1 pitfall 2
+        let key = try await TestSigningKey.rsa(kid: "entra")
+        let result = try self.normalize([key.publicJWK])  // no alg, as Entra ID publishes it
+        let (collection, loaded, _) = await JWKSNormalizer.makeCollection(result.keys)
+        #expect(loaded.map(\.alg) == ["RS256"])
+        let claims = accessTokenClaims(issuer: "https://idp", now: Date())
+        // Straight to jwt-kit, skipping the verifier's header/key alg comparison.
+        let forger = try await TestSigningKey.rsa(kid: "entra", pem: JWTTestRSAKeys.pem3, alg: "PS384")
+        await #expect(throws: (any Error).self) {
+            _ = try await collection.verify(try await forger.mint(payload: claims), as: NoClaims.self)
+        }
+        _ = try await collection.verify(try await key.mint(payload: claims), as: NoClaims.self)
+        // A kid the set does not hold never falls back to a default key.
+        let other = try await TestSigningKey.rsa(kid: "other")
+        await #expect(throws: (any Error).self) {
+            _ = try await collection.verify(
+                try await other.mint(payload: claims) { $0["kid"] = "missing" },
+                as: NoClaims.self
+            )
+        }
+    }
+
     @Test func aKidPublishedTwiceIsNotUsed() async throws {
         let rsa = try await self.rsaKey()
         let ec = try await TestSigningKey.p256(kid: "same")
@@ -172,4 +195,8 @@ import Testing
         for index in 0..<10 { cache.insert("x\(index)", long, now: now) }
         #expect(cache.count <= 2)
     }
+}
+
+private struct NoClaims: JWTPayload {
+    func verify(using algorithm: some JWTAlgorithm) async throws {}
 }

@@ -584,6 +584,54 @@ import Glibc
     }
 }
 
+extension JWTVerifierTests {
+    /// A small deterministic generator, so a failure can be replayed.
+    private struct SplitMix64: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            self.state &+= 0x9E37_79B9_7F4A_7C15
+            var z = self.state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    @Test func noMutationOfAValidTokenIsAccepted() async throws {  // F1 in small
+        try await withJWTEnvironment { env in
+            let key = try await TestSigningKey.p256(kid: "k1")
+            env.publish([key.jwk])
+            let verifier = try env.verifier([env.configuration()])
+            let token = try await key.mint(payload: accessTokenClaims(issuer: env.issuer(), now: env.clock.now))
+            try await expectAccepted(verifier, token)
+            var random = SplitMix64(state: 11)
+            let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ ")
+            var reasons: [String: Int] = [:]
+            for _ in 0..<2000 {
+                var characters = Array(token)
+                for _ in 0...Int.random(in: 0...2, using: &random) {
+                    let index = Int.random(in: 0..<characters.count, using: &random)
+                    switch Int.random(in: 0..<3, using: &random) {
+                    case 0: characters[index] = alphabet.randomElement(using: &random) ?? "A"
+                    case 1: characters.remove(at: index)
+                    default: characters.insert(alphabet.randomElement(using: &random) ?? "A", at: index)
+                    }
+                }
+                let mutated = String(characters)
+                guard mutated != token else { continue }
+                switch await verifier.verifyResult(mutated) {
+                case .success: Issue.record("a mutated token was accepted")
+                case .failure(let failure): reasons[failure.reason, default: 0] += 1
+                }
+            }
+            #expect(reasons["bad_signature", default: 0] > 0)
+            #expect(reasons["malformed", default: 0] > 0)
+            // Mutated kids cost at most the one refetch the cooldown allows.
+            #expect(env.fetches() <= 2)
+        }
+    }
+}
+
 extension Sequence {
     fileprivate func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
         var result: [T] = []
