@@ -22,10 +22,18 @@ import Testing
         let directory = try TemporaryDirectory()
         // A generous acknowledgement deadline: this test is about conformance, and on a machine
         // busy with the other tests a 150 ms deadline can turn a valid request into a 503.
+        // With credentials, as clients use it: a secret key from `sluice keys create`.
+        let keys = directory.path + "/keys.json"
+        let create = try SluiceProcess(["keys", "create", "schemathesis", "--file", keys])
+        #expect(try await create.waitForExit() == 0, "\(create.standardError)")
+        let key = try #require(create.standardOutput.split(whereSeparator: \.isWhitespace).first { $0.hasPrefix("slk_") })
         let gateway = try await GatewayProcess(
             walDirectory: directory.path + "/wal",
             arguments: ["--log-level", "warning"],
-            environment: ["SLUICE_GATEWAY_APPEND_TIMEOUT": "10s"]
+            environment: [
+                "SLUICE_GATEWAY_APPEND_TIMEOUT": "10s", "SLUICE_AUTH_REQUIRED": "true",
+                "SLUICE_AUTH_API_KEYS_FILE": keys,
+            ]
         )
         defer { gateway.signal(SIGTERM) }
         let root = repositoryRoot()
@@ -33,6 +41,7 @@ import Testing
         process.executableURL = URL(fileURLWithPath: st)
         process.arguments = [
             "run", root.appendingPathComponent("docs/openapi.yaml").path, "--url", gateway.url,
+            "--header", "Authorization: Bearer \(key)",
             "--max-examples", "25", "--seed", "1", "--checks", "all",
             "--exclude-checks", "positive_data_acceptance", "--no-color",
         ]
