@@ -1,0 +1,209 @@
+import Synchronization
+
+/// A rate with a burst: `100/s` with burst 200 lets a client send 200 requests at once and then
+/// 100 per second.
+public struct RateLimit: Sendable, Hashable, CustomStringConvertible {
+    /// Units allowed per `window`.
+    public var count: Int
+    /// The window, in whole seconds (`1` for `/s`, `60` for `/m`).
+    public var windowSeconds: Int
+    /// The most units a client may spend at once after being idle.
+    public var burst: Int
+
+    /// `count` per `windowSeconds`, with `burst` (default: one window's worth).
+    public init(count: Int, windowSeconds: Int = 1, burst: Int? = nil) {
+        self.count = max(1, count)
+        self.windowSeconds = max(1, windowSeconds)
+        self.burst = max(1, burst ?? count)
+    }
+
+    /// Parses `100/s`, `6000/m`, `10/h` or `1000/d` (also `/sec`, `/min`, `/hour`, `/day`).
+    /// Nil when the text is not such a rate.
+    public init?(_ text: some StringProtocol, burst: Int? = nil) {
+        let parts = text.trimmingWhitespace.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let count = Int(parts[0].filter { $0 != "_" }), count > 0 else { return nil }
+        let window: Int
+        switch parts[1].lowercased() {
+        case "s", "sec", "second": window = 1
+        case "m", "min", "minute": window = 60
+        case "h", "hour": window = 3600
+        case "d", "day": window = 86400
+        default: return nil
+        }
+        if let burst, burst < 1 { return nil }
+        self.init(count: count, windowSeconds: window, burst: burst)
+    }
+
+    /// Nanoseconds between two units at the sustained rate (GCRA's emission interval).
+    public var emissionIntervalNanos: Int64 {
+        max(1, Int64(self.windowSeconds) * 1_000_000_000 / Int64(self.count))
+    }
+
+    /// `100/s`, `6000/m`: the rate, without the burst.
+    public var rateText: String {
+        let unit: String
+        switch self.windowSeconds {
+        case 1: unit = "s"
+        case 60: unit = "m"
+        case 3600: unit = "h"
+        case 86400: unit = "d"
+        default: return "\(self.count)/\(self.windowSeconds)s"
+        }
+        return "\(self.count)/\(unit)"
+    }
+
+    public var description: String { "\(self.rateText) burst \(self.burst)" }
+}
+
+extension StringProtocol {
+    fileprivate var trimmingWhitespace: Substring {
+        let text = Substring(self)
+        guard let first = text.firstIndex(where: { !$0.isWhitespace }),
+            let last = text.lastIndex(where: { !$0.isWhitespace })
+        else { return "" }
+        return text[first...last]
+    }
+}
+
+/// What the rate limiter decided for one request.
+public struct RateLimitDecision: Sendable, Hashable {
+    /// Whether the request may proceed.
+    public var allowed: Bool
+    /// Units that could still be spent right now (0 when refused).
+    public var remaining: Int
+    /// For a refusal: whole seconds until a retry of the same cost can succeed, at least 1.
+    /// 0 when allowed.
+    public var retryAfterSeconds: Int
+    /// Whole seconds until the full burst is available again (draft-ietf-httpapi-ratelimit `t`).
+    public var resetSeconds: Int
+}
+
+/// The generic cell rate algorithm: one timestamp per client (the theoretical arrival time),
+/// no window-boundary bursts. A pure function, so it is tested with a simulated clock.
+public enum GCRA {
+    /// Decides one request of `cost` units at `now` (nanoseconds on any monotonic clock) for a
+    /// client whose theoretical arrival time is `tat` (0 or anything ≤ `now` for a new client).
+    /// Returns the decision and the TAT to store: unchanged on a refusal.
+    ///
+    /// A `cost` larger than the burst can never pass; it is refused with the time until the
+    /// bucket is full.
+    public static func check(
+        tat: Int64,
+        now: Int64,
+        cost: Int = 1,
+        limit: RateLimit
+    ) -> (decision: RateLimitDecision, tat: Int64) {
+        let interval = limit.emissionIntervalNanos
+        let tolerance = interval * Int64(limit.burst)
+        let start = max(tat, now)
+        let increment = interval * Int64(max(0, cost))
+        let newTAT = start + increment
+        let allowAt = newTAT - tolerance
+        if now < allowAt {
+            let waitNanos = cost > limit.burst ? start - now : allowAt - now
+            let decision = RateLimitDecision(
+                allowed: false,
+                remaining: 0,
+                retryAfterSeconds: max(1, Self.ceilSeconds(waitNanos)),
+                resetSeconds: max(1, Self.ceilSeconds(start - now))
+            )
+            return (decision, tat)
+        }
+        let remaining = Int((tolerance - (newTAT - now)) / interval)
+        let decision = RateLimitDecision(
+            allowed: true,
+            remaining: max(0, remaining),
+            retryAfterSeconds: 0,
+            resetSeconds: Self.ceilSeconds(newTAT - now)
+        )
+        return (decision, newTAT)
+    }
+
+    static func ceilSeconds(_ nanos: Int64) -> Int {
+        nanos <= 0 ? 0 : Int((nanos + 999_999_999) / 1_000_000_000)
+    }
+}
+
+/// Per-key GCRA state for one process (one gateway): thread-safe, bounded.
+///
+/// With N gateways behind a non-sticky load balancer the effective limit is N × the rate.
+/// At most `maxKeys` clients are tracked; when full, clients whose bucket has refilled (which
+/// are the same as untracked ones) are dropped first, then the one closest to refilled.
+public final class RateLimiter: Sendable {
+    private struct State {
+        var tats: [String: Int64] = [:]
+    }
+
+    private let state = Mutex(State())
+    private let clock: @Sendable () -> Int64
+    /// The most clients tracked at once.
+    public let maxKeys: Int
+
+    /// A limiter on the monotonic clock.
+    public convenience init(maxKeys: Int = 100_000) {
+        let start = ContinuousClock.now
+        self.init(maxKeys: maxKeys) {
+            let elapsed = ContinuousClock.now - start
+            return elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
+        }
+    }
+
+    /// A limiter on `clock` (nanoseconds, monotonic): tests pass a simulated one.
+    public init(maxKeys: Int = 100_000, clock: @escaping @Sendable () -> Int64) {
+        self.maxKeys = max(1, maxKeys)
+        self.clock = clock
+    }
+
+    /// Spends `cost` units of `key`'s allowance under `limit`, if it has them.
+    public func check(_ key: String, cost: Int = 1, limit: RateLimit) -> RateLimitDecision {
+        let now = self.clock()
+        return self.state.withLock { state in
+            let (decision, tat) = GCRA.check(tat: state.tats[key] ?? now, now: now, cost: cost, limit: limit)
+            if decision.allowed {
+                if state.tats[key] == nil && state.tats.count >= self.maxKeys { self.evict(&state, now: now) }
+                state.tats[key] = tat
+            }
+            return decision
+        }
+    }
+
+    /// How many clients are tracked.
+    public var trackedKeys: Int { self.state.withLock { $0.tats.count } }
+
+    private func evict(_ state: inout State, now: Int64) {
+        state.tats = state.tats.filter { $0.value > now }
+        if state.tats.count >= self.maxKeys, let oldest = state.tats.min(by: { $0.value < $1.value }) {
+            state.tats.removeValue(forKey: oldest.key)
+        }
+    }
+}
+
+/// The `RateLimit-Policy` and `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-11,
+/// plus the matching 429 failure.
+public enum RateLimitHeaders {
+    /// `"client";q=100;w=1`: the value of `RateLimit-Policy` for a policy named `name`.
+    public static func policy(name: String, limit: RateLimit) -> String {
+        "\"\(Self.quoted(name))\";q=\(limit.count);w=\(limit.windowSeconds)"
+    }
+
+    /// `"client";r=0;t=1`: the value of `RateLimit` after `decision`.
+    public static func state(name: String, decision: RateLimitDecision) -> String {
+        let seconds = decision.allowed ? decision.resetSeconds : decision.retryAfterSeconds
+        return "\"\(Self.quoted(name))\";r=\(decision.remaining);t=\(seconds)"
+    }
+
+    /// The 429 for a refusal, carrying `Retry-After`.
+    public static func failure(for decision: RateLimitDecision) -> AuthFailure {
+        AuthFailure(
+            .rateLimited,
+            reason: "rate_limited",
+            detail: "Too many requests; retry after \(decision.retryAfterSeconds) s.",
+            retryAfterSeconds: decision.retryAfterSeconds
+        )
+    }
+
+    /// Structured-field strings allow no `"` or `\` unescaped; policy names are ours, but be safe.
+    private static func quoted(_ name: String) -> String {
+        name.replacing("\\", with: "\\\\").replacing("\"", with: "\\\"")
+    }
+}
