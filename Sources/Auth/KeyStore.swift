@@ -150,6 +150,37 @@ public protocol APIKeyAdministration: Sendable {
     func roll(name: String, grace: Duration, now: Date) async throws -> IssuedAPIKey
 }
 
+/// A key store as the gateway runs it: lookups from memory, a background loop, a reload on
+/// demand. ``FileKeyStore`` and ``PostgresKeyStore`` are both one.
+public protocol APIKeyStore: APIKeyLookup, APIKeyAdministration {
+    /// Rereads the source now (SIGHUP; and once at start, before serving). Returns whether the
+    /// copy in memory now matches it; on failure the last good copy stays.
+    func reload() async -> Bool
+    /// Follows the source (poll every second) and flushes last-used times until the task is
+    /// cancelled; then flushes once more and returns.
+    func run() async throws
+}
+
+extension FileKeyStore: APIKeyStore {}
+extension PostgresKeyStore: APIKeyStore {}
+
+/// Opens the store `auth.api_keys.file` or `auth.api_keys.postgres_url` names (exactly one).
+/// Does not connect to PostgreSQL; a key file that exists but does not parse throws.
+public func openAPIKeyStore(
+    file: String?,
+    postgresURL: String?,
+    logger: Logger = Logger(label: "sluice.auth.keys")
+) throws(KeyStoreError) -> any APIKeyStore {
+    switch (file, postgresURL) {
+    case (let file?, nil): return try FileKeyStore(path: file, logger: logger)
+    case (nil, let url?): return try PostgresKeyStore(url: url, logger: logger)
+    case (nil, nil):
+        throw KeyStoreError(.invalidArgument, "no key store: set auth.api_keys.file or auth.api_keys.postgres_url")
+    case (_?, _?):
+        throw KeyStoreError(.invalidArgument, "set only one of auth.api_keys.file and auth.api_keys.postgres_url")
+    }
+}
+
 /// The request to create a key.
 public struct NewAPIKey: Sendable {
     public var name: String

@@ -28,12 +28,12 @@ struct KeyStoreOptions: ParsableArguments {
     @Option(help: "A YAML configuration file to read the store from.")
     var config: String?
 
-    func open() throws -> any APIKeyAdministration {
-        var file = self.file
-        var postgres = self.postgres
-        if file != nil && postgres != nil {
+    func open() throws -> any APIKeyStore {
+        if self.file != nil && self.postgres != nil {
             throw KeysCommandError("pass either --file or --postgres, not both")
         }
+        var file = self.file
+        var postgres = self.postgres
         if file == nil && postgres == nil {
             let settings: Settings
             do { settings = try SettingsLoader.load(file: self.config) } catch let error as SettingsError {
@@ -41,19 +41,15 @@ struct KeyStoreOptions: ParsableArguments {
             }
             file = settings.apiKeys.file
             postgres = settings.apiKeys.postgresURL
-            if file != nil && postgres != nil {
-                throw KeysCommandError("set only one of auth.api_keys.file and auth.api_keys.postgres_url")
+            if file == nil && postgres == nil {
+                throw KeysCommandError(
+                    "no key store: pass --file PATH or --postgres URL, or set auth.api_keys.file in the --config file"
+                )
             }
         }
-        do {
-            if let file { return try FileKeyStore(path: file) }
-            if let postgres { return try PostgresKeyStore(url: postgres) }
-        } catch {
+        do { return try openAPIKeyStore(file: file, postgresURL: postgres) } catch {
             throw KeysCommandError(error.message)
         }
-        throw KeysCommandError(
-            "no key store: pass --file PATH or --postgres URL, or set auth.api_keys.file in the --config file"
-        )
     }
 }
 

@@ -128,6 +128,21 @@ import Testing
         #expect(!text.contains(issued.key.plaintext) && !text.contains(a.key.plaintext))
     }
 
+    @Test func theConfiguredStoreIsExactlyOneOfFileAndPostgres() async throws {
+        let directory = try TemporaryDirectory()
+        let store = try openAPIKeyStore(file: directory.path + "/keys.json", postgresURL: nil)
+        let issued = try await store.create(NewAPIKey(name: "web", kind: .secret), now: self.now)
+        #expect(await store.reload())
+        #expect(store.lookup(sha256: issued.key.sha256)?.name == "web")
+        #expect(try openAPIKeyStore(file: nil, postgresURL: "postgres://sluice@db/keys") is PostgresKeyStore)
+        let neither = #expect(throws: KeyStoreError.self) { try openAPIKeyStore(file: nil, postgresURL: nil) }
+        #expect(neither?.message.contains("no key store") == true)
+        let both = #expect(throws: KeyStoreError.self) {
+            try openAPIKeyStore(file: directory.path + "/keys.json", postgresURL: "postgres://sluice@db/keys")
+        }
+        #expect(both?.message.contains("only one") == true)
+    }
+
     /// K11: last use is recorded in memory and written at most once per flush, not per request.
     @Test func k11LastUsedIsFlushedInOneWriteNotPerRequest() async throws {
         let directory = try TemporaryDirectory()
