@@ -29,9 +29,9 @@ public final class FileKeyStore: APIKeyLookup, APIKeyAdministration {
 
     private struct WatchState {
         /// The identity of the file the cache holds (nil: no file yet).
-        var loaded: FileIdentity?
+        var loaded: KeyFileIdentity?
         /// The identity of a file that was refused, so that it is logged once.
-        var refused: FileIdentity?
+        var refused: KeyFileIdentity?
         var missingLogged = false
     }
 
@@ -48,7 +48,7 @@ public final class FileKeyStore: APIKeyLookup, APIKeyAdministration {
         self.logger = logger
         self.pollInterval = pollInterval
         self.lastUsedFlushInterval = lastUsedFlushInterval
-        let identity = FileIdentity(path: path)
+        let identity = KeyFileIdentity(path: path)
         if identity == nil {
             self.cache.replace(with: APIKeyRing())
             return
@@ -114,7 +114,7 @@ public final class FileKeyStore: APIKeyLookup, APIKeyAdministration {
     }
 
     private func load(onlyIfChanged: Bool) -> Bool {
-        guard let identity = FileIdentity(path: self.path) else {
+        guard let identity = KeyFileIdentity(path: self.path) else {
             let first = self.watch.withLock { state in
                 defer { state.missingLogged = true }
                 return !state.missingLogged && state.loaded != nil
@@ -170,7 +170,7 @@ public final class FileKeyStore: APIKeyLookup, APIKeyAdministration {
 
     public func list() async throws -> [StoredAPIKey] {
         try await keyStoreOffPool {
-            guard FileIdentity(path: self.path) != nil else { return [] }
+            guard KeyFileIdentity(path: self.path) != nil else { return [] }
             return try Self.read(self.path).keys
         }
     }
@@ -192,7 +192,7 @@ public final class FileKeyStore: APIKeyLookup, APIKeyAdministration {
         let lock = try KeyFileIO.lock(self.path + ".lock")
         defer { KeyFileIO.unlock(lock) }
         var original = APIKeyRing()
-        if FileIdentity(path: self.path) != nil { original = try Self.read(self.path) }
+        if KeyFileIdentity(path: self.path) != nil { original = try Self.read(self.path) }
         var ring = original
         let result = try change(&ring)
         if ring != original {
@@ -203,7 +203,7 @@ public final class FileKeyStore: APIKeyLookup, APIKeyAdministration {
             try KeyFileIO.replaceFile(self.path, with: data)
             self.writes.add(1, ordering: .relaxed)
             self.cache.replace(with: ring)
-            let identity = FileIdentity(path: self.path)
+            let identity = KeyFileIdentity(path: self.path)
             self.watch.withLock {
                 $0.loaded = identity
                 $0.refused = nil
@@ -224,7 +224,7 @@ public final class FileKeyStore: APIKeyLookup, APIKeyAdministration {
 }
 
 /// Enough of `stat` to tell that a file was replaced or edited.
-struct FileIdentity: Equatable, Sendable {
+struct KeyFileIdentity: Equatable, Sendable {
     var device: UInt64
     var inode: UInt64
     var size: Int64
@@ -241,7 +241,7 @@ struct FileIdentity: Equatable, Sendable {
         self.changed = info.st_ctim
     }
 
-    static func == (a: FileIdentity, b: FileIdentity) -> Bool {
+    static func == (a: KeyFileIdentity, b: KeyFileIdentity) -> Bool {
         a.device == b.device && a.inode == b.inode && a.size == b.size
             && a.modified.tv_sec == b.modified.tv_sec && a.modified.tv_nsec == b.modified.tv_nsec
             && a.changed.tv_sec == b.changed.tv_sec && a.changed.tv_nsec == b.changed.tv_nsec

@@ -5,7 +5,7 @@ import Testing
 @testable import Auth
 
 /// A store that answers from a fixed set of records and remembers what was noted as used.
-final class MemoryKeyStore: APIKeyLookup {
+final class MemoryAPIKeyLookup: APIKeyLookup {
     private let records: [String: StoredAPIKey]
     private let used = Mutex<[String: Date]>([:])
 
@@ -158,7 +158,7 @@ final class MemoryKeyStore: APIKeyLookup {
 
     @Test func aSecretKeyOnAServerEndpointGivesItsPrincipalAndRecord() throws {
         let fixture = try self.fixture()
-        let store = MemoryKeyStore(fixture.ring)
+        let store = MemoryAPIKeyLookup(fixture.ring)
         let authenticator = APIKeyAuthenticator(store: store)
         let result = try self.check(authenticator, fixture.server.key.plaintext).get()
         #expect(result.principal == Principal(kind: .secretKey, name: "backend"))
@@ -169,7 +169,7 @@ final class MemoryKeyStore: APIKeyLookup {
 
     @Test func aPublishableKeyFromAnAllowedOriginPasses() throws {
         let fixture = try self.fixture()
-        let authenticator = APIKeyAuthenticator(store: MemoryKeyStore(fixture.ring))
+        let authenticator = APIKeyAuthenticator(store: MemoryAPIKeyLookup(fixture.ring))
         let result = try self.check(
             authenticator,
             fixture.browser.key.plaintext,
@@ -186,7 +186,7 @@ final class MemoryKeyStore: APIKeyLookup {
     /// K1, K2: wrong prefix and bad CRC → 401 without a store lookup.
     @Test func malformedAndMistypedKeysMakeNoLookup() throws {
         let fixture = try self.fixture()
-        let authenticator = APIKeyAuthenticator(store: MemoryKeyStore(fixture.ring))
+        let authenticator = APIKeyAuthenticator(store: MemoryAPIKeyLookup(fixture.ring))
         var typo = Array(fixture.server.key.plaintext.utf8)
         typo[20] = typo[20] == UInt8(ascii: "x") ? UInt8(ascii: "y") : UInt8(ascii: "x")
         let wrongPrefix = "sk_" + fixture.server.key.plaintext.dropFirst(3)
@@ -207,7 +207,7 @@ final class MemoryKeyStore: APIKeyLookup {
     /// K3, K4 and an unknown key: 401.
     @Test func unknownRevokedAndExpiredKeysAreRefused() throws {
         let fixture = try self.fixture()
-        let authenticator = APIKeyAuthenticator(store: MemoryKeyStore(fixture.ring))
+        let authenticator = APIKeyAuthenticator(store: MemoryAPIKeyLookup(fixture.ring))
         let unknown = APIKey.generate(kind: .secret, environment: .live).plaintext
         let cases = [
             (unknown, "unknown_key"), (fixture.revoked.key.plaintext, "revoked"),
@@ -227,7 +227,7 @@ final class MemoryKeyStore: APIKeyLookup {
     /// K5–K7: a key's class against the endpoint and the origin → 403.
     @Test func keysUsedWhereTheyMayNotBeAreForbidden() throws {
         let fixture = try self.fixture()
-        let store = MemoryKeyStore(fixture.ring)
+        let store = MemoryAPIKeyLookup(fixture.ring)
         let authenticator = APIKeyAuthenticator(store: store)
         let secret = fixture.server.key.plaintext
         let publishable = fixture.browser.key.plaintext
@@ -305,7 +305,7 @@ final class MemoryKeyStore: APIKeyLookup {
         #expect(new.record.expiresAt == later.addingTimeInterval(90 * 86400))
         try ring.validate()
 
-        let store = MemoryKeyStore(ring)
+        let store = MemoryAPIKeyLookup(ring)
         let authenticator = APIKeyAuthenticator(store: store)
         let inGrace = later.addingTimeInterval(86399)
         let afterGrace = later.addingTimeInterval(86400)

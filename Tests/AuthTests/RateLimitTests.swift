@@ -3,7 +3,7 @@ import Synchronization
 import Testing
 
 /// A clock the test moves by hand, in nanoseconds.
-final class SimulatedClock: Sendable {
+final class KeysTestClock: Sendable {
     private let nanos = Atomic<Int64>(1_000_000_000)
     var now: Int64 { self.nanos.load(ordering: .relaxed) }
     func advance(nanoseconds: Int64) { self.nanos.add(nanoseconds, ordering: .relaxed) }
@@ -57,7 +57,7 @@ final class SimulatedClock: Sendable {
 
     /// R1: 100/s with burst 200, offered 400/s for a simulated minute.
     @Test func r1AcceptsTheRateAfterTheBurstAndEveryRefusalSaysWhenToRetry() {
-        let clock = SimulatedClock()
+        let clock = KeysTestClock()
         let limiter = RateLimiter { clock.now }
         let limit = RateLimit(count: 100, windowSeconds: 1, burst: 200)
         var acceptedPerSecond = [Int](repeating: 0, count: 60)
@@ -86,7 +86,7 @@ final class SimulatedClock: Sendable {
 
     /// R2: two principals have independent buckets.
     @Test func r2KeysHaveIndependentBuckets() {
-        let clock = SimulatedClock()
+        let clock = KeysTestClock()
         let limiter = RateLimiter { clock.now }
         let limit = RateLimit(count: 5, windowSeconds: 1, burst: 5)
         for _ in 0..<5 { #expect(limiter.check("key:a", limit: limit).allowed) }
@@ -99,7 +99,7 @@ final class SimulatedClock: Sendable {
     }
 
     @Test func theLimiterTracksABoundedNumberOfKeys() {
-        let clock = SimulatedClock()
+        let clock = KeysTestClock()
         let limiter = RateLimiter(maxKeys: 100) { clock.now }
         let limit = RateLimit(count: 1, windowSeconds: 60, burst: 1)
         for index in 0..<1000 {
