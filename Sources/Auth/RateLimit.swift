@@ -159,7 +159,13 @@ public final class RateLimiter: Sendable {
         self.check(key, cost: cost, limit: limit, spend: true)
     }
 
-    func check(_ key: String, cost: Int, limit: RateLimit, spend: Bool) -> RateLimitDecision {
+    /// What spending `cost` units would decide now, without spending them: the failed-
+    /// authentication limiter asks this before any cryptography and spends only on failure.
+    public func peek(_ key: String, cost: Int = 1, limit: RateLimit) -> RateLimitDecision {
+        self.check(key, cost: cost, limit: limit, spend: false)
+    }
+
+    private func check(_ key: String, cost: Int, limit: RateLimit, spend: Bool) -> RateLimitDecision {
         let now = self.clock()
         return self.state.withLock { state in
             let (decision, tat) = GCRA.check(tat: state.tats[key] ?? now, now: now, cost: cost, limit: limit)
@@ -209,13 +215,5 @@ public enum RateLimitHeaders {
     /// Structured-field strings allow no `"` or `\` unescaped; policy names are ours, but be safe.
     private static func quoted(_ name: String) -> String {
         name.replacing("\\", with: "\\\\").replacing("\"", with: "\\\"")
-    }
-}
-
-extension RateLimiter {
-    /// What spending `cost` units would decide now, without spending them: the failed-
-    /// authentication limiter asks this before any cryptography and spends only on failure.
-    public func peek(_ key: String, cost: Int = 1, limit: RateLimit) -> RateLimitDecision {
-        self.check(key, cost: cost, limit: limit, spend: false)
     }
 }

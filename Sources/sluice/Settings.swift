@@ -32,6 +32,8 @@ struct Settings {
     var loaderRetryInitial: Duration = .milliseconds(200)
     var loaderRetryMax: Duration = .seconds(30)
     var loaderFormat = LoaderConfiguration.defaultFormat
+    /// Where the API keys live: a JSON file (one gateway) or a PostgreSQL URL (a fleet); nil: neither set.
+    var apiKeys: (file: String?, postgresURL: String?) = (nil, nil)
     /// Every key set by the file, the environment or a flag: its path, its value (secrets
     /// hidden) and where it came from, in the order applied (`sluice config check`).
     var applied: [(path: String, value: String, origin: String)] = []
@@ -216,7 +218,9 @@ struct SettingKey: Sendable {
 
     /// Passwords and keys are never printed.
     func isSecret(_ path: String) -> Bool {
-        ["password", "secret", "ssl.key.pem", "sasl.oauthbearer.config"].contains { path.lowercased().contains($0) }
+        ["password", "secret", "ssl.key.pem", "sasl.oauthbearer.config", "postgres_url"].contains {
+            path.lowercased().contains($0)
+        }
     }
 
     /// `gateway.max_body_bytes` → `SLUICE_GATEWAY_MAX_BODY_BYTES`.
@@ -555,6 +559,28 @@ enum SettingsLoader {
                 throw value.fail(key, "one of trace, debug, info, notice, warning, error, critical")
             }
             settings.logLevel = level
+        },
+        SettingKey(
+            path: "auth.api_keys.file",
+            kind: .string,
+            help: "JSON file of API keys (hashes only), reloaded on change"
+        ) {
+            settings,
+            value,
+            key in settings.apiKeys.file = value.text
+        },
+        SettingKey(
+            path: "auth.api_keys.postgres_url",
+            kind: .string,
+            help: "postgres://user@host/db holding the API keys, for a fleet of gateways (never logged)"
+        ) { settings, value, key in
+            guard value.text.hasPrefix("postgres://") || value.text.hasPrefix("postgresql://") else {
+                throw SettingsError(
+                    description:
+                        "\(value.origin): \(key.path) must be a postgres:// URL, e.g. postgres://sluice@db:5432/sluice"
+                )
+            }
+            settings.apiKeys.postgresURL = value.text
         },
     ]
 

@@ -12,7 +12,7 @@ struct Sluice: AsyncParsableCommand {
         abstract: "A durable ingest path for user-action and clickstream events.",
         subcommands: [
             DevCommand.self, AllCommand.self, GatewayCommand.self, ForwarderCommand.self, LoaderCommand.self,
-            WALCommand.self, OffsetsCommand.self,
+            WALCommand.self, OffsetsCommand.self, KeysCommand.self,
             ReplayCommand.self, DLQCommand.self, ConfigCommand.self, DevKafkaCommand.self, DevClickHouseCommand.self,
             ForwarderBenchCommand.self,
             LoaderBenchCommand.self, PipelineBenchCommand.self, OAuthCommand.self,
