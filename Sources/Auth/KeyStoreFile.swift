@@ -3,6 +3,8 @@ import Logging
 import Synchronization
 
 #if canImport(Glibc)
+// `stat` is seen through CoreFoundation as well once other files of the module import it.
+import CoreFoundation
 import Glibc
 #endif
 

@@ -75,34 +75,21 @@ extension Settings {
         runtime.authentication.clientCertificates = self.gateway.tlsClientAuth != .none
 
         // API keys: a file (one gateway) or PostgreSQL (a fleet).
-        if self.apiKeys.file != nil && self.apiKeys.postgresURL != nil {
-            throw SettingsError(description: "set only one of auth.api_keys.file and auth.api_keys.postgres_url")
+        let file =
+            self.apiKeys.postgresURL == nil
+            ? (self.apiKeys.file ?? Self.defaultKeysFile(walDirectory: self.walDirectory)) : self.apiKeys.file
+        let store: any APIKeyStore
+        do {
+            store = try openAPIKeyStore(file: file, postgresURL: self.apiKeys.postgresURL, logger: Logger(label: "sluice.auth.keys"))
+        } catch {
+            throw SettingsError(description: "auth.api_keys: \(error.message)")
         }
-        let keyLogger = Logger(label: "sluice.auth.keys")
-        if let url = self.apiKeys.postgresURL {
-            let store: PostgresKeyStore
-            do {
-                store = try PostgresKeyStore(url: url, logger: keyLogger)
-            } catch {
-                throw SettingsError(description: "auth.api_keys.postgres_url: \(error.message)")
-            }
-            runtime.services.append(BackgroundLoop(name: "keys.postgres") { try await store.run() })
-            runtime.reloaders.append { _ = await store.reload() }
-            runtime.authentication.verifyAPIKey = Self.keyCheck(APIKeyAuthenticator(store: store), noteUsed: store)
-            runtime.summary.append("API keys: PostgreSQL \(store.redactedURL)")
-        } else {
-            let path = self.apiKeys.file ?? Self.defaultKeysFile(walDirectory: self.walDirectory)
-            let store: FileKeyStore
-            do {
-                store = try FileKeyStore(path: path, logger: keyLogger)
-            } catch {
-                throw SettingsError(description: "auth.api_keys.file: \(error.message)")
-            }
-            runtime.services.append(BackgroundLoop(name: "keys.file") { try await store.run() })
-            runtime.reloaders.append { _ = store.reload() }
-            runtime.authentication.verifyAPIKey = Self.keyCheck(APIKeyAuthenticator(store: store), noteUsed: store)
-            runtime.summary.append("API keys: \(path)")
-        }
+        runtime.services.append(BackgroundLoop(name: "keys") { try await store.run() })
+        runtime.reloaders.append { _ = await store.reload() }
+        runtime.authentication.verifyAPIKey = Self.keyCheck(APIKeyAuthenticator(store: store), noteUsed: store)
+        runtime.summary.append(
+            "API keys: " + ((store as? PostgresKeyStore).map { "PostgreSQL \($0.redactedURL)" } ?? file ?? "")
+        )
 
         // OAuth 2.0: the configured issuers, and the built-in server as one more.
         var issuers = try self.issuerConfigurations()
@@ -197,7 +184,7 @@ extension Settings {
 
     static func keyCheck(
         _ authenticator: APIKeyAuthenticator,
-        noteUsed store: some APIKeyLookup
+        noteUsed store: any APIKeyLookup
     ) -> @Sendable (String, String?, Bool) async -> Result<AccessGrant, AuthFailure> {
         { key, origin, browser in
             let now = Date()

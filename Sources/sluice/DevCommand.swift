@@ -150,6 +150,7 @@ struct DevCommand: AsyncParsableCommand {
         guard let loader = try settings.loaderConfiguration() else { throw ExitCode.failure }
 
         guard let credentials else { throw ExitCode.failure }
+        let publicHost = settings.gateway.host == "0.0.0.0" ? "127.0.0.1" : settings.gateway.host
         let banner = Self.banner(
             settings: settings,
             loader: loader,
@@ -170,9 +171,8 @@ struct DevCommand: AsyncParsableCommand {
                 logger: Logger(label: "sluice.dev")
             ),
             onListening: { port in
-                let host = settings.gateway.host == "0.0.0.0" ? "127.0.0.1" : settings.gateway.host
                 do {
-                    try credentials.writeEnv(url: "https://\(host):\(port)")
+                    try credentials.writeEnv(url: "https://\(publicHost):\(port)")
                 } catch {
                     printError("sluice: cannot write \(credentials.envFile): \(describe(error))")
                 }
