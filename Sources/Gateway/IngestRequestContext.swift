@@ -14,10 +14,14 @@ public struct IngestRequestContext: RequestContext, RemoteAddressRequestContext 
     public var requestID: String = ""
     /// The client's address, honouring `X-Forwarded-For` only from trusted proxies.
     public var clientIP: String?
+    /// With mutual TLS, the verified client certificate's identity: its first SAN URI, else
+    /// its first SAN DNS name, else its subject CN. Nil without a client certificate.
+    public let clientCertificateIdentity: String?
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
         self.remoteAddress = source.channel.remoteAddress
+        self.clientCertificateIdentity = TLSClientIdentities.identity(for: source.channel)
     }
 
     /// Bodies are read by the ingest handlers with their own limit.

@@ -16,6 +16,7 @@ struct Sluice: AsyncParsableCommand {
             ReplayCommand.self, DLQCommand.self, ConfigCommand.self, DevKafkaCommand.self, DevClickHouseCommand.self,
             ForwarderBenchCommand.self,
             LoaderBenchCommand.self, PipelineBenchCommand.self,
+            TLSCommand.self,
         ]
     )
 
