@@ -30,6 +30,11 @@ let gatewayRoutes: [String: [HTTPRequest.Method]] = [
     "/.well-known/jwks.json": [.get, .head],
 ]
 
+/// The API listener's routes: without the operational paths when the admin listener has them.
+func gatewayRoutes(_ configuration: GatewayConfiguration) -> [String: [HTTPRequest.Method]] {
+    configuration.adminHost == nil ? gatewayRoutes : gatewayRoutes.filter { !operationalPaths.contains($0.key) }
+}
+
 /// Builds the gateway's router: ingest routes, health, readiness and metrics.
 ///
 /// - Parameters:
@@ -68,7 +73,7 @@ func buildGatewayRouter(
         logger: logger,
         authentication: authentication
     )
-    let routes = gatewayRoutes
+    let routes = gatewayRoutes(configuration)
     // HEAD on a GET route answers what GET would, without the body (RFC 9110 section 9.3.2);
     // NIO's encoder drops the body, so error answers to HEAD stay well framed too.
     let router = Router(context: IngestRequestContext.self, options: .autoGenerateHeadEndpoints)
@@ -100,32 +105,16 @@ func buildGatewayRouter(
     }
     router.get("/v1/pixel") { request, context in try await ingest.pixel(request, context: context) }
     router.head("/v1/pixel") { request, context in try await ingest.pixel(request, context: context, store: false) }
-    router.get("/healthz") { _, _ in Ingest.json(.ok, .object([("status", .string("ok"))])) }
-    router.get("/readyz") { _, _ in
-        guard let wal else {
-            return Ingest.json(.ok, .object([("status", .string("ready")), ("wal", .string("disabled (unsafe)"))]))
-        }
-        if wal.isWritable {
-            var members: [(String, JSONValue)] = [
-                ("status", .string("ready")), ("wal_pressure", .string(wal.pressure.rawValue)),
-            ]
-            // Degraded, not unready: API keys and cached tokens still work, and taking every
-            // gateway out of the balancer because an identity provider is down would stop them too.
-            if let problem = authentication.authReadiness?() { members.append(("auth", .string("degraded: \(problem)"))) }
-            return Ingest.json(.ok, .object(members))
-        }
-        let reason = wal.unavailableReason ?? "the WAL is closed"
-        var response = Ingest.json(
-            .serviceUnavailable,
-            .object([
-                ("status", .string("unavailable")), ("reason", .string(reason)),
-                ("wal_pressure", .string(wal.pressure.rawValue)),
-            ])
+    // With an admin listener (gateway.admin_listen) these are served there, and 404 here.
+    if configuration.adminHost == nil {
+        addOperationalRoutes(
+            to: router,
+            configuration: configuration,
+            wal: wal,
+            registry: registry,
+            authReadiness: authentication.authReadiness
         )
-        response.headers[.retryAfter] = String(configuration.retryAfterSeconds)
-        return response
     }
-    router.get("/metrics") { _, _ in prometheusExposition(registry) }
     return router
 }
 
@@ -152,6 +141,16 @@ struct OriginAllowList: RouterMiddleware {
 
 /// The gateway as a runnable Hummingbird application, with the WAL closed after the server
 /// stops. `services` (the forwarder) start after the WAL and stop before it.
+///
+/// HTTPS: with `gateway.tls.cert_file`/`key_file` set, the API listener speaks only TLS
+/// (1.2 or 1.3), through `tls` or, when it is nil, a ``TLSCertificateReloader`` made here from
+/// `configuration` (trapping SIGHUP). The reloader runs as a service (file watch, SIGHUP). A
+/// TLS configuration that cannot be used makes the application fail at start with the
+/// reason; it never falls back to plain HTTP. Plain HTTP off loopback is logged as a warning.
+///
+/// Admin listener: with ``GatewayConfiguration/adminHost`` set, `/healthz`, `/readyz` and
+/// `/metrics` are served there over plain HTTP (a service started before the API server and
+/// stopped after it), and `onAdminServerRunning` learns its channel.
 public func buildGatewayApplication(
     configuration: GatewayConfiguration,
     wal: WAL?,
@@ -159,7 +158,9 @@ public func buildGatewayApplication(
     authentication: GatewayAuthentication = .open,
     logger: Logger,
     services: [any Service] = [],
-    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+    tls: TLSCertificateReloader? = nil,
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
+    onAdminServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let metrics = HTTPMetrics()
     let router = buildGatewayRouter(
@@ -186,15 +187,57 @@ public func buildGatewayApplication(
         }
     }
     let limit = connectionLimit
+    // The reloader, made once: the server builder and the service list share it.
+    let reloader: Result<TLSCertificateReloader, any Error>?
+    if let tls {
+        reloader = .success(tls)
+    } else if configuration.tlsEnabled {
+        reloader = Result { try TLSCertificateReloader(configuration: configuration, logger: logger) }
+    } else {
+        reloader = nil
+        if !GatewayConfiguration.isLoopback(configuration.host) {
+            logger.warning(
+                "gateway.plain_http",
+                metadata: [
+                    "server.address": "\(configuration.host)",
+                    "detail": .string(
+                        "the API listener speaks plain HTTP off loopback: credentials and events cross the network readable; set gateway.tls.cert_file and gateway.tls.key_file (sluice tls self-signed makes a test pair)"
+                    ),
+                ]
+            )
+        }
+    }
+    var extraServices: [any Service] = []
+    if case .success(let reloader) = reloader { extraServices.append(reloader) }
+    if let adminHost = configuration.adminHost {
+        extraServices.append(
+            buildAdminApplication(
+                configuration: configuration,
+                host: adminHost,
+                port: configuration.adminPort,
+                wal: wal,
+                registry: registry,
+                authReadiness: authentication.authReadiness,
+                logger: logger,
+                onServerRunning: onAdminServerRunning
+            )
+        )
+    }
     return Application(
         router: router,
         server: .gateway(
-            HTTPGuardSettings(configuration: configuration, routes: gatewayRoutes, metrics: metrics, logger: logger)
+            HTTPGuardSettings(
+                configuration: configuration,
+                routes: gatewayRoutes(configuration),
+                metrics: metrics,
+                logger: logger
+            ),
+            tls: reloader.map { result in { @Sendable () throws -> TLSCertificateReloader? in try result.get() } }
         ),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sluice"),
         // Shutdown runs in reverse: the server stops, then these (the forwarder flushes to
-        // Kafka), then the WAL closes.
-        services: (wal.map { [WALService(wal: $0)] } ?? []) + services,
+        // Kafka, the admin listener stops), then the WAL closes.
+        services: (wal.map { [WALService(wal: $0)] } ?? []) + extraServices + services,
         onServerRunning: { channel in
             // Added before anything is accepted in earnest: the caller learns the port here.
             try? await channel.eventLoop.submit {

@@ -43,6 +43,41 @@ public struct GatewayConfiguration: Sendable {
     /// new connections wait in the kernel's listen backlog until one closes. Lowered at start
     /// to fit the process's descriptor limit (see ``ConnectionLimiter``). Default: 10,000.
     public var maxConnections = 10_000
+    /// PEM certificate chain (the server's certificate first, then its intermediates) that
+    /// turns on HTTPS for the API listener, with ``tlsKeyFile``. Without it the gateway speaks
+    /// plain HTTP, and warns at start unless it listens on loopback. Reloaded without a
+    /// restart (SIGHUP, file watch). Default: none.
+    public var tlsCertFile: String?
+    /// PEM private key of ``tlsCertFile``'s first certificate; must not be readable by group or
+    /// others. Default: none.
+    public var tlsKeyFile: String?
+    /// PEM CA certificates that client certificates must chain to (mutual TLS); needed when
+    /// ``tlsClientAuth`` is not `none`. Read at start only. Default: none.
+    public var tlsClientCAFile: String?
+    /// Whether clients must, may or need not present a certificate. Default: `none`.
+    public var tlsClientAuth: TLSClientAuth = .none
+    /// How often the certificate and key files are checked for a change (modification time,
+    /// inode, size) and reloaded. Default: 10 s.
+    public var tlsReloadInterval: Duration = .seconds(10)
+    /// Where `/healthz`, `/readyz` and `/metrics` are served instead of the API listener
+    /// (plain HTTP, meant for a private network): host and port. Default: nil, the API
+    /// listener serves them.
+    public var adminHost: String?
+    /// Port of the admin listener; 0 picks a free one. Used only with ``adminHost``.
+    public var adminPort = 0
+
+    /// HTTPS is configured for the API listener.
+    public var tlsEnabled: Bool { self.tlsCertFile != nil || self.tlsKeyFile != nil }
+
+    /// Whether `host` is a loopback address (127.0.0.0/8, ::1, localhost), where plain HTTP
+    /// cannot be read off a network.
+    public static func isLoopback(_ host: String) -> Bool {
+        let host = host.lowercased()
+        if host == "localhost" || host == "::1" || host == "[::1]" || host == "0:0:0:0:0:0:0:1" { return true }
+        if let address = TrustedProxies.ipv4(host) { return address >> 24 == 127 }
+        return false
+    }
+
     /// Benchmark only: accept events without writing them anywhere. Never set in production.
     public var unsafeSkipWAL = false
 
@@ -67,6 +102,61 @@ public struct GatewayConfiguration: Sendable {
         guard self.maxConnections >= 1 else { throw fail("max connections must be at least 1") }
         for proxy in self.trustedProxies where TrustedProxies.parse(proxy) == nil {
             throw fail("trusted proxy '\(proxy)' is neither an IP address nor an IPv4 CIDR block")
+        }
+        try self.validateTLS()
+    }
+
+    /// The TLS settings: both files or neither, the files readable and private, the key
+    /// matching the certificate, a CA file for mutual TLS.
+    func validateTLS() throws {
+        func fail(_ message: String) -> GatewayConfigurationError { GatewayConfigurationError(message: message) }
+        if let host = self.adminHost {
+            guard (0...65535).contains(self.adminPort) else {
+                throw fail("admin port \(self.adminPort) is not 0-65535")
+            }
+            if host == self.host && self.adminPort == self.port && self.port != 0 {
+                throw fail(
+                    "gateway.admin_listen \(host):\(self.adminPort) is the API listener's address; choose another port"
+                )
+            }
+        }
+        guard self.tlsReloadInterval >= .milliseconds(10) else {
+            throw fail("gateway.tls.reload_interval must be at least 10ms")
+        }
+        switch (self.tlsCertFile, self.tlsKeyFile) {
+        case (nil, nil):
+            if self.tlsClientAuth != .none {
+                throw fail(
+                    "gateway.tls.client_auth \(self.tlsClientAuth.rawValue) needs HTTPS: set gateway.tls.cert_file and gateway.tls.key_file"
+                )
+            }
+            return
+        case (.some(let cert), nil):
+            throw fail(
+                "gateway.tls.cert_file \(cert) is set without gateway.tls.key_file; set both, or neither for plain HTTP"
+            )
+        case (nil, .some(let key)):
+            throw fail(
+                "gateway.tls.key_file \(key) is set without gateway.tls.cert_file; set both, or neither for plain HTTP"
+            )
+        case (.some(let cert), .some(let key)):
+            do {
+                _ = try TLSCertificatePair.load(certFile: cert, keyFile: key)
+            } catch let error as TLSConfigurationError {
+                throw fail(error.message)
+            }
+        }
+        if self.tlsClientAuth != .none {
+            guard let ca = self.tlsClientCAFile else {
+                throw fail(
+                    "gateway.tls.client_auth \(self.tlsClientAuth.rawValue) needs gateway.tls.client_ca_file (the CA certificates client certificates must chain to)"
+                )
+            }
+            do {
+                _ = try TLSCertificatePair.readText(ca, setting: "gateway.tls.client_ca_file")
+            } catch let error as TLSConfigurationError {
+                throw fail(error.message)
+            }
         }
     }
 }

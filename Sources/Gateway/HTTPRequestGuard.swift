@@ -6,6 +6,7 @@ import HummingbirdCore
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 
 extension Problem.Kind {
     /// HTTP/1.1 the parser refuses, broken body framing, a missing or repeated `Host`.
@@ -509,10 +510,26 @@ struct GatewayHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
 }
 
 extension HTTPServerBuilder {
-    /// HTTP/1.1 with the gateway's ``HTTPRequestGuard`` on every connection.
-    static func gateway(_ settings: HTTPGuardSettings) -> HTTPServerBuilder {
+    /// HTTP/1.1 with the gateway's ``HTTPRequestGuard`` on every connection, behind TLS when
+    /// `tls` gives a reloader (``TLSGatewayChannel``). `tls` runs when the server is built: a
+    /// TLS configuration that cannot be used fails the server's start, never falls back to
+    /// plain HTTP.
+    static func gateway(
+        _ settings: HTTPGuardSettings,
+        tls: (@Sendable () throws -> TLSCertificateReloader?)? = nil
+    ) -> HTTPServerBuilder {
         .init { responder in
-            GatewayHTTP1Channel(http1: HTTP1Channel(responder: responder), settings: settings)
+            let http = GatewayHTTP1Channel(http1: HTTP1Channel(responder: responder), settings: settings)
+            guard let reloader = try tls?() else { return http }
+            return TLSGatewayChannel(
+                base: http,
+                context: try NIOSSLContext(configuration: reloader.tlsConfiguration()),
+                observer: TLSConnectionObserver.Settings(
+                    readsClientCertificate: reloader.clientAuth != .none,
+                    metrics: TLSHandshakeMetrics(),
+                    logger: settings.logger
+                )
+            )
         }
     }
 }

@@ -21,12 +21,14 @@ public struct IngestRequestContext: RequestContext, RemoteAddressRequestContext 
     public var grant: AccessGrant?
     /// Who the request turned out to be, for the access log.
     let authRecord = RequestAuthRecord()
-    // TODO(merge gw-tls): replaced by the TLS branch's per-connection identity.
-    public var clientCertificateIdentity: String? { nil }
+    /// With mutual TLS, the verified client certificate's identity: its first SAN URI, else
+    /// its first SAN DNS name, else its subject CN. Nil without a client certificate.
+    public let clientCertificateIdentity: String?
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
         self.remoteAddress = source.channel.remoteAddress
+        self.clientCertificateIdentity = TLSClientIdentities.identity(for: source.channel)
     }
 
     /// Bodies are read by the ingest handlers with their own limit.

@@ -353,6 +353,51 @@ enum SettingsLoader {
         ) { settings, value, key in
             settings.gateway.maxConnections = Int(try value.integer(key, range: 1...1_000_000))
         },
+        SettingKey(path: "gateway.tls.cert_file", kind: .string, help: "PEM certificate chain: turns on HTTPS") {
+            settings,
+            value,
+            key in settings.gateway.tlsCertFile = value.text.isEmpty ? nil : value.text
+        },
+        SettingKey(path: "gateway.tls.key_file", kind: .string, help: "PEM private key of cert_file (mode 0600)") {
+            settings,
+            value,
+            key in settings.gateway.tlsKeyFile = value.text.isEmpty ? nil : value.text
+        },
+        SettingKey(
+            path: "gateway.tls.client_ca_file",
+            kind: .string,
+            help: "PEM CAs client certificates must chain to (mutual TLS)"
+        ) { settings, value, key in settings.gateway.tlsClientCAFile = value.text.isEmpty ? nil : value.text
+        },
+        SettingKey(path: "gateway.tls.client_auth", kind: .string, help: "client certificates: none, optional, require")
+        { settings, value, key in
+            guard let mode = TLSClientAuth(rawValue: value.text.lowercased()) else {
+                throw value.fail(key, "none, optional or require")
+            }
+            settings.gateway.tlsClientAuth = mode
+        },
+        SettingKey(
+            path: "gateway.tls.reload_interval",
+            kind: .duration,
+            help: "how often the certificate files are checked for a change (10s)"
+        ) { settings, value, key in
+            let interval = try value.duration(key)
+            guard interval >= .milliseconds(10) else { throw value.fail(key, "a duration of at least 10ms") }
+            settings.gateway.tlsReloadInterval = interval
+        },
+        SettingKey(
+            path: "gateway.admin_listen",
+            kind: .string,
+            help: "HOST:PORT serving /healthz, /readyz, /metrics instead of the API listener"
+        ) { settings, value, key in
+            if value.text.isEmpty {
+                settings.gateway.adminHost = nil
+                return
+            }
+            let (host, port) = try parseListen(value.text, origin: value.origin)
+            settings.gateway.adminHost = host
+            settings.gateway.adminPort = port
+        },
         SettingKey(path: "gateway.properties_max_bytes", kind: .integer, help: "largest properties object (16384)") {
             settings,
             value,

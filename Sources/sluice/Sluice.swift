@@ -15,7 +15,7 @@ struct Sluice: AsyncParsableCommand {
             WALCommand.self, OffsetsCommand.self, KeysCommand.self,
             ReplayCommand.self, DLQCommand.self, ConfigCommand.self, DevKafkaCommand.self, DevClickHouseCommand.self,
             ForwarderBenchCommand.self,
-            LoaderBenchCommand.self, PipelineBenchCommand.self, OAuthCommand.self,
+            LoaderBenchCommand.self, PipelineBenchCommand.self, OAuthCommand.self, TLSCommand.self,
         ]
     )
 
