@@ -94,7 +94,7 @@ struct DevCommand: AsyncParsableCommand {
             )
             settings.walDirectory = self.stateDir + "/wal"
             // The built-in authorization server's issuer URL names the port: find it first.
-            if settings.gateway.port == 0 { settings.gateway.port = try DevCredentials.freePort(host: settings.gateway.host) }
+            if settings.gateway.port == 0 { settings.gateway.port = try freeLoopbackPorts(1)[0] }
             credentials = try await DevCredentials.prepare(
                 settings: &settings,
                 stateDir: self.stateDir,

@@ -2,9 +2,6 @@ import Auth
 import Foundation
 import Gateway
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// What `sluice dev` sets up so that the tour works with the front door on: HTTPS with its
 /// own CA, a secret key, a publishable browser key and an OAuth client of the built-in
@@ -92,8 +89,9 @@ struct DevCredentials {
         settings.auth.builtinServer.caFile = tls + "/ca.pem"
         let clients = try OAuthClientStore(path: oauth + "/clients.json")
         var clientSecret = previous["SLUICE_CLIENT_SECRET"]
-        if clientSecret == nil || (try clients.client("dev")) == nil {
-            if try clients.client("dev") != nil { try clients.remove("dev") }
+        let existing = try clients.client("dev")
+        if clientSecret == nil || existing == nil {
+            if existing != nil { try clients.remove("dev") }
             clientSecret = try clients.add("dev", scopes: ["events:write"]).secret
         }
         guard let secretKey, let browserKey, let clientSecret else {
@@ -137,28 +135,5 @@ struct DevCredentials {
             values[String(assignment[..<equals])] = String(assignment[assignment.index(after: equals)...])
         }
         return values
-    }
-
-    /// A free TCP port on `host` now: `sluice dev --listen …:0` needs its port before it
-    /// listens, because the built-in server's issuer URL contains it.
-    static func freePort(host: String) throws -> Int {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard descriptor >= 0 else { throw SettingsError(description: "cannot open a socket to find a free port") }
-        defer { close(descriptor) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = inet_addr(host == "0.0.0.0" ? "127.0.0.1" : host)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard bound == 0 else { throw SettingsError(description: "cannot bind \(host):0 to find a free port") }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }
