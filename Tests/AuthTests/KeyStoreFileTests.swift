@@ -88,7 +88,8 @@ import Testing
             gateway.lookup(sha256: issued.key.sha256)?.revokedAt != nil
         }
         let elapsed = ContinuousClock.now - edited
-        #expect(elapsed < .milliseconds(1500), "refused after \(elapsed)")
+        // One poll (1 s) plus scheduling on a busy 2-core machine.
+        #expect(elapsed < .seconds(3), "refused after \(elapsed)")
         let result = authenticator.authenticate(key: issued.key.plaintext, origin: nil, browserEndpoint: false)
         #expect(throws: AuthFailure.self) { try result.get() }
     }

@@ -19,7 +19,7 @@ import Testing
     }
 
     /// `sluice keys create NAME …` and the key it printed once.
-    func createKey(_ name: String, file: String, extra: [String] = []) async throws -> String {
+    func createKey(_ name: String, file: String, extra: [String] = ["--kind", "secret"]) async throws -> String {
         let (status, output, errors) = try await self.sluice(["keys", "create", name, "--file", file] + extra)
         #expect(status == 0, "\(errors)")
         let key = output.split(whereSeparator: \.isWhitespace).first { $0.hasPrefix("slk_") || $0.hasPrefix("slp_") }

@@ -24,7 +24,7 @@ import Testing
         // busy with the other tests a 150 ms deadline can turn a valid request into a 503.
         // With credentials, as clients use it: a secret key from `sluice keys create`.
         let keys = directory.path + "/keys.json"
-        let create = try SluiceProcess(["keys", "create", "schemathesis", "--file", keys])
+        let create = try SluiceProcess(["keys", "create", "schemathesis", "--kind", "secret", "--file", keys])
         #expect(try await create.waitForExit() == 0, "\(create.standardError)")
         let key = try #require(create.standardOutput.split(whereSeparator: \.isWhitespace).first { $0.hasPrefix("slk_") })
         let gateway = try await GatewayProcess(
