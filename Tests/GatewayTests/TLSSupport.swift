@@ -12,6 +12,10 @@ import WAL
 
 @testable import Gateway
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A test PKI in a temporary directory: a CA, a server pair for localhost/127.0.0.1, and
 /// helpers to write more pairs (key files mode 0600).
 struct TLSTestFiles {
@@ -154,7 +158,8 @@ struct OpenSSL {
             defer { try? stdin.close() }
             process.standardInput = stdin
             try process.run()
-            let killer = DispatchWorkItem { if process.isRunning { process.terminate() } }
+            // SIGKILL: the child may inherit an ignored SIGTERM from this test process.
+            let killer = DispatchWorkItem { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
             DispatchQueue.global().asyncAfter(
                 deadline: .now() + .milliseconds(Int(timeout.components.seconds * 1000)),
                 execute: killer
@@ -240,10 +245,10 @@ final class OpenSSLConnection: Sendable {
 
     func close() async {
         try? self.input.close()
-        if self.process.isRunning { self.process.terminate() }
+        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
         let process = self.process
         _ = try? await offPool { process.waitUntilExit() }
     }
 
-    deinit { if self.process.isRunning { self.process.terminate() } }
+    deinit { if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) } }
 }
