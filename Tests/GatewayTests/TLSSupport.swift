@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import NIOSSL
+import Prometheus
 import ServiceLifecycle
 import Synchronization
 import TestSupport
@@ -251,4 +252,12 @@ final class OpenSSLConnection: Sendable {
     }
 
     deinit { if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) } }
+}
+
+/// The value of `sluice_tls_handshake_failures_total{reason}` in the shared registry.
+func handshakeFailures(_ reason: String) -> Double {
+    let text = String(decoding: registry.emitToBuffer(), as: UTF8.self)
+    let prefix = "sluice_tls_handshake_failures_total{reason=\"\(reason)\"} "
+    guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(prefix) }) else { return 0 }
+    return Double(line.dropFirst(prefix.count)) ?? 0
 }
