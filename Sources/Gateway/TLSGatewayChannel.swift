@@ -127,7 +127,7 @@ final class TLSConnectionObserver: ChannelInboundHandler, RemovableChannelHandle
             self.settings.logger.debug(
                 "tls.handshake_failed",
                 metadata: [
-                    "reason": "\(reason)",
+                    "reason": "\(reason)", "error.message": "\(error)",
                     "client.ip": "\(context.channel.remoteAddress?.ipAddress ?? "")",
                 ]
             )
@@ -172,7 +172,7 @@ final class TLSHandshakeMetrics: Sendable {
         }
         if text.contains("NO_SHARED_CIPHER") { return "no_shared_cipher" }
         if text.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") { return "no_client_certificate" }
-        if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("CERTIFICATE") {
+        if text.contains("CERTIFICATE") || text.contains("KEY_USAGE") {
             return "bad_client_certificate"
         }
         return "other"

@@ -11,13 +11,12 @@ struct TLSAdminListenerTests {
     @Test("health, readiness and metrics on the admin port; 404 on the HTTPS API port")
     func adminSplit() async throws {
         let files = try TLSTestFiles()
-        try await RunningTLSGateway.with(
-            configure: { configuration in
-                files.configure(&configuration)
-                configuration.adminHost = "127.0.0.1"
-                configuration.adminPort = 0
-            }
-        ) { gateway in
+        let configure: (inout GatewayConfiguration) -> Void = { configuration in
+            files.configure(&configuration)
+            configuration.adminHost = "127.0.0.1"
+            configuration.adminPort = 0
+        }
+        try await RunningTLSGateway.with(configure: configure) { gateway in
             let adminPort = try #require(gateway.adminPort)
             #expect(adminPort != gateway.port)
             for path in ["/healthz", "/readyz", "/metrics"] {

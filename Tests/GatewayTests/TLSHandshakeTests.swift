@@ -30,6 +30,7 @@ struct TLSHandshakeTests {
                 "the server must answer protocol_version: \(result.output)"
             )
             #expect(!result.output.contains("CONNECTION ESTABLISHED"))
+            #expect(handshakeFailures("protocol_version") >= 1)
         }
     }
 
@@ -56,6 +57,7 @@ struct TLSHandshakeTests {
             )
             #expect(!weak.output.contains("CONNECTION ESTABLISHED"), "\(weak.output)")
             #expect(weak.output.contains("handshake failure"), "\(weak.output)")
+            #expect(handshakeFailures("no_shared_cipher") >= 1)
         }
     }
 
@@ -76,6 +78,7 @@ struct TLSHandshakeTests {
             #expect(!text.contains("HTTP/"), "a plaintext answer: \(text)")
             // Anything sent is a TLS record (content type 21, alert), never HTTP.
             if let first = bytes.first { #expect(first == 21) }
+            #expect(handshakeFailures("not_tls") >= 1)
         }
     }
 

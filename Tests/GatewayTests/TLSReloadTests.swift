@@ -21,12 +21,10 @@ struct TLSReloadTests {
     func reload() async throws {
         let files = try TLSTestFiles(serial: [0x10, 0x01])
         let logs = CapturedLogs()
-        try await RunningTLSGateway.with(
-            configure: files.configure,
-            reloader: { configuration in
-                try TLSCertificateReloader(configuration: configuration, reloadOnSIGHUP: false, logger: logs.logger)
-            }
-        ) { gateway in
+        let makeReloader: (GatewayConfiguration) throws -> TLSCertificateReloader? = { configuration in
+            try TLSCertificateReloader(configuration: configuration, reloadOnSIGHUP: false, logger: logs.logger)
+        }
+        try await RunningTLSGateway.with(configure: files.configure, reloader: makeReloader) { gateway in
             let reloader = try #require(gateway.reloader)
             #expect(try await OpenSSL.servedSerial(port: gateway.port, caFile: files.caFile) == "1001")
 
@@ -72,12 +70,11 @@ struct TLSReloadTests {
     @Test("the file watch picks up replaced files")
     func fileWatch() async throws {
         let files = try TLSTestFiles(serial: [0x40, 0x04])
-        try await RunningTLSGateway.with(
-            configure: { configuration in
-                files.configure(&configuration)
-                configuration.tlsReloadInterval = .milliseconds(50)
-            }
-        ) { gateway in
+        let configure: (inout GatewayConfiguration) -> Void = { configuration in
+            files.configure(&configuration)
+            configuration.tlsReloadInterval = .milliseconds(50)
+        }
+        try await RunningTLSGateway.with(configure: configure) { gateway in
             #expect(try await OpenSSL.servedSerial(port: gateway.port, caFile: files.caFile) == "4004")
             try files.install(try TLSTestFiles.serverPair(ca: files.ca, serial: [0x50, 0x05]))
             try await waitUntil(timeout: .seconds(20)) { gateway.reloader?.currentSerial == "5005" }

@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import NIOSSL
+import Prometheus
 import ServiceLifecycle
 import Synchronization
 import TestSupport
@@ -11,6 +12,10 @@ import Testing
 import WAL
 
 @testable import Gateway
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A test PKI in a temporary directory: a CA, a server pair for localhost/127.0.0.1, and
 /// helpers to write more pairs (key files mode 0600).
@@ -154,7 +159,8 @@ struct OpenSSL {
             defer { try? stdin.close() }
             process.standardInput = stdin
             try process.run()
-            let killer = DispatchWorkItem { if process.isRunning { process.terminate() } }
+            // SIGKILL: the child may inherit an ignored SIGTERM from this test process.
+            let killer = DispatchWorkItem { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
             DispatchQueue.global().asyncAfter(
                 deadline: .now() + .milliseconds(Int(timeout.components.seconds * 1000)),
                 execute: killer
@@ -240,10 +246,18 @@ final class OpenSSLConnection: Sendable {
 
     func close() async {
         try? self.input.close()
-        if self.process.isRunning { self.process.terminate() }
+        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
         let process = self.process
         _ = try? await offPool { process.waitUntilExit() }
     }
 
-    deinit { if self.process.isRunning { self.process.terminate() } }
+    deinit { if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) } }
+}
+
+/// The value of `sluice_tls_handshake_failures_total{reason}` in the shared registry.
+func handshakeFailures(_ reason: String) -> Double {
+    let text = String(decoding: registry.emitToBuffer(), as: UTF8.self)
+    let prefix = "sluice_tls_handshake_failures_total{reason=\"\(reason)\"} "
+    guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(prefix) }) else { return 0 }
+    return Double(line.dropFirst(prefix.count)) ?? 0
 }
