@@ -246,7 +246,8 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "WAL", "EventModel", "Telemetry", "TestSupport", "Forwarder", "Kafka", "Auth", "LocalClickHouse",
+                "Gateway", "WAL", "EventModel", "Telemetry", "TestSupport", "Forwarder", "Kafka", "Auth",
+                "LocalClickHouse",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

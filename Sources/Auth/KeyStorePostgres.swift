@@ -249,11 +249,14 @@ public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
     private func connect() async throws -> PostgresConnection {
         let connection: PostgresConnection
         do {
-            connection = try await PostgresConnection.connect(
-                configuration: self.configuration,
-                id: self.connectionIDs.add(1, ordering: .relaxed).newValue,
-                logger: self.logger
-            )
+            let configuration = self.configuration
+            let id = self.connectionIDs.add(1, ordering: .relaxed).newValue
+            let logger = self.logger
+            connection = try await self.deadline {
+                try await PostgresConnection.connect(configuration: configuration, id: id, logger: logger)
+            }
+        } catch let error as KeyStoreError {
+            throw error
         } catch {
             throw KeyStoreError(
                 .database,
@@ -310,6 +313,9 @@ public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
             group.addTask { try await body() }
             group.addTask {
                 try await Task.sleep(for: .seconds(5))
+                // Said at once: the group still waits for the stuck call to give up, and until
+                // then the gateway must already know it serves from its last good copy.
+                self.markReachable(false, error: KeyStoreError(.database, "PostgreSQL did not answer within 5 s"))
                 return nil
             }
             defer { group.cancelAll() }

@@ -220,7 +220,10 @@ struct AuthenticationMiddleware: RouterMiddleware {
         if request.uri.path == "/oauth/token", let limiter = self.authentication.failedAuthPerIP {
             return try await self.tokenEndpoint(request, context: context, limiter: limiter, next: next)
         }
-        guard IngestRoutes.all.contains(request.uri.path), request.method != .options else {
+        // Only requests a route will take: a wrong method is the router's 405, not a 401.
+        guard IngestRoutes.all.contains(request.uri.path),
+            gatewayRoutes[request.uri.path]?.contains(request.method) == true
+        else {
             return try await next(request, context)
         }
         let started = ContinuousClock.now

@@ -200,7 +200,11 @@ extension SettingsLoader {
             value,
             key in settings.auth.rateLimits.serverBurst = Int(try value.integer(key, range: 1...10_000_000))
         },
-        SettingKey(path: "rate_limits.publishable.rate", kind: .string, help: "per publishable key and client address (20/s)") {
+        SettingKey(
+            path: "rate_limits.publishable.rate",
+            kind: .string,
+            help: "per publishable key and client address (20/s)"
+        ) {
             settings,
             value,
             key in settings.auth.rateLimits.browserRate = value.text

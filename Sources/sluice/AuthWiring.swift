@@ -80,7 +80,11 @@ extension Settings {
             ? (self.apiKeys.file ?? Self.defaultKeysFile(walDirectory: self.walDirectory)) : self.apiKeys.file
         let store: any APIKeyStore
         do {
-            store = try openAPIKeyStore(file: file, postgresURL: self.apiKeys.postgresURL, logger: Logger(label: "sluice.auth.keys"))
+            store = try openAPIKeyStore(
+                file: file,
+                postgresURL: self.apiKeys.postgresURL,
+                logger: Logger(label: "sluice.auth.keys")
+            )
         } catch {
             throw SettingsError(description: "auth.api_keys: \(error.message)")
         }
@@ -170,7 +174,11 @@ extension Settings {
                 cost: limits.cost
             )
             runtime.authentication.failedAuthPerIP = FailedAuthLimiter(
-                limit: try Self.rate(limits.failedAuthRate, burst: limits.failedAuthBurst, key: "rate_limits.failed_auth_per_ip")
+                limit: try Self.rate(
+                    limits.failedAuthRate,
+                    burst: limits.failedAuthBurst,
+                    key: "rate_limits.failed_auth_per_ip"
+                )
             )
         }
         return runtime
@@ -203,7 +211,9 @@ extension Settings {
     /// catch up without being refused).
     static func rate(_ text: String, burst: Int?, key: String) throws -> RateLimit {
         guard var limit = RateLimit(text, burst: burst) else {
-            throw SettingsError(description: "\(key).rate = '\(text)' is invalid: expected a rate such as 100/s or 6000/m")
+            throw SettingsError(
+                description: "\(key).rate = '\(text)' is invalid: expected a rate such as 100/s or 6000/m"
+            )
         }
         if burst == nil { limit.burst = limit.count * 2 }
         return limit
@@ -235,13 +245,16 @@ extension Settings {
             if let stale = try duration("jwks.stale_if_error") { jwks.staleIfError = stale }
             if let timeout = try duration("jwks.timeout") { jwks.timeout = timeout }
             if let bytes = value("jwks.max_bytes") {
-                jwks.maxBytes = Int(try bytes.integer(SettingKey.named("\(where_).jwks.max_bytes"), range: 1024...(16 << 20)))
+                jwks.maxBytes = Int(
+                    try bytes.integer(SettingKey.named("\(where_).jwks.max_bytes"), range: 1024...(16 << 20))
+                )
             }
             jwks.caFile = value("jwks.ca_file")?.text
             var configuration = IssuerConfiguration(
                 issuer: issuer,
                 jwksURI: value("jwks_uri")?.text,
-                discovery: try value("discovery").map { try $0.boolean(SettingKey.named("\(where_).discovery")) } ?? false,
+                discovery: try value("discovery").map { try $0.boolean(SettingKey.named("\(where_).discovery")) }
+                    ?? false,
                 audiences: value("audiences")?.items ?? [],
                 jwks: jwks
             )
@@ -273,16 +286,20 @@ extension Settings {
                 case "principal": principal = value.text
                 case "allow_actions": policy.allowedActions = Set(value.items)
                 case "max_batch":
-                    policy.maxBatch = Int(try value.integer(SettingKey.named("\(where_).max_batch"), range: 1...1_000_000))
+                    policy.maxBatch = Int(
+                        try value.integer(SettingKey.named("\(where_).max_batch"), range: 1...1_000_000)
+                    )
                 default:
                     throw SettingsError(
-                        description: "\(value.origin): \(where_).\(field) is unknown (expected principal, allow_actions, max_batch)"
+                        description:
+                            "\(value.origin): \(where_).\(field) is unknown (expected principal, allow_actions, max_batch)"
                     )
                 }
             }
             guard let principal, principal.contains(":") else {
                 throw SettingsError(
-                    description: "\(where_) needs a principal such as key:web-shop, client:backend or cert:spiffe://corp/app"
+                    description:
+                        "\(where_) needs a principal such as key:web-shop, client:backend or cert:spiffe://corp/app"
                 )
             }
             policies[principal] = policy

@@ -2,7 +2,6 @@ import Auth
 import Foundation
 import Gateway
 
-
 /// What `sluice dev` sets up so that the tour works with the front door on: HTTPS with its
 /// own CA, a secret key, a publishable browser key and an OAuth client of the built-in
 /// authorization server. All of it lives in the state directory, is reused across restarts,

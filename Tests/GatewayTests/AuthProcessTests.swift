@@ -116,7 +116,9 @@ import Testing
     @Test func aTokenFromTheBuiltInServerWritesEventsOverHTTPS() async throws {
         let directory = try TemporaryDirectory()
         let tls = directory.path + "/tls"
-        let (tlsStatus, _, tlsErrors) = try await self.sluice(["tls", "self-signed", "--out", tls, "--host", "127.0.0.1"])
+        let (tlsStatus, _, tlsErrors) = try await self.sluice([
+            "tls", "self-signed", "--out", tls, "--host", "127.0.0.1",
+        ])
         #expect(tlsStatus == 0, "\(tlsErrors)")
         let clients = directory.path + "/clients.json"
         let (addStatus, added, addErrors) = try await self.sluice([

@@ -26,7 +26,9 @@ import Testing
         let keys = directory.path + "/keys.json"
         let create = try SluiceProcess(["keys", "create", "schemathesis", "--kind", "secret", "--file", keys])
         #expect(try await create.waitForExit() == 0, "\(create.standardError)")
-        let key = try #require(create.standardOutput.split(whereSeparator: \.isWhitespace).first { $0.hasPrefix("slk_") })
+        let key = try #require(
+            create.standardOutput.split(whereSeparator: \.isWhitespace).first { $0.hasPrefix("slk_") }
+        )
         let gateway = try await GatewayProcess(
             walDirectory: directory.path + "/wal",
             arguments: ["--log-level", "warning"],
