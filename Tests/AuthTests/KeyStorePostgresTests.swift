@@ -69,7 +69,7 @@ struct KeyStorePostgresTests {
         try await server.restart()
         let later = try await admin.create(NewAPIKey(name: "later", kind: .secret), now: Date())
         _ = try await admin.revoke(name: "good", now: Date())
-        try await waitUntil(timeout: .seconds(10), pollEvery: .milliseconds(20)) {
+        try await waitUntil(timeout: .seconds(30), pollEvery: .milliseconds(20)) {
             self.authenticates(gateway, later.key) && !self.authenticates(gateway, good.key)
         }
         #expect(logs.count("API key store reachable") == 2, "the first load and the recovery")

@@ -4,6 +4,7 @@ import Kafka
 import LocalClickHouse
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import Synchronization
 import TestSupport
 import Testing
@@ -196,16 +197,46 @@ import Testing
         ])
         let port = try await dev.listeningPort(timeout: .seconds(90))
         let banner = try await dev.line(containing: "Ctrl-C stops everything")
-        #expect(dev.standardOutput.contains("curl -i http://127.0.0.1:\(port)/v1/events"))
+        #expect(dev.standardOutput.contains("curl -i https://127.0.0.1:\(port)/v1/events"))
+        #expect(dev.standardOutput.contains("source \(state.path)/env"))
         #expect(dev.standardOutput.contains("http://127.0.0.1:\(clickHousePort)"))
         #expect(!banner.isEmpty)
 
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
-        func post() async throws -> [String] {
+        // What the banner tells a newcomer to `source`: the CA, a key, an OAuth client.
+        var env: [String: String] = [:]
+        for line in try String(contentsOfFile: state.path + "/env", encoding: .utf8).split(separator: "\n")
+        where line.hasPrefix("export ") {
+            let pair = line.dropFirst("export ".count).split(separator: "=", maxSplits: 1).map(String.init)
+            if pair.count == 2 { env[pair[0]] = pair[1] }
+        }
+        #expect(env["SLUICE_URL"] == "https://127.0.0.1:\(port)")
+        let key = try #require(env["SLUICE_KEY"])
+        let caFile = try #require(env["CURL_CA_BUNDLE"])
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .file(caFile)
+        let client = HTTPClient(
+            eventLoopGroupProvider: .singleton,
+            configuration: HTTPClient.Configuration(tlsConfiguration: tls)
+        )
+        // The built-in authorization server hands the dev client a token, and the token writes.
+        var grant = HTTPClientRequest(url: "https://127.0.0.1:\(port)/oauth/token")
+        grant.method = .POST
+        grant.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+        let basic = Data("\(env["SLUICE_CLIENT_ID"] ?? ""):\(env["SLUICE_CLIENT_SECRET"] ?? "")".utf8)
+            .base64EncodedString()
+        grant.headers.add(name: "Authorization", value: "Basic \(basic)")
+        grant.body = .bytes(ByteBuffer(string: "grant_type=client_credentials"))
+        let granted = try await client.execute(grant, timeout: .seconds(10))
+        #expect(granted.status == .ok)
+        let tokenBody = try await granted.body.collect(upTo: 1 << 16)
+        let tokenJSON = try JSONSerialization.jsonObject(with: Data(tokenBody.readableBytesView))
+        let token = try #require((tokenJSON as? [String: Any])?["access_token"] as? String)
+        func post(authorization: String = "Bearer \(key)") async throws -> [String] {
             let ids = (0..<3).map { _ in UUID().uuidString.lowercased() }
-            var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/events/batch")
+            var request = HTTPClientRequest(url: "https://127.0.0.1:\(port)/v1/events/batch")
             request.method = .POST
             request.headers.add(name: "Content-Type", value: "application/x-ndjson")
+            request.headers.add(name: "Authorization", value: authorization)
             request.body = .bytes(
                 ByteBuffer(
                     string: ids.map { #"{"action":"click","user_id":"u1","event_id":"\#($0)"}"# }
@@ -217,7 +248,7 @@ import Testing
             return ids
         }
         let analyst = Analyst(url: "http://127.0.0.1:\(clickHousePort)")
-        let before = try await post()
+        let before = try await post() + (try await post(authorization: "Bearer \(token)"))
         try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
             Set(before).isSubset(of: await analyst.eventIDs())
         }
