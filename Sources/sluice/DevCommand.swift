@@ -232,7 +232,7 @@ struct DevCommand: AsyncParsableCommand {
                   curl -i \(url)/v1/events -H "Authorization: Bearer $TOKEN" -d 'action=signup&user_id=u2'
 
                 See it in ClickHouse about a second later:
-                  echo 'SELECT action, user_id, timestamp FROM \(table) ORDER BY timestamp DESC LIMIT 10 FORMAT PrettyCompact' \\
+                  echo 'SELECT action, user_id, source, timestamp FROM \(table) ORDER BY timestamp DESC LIMIT 10 FORMAT PrettyCompact' \\
                     | curl -s '\(clickHouseURL)/' --data-binary @-
                   \(client)
 

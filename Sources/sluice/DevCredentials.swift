@@ -122,7 +122,7 @@ struct DevCredentials {
     }
 
     static func absolute(_ path: String) -> String {
-        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        URL(fileURLWithPath: path).standardizedFileURL.path
     }
 
     static func readEnv(_ path: String) -> [String: String] {
