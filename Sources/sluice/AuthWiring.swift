@@ -184,6 +184,23 @@ extension Settings {
         return runtime
     }
 
+    /// Checks `auth.*` and `rate_limits.*` as far as can be done without opening a store or
+    /// fetching a key set (`sluice config check`).
+    func validateAuth() throws {
+        for issuer in try self.issuerConfigurations() {
+            do { try issuer.validate() } catch { throw SettingsError(description: error.message) }
+        }
+        _ = try self.principalPolicies()
+        _ = try self.principalRateLimits()
+        let limits = self.auth.rateLimits
+        _ = try Self.rate(limits.serverRate, burst: limits.serverBurst, key: "rate_limits.default")
+        _ = try Self.rate(limits.browserRate, burst: limits.browserBurst, key: "rate_limits.publishable")
+        _ = try Self.rate(limits.failedAuthRate, burst: limits.failedAuthBurst, key: "rate_limits.failed_auth_per_ip")
+        if self.apiKeys.file != nil && self.apiKeys.postgresURL != nil {
+            throw SettingsError(description: "set only one of auth.api_keys.file and auth.api_keys.postgres_url")
+        }
+    }
+
     /// `auth.api_keys.file` when unset: `keys.json` beside the WAL directory.
     static func defaultKeysFile(walDirectory: String) -> String {
         let parent = (walDirectory as NSString).deletingLastPathComponent

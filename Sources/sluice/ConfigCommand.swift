@@ -22,6 +22,7 @@ struct ConfigCommand: AsyncParsableCommand {
             var settings = try self.options.load()
             do {
                 try settings.prepareGateway()
+                try settings.validateAuth()
                 if settings.kafkaBootstrap == nil { settings.kafkaBootstrap = "(unset)" }
                 _ = try settings.loaderConfiguration()
             } catch {
