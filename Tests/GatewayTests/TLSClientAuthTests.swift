@@ -1,9 +1,12 @@
+import EventModel
 import Foundation
 import Hummingbird
 import NIOCore
 import NIOSSL
+import Synchronization
 import TestSupport
 import Testing
+@_spi(Testing) import WAL
 
 @testable import Gateway
 
@@ -152,6 +155,56 @@ struct TLSClientAuthTests {
             #expect(!wrong.contains("HTTP/1.1"), "\(wrong)")
             let good = try await Self.whoami(port: port, files: client.files, certificate: client.good)
             #expect(good.contains("identity=\(ClientFiles.identity)"), "\(good)")
+        }
+    }
+
+    /// The client certificate as the credential: with auth required, a request with a good
+    /// certificate and nothing else is written as `cert:<identity>`; without one it is a 401.
+    @Test("a client certificate is a principal")
+    func certificateIsAPrincipal() async throws {
+        let client = try ClientFiles()
+        var authentication = GatewayAuthentication()
+        authentication.required = true
+        authentication.clientCertificates = true
+        let walDirectory = Mutex<String?>(nil)
+        try await RunningTLSGateway.with(
+            authentication: authentication,
+            stored: { gateway in walDirectory.withLock { $0 = gateway.directory.path + "/wal" } },
+            configure: { configuration in
+                client.files.configure(&configuration)
+                configuration.tlsClientAuth = .optional
+                configuration.tlsClientCAFile = client.files.caFile
+            }
+        ) { running in
+            let body = #"{"action":"click","user_id":"u1"}"#
+            let request =
+                "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+            let with = try await OpenSSL.connect(
+                port: running.port,
+                caFile: client.files.caFile,
+                ["-ign_eof", "-cert", client.good.cert, "-key", client.good.key],
+                input: request
+            )
+            #expect(with.output.contains("HTTP/1.1 202"), "\(with.output.suffix(1500))")
+            let without = try await OpenSSL.connect(
+                port: running.port,
+                caFile: client.files.caFile,
+                ["-ign_eof"],
+                input: request
+            )
+            #expect(without.output.contains("HTTP/1.1 401"), "\(without.output.suffix(1500))")
+            // Read while the gateway (and its temporary directory) is still there.
+            var sources: [String] = []
+            try WALInspector(directory: try #require(walDirectory.withLock { $0 })).records(from: .zero) { item in
+                if case .record(let record, _, _) = item {
+                    for event in record.events {
+                        if case .string(let source)? = try JSONParser.parse(event)["source"] { sources.append(source) }
+                    }
+                }
+                return true
+            }
+            #expect(sources == ["cert:\(ClientFiles.identity)"])
         }
     }
 

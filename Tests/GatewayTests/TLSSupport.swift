@@ -80,19 +80,23 @@ struct RunningTLSGateway: Sendable {
 
     /// Runs the gateway (``buildGatewayApplication``), calls `body`, then shuts it down.
     static func with(
+        authentication: GatewayAuthentication = .open,
+        stored: (@Sendable (TestGateway) -> Void)? = nil,
         configure: (inout GatewayConfiguration) -> Void,
         reloader makeReloader: (GatewayConfiguration) throws -> TLSCertificateReloader? = { configuration in
             try TLSCertificateReloader(configuration: configuration, reloadOnSIGHUP: false, logger: quietLogger)
         },
         _ body: @Sendable (RunningTLSGateway) async throws -> Void
     ) async throws {
-        let gateway = try await TestGateway.make(configure: configure)
+        let gateway = try await TestGateway.make(authentication: authentication, configure: configure)
+        stored?(gateway)
         let reloader = try makeReloader(gateway.configuration)
         let (ports, continuation) = AsyncStream.makeStream(of: (String, Int).self)
         let app = buildGatewayApplication(
             configuration: gateway.configuration,
             wal: gateway.wal,
             registry: registry,
+            authentication: authentication,
             logger: quietLogger,
             tls: reloader,
             onServerRunning: { channel in continuation.yield(("api", channel.localAddress?.port ?? 0)) },
