@@ -167,15 +167,16 @@ struct TLSClientAuthTests {
         authentication.required = true
         authentication.clientCertificates = true
         let walDirectory = Mutex<String?>(nil)
-        try await RunningTLSGateway.with(
-            authentication: authentication,
-            stored: { gateway in walDirectory.withLock { $0 = gateway.directory.path + "/wal" } },
-            configure: { configuration in
-                client.files.configure(&configuration)
-                configuration.tlsClientAuth = .optional
-                configuration.tlsClientCAFile = client.files.caFile
-            }
-        ) { running in
+        let stored: @Sendable (TestGateway) -> Void = { gateway in
+            walDirectory.withLock { $0 = gateway.directory.path + "/wal" }
+        }
+        let configure: (inout GatewayConfiguration) -> Void = { configuration in
+            client.files.configure(&configuration)
+            configuration.tlsClientAuth = .optional
+            configuration.tlsClientCAFile = client.files.caFile
+        }
+        try await RunningTLSGateway.with(authentication: authentication, stored: stored, configure: configure) {
+            running in
             let body = #"{"action":"click","user_id":"u1"}"#
             let request =
                 "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
