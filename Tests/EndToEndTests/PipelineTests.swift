@@ -17,6 +17,9 @@ import Testing
     /// 202 must end up in ClickHouse exactly once after deduplication, and nothing else may.
     @Test func everyAcknowledgedEventIsInClickHouseExactlyOnceThroughCrashesAndOutages() async throws {
         let cluster = try KafkaMockCluster(brokers: 3)
+        // Its brokers go down and up: keep their ports from other tests meanwhile.
+        let reserved = ReservedPorts(bootstrapServers: cluster.bootstrapServers)
+        defer { withExtendedLifetime(reserved) {} }
         try cluster.createTopic("events", partitions: 6)
         let clickHouse = try await ClickHouseServer.start()
         defer { clickHouse.stop() }
@@ -118,6 +121,9 @@ import Testing
     /// to two topics and from there to two tables.
     @Test func sluiceAllRoutesTwoActionsIntoTwoTablesFromOneFile() async throws {
         let cluster = try KafkaMockCluster(brokers: 3)
+        // Its brokers go down and up: keep their ports from other tests meanwhile.
+        let reserved = ReservedPorts(bootstrapServers: cluster.bootstrapServers)
+        defer { withExtendedLifetime(reserved) {} }
         let clickHouse = try await ClickHouseServer.start()
         defer { clickHouse.stop() }
         let state = try TemporaryDirectory()

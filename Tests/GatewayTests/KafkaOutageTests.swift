@@ -15,6 +15,9 @@ import WAL
     /// answering 202, and once Kafka is back every acknowledged event is in it.
     @Test func everyBrokerDownFor20SecondsWhileEventsKeepArriving() async throws {
         let cluster = try KafkaMockCluster(brokers: 3)
+        // Its brokers go down and up: keep their ports from other tests meanwhile.
+        let reserved = ReservedPorts(bootstrapServers: cluster.bootstrapServers)
+        defer { withExtendedLifetime(reserved) {} }
         try cluster.createTopic("events", partitions: 3)
         let gateway = try await TestGateway.make()
         var forwarding = ForwarderConfiguration(kafkaProperties: [

@@ -28,6 +28,9 @@ final class Reports: Sendable {
 
     @Test func everyMessageIsDeliveredOnceWithItsIdAndCountedByEndOffsets() async throws {
         let cluster = try KafkaMockCluster(brokers: 3)
+        // Its brokers go down and up: keep their ports from other tests meanwhile.
+        let reserved = ReservedPorts(bootstrapServers: cluster.bootstrapServers)
+        defer { withExtendedLifetime(reserved) {} }
         try cluster.createTopic("events", partitions: 4)
         let reports = Reports()
         let producer = try Self.producer(cluster, reports: reports)
@@ -53,6 +56,9 @@ final class Reports: Sendable {
 
     @Test func messagesWaitOutAnOutageOfEveryBroker() async throws {
         let cluster = try KafkaMockCluster(brokers: 3)
+        // Its brokers go down and up: keep their ports from other tests meanwhile.
+        let reserved = ReservedPorts(bootstrapServers: cluster.bootstrapServers)
+        defer { withExtendedLifetime(reserved) {} }
         try cluster.createTopic("events", partitions: 2)
         let reports = Reports()
         let producer = try Self.producer(cluster, reports: reports, extra: ["message.timeout.ms": "60000"])
@@ -73,6 +79,9 @@ final class Reports: Sendable {
 
     @Test func injectedRetriableErrorsAreRetriedWithoutLossOrDuplicates() async throws {
         let cluster = try KafkaMockCluster(brokers: 3)
+        // Its brokers go down and up: keep their ports from other tests meanwhile.
+        let reserved = ReservedPorts(bootstrapServers: cluster.bootstrapServers)
+        defer { withExtendedLifetime(reserved) {} }
         try cluster.createTopic("events", partitions: 1)
         let reports = Reports()
         let producer = try Self.producer(cluster, reports: reports)
