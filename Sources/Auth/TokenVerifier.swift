@@ -138,6 +138,14 @@ public final class TokenVerifier: Sendable {
     public func verify(_ token: String) async throws(AuthFailure) -> VerifiedToken {
         // 5.1 structure
         try JWTChecks.checkSize(token, maxBytes: self.maxTokenBytes)
+        // 5.5, taken first: a hit is this exact token, which passed every check below within
+        // the last `cacheMaxTTL` and before its `exp`; parsing it again would cost as much as
+        // half a signature check (docs/performance.md, B1).
+        if let cached = self.tokenCache.lookup(token, now: self.now()) {
+            self.cacheHits.add(1, ordering: .relaxed)
+            self.cacheHitCounter.increment()
+            return cached
+        }
         let segments = try JWTChecks.splitSegments(token)
         // 5.2–5.3 header
         let headerObject = try JWTChecks.decodeJSONObject(segments.header, part: "header")
@@ -151,12 +159,6 @@ public final class TokenVerifier: Sendable {
         _ = try JWTChecks.decodeBase64URL(segments.signature)
         let issuer = try JWTChecks.selectIssuer(payload, from: self.issuers)
         try JWTChecks.checkHeader(header, for: issuer)
-        // 5.5 cache
-        if let cached = self.tokenCache.lookup(token, now: self.now()) {
-            self.cacheHits.add(1, ordering: .relaxed)
-            self.cacheHitCounter.increment()
-            return cached
-        }
         // 5.6 key, resolved here in the issuer's own set: never jwt-kit's default key.
         guard let keys = self.caches[issuer.issuer] else {
             throw .invalidToken("unknown_issuer", "the token's issuer is not trusted here")
