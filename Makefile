@@ -43,6 +43,7 @@ bench: setup
 		$(SLUICE_RELEASE) wal bench $(DATA) --size $$size --concurrency $$c --seconds 5; echo; \
 	done; done
 	scripts/bench-gateway 10 64
+	scripts/bench-auth
 	$(SWIFT) build
 	SLUICE_CRASH_ROUNDS=500 $(SWIFT) test --filter CrashTests
 
