@@ -46,6 +46,8 @@ struct Pipeline {
     let directory: TemporaryDirectory
     let wal: WAL
     let cluster: KafkaMockCluster
+    /// The brokers' ports, kept from other tests while a broker is down (``ReservedPorts``).
+    let reserved: ReservedPorts
     let forwarder: Forwarder
     let group: ServiceGroup
     let task: Task<Void, any Error>
@@ -72,6 +74,7 @@ struct Pipeline {
             directory: directory,
             wal: wal,
             cluster: cluster,
+            reserved: ReservedPorts(bootstrapServers: cluster.bootstrapServers),
             forwarder: forwarder,
             group: group,
             task: task
