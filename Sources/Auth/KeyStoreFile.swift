@@ -253,11 +253,10 @@ struct KeyFileIdentity: Equatable, Sendable {
 /// The key file's system calls: crash-safe replacement and the advisory lock.
 enum KeyFileIO {
     /// Replaces `path` with `bytes` so that a crash leaves the old or the new file, never a
-    /// mix: write `.<name>.tmp`, fsync it, rename it over `path`, fsync the directory. Mode 0600.
+    /// mix (temporary file, fsync, rename, fsync of the directory; mode 0600), creating its
+    /// directory (0700) when missing.
     static func replaceFile(_ path: String, with bytes: Data) throws(KeyStoreError) {
-        let url = URL(fileURLWithPath: path)
-        let directory = url.deletingLastPathComponent().path
-        let temporary = directory + "/." + url.lastPathComponent + ".tmp"
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         do {
             try FileManager.default.createDirectory(
                 atPath: directory,
@@ -267,37 +266,14 @@ enum KeyFileIO {
         } catch {
             throw KeyStoreError(.io, "cannot create the directory \(directory)")
         }
-        _ = unlink(temporary)
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw Self.failure("create", temporary) }
-        let written = bytes.withUnsafeBytes { buffer in
-            var done = 0
-            while done < buffer.count {
-                let count = write(fd, buffer.baseAddress.map { $0 + done }, buffer.count - done)
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    return false
-                }
-                done += count
-            }
-            return true
+        // The module's one crash-safe writer (also the authorization server's files).
+        do {
+            try AuthorizationServerFile.write(Array(bytes), to: path)
+        } catch let error as AuthorizationServerError {
+            throw KeyStoreError(.io, error.message)
+        } catch {
+            throw KeyStoreError(.io, "cannot replace \(path): \(error)")
         }
-        guard written, fchmod(fd, 0o600) == 0, fsync(fd) == 0 else {
-            let failure = Self.failure(written ? "fsync" : "write", temporary)
-            _ = close(fd)
-            _ = unlink(temporary)
-            throw failure
-        }
-        _ = close(fd)
-        guard rename(temporary, path) == 0 else {
-            let failure = Self.failure("rename", temporary)
-            _ = unlink(temporary)
-            throw failure
-        }
-        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard directoryFD >= 0 else { throw Self.failure("open", directory) }
-        defer { _ = close(directoryFD) }
-        guard fsync(directoryFD) == 0 else { throw Self.failure("fsync", directory) }
     }
 
     /// Takes an exclusive `flock` on `path` (created 0600 if missing), waiting for other writers.
