@@ -131,12 +131,22 @@ public struct APIKey: Sendable, Hashable, CustomStringConvertible {
     public var sha256: String { Self.sha256(of: self.plaintext) }
 
     /// SHA-256 hex of `text` as a key would be hashed for storage.
+    /// Runs on every request that presents a key: 64 ASCII bytes written in one pass (the
+    /// earlier `String(radix:)` per byte and `joined()` cost more than the hash).
     public static func sha256(of text: some StringProtocol) -> String {
         let digest = SHA256.hash(data: Array(text.utf8))
-        return digest.map { byte in
-            let hex = String(byte, radix: 16)
-            return byte < 16 ? "0" + hex : hex
-        }.joined()
+        let digits: StaticString = "0123456789abcdef"
+        return String(unsafeUninitializedCapacity: SHA256.byteCount * 2) { buffer in
+            digits.withUTF8Buffer { digits in
+                var index = 0
+                for byte in digest {
+                    buffer[index] = digits[Int(byte >> 4)]
+                    buffer[index + 1] = digits[Int(byte & 0x0f)]
+                    index += 2
+                }
+                return index
+            }
+        }
     }
 
     public var description: String { self.masked }

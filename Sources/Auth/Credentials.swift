@@ -102,8 +102,14 @@ public enum CredentialExtraction {
 
     /// `Bearer <token>` or `Basic <base64(key:)>`; the scheme is case-insensitive (RFC 9110 §11.1).
     static func authorizationHeader(_ header: String) -> Result<PresentedCredential, AuthFailure> {
-        let value = Self.trimmed(header)
-        guard let space = value.firstIndex(where: { $0 == " " || $0 == "\t" }) else {
+        // Bytes, not Characters: this runs on every request, before the failed-authentication
+        // limiter can refuse a flood, on values up to the header limit (a JWT is ~1 KB), and
+        // walking those as grapheme clusters cost more than the rest of the refusal.
+        let utf8 = header.utf8
+        func isBlank(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        guard let start = utf8.firstIndex(where: { !isBlank($0) }),
+            let space = utf8[start...].firstIndex(where: isBlank)
+        else {
             return .failure(
                 .invalidRequest(
                     "malformed_authorization",
@@ -111,13 +117,17 @@ public enum CredentialExtraction {
                 )
             )
         }
-        let scheme = value[..<space].lowercased()
-        let credential = Self.trimmed(String(value[space...]))
-        guard !credential.isEmpty, !credential.contains(where: { $0 == " " || $0 == "\t" }) else {
+        let scheme = String(Substring(utf8[start..<space])).lowercased()
+        let rest = utf8[space...]
+        let credentialStart = rest.firstIndex(where: { !isBlank($0) }) ?? rest.endIndex
+        let credentialEnd = rest.lastIndex(where: { !isBlank($0) }).map { utf8.index(after: $0) } ?? credentialStart
+        let credentialBytes = utf8[credentialStart..<max(credentialStart, credentialEnd)]
+        guard !credentialBytes.isEmpty, !credentialBytes.contains(where: isBlank) else {
             return .failure(
                 .invalidRequest("malformed_authorization", "Authorization must hold one credential after its scheme")
             )
         }
+        let credential = String(Substring(credentialBytes))
         switch scheme {
         case "bearer":
             if Self.looksLikeKey(credential) { return .success(.apiKey(credential, from: .bearer)) }

@@ -6,6 +6,10 @@ public struct NormalizedKey: Sendable {
     public var kid: String
     public var alg: String
     var jwk: JWK
+    /// jwt-kit's verifier for this key and `alg`, resolved once when the set is loaded
+    /// (``JWKSNormalizer/makeCollection(_:)``): a token is then checked with one call, without
+    /// jwt-kit parsing it again and without two hops onto the collection's actor.
+    var algorithm: (any JWTAlgorithm)?
 }
 
 /// A key dropped from a JWKS, and why (a fixed label for logs and metrics).
@@ -145,9 +149,10 @@ public enum JWKSNormalizer {
         let collection = JWTKeyCollection()
         var loaded: [NormalizedKey] = []
         var dropped: [DroppedKey] = []
-        for key in keys {
+        for var key in keys {
             do {
                 try await collection.add(jwk: key.jwk, isDefault: false)
+                key.algorithm = try await collection.getKey(for: JWKIdentifier(string: key.kid), alg: key.alg)
                 loaded.append(key)
             } catch {
                 dropped.append(DroppedKey(kid: key.kid, reason: "invalid_key"))

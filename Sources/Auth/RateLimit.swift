@@ -20,10 +20,25 @@ public struct RateLimit: Sendable, Hashable, CustomStringConvertible {
     /// Parses `100/s`, `6000/m`, `10/h` or `1000/d` (also `/sec`, `/min`, `/hour`, `/day`).
     /// Nil when the text is not such a rate.
     public init?(_ text: some StringProtocol, burst: Int? = nil) {
-        let parts = text.trimmingWhitespace.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let count = Int(parts[0].filter { $0 != "_" }), count > 0 else { return nil }
+        // Bytes, not Characters: a key's own rate is read on every request it authenticates.
+        var bytes = Substring(text).utf8[...]
+        func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || (0x09...0x0d).contains(byte) }
+        while let first = bytes.first, isSpace(first) { bytes.removeFirst() }
+        while let last = bytes.last, isSpace(last) { bytes.removeLast() }
+        guard let slash = bytes.firstIndex(of: UInt8(ascii: "/")) else { return nil }
+        var count = 0
+        var digits = 0
+        for byte in bytes[..<slash] where byte != UInt8(ascii: "_") {
+            guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) else { return nil }
+            let (times, overflow) = count.multipliedReportingOverflow(by: 10)
+            let (sum, overflow2) = times.addingReportingOverflow(Int(byte - UInt8(ascii: "0")))
+            guard !overflow, !overflow2 else { return nil }
+            count = sum
+            digits += 1
+        }
+        guard digits > 0, count > 0 else { return nil }
         let window: Int
-        switch parts[1].lowercased() {
+        switch String(Substring(bytes[bytes.index(after: slash)...])).lowercased() {
         case "s", "sec", "second": window = 1
         case "m", "min", "minute": window = 60
         case "h", "hour": window = 3600
@@ -53,16 +68,6 @@ public struct RateLimit: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { "\(self.rateText) burst \(self.burst)" }
-}
-
-extension StringProtocol {
-    fileprivate var trimmingWhitespace: Substring {
-        let text = Substring(self)
-        guard let first = text.firstIndex(where: { !$0.isWhitespace }),
-            let last = text.lastIndex(where: { !$0.isWhitespace })
-        else { return "" }
-        return text[first...last]
-    }
 }
 
 /// What the rate limiter decided for one request.
@@ -213,7 +218,16 @@ public enum RateLimitHeaders {
     }
 
     /// Structured-field strings allow no `"` or `\` unescaped; policy names are ours, but be safe.
+    /// This runs twice per answered request: names without either character (all of ours) are
+    /// returned as they are, without the generic `replacing` (a fifth of the limiter's cost).
     private static func quoted(_ name: String) -> String {
-        name.replacing("\\", with: "\\\\").replacing("\"", with: "\\\"")
+        guard name.utf8.contains(where: { $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else { return name }
+        var escaped = ""
+        escaped.reserveCapacity(name.utf8.count + 4)
+        for character in name {
+            if character == "\"" || character == "\\" { escaped.append("\\") }
+            escaped.append(character)
+        }
+        return escaped
     }
 }

@@ -112,8 +112,11 @@ public final class PrincipalRateLimits: Sendable {
 
     /// The limit that applies to a grant, and the policy name shown in `RateLimit-Policy`.
     func limit(for grant: AccessGrant) -> (RateLimit, String)? {
-        let name = grant.principal.description
-        if let limit = self.overrides[name] { return (limit, "principal") }
+        self.limit(for: grant, name: grant.principal.description)
+    }
+
+    private func limit(for grant: AccessGrant, name: String) -> (RateLimit, String)? {
+        if !self.overrides.isEmpty, let limit = self.overrides[name] { return (limit, "principal") }
         if let limit = grant.rateLimit { return (limit, "key") }
         if let limit = self.defaults[grant.principal.kind] { return (limit, grant.principal.kind.method) }
         return nil
@@ -125,8 +128,8 @@ public final class PrincipalRateLimits: Sendable {
     /// client address: one abuser of a leaked browser key is limited without throttling the
     /// site's other visitors. Every other principal has one budget.
     func acquire(_ grant: AccessGrant, cost: Int, client: String?) -> RateLimitAnswer? {
-        guard let (limit, policy) = self.limit(for: grant) else { return nil }
         var key = grant.principal.description
+        guard let (limit, policy) = self.limit(for: grant, name: key) else { return nil }
         if grant.principal.kind == .publishableKey { key += "|" + (client ?? "unknown") }
         let decision = self.limiter.check(key, cost: cost, limit: limit)
         if !decision.allowed { self.counter(policy).increment() }
@@ -146,15 +149,46 @@ public final class PrincipalRateLimits: Sendable {
 /// Failed authentications per client IP: once an address has spent its budget, its requests
 /// are answered 429 before any token is parsed or key hashed, so that a flood of bad
 /// credentials cannot take the CPU that good clients need.
+///
+/// A refusal still costs an HTTP exchange, about as much CPU as a good request, so a client
+/// that keeps sending on its connections would still compete with good clients (docs/performance.md,
+/// B4). The refusal of a blocked address is therefore *held* for `hold` before it is sent: a
+/// client that waits for each answer (every HTTP/1.1 client does, per connection) is slowed to
+/// one request per `hold` per connection. At most `maxHeld` refusals wait at once (each holds a
+/// connection and a task, nothing more); beyond that they are answered at once.
 public final class FailedAuthLimiter: Sendable {
     let limit: RateLimit
     let limiter: RateLimiter
+    let hold: Duration
+    let maxHeld: Int
+    private let held = Atomic<Int>(0)
     let refused = Counter(label: "sluice_ratelimit_limited_total", dimensions: [("policy", "failed_auth_per_ip")])
 
-    public init(limit: RateLimit) {
+    /// - Parameters:
+    ///   - limit: failed authentications an address may make.
+    ///   - hold: how long a blocked address's 429 waits before it is sent (zero: not at all).
+    ///   - maxHeld: the most refusals waiting at once.
+    public init(limit: RateLimit, hold: Duration = .zero, maxHeld: Int = 512) {
         self.limit = limit
         self.limiter = RateLimiter()
+        self.hold = hold
+        self.maxHeld = maxHeld
     }
+
+    /// Waits `hold` before a blocked address's refusal is sent, unless `maxHeld` already wait
+    /// (or the request is cancelled: the connection closed).
+    package func holdRefusal() async {
+        guard self.hold > .zero else { return }
+        guard self.held.wrappingAdd(1, ordering: .relaxed).newValue <= self.maxHeld else {
+            self.held.wrappingSubtract(1, ordering: .relaxed)
+            return
+        }
+        defer { self.held.wrappingSubtract(1, ordering: .relaxed) }
+        try? await Task.sleep(for: self.hold)
+    }
+
+    /// Refusals waiting now.
+    package var heldCount: Int { self.held.load(ordering: .relaxed) }
 
     /// Whether the address may try now; nil if yes, else the seconds to wait.
     func blocked(_ address: String) -> Int? {
@@ -263,6 +297,7 @@ struct AuthenticationMiddleware: RouterMiddleware {
         let address = context.clientIP ?? "unknown"
         if let wait = limiter.blocked(address) {
             self.metrics.record(method: "client_secret", result: "refused", reason: "failed_auth_per_ip", since: nil)
+            await limiter.holdRefusal()
             throw AuthProblem(
                 failure: AuthFailure(
                     .rateLimited,
@@ -306,6 +341,7 @@ struct AuthenticationMiddleware: RouterMiddleware {
             )
             self.metrics.record(method: "none", result: "refused", reason: failure.reason, since: nil)
             context.authRecord.state.withLock { $0.failure = failure.reason }
+            await limiter.holdRefusal()
             throw AuthProblem(failure: failure).problem
         }
         let result: Result<AccessGrant, AuthFailure>

@@ -57,6 +57,8 @@ struct RateLimitSettings {
     /// `rate_limits.failed_auth_per_ip`.
     var failedAuthRate = "10/s"
     var failedAuthBurst: Int?
+    /// `rate_limits.failed_auth_per_ip.hold`: how long a blocked address's 429 waits.
+    var failedAuthHold: Duration = .seconds(1)
     /// `rate_limits.enabled`: off only for benchmarks of the unlimited path.
     var enabled = true
 }
@@ -226,6 +228,15 @@ extension SettingsLoader {
             help: "burst above that rate (2 x rate)"
         ) { settings, value, key in
             settings.auth.rateLimits.failedAuthBurst = Int(try value.integer(key, range: 1...10_000_000))
+        },
+        SettingKey(
+            path: "rate_limits.failed_auth_per_ip.hold",
+            kind: .duration,
+            help: "a blocked address's 429 is sent after this wait, which slows a flood down; 0 answers at once (1s)"
+        ) { settings, value, key in
+            let hold = try value.duration(key)
+            guard hold <= .seconds(60) else { throw value.fail(key, "a duration of at most 60s") }
+            settings.auth.rateLimits.failedAuthHold = hold
         },
         SettingKey(
             path: "rate_limits.principals.*",

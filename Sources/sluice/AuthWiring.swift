@@ -178,7 +178,8 @@ extension Settings {
                     limits.failedAuthRate,
                     burst: limits.failedAuthBurst,
                     key: "rate_limits.failed_auth_per_ip"
-                )
+                ),
+                hold: limits.failedAuthHold
             )
         }
         return runtime

@@ -16,7 +16,8 @@ final class KeysTestClock: Sendable {
         #expect(RateLimit(" 10/h ")?.windowSeconds == 3600)
         #expect(RateLimit("1_000/min")?.count == 1000)
         #expect(RateLimit("50/s", burst: 80)?.description == "50/s burst 80")
-        for bad in ["", "100", "/s", "0/s", "-1/s", "10/x", "ten/s", "1/s/s"] {
+        for bad in ["", "100", "/s", "0/s", "-1/s", "10/x", "ten/s", "1/s/s", "1 0/s", "_/s", "99999999999999999999/s"]
+        {
             #expect(RateLimit(bad) == nil, "\(bad)")
         }
         #expect(RateLimit("10/s", burst: 0) == nil)
@@ -82,6 +83,13 @@ final class KeysTestClock: Sendable {
         #expect(abs(afterBurst - 100) <= 5)
         #expect(refusals > 0)
         #expect(RateLimitHeaders.policy(name: "client", limit: limit) == "\"client\";q=100;w=1")
+    }
+
+    /// A policy name is a structured-field string: `"` and `\` are escaped, anything else is not.
+    @Test func policyNamesAreEscapedAsStructuredFieldStrings() {
+        let limit = RateLimit(count: 5, windowSeconds: 60)
+        #expect(RateLimitHeaders.policy(name: "key:a\"b\\c", limit: limit) == #""key:a\"b\\c";q=5;w=60"#)
+        #expect(RateLimitHeaders.policy(name: "pkey:shop é", limit: limit) == #""pkey:shop é";q=5;w=60"#)
     }
 
     /// R2: two principals have independent buckets.

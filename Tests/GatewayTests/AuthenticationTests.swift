@@ -277,6 +277,53 @@ import Testing
         #expect(checks.tokenCalls.load(ordering: .relaxed) == 3)
     }
 
+    /// A blocked address's 429 is held before it is sent, so that a client waiting for each
+    /// answer is slowed to one request per hold and connection (docs/performance.md, B4).
+    @Test func aBlockedAddressesRefusalIsHeldBeforeItIsSent() async throws {
+        let checks = Checks()
+        var authentication = checks.authentication()
+        let hold = Duration.milliseconds(400)
+        authentication.failedAuthPerIP = FailedAuthLimiter(limit: try #require(RateLimit("1/m", burst: 1)), hold: hold)
+        let gateway = try await TestGateway.make(authentication: authentication)
+        try await gateway.test { client in
+            let clock = ContinuousClock()
+            var started = clock.now
+            let first = try await client.execute(
+                uri: "/v1/events",
+                method: .post,
+                headers: self.bearer("bad.token.here"),
+                body: buffer(Self.event)
+            )
+            #expect(first.status == .unauthorized)
+            #expect(clock.now - started < hold, "a failure that is not yet over the limit is answered at once")
+            started = clock.now
+            let second = try await client.execute(
+                uri: "/v1/events",
+                method: .post,
+                headers: self.bearer("bad.token.here"),
+                body: buffer(Self.event)
+            )
+            #expect(second.status == .tooManyRequests)
+            #expect(clock.now - started >= hold)
+        }
+    }
+
+    /// At most `maxHeld` refusals wait; the next is answered at once, and a held one ends when
+    /// its request is cancelled (the client went away).
+    @Test func heldRefusalsAreBoundedAndEndWithTheirRequest() async throws {
+        let limiter = FailedAuthLimiter(limit: try #require(RateLimit("1/m")), hold: .seconds(60), maxHeld: 1)
+        let holding = Task { await limiter.holdRefusal() }
+        while limiter.heldCount == 0 { await Task.yield() }
+        let clock = ContinuousClock()
+        let started = clock.now
+        await limiter.holdRefusal()
+        #expect(clock.now - started < .seconds(5), "over maxHeld: not held")
+        #expect(limiter.heldCount == 1)
+        holding.cancel()
+        await holding.value
+        #expect(limiter.heldCount == 0)
+    }
+
     @Test func withAuthOffRequestsAreAnonymousAndCarryNoSource() async throws {
         let gateway = try await TestGateway.make(authentication: Checks().authentication(required: false))
         try await gateway.test { client in
