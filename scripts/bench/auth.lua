@@ -7,9 +7,10 @@
 --   BENCH_XFF       an X-Forwarded-For value (the gateway trusts 127.0.0.1 in the bench), so
 --                   that two wrk processes count as two client addresses
 --   BENCH_DELAY_MS  a pause after each response, per connection (a rough offered rate)
---   BENCH_COUNT     non-empty: count answers by status
--- done() prints "BENCH <requests> <duration µs> <p50 µs> <p99 µs> <non-2xx/3xx> <socket errors>"
--- and "STATUS <code> <count>" lines.
+--   BENCH_COUNT     non-empty: count answers by status, and 429s by the problem's `reason`
+--                   (or, for a principal's limit, its `violated-policies`)
+-- done() prints "BENCH <requests> <duration µs> <p50 µs> <p99 µs> <non-2xx/3xx> <socket errors>",
+-- "STATUS <code> <count>" and "REASON <reason> <count>" lines.
 dofile("scripts/bench/single.lua")
 
 local tokens_file = os.getenv("BENCH_TOKENS") or ""
@@ -65,8 +66,14 @@ end
 
 if counting then
   statuses = {}
+  reasons = {}
   function response(status, headers, body)
     statuses[status] = (statuses[status] or 0) + 1
+    if status == 429 then
+      local reason = string.match(body or "", '"reason" *: *"([^"]*)"')
+        or string.match(body or "", '"violated%-policies" *: *%[ *"([^"]*)"') or "none"
+      reasons[reason] = (reasons[reason] or 0) + 1
+    end
   end
 end
 
@@ -82,5 +89,11 @@ function done(summary, latency, _)
       for status, count in pairs(counts) do total[status] = (total[status] or 0) + count end
     end
     for status, count in pairs(total) do io.write(string.format("STATUS %d %d\n", status, count)) end
+    local why = {}
+    for _, thread in ipairs(threads) do
+      local counts = thread:get("reasons") or {}
+      for reason, count in pairs(counts) do why[reason] = (why[reason] or 0) + count end
+    end
+    for reason, count in pairs(why) do io.write(string.format("REASON %s %d\n", reason, count)) end
   end
 end
