@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "sluice", targets: ["sluice"]),
+        .executable(name: "sluice-bench", targets: ["sluice-bench"]),
         .library(name: "WAL", targets: ["WAL"]),
         .library(name: "Gateway", targets: ["Gateway"]),
     ],
@@ -149,8 +150,10 @@ let package = Package(
         ),
         // Debian's clickhouse-server as a child process on loopback: for `sluice dev` and tests.
         .target(name: "LocalClickHouse", swiftSettings: strict),
-        .executableTarget(
-            name: "sluice",
+        // Every `sluice` command, as a library: the `sluice` executable is its main, and
+        // `sluice-bench` starts the same gateway with a stub in place of the WAL.
+        .target(
+            name: "SluiceCommands",
             dependencies: [
                 "WAL", "Gateway", "Telemetry", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
                 "LocalClickHouse", "Auth",
@@ -163,6 +166,22 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(name: "sluice", dependencies: ["SluiceCommands"], swiftSettings: strict),
+        // The benchmarks of docs/performance.md and the crash tests' child: out of the product.
+        .executableTarget(
+            name: "sluice-bench",
+            dependencies: [
+                "SluiceCommands", "WAL", "Gateway", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
+                "LocalClickHouse",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),

@@ -4,7 +4,6 @@ import Hummingbird
 import Logging
 import NIOCore
 import Prometheus
-import WAL
 
 /// The operational paths: on the API listener, or on the admin listener when
 /// `gateway.admin_listen` is set (then the API listener answers 404 for them).
@@ -14,18 +13,15 @@ let operationalPaths: Set<String> = ["/healthz", "/readyz", "/metrics"]
 func addOperationalRoutes<Context: RequestContext>(
     to router: Router<Context>,
     configuration: GatewayConfiguration,
-    wal: WAL?,
+    wal: any EventLog,
     registry: PrometheusCollectorRegistry,
     authReadiness: (@Sendable () -> String?)? = nil
 ) {
     router.get("/healthz") { _, _ in Ingest.json(.ok, .object([("status", .string("ok"))])) }
     router.get("/readyz") { _, _ in
-        guard let wal else {
-            return Ingest.json(.ok, .object([("status", .string("ready")), ("wal", .string("disabled (unsafe)"))]))
-        }
         if wal.isWritable {
             var members: [(String, JSONValue)] = [
-                ("status", .string("ready")), ("wal_pressure", .string(wal.pressure.rawValue)),
+                ("status", .string("ready")), ("wal_pressure", .string(wal.pressureLevel)),
             ]
             // Degraded, not unready: API keys and cached tokens still work, and taking every
             // gateway out of the balancer because an identity provider is down would stop them too.
@@ -37,7 +33,7 @@ func addOperationalRoutes<Context: RequestContext>(
             .serviceUnavailable,
             .object([
                 ("status", .string("unavailable")), ("reason", .string(reason)),
-                ("wal_pressure", .string(wal.pressure.rawValue)),
+                ("wal_pressure", .string(wal.pressureLevel)),
             ])
         )
         response.headers[.retryAfter] = String(configuration.retryAfterSeconds)
@@ -53,7 +49,7 @@ func buildAdminApplication(
     configuration: GatewayConfiguration,
     host: String,
     port: Int,
-    wal: WAL?,
+    wal: any EventLog,
     registry: PrometheusCollectorRegistry,
     authReadiness: (@Sendable () -> String?)? = nil,
     logger: Logger,

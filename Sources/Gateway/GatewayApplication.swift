@@ -7,12 +7,12 @@ import Prometheus
 import ServiceLifecycle
 import WAL
 
-/// Closes the WAL when the service group shuts down. Listed before the HTTP server, so it
-/// stops after it: no request can be left waiting on a closed log.
+/// Closes the event log (the WAL) when the service group shuts down. Listed before the HTTP
+/// server, so it stops after it: no request can be left waiting on a closed log.
 public struct WALService: Service {
-    public let wal: WAL
+    public let wal: any EventLog
 
-    public init(wal: WAL) { self.wal = wal }
+    public init(wal: any EventLog) { self.wal = wal }
 
     public func run() async throws {
         try? await gracefulShutdown()
@@ -38,12 +38,12 @@ func gatewayRoutes(_ configuration: GatewayConfiguration) -> [String: [HTTPReque
 /// Builds the gateway's router: ingest routes, health, readiness and metrics.
 ///
 /// - Parameters:
-///   - wal: where accepted events go; nil only with ``GatewayConfiguration/unsafeSkipWAL``.
+///   - wal: where accepted events go: the WAL (``EventLog``).
 ///   - registry: rendered at `/metrics`.
 ///   - authentication: who may write and how much; by default anyone, without limits.
 public func buildGatewayRouter(
     configuration: GatewayConfiguration,
-    wal: WAL?,
+    wal: any EventLog,
     registry: PrometheusCollectorRegistry,
     authentication: GatewayAuthentication = .open,
     logger: Logger
@@ -60,7 +60,7 @@ public func buildGatewayRouter(
 
 func buildGatewayRouter(
     configuration: GatewayConfiguration,
-    wal: WAL?,
+    wal: any EventLog,
     registry: PrometheusCollectorRegistry,
     metrics: HTTPMetrics,
     authentication: GatewayAuthentication,
@@ -153,7 +153,7 @@ struct OriginAllowList: RouterMiddleware {
 /// stopped after it), and `onAdminServerRunning` learns its channel.
 public func buildGatewayApplication(
     configuration: GatewayConfiguration,
-    wal: WAL?,
+    wal: any EventLog,
     registry: PrometheusCollectorRegistry,
     authentication: GatewayAuthentication = .open,
     logger: Logger,
@@ -237,7 +237,7 @@ public func buildGatewayApplication(
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sluice"),
         // Shutdown runs in reverse: the server stops, then these (the forwarder flushes to
         // Kafka, the admin listener stops), then the WAL closes.
-        services: (wal.map { [WALService(wal: $0)] } ?? []) + extraServices + services,
+        services: [WALService(wal: wal)] + extraServices + services,
         onServerRunning: { channel in
             // Added before anything is accepted in earnest: the caller learns the port here.
             try? await channel.eventLoop.submit {

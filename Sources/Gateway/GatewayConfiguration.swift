@@ -78,9 +78,6 @@ public struct GatewayConfiguration: Sendable {
         return false
     }
 
-    /// Benchmark only: accept events without writing them anywhere. Never set in production.
-    public var unsafeSkipWAL = false
-
     public init() {}
 
     static func hostName() -> String {

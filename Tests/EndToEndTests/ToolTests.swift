@@ -28,6 +28,47 @@ import Testing
         )
     }
 
+    /// The product carries no benchmark: `sluice` lists no bench command and has no switch
+    /// that skips the WAL; `sluice-bench gateway` is that baseline, the same server answering
+    /// 202 without storing anything (scripts/bench-gateway, scripts/bench-auth).
+    @Test func benchmarksLiveInSluiceBenchNotInTheProduct() async throws {
+        let help = try self.run(try sluiceBinary(), ["--help"])
+        #expect(help.status == 0)
+        for command in ["forwarder-bench", "loader-bench", "pipeline-bench", "torture"] {
+            #expect(!help.output.contains(command), "\(command) in sluice --help")
+        }
+        let flag = try self.run(try sluiceBinary(), ["gateway", "--unsafe-no-wal"])
+        #expect(flag.status == 64, "\(flag.errors)")
+        #expect(flag.errors.contains("Unknown option '--unsafe-no-wal'"))
+        let benches = try self.run(try sluiceBenchBinary(), ["--help"])
+        for command in ["gateway", "forwarder", "loader", "pipeline", "torture"] {
+            #expect(benches.output.contains("  \(command) "), "\(command) missing from sluice-bench --help")
+        }
+
+        let directory = try TemporaryDirectory()
+        let baseline = try SluiceProcess(
+            ["gateway", "--listen", "127.0.0.1:0"],
+            environment: ["SLUICE_AUTH_REQUIRED": "false", "SLUICE_WAL_DIRECTORY": directory.path + "/wal"],
+            executable: try sluiceBenchBinary()
+        )
+        let port = try await baseline.listeningPort()
+        let post = try self.run(
+            "/usr/bin/curl",
+            [
+                "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
+                "--data", #"{"action":"page_view","user_id":"u1"}"#, "http://127.0.0.1:\(port)/v1/events",
+            ]
+        )
+        #expect(post.output == "202")
+        #expect(
+            baseline.standardOutput.contains("gateway.unsafe_no_wal")
+                || baseline.standardError.contains("gateway.unsafe_no_wal")
+        )
+        #expect(!FileManager.default.fileExists(atPath: directory.path + "/wal"), "the baseline opened no WAL")
+        baseline.signal(SIGTERM)
+        #expect(try await baseline.waitForExit() == 0)
+    }
+
     /// `scripts/clickhouse-local` in a checkout that has only a release build (or none): it runs
     /// the build there is, and says what to do when there is none, instead of exiting silently.
     @Test func clickhouseLocalFindsAReleaseOnlyBuildAndExplainsAMissingOne() throws {

@@ -1,6 +1,7 @@
 import Foundation
 import TestSupport
 import Testing
+import WAL
 
 @testable import Gateway
 
@@ -57,17 +58,20 @@ struct TLSProcessTests {
     @Test("plain HTTP off loopback is logged as a warning; on loopback it is not")
     func plainHTTPWarning() async throws {
         let logs = CapturedLogs()
+        let gateway = try await TestGateway.make()
+        let wal = gateway.wal
         var configuration = GatewayConfiguration()
         configuration.host = "0.0.0.0"
-        _ = buildGatewayApplication(configuration: configuration, wal: nil, registry: registry, logger: logs.logger)
+        _ = buildGatewayApplication(configuration: configuration, wal: wal, registry: registry, logger: logs.logger)
         #expect(logs.count("gateway.plain_http") == 1)
         configuration.host = "127.0.0.1"
-        _ = buildGatewayApplication(configuration: configuration, wal: nil, registry: registry, logger: logs.logger)
+        _ = buildGatewayApplication(configuration: configuration, wal: wal, registry: registry, logger: logs.logger)
         let files = try TLSTestFiles()
         files.configure(&configuration)
         configuration.host = "0.0.0.0"
-        _ = buildGatewayApplication(configuration: configuration, wal: nil, registry: registry, logger: logs.logger)
+        _ = buildGatewayApplication(configuration: configuration, wal: wal, registry: registry, logger: logs.logger)
         #expect(logs.count("gateway.plain_http") == 1)
+        await wal.close()
     }
 
     @Test("sluice tls self-signed writes a CA, a server and a client pair that verify")

@@ -18,11 +18,11 @@ public final class SluiceProcess: Sendable {
     private let output = Collected()
     private let errors = Collected()
 
-    /// Starts `sluice arguments…` with `environment` added to this process's environment (minus
-    /// its `SLUICE_` variables, so the caller decides every setting).
-    public init(_ arguments: [String], environment: [String: String] = [:]) throws {
+    /// Starts `sluice arguments…` (or `executable arguments…`) with `environment` added to this
+    /// process's environment (minus its `SLUICE_` variables, so the caller decides every setting).
+    public init(_ arguments: [String], environment: [String: String] = [:], executable: String? = nil) throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: try sluiceBinary())
+        process.executableURL = URL(fileURLWithPath: try executable ?? sluiceBinary())
         process.arguments = arguments
         var merged = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
         merged.merge(environment) { $1 }

@@ -19,20 +19,29 @@ public final class TemporaryDirectory: Sendable {
 /// The `sluice` binary built beside the tests (`make test` runs `swift build` first), or
 /// `SLUICE_BIN`.
 public func sluiceBinary(file: StaticString = #filePath) throws -> String {
-    if let path = ProcessInfo.processInfo.environment["SLUICE_BIN"] { return path }
+    try builtBinary("sluice", environment: "SLUICE_BIN", file: file)
+}
+
+/// The `sluice-bench` executable (benchmarks and the crash tests' child), beside `sluice`.
+public func sluiceBenchBinary(file: StaticString = #filePath) throws -> String {
+    try builtBinary("sluice-bench", environment: "SLUICE_BENCH_BIN", file: file)
+}
+
+private func builtBinary(_ name: String, environment: String, file: StaticString) throws -> String {
+    if let path = ProcessInfo.processInfo.environment[environment] { return path }
     var root = URL(fileURLWithPath: "\(file)")
     while root.path != "/" && !FileManager.default.fileExists(atPath: root.appendingPathComponent("Package.swift").path)
     {
         root.deleteLastPathComponent()
     }
-    for candidate in [".build/debug/sluice", ".build/release/sluice"] {
+    for candidate in [".build/debug/\(name)", ".build/release/\(name)"] {
         let path = root.appendingPathComponent(candidate).path
         if FileManager.default.isExecutableFile(atPath: path) { return path }
     }
     throw CocoaError(
         .fileNoSuchFile,
         userInfo: [
-            NSLocalizedDescriptionKey: "the sluice binary is not built; run `swift build` first or set SLUICE_BIN"
+            NSLocalizedDescriptionKey: "the \(name) binary is not built; run `swift build` first or set \(environment)"
         ]
     )
 }

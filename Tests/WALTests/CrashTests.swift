@@ -4,7 +4,7 @@ import Testing
 
 @_spi(Testing) @testable import WAL
 
-/// One acknowledgement printed by `sluice wal torture`.
+/// One acknowledgement printed by `sluice-bench torture`.
 struct Ack: Hashable {
     var lsn: LSN
     var round: UInt64
@@ -23,7 +23,7 @@ struct Ack: Hashable {
     }
 }
 
-/// A `sluice wal torture` child whose output is collected as it arrives.
+/// A `sluice-bench torture` child whose output is collected as it arrives.
 final class TortureChild: @unchecked Sendable {
     /// Output collected by the pipe's reader thread.
     final class Collected: Sendable {
@@ -36,9 +36,9 @@ final class TortureChild: @unchecked Sendable {
 
     init(directory: String, round: UInt64) throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: try sluiceBinary())
+        process.executableURL = URL(fileURLWithPath: try sluiceBenchBinary())
         process.arguments = [
-            "wal", "torture", directory, "--round", "\(round)", "--concurrency", "16", "--segment-bytes", "262144",
+            "torture", directory, "--round", "\(round)", "--concurrency", "16", "--segment-bytes", "262144",
         ]
         let pipe = Pipe()
         process.standardOutput = pipe

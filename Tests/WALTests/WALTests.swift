@@ -77,7 +77,7 @@ import Testing
 
     /// A tail that read a segment while it was being written must not take the zeros it saw
     /// past the durable end then for damage once the segment is full and sealed (found by
-    /// `sluice pipeline-bench`: 5 events of 450,000 skipped as "zeroed bytes before a valid
+    /// `sluice-bench pipeline`: 5 events of 450,000 skipped as "zeroed bytes before a valid
     /// frame" although the segment on disk was clean).
     @Test func aTailKeepsUpWithASegmentThatFillsAndIsSealedBetweenReads() async throws {
         let directory = try TemporaryDirectory()

@@ -6,15 +6,16 @@ import LocalClickHouse
 import Logging
 import NIOCore
 import NIOHTTP1
+import SluiceCommands
 import Synchronization
 
-/// `sluice pipeline-bench`: the whole pipeline under a steady load for minutes, as deployed
+/// `sluice-bench pipeline`: the whole pipeline under a steady load for minutes, as deployed
 /// on one host: `sluice all` (gateway, forwarder, loader) as a child process, the mock
 /// cluster as another, a local ClickHouse. Reports throughput, ack latency, ingest-to-queryable
 /// delay and lost events.
 struct PipelineBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "pipeline-bench",
+        commandName: "pipeline",
         abstract: "Run the whole pipeline at a steady rate; report throughput, ack latency, delay and losses.",
         discussion: """
             Requests are scheduled at fixed times (batch/rate apart) and their latency counts from the \
@@ -62,7 +63,7 @@ struct PipelineBenchCommand: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: self.directory) }
 
-        let cluster = try DevKafkaProcess.start(topics: ["events:\(self.partitions)"])
+        let cluster = try DevKafkaProcess.start(topics: ["events:\(self.partitions)"], sluice: siblingSluice())
         defer { cluster.stop() }
         let clickHouse = try await ClickHouseServer.start()
         defer { clickHouse.stop() }
@@ -176,7 +177,7 @@ struct PipelineBenchCommand: AsyncParsableCommand {
                 printError(
                     "  holding for inspection (Ctrl-C ends): Kafka \(cluster.bootstrapServers), ClickHouse \(clickHouse.httpURL), WAL \(self.directory)/wal (kept segments: 1h)"
                 )
-                await DevKafkaCommand.waitForTermination()
+                await waitForTermination()
             }
             throw ExitCode.failure
         }
@@ -369,7 +370,7 @@ final class BenchChild: Sendable {
 
     init(arguments: [String]) throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        process.executableURL = URL(fileURLWithPath: siblingSluice())
         process.arguments = arguments
         let pipe = Pipe()
         process.standardOutput = pipe

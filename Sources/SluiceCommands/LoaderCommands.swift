@@ -5,6 +5,7 @@ import Kafka
 import Loader
 import Logging
 import ServiceLifecycle
+import Synchronization
 import Telemetry
 import UnixSignals
 
@@ -309,11 +310,13 @@ struct DLQCommand: AsyncParsableCommand {
     }
 }
 
-final class Reports: @unchecked Sendable {
-    private let lock = NSLock()
-    private var failures = 0
-    func add(_ reports: [DeliveryReport]) {
-        self.lock.withLock { self.failures += reports.filter { $0.error != nil }.count }
+/// Delivery reports of a producer: how many failed. Also used by `sluice-bench`.
+package final class Reports: Sendable {
+    private let failures = Mutex(0)
+    package init() {}
+    package func add(_ reports: [DeliveryReport]) {
+        let failed = reports.filter { $0.error != nil }.count
+        self.failures.withLock { $0 += failed }
     }
-    var failed: Int { self.lock.withLock { self.failures } }
+    package var failed: Int { self.failures.withLock { $0 } }
 }

@@ -5,13 +5,14 @@ import Foundation
 import Kafka
 import Logging
 import ServiceLifecycle
+import SluiceCommands
 import WAL
 
-/// `sluice forwarder-bench`: drain rate of a pre-filled WAL into the mock cluster, against
+/// `sluice-bench forwarder`: drain rate of a pre-filled WAL into the mock cluster, against
 /// kcat producing the same messages to the same cluster in the same run.
 struct ForwarderBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "forwarder-bench",
+        commandName: "forwarder",
         abstract:
             "Measure the forwarder's drain rate against kcat on the same mock cluster (run by `sluice dev-kafka`)."
     )
@@ -37,7 +38,10 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
 
         // The mock cluster keeps every message in memory: it runs as its own process
         // (`sluice dev-kafka`), so this process's resident memory is the forwarder's alone.
-        let cluster = try DevKafkaProcess.start(topics: ["events:\(self.partitions)", "kcat:\(self.partitions)"])
+        let cluster = try DevKafkaProcess.start(
+            topics: ["events:\(self.partitions)", "kcat:\(self.partitions)"],
+            sluice: siblingSluice()
+        )
         defer { cluster.stop() }
         let bootstrapServers = cluster.bootstrapServers
 

@@ -6,16 +6,17 @@ import Kafka
 import Loader
 import Logging
 import ServiceLifecycle
+import SluiceCommands
 import Synchronization
 
-/// `sluice loader-bench`: the loader's rate from the mock cluster into ClickHouse, against
+/// `sluice-bench loader`: the loader's rate from the mock cluster into ClickHouse, against
 /// curl inserting the same rows as one JSONEachRow body into the same server in the same run;
 /// then the ingest-to-insert delay at a steady rate. The rate is timed from the moment the
 /// loader has joined its group (the join, mostly the coordinator's initial rebalance delay, is
 /// printed apart and in a second ratio); the encoder's cost per row is printed for both formats.
 struct LoaderBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "loader-bench",
+        commandName: "loader",
         abstract: "Measure the loader's rows/s against curl into the same ClickHouse, and its delay at a steady rate."
     )
 
@@ -59,7 +60,10 @@ struct LoaderBenchCommand: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
 
-        let cluster = try DevKafkaProcess.start(topics: ["events:\(self.partitions)", "steady:\(self.partitions)"])
+        let cluster = try DevKafkaProcess.start(
+            topics: ["events:\(self.partitions)", "steady:\(self.partitions)"],
+            sluice: siblingSluice()
+        )
         defer { cluster.stop() }
         let bootstrap = cluster.bootstrapServers
 

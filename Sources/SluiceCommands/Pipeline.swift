@@ -29,6 +29,10 @@ struct PipelineProcess {
     var beforeLoaderStops: (any Service)?
     /// Called once the HTTP server (gateway or metrics) listens, with its port.
     var onListening: @Sendable (Int) async -> Void = { _ in }
+    /// Where the gateway stores accepted events instead of the WAL: only `sluice-bench gateway`
+    /// sets it (the same server without the disk, as a baseline). Without the WAL there is no
+    /// forwarder.
+    var eventLog: (any EventLog)?
 
     func run() async throws {
         let settings = self.settings
@@ -43,22 +47,23 @@ struct PipelineProcess {
             try await Self.run(services, settings: settings, registry: registry, onListening: self.onListening)
             return
         }
-        var wal: WAL?
-        if settings.gateway.unsafeSkipWAL {
-            Logger(label: "sluice.gateway").critical(
-                "gateway.unsafe_no_wal",
-                metadata: ["reason": "benchmark mode: accepted events are NOT stored"]
-            )
+        let log: any EventLog
+        if let injected = self.eventLog {
+            log = injected
         } else {
+            let wal: WAL
             do {
                 wal = try await WAL.open(settings.walConfiguration, logger: Logger(label: "sluice.wal"))
             } catch {
                 printError("sluice: cannot open the WAL in \(settings.walDirectory): \(describe(error))")
                 throw ExitCode(2)
             }
-        }
-        if let wal, let forwarding = settings.forwarderConfiguration {
-            services.append(Forwarder(wal: wal, configuration: forwarding, logger: Logger(label: "sluice.forwarder")))
+            if let forwarding = settings.forwarderConfiguration {
+                services.append(
+                    Forwarder(wal: wal, configuration: forwarding, logger: Logger(label: "sluice.forwarder"))
+                )
+            }
+            log = wal
         }
         let gateway = settings.gateway
         let scheme = gateway.tlsEnabled ? "https" : "http"
@@ -70,7 +75,7 @@ struct PipelineProcess {
                 logger: Logger(label: "sluice.auth")
             )
         } catch {
-            if let wal { await wal.close() }
+            await log.close()
             printError("sluice: \(describe(error))")
             throw ExitCode(2)
         }
@@ -94,7 +99,7 @@ struct PipelineProcess {
         let onListening = self.onListening
         let app = buildGatewayApplication(
             configuration: gateway,
-            wal: wal,
+            wal: log,
             registry: registry,
             authentication: authentication,
             logger: Logger(label: "sluice.gateway"),
@@ -116,7 +121,7 @@ struct PipelineProcess {
         do {
             try await app.runService()
         } catch {
-            if let wal { await wal.close() }
+            await log.close()
             printError("sluice: \(describeServerStop(error, host: gateway.host, port: gateway.port))")
             throw ExitCode.failure
         }

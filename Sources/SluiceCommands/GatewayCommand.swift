@@ -52,9 +52,6 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(help: "Kafka bootstrap servers (host:port,...): run the forwarder in this process.")
     var kafkaBootstrap: String?
 
-    @Flag(help: "BENCHMARK ONLY, UNSAFE: accept events without writing them anywhere.")
-    var unsafeNoWAL = false
-
     func run() async throws {
         var settings = try self.options.load()
         do {
@@ -66,7 +63,6 @@ struct GatewayCommand: AsyncParsableCommand {
             }
             if let directory = self.walDir { settings.walDirectory = directory }
             if let bootstrap = self.kafkaBootstrap { settings.kafkaBootstrap = bootstrap }
-            settings.gateway.unsafeSkipWAL = self.unsafeNoWAL
             try settings.prepareGateway()
         } catch {
             printError("sluice: \(describe(error))")
@@ -74,6 +70,30 @@ struct GatewayCommand: AsyncParsableCommand {
         }
         try await PipelineProcess(settings: settings, runsGateway: true, loader: nil).run()
     }
+}
+
+/// `sluice gateway --config FILE [--listen …]` with `log` in place of the WAL and no
+/// forwarder: the same server, settings and authentication, without the disk. Only
+/// `sluice-bench gateway` calls this (the baseline of docs/performance.md).
+package func runGatewayWithoutWAL(configFile: String?, listen: String?, log: any EventLog) async throws {
+    var settings: Settings
+    do {
+        settings = try SettingsLoader.load(file: configFile)
+        if let listen {
+            try SettingsLoader.key("gateway.listen").apply(
+                &settings,
+                SettingValue(text: listen, list: nil, origin: "--listen")
+            )
+        }
+        settings.kafkaBootstrap = nil
+        try settings.prepareGateway()
+    } catch {
+        printError("sluice-bench: \(describe(error))")
+        throw ExitCode(2)
+    }
+    var process = PipelineProcess(settings: settings, runsGateway: true, loader: nil)
+    process.eventLog = log
+    try await process.run()
 }
 
 /// Why a server stopped, in one sentence for an operator: a taken or unusable address is

@@ -363,7 +363,7 @@ struct DevClickHouseCommand: AsyncParsableCommand {
         }
         FileHandle.standardOutput.write(Data((server.httpURL + "\n").utf8))
         printError("sluice: ClickHouse at \(server.httpURL) (\(server.clientCommand)); Ctrl-C stops it")
-        await DevKafkaCommand.waitForTermination()
+        await waitForTermination()
         server.stop()
     }
 }

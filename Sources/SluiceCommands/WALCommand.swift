@@ -8,7 +8,7 @@ struct WALCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wal",
         abstract: "Inspect, verify and benchmark a write-ahead log directory.",
-        subcommands: [List.self, Stat.self, Dump.self, Verify.self, CursorCommand.self, Bench.self, Torture.self]
+        subcommands: [List.self, Stat.self, Dump.self, Verify.self, CursorCommand.self, Bench.self]
     )
 }
 
@@ -41,7 +41,7 @@ func describe(_ error: any Error) -> String {
     return "\(error)"
 }
 
-func printError(_ text: String) {
+package func printError(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
 }
 
@@ -71,7 +71,7 @@ func formatTime(_ nanos: UInt64?) -> String {
     return formatter.string(from: date)
 }
 
-func table(_ rows: [[String]]) -> String {
+package func table(_ rows: [[String]]) -> String {
     guard let header = rows.first else { return "" }
     var widths = header.map(\.count)
     for row in rows { for (index, cell) in row.enumerated() { widths[index] = max(widths[index], cell.count) } }

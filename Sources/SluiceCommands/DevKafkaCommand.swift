@@ -43,24 +43,8 @@ struct DevKafkaCommand: AsyncParsableCommand {
         printError(
             "sluice: mock Kafka cluster with \(self.brokers) broker(s) at \(cluster.bootstrapServers); Ctrl-C stops it"
         )
-        await Self.waitForTermination()
+        await waitForTermination()
         withExtendedLifetime(cluster) {}
-    }
-
-    /// Returns on SIGTERM or SIGINT.
-    static func waitForTermination() async {
-        signal(SIGTERM, SIG_IGN)
-        signal(SIGINT, SIG_IGN)
-        let queue = DispatchQueue(label: "sluice.signals")
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let once = SignalOnce(continuation)
-            for number in [SIGTERM, SIGINT] {
-                let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
-                source.setEventHandler { once.fire() }
-                source.resume()
-                once.keep(source)
-            }
-        }
     }
 }
 
@@ -87,15 +71,16 @@ final class SignalOnce: @unchecked Sendable {
 
 /// `sluice dev-kafka` as a child process of this binary, for the benchmarks: the mock keeps
 /// every message in memory, which must not count against the process being measured.
-struct DevKafkaProcess {
+package struct DevKafkaProcess {
     let process: Process
     /// The bootstrap list the child printed on its first line.
-    let bootstrapServers: String
+    package let bootstrapServers: String
 
-    /// Starts 3 brokers with these topics (`NAME:PARTITIONS`).
-    static func start(topics: [String]) throws -> DevKafkaProcess {
+    /// Starts 3 brokers with these topics (`NAME:PARTITIONS`), running `sluice dev-kafka` from
+    /// `sluice` (this process's own binary, or the `sluice` beside `sluice-bench`).
+    package static func start(topics: [String], sluice: String = CommandLine.arguments[0]) throws -> DevKafkaProcess {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        process.executableURL = URL(fileURLWithPath: sluice)
         process.arguments = ["dev-kafka", "--brokers", "3"] + topics.flatMap { ["--topic", $0] }
         let output = Pipe()
         process.standardOutput = output
@@ -117,8 +102,24 @@ struct DevKafkaProcess {
         return DevKafkaProcess(process: process, bootstrapServers: bootstrap)
     }
 
-    func stop() {
+    package func stop() {
         self.process.terminate()
         self.process.waitUntilExit()
+    }
+}
+
+/// Returns on SIGTERM or SIGINT.
+package func waitForTermination() async {
+    signal(SIGTERM, SIG_IGN)
+    signal(SIGINT, SIG_IGN)
+    let queue = DispatchQueue(label: "sluice.signals")
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        let once = SignalOnce(continuation)
+        for number in [SIGTERM, SIGINT] {
+            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+            source.setEventHandler { once.fire() }
+            source.resume()
+            once.keep(source)
+        }
     }
 }

@@ -1,0 +1,31 @@
+import WAL
+
+/// Where the gateway puts the events it accepts: in production always the ``WAL``.
+///
+/// The gateway answers 202 only after ``store(_:)`` returned, so an implementation must make
+/// the events durable before it returns. The protocol exists so that the benchmark target can
+/// measure the same server without the disk (`sluice-bench gateway`, docs/performance.md) —
+/// not as a production switch: `sluice` itself always passes the WAL.
+public protocol EventLog: Sendable {
+    /// Stores `events` as one record and returns once they are durable. Throws a `WALError`
+    /// when they are not (its code decides the HTTP answer: 503, or 413 for a record too large).
+    func store(_ events: [[UInt8]]) async throws
+
+    /// For `/readyz`: whether a store can succeed now.
+    var isWritable: Bool { get }
+    /// For `/readyz`: why a store cannot succeed, when ``isWritable`` is false.
+    var unavailableReason: String? { get }
+    /// For `/readyz`: `ok`, `pressure` or `full`.
+    var pressureLevel: String { get }
+
+    /// Closes the log after the HTTP server stopped (no request can be left waiting on it).
+    func close() async
+}
+
+extension WAL: EventLog {
+    public func store(_ events: [[UInt8]]) async throws {
+        _ = try await self.append(events)
+    }
+
+    public var pressureLevel: String { self.pressure.rawValue }
+}
