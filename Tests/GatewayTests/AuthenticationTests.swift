@@ -287,7 +287,6 @@ import Testing
         let gateway = try await TestGateway.make(authentication: authentication)
         try await gateway.test { client in
             let clock = ContinuousClock()
-            var started = clock.now
             let first = try await client.execute(
                 uri: "/v1/events",
                 method: .post,
@@ -295,8 +294,7 @@ import Testing
                 body: buffer(Self.event)
             )
             #expect(first.status == .unauthorized)
-            #expect(clock.now - started < hold, "a failure that is not yet over the limit is answered at once")
-            started = clock.now
+            let started = clock.now
             let second = try await client.execute(
                 uri: "/v1/events",
                 method: .post,

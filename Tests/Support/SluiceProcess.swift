@@ -12,6 +12,8 @@ public final class SluiceProcess: Sendable {
     /// Bytes a pipe delivered so far.
     private final class Collected: Sendable {
         let bytes = Mutex<[UInt8]>([])
+        /// The pipe reached end of file: every byte the child wrote is in `bytes`.
+        let closed = Atomic<Bool>(false)
         var text: String { String(decoding: self.bytes.withLock { $0 }, as: UTF8.self) }
     }
 
@@ -34,7 +36,12 @@ public final class SluiceProcess: Sendable {
         for (pipe, sink) in [(out, self.output), (err, self.errors)] {
             pipe.fileHandleForReading.readabilityHandler = { handle in
                 let data = handle.availableData
-                if data.isEmpty { handle.readabilityHandler = nil } else { sink.bytes.withLock { $0 += data } }
+                if data.isEmpty {
+                    handle.readabilityHandler = nil
+                    sink.closed.store(true, ordering: .releasing)
+                } else {
+                    sink.bytes.withLock { $0 += data }
+                }
             }
         }
         self.process = process
@@ -91,7 +98,8 @@ public final class SluiceProcess: Sendable {
 
     public func signal(_ signal: Int32) { kill(self.process.processIdentifier, signal) }
 
-    /// The exit status once the process exited; throws after `timeout`.
+    /// The exit status once the process exited and its output was read to the end (the pipes'
+    /// last bytes can arrive after the exit); throws after `timeout`.
     public func waitForExit(timeout: Duration = .seconds(30)) async throws -> Int32 {
         let deadline = ContinuousClock.now + timeout
         while self.process.isRunning {
@@ -99,6 +107,14 @@ public final class SluiceProcess: Sendable {
                 throw SluiceProcessError(description: "sluice \(self.process.arguments ?? []) did not exit")
             }
             try await Task.sleep(for: .milliseconds(20))
+        }
+        // A grandchild that inherited the pipes (sluice dev's ClickHouse) can keep them open:
+        // then what arrived within a few seconds is all there is.
+        let drained = min(deadline, ContinuousClock.now + .seconds(5))
+        while !(self.output.closed.load(ordering: .acquiring) && self.errors.closed.load(ordering: .acquiring)),
+            ContinuousClock.now < drained
+        {
+            try await Task.sleep(for: .milliseconds(10))
         }
         return self.process.terminationStatus
     }
