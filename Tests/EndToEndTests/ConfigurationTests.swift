@@ -14,7 +14,6 @@ import Testing
     ) {
         let process = try SluiceProcess(arguments, environment: environment)
         let status = try await process.waitForExit()
-        try await Task.sleep(for: .milliseconds(50))  // the pipes' last bytes
         return (status, process.standardOutput + process.standardError)
     }
 

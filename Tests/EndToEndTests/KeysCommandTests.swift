@@ -14,7 +14,6 @@ import Testing
     func sluice(_ arguments: [String], environment: [String: String] = [:]) async throws -> Outcome {
         let process = try SluiceProcess(arguments, environment: environment)
         let status = try await process.waitForExit()
-        try await Task.sleep(for: .milliseconds(50))  // the pipes' last bytes
         return Outcome(status: status, output: process.standardOutput, errors: process.standardError)
     }
 

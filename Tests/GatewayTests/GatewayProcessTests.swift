@@ -47,9 +47,12 @@ final class GatewayProcess: Sendable {
 final class Poster: Sendable {
     let acknowledged = Mutex<[String]>([])
     let failures = Mutex<Int>(0)
+    /// Every request that got an answer: when it was sent, when the answer came, its status.
+    let exchanges = Mutex<[(sent: ContinuousClock.Instant, answered: ContinuousClock.Instant, status: UInt)]>([])
 
     func run(url: String, client: HTTPClient, stop: @escaping @Sendable () -> Bool) async {
         while !stop() {
+            let sent = ContinuousClock.now
             let ids = (0..<Int.random(in: 1...5)).map { _ in UUID().uuidString.lowercased() }
             let body = ids.map { #"{"action":"crash_test","user_id":"u","event_id":"\#($0)"}"# }.joined(separator: "\n")
             var request = HTTPClientRequest(url: url + "/v1/events/batch")
@@ -59,6 +62,8 @@ final class Poster: Sendable {
             do {
                 let response = try await client.execute(request, timeout: .seconds(5))
                 _ = try await response.body.collect(upTo: 1 << 20)
+                let answered = ContinuousClock.now
+                self.exchanges.withLock { $0.append((sent, answered, response.status.code)) }
                 if response.status == .accepted {
                     self.acknowledged.withLock { $0 += ids }
                 } else {
@@ -142,14 +147,22 @@ final class StopFlag: Sendable {
         let stop = StopFlag()
         let url = gateway.url
         var status: Int32 = -1
+        var signalled = ContinuousClock.now
         await withTaskGroup(of: Void.self) { group in
             for _ in 0..<4 { group.addTask { await poster.run(url: url, client: client, stop: { stop.isSet }) } }
-            try? await Task.sleep(for: .milliseconds(400))
+            // Under way: the posters have had answers (instead of a fixed pause).
+            while poster.acknowledged.withLock({ $0.count }) < 50 { try? await Task.sleep(for: .milliseconds(10)) }
+            signalled = ContinuousClock.now
             gateway.signal(SIGTERM)
             status = (try? await gateway.waitForExit()) ?? -1
             stop.set()
         }
         #expect(status == 0)
+        // A request sent before SIGTERM and answered after it was answered 202: in flight, and
+        // finished. (Four posters send back to back, so one is always on the wire.)
+        let straddling = poster.exchanges.withLock { $0 }.filter { $0.sent < signalled && $0.answered > signalled }
+        #expect(!straddling.isEmpty, "no request was in flight at SIGTERM")
+        #expect(straddling.allSatisfy { $0.status == 202 }, "\(straddling.map(\.status))")
         #expect(gateway.standardOutput.contains("wal.closed"))
         let acknowledged = poster.acknowledged.withLock { $0 }
         #expect(!acknowledged.isEmpty)
