@@ -33,13 +33,7 @@ struct ForwarderCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let registry = Telemetry.bootstrap(logLevel: settings.logLevel)
-        let wal: WAL
-        do {
-            wal = try await WAL.open(settings.walConfiguration, logger: Logger(label: "sluice.wal"))
-        } catch {
-            printError("sluice: cannot open the WAL in \(settings.walDirectory): \(describe(error))")
-            throw ExitCode(2)
-        }
+        let wal = try await settings.openWAL()
         let logger = Logger(label: "sluice.forwarder")
         try await PipelineProcess.run(
             [WALService(wal: wal), Forwarder(wal: wal, configuration: forwarding, logger: logger)],

@@ -51,13 +51,7 @@ struct PipelineProcess {
         if let injected = self.eventLog {
             log = injected
         } else {
-            let wal: WAL
-            do {
-                wal = try await WAL.open(settings.walConfiguration, logger: Logger(label: "sluice.wal"))
-            } catch {
-                printError("sluice: cannot open the WAL in \(settings.walDirectory): \(describe(error))")
-                throw ExitCode(2)
-            }
+            let wal = try await settings.openWAL()
             if let forwarding = settings.forwarderConfiguration {
                 services.append(
                     Forwarder(wal: wal, configuration: forwarding, logger: Logger(label: "sluice.forwarder"))
@@ -187,6 +181,19 @@ struct SignalReloads: Service {
                 self.logger.notice("auth.reload", metadata: ["trigger": "SIGHUP"])
                 for reload in self.reloaders { await reload() }
             }
+        }
+    }
+}
+
+extension Settings {
+    /// The WAL of `wal.*`, or exit status 2 with the reason (the gateway's and the forwarder's
+    /// start).
+    func openWAL() async throws -> WAL {
+        do {
+            return try await WAL.open(self.walConfiguration, logger: Logger(label: "sluice.wal"))
+        } catch {
+            printError("sluice: cannot open the WAL in \(self.walDirectory): \(describe(error))")
+            throw ExitCode(2)
         }
     }
 }
