@@ -195,12 +195,14 @@ let package = Package(
             swiftSettings: strict
         ),
         // Shared by the test targets: temporary directories, the built binary, off-pool waits.
+        // Child processes (sluice, PostgreSQL), free and reserved ports, captured logs,
+        // temporary directories: for the tests and the benchmarks, never for the product.
         .target(
-            name: "TestSupport",
+            name: "SluiceTestKit",
             dependencies: [.product(name: "Logging", package: "swift-log")],
-            path: "Tests/Support",
             swiftSettings: strict
         ),
+        .target(name: "TestSupport", dependencies: ["SluiceTestKit"], path: "Tests/Support", swiftSettings: strict),
         .testTarget(name: "WALTests", dependencies: ["WAL", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EventModelTests", dependencies: ["EventModel"], swiftSettings: strict),
         .testTarget(
