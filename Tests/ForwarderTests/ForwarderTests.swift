@@ -345,6 +345,7 @@ struct Prefill {
         // The cursor passes the large event only once its dead letter is on disk.
         try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(6) }
         let lines = pipeline.deadLetterLines
+        #expect(pipeline.forwarder.deadLetterPath == pipeline.deadLetters)
         #expect(lines.count == 1, "\(lines)")  // the failed attempts left no partial line
         #expect(lines.first?.contains(large.eventID) == true)
         #expect(lines.first?.hasPrefix(#"{"reason":"KafkaError(MSG_SIZE_TOO_LARGE)"#) == true)
