@@ -237,6 +237,13 @@ extension Event {
     }
 
     /// The event as the gateway stores and forwards it: one compact UTF-8 JSON object.
+    ///
+    /// - Important: the field order is a contract. ``ForwardedMessage`` finds the Kafka key
+    ///   and headers by scanning these bytes, not by parsing them, and relies on `event_id`,
+    ///   `action` and `user_id` coming before `properties` (the first match is the top-level
+    ///   field) and `gateway_id` after it (the last match is). Moving a field across
+    ///   `properties` would let a client's property of the same name become the key, the
+    ///   topic or a header; change ``ForwardedMessage`` in the same commit.
     public func normalizedJSON(origin: RequestOrigin) -> [UInt8] {
         var writer = JSONWriter(capacity: 256 + (self.page?.utf8.count ?? 0))
         writer.raw("{")

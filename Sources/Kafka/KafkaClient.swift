@@ -17,11 +17,8 @@ func makeHandle(
         guard result == RD_KAFKA_CONF_OK else {
             rd_kafka_conf_destroy(conf)
             throw KafkaError(
-                code: -1,
-                name: "_INVALID_CONFIG",
-                message:
-                    "kafka property \(key)=\(value): \(String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))",
-                isRetriable: false
+                .invalidArgument,
+                "kafka property \(key)=\(value): \(String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))"
             )
         }
     }
@@ -31,10 +28,9 @@ func makeHandle(
         // rd_kafka_new frees the configuration only on success.
         rd_kafka_conf_destroy(conf)
         throw KafkaError(
-            code: -1,
-            name: "_CREATE",
-            message: String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
-            isRetriable: false
+            .failed,
+            "creating the client: "
+                + String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         )
     }
     return handle
@@ -78,6 +74,22 @@ public struct DeliveryReport: Sendable {
     public var error: KafkaError?
     /// From queueing to this report, as librdkafka measured it; -1 when unknown.
     public var latencyMicroseconds: Int64 = -1
+
+    public init(
+        id: UInt64,
+        topic: String,
+        partition: Int32,
+        offset: Int64,
+        error: KafkaError? = nil,
+        latencyMicroseconds: Int64 = -1
+    ) {
+        self.id = id
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.error = error
+        self.latencyMicroseconds = latencyMicroseconds
+    }
 }
 
 /// A Kafka producer: one librdkafka handle and one poll thread that turns delivery reports
@@ -85,12 +97,16 @@ public struct DeliveryReport: Sendable {
 ///
 /// - Important: `send` never blocks; a full local queue is a retriable `_QUEUE_FULL` error.
 ///   The poll thread is a dedicated thread, never the cooperative pool. Call ``close(flushTimeout:)``
-///   before dropping the producer.
+///   (or the blocking ``close(flushTimeoutMilliseconds:)``) before dropping the producer.
+///
+/// `@unchecked Sendable`: librdkafka handles are thread-safe, the topic table is locked, and
+/// the callbacks' `pending` list is touched only by the poll thread.
 public final class KafkaProducer: @unchecked Sendable {
     /// Handed to librdkafka as the configuration opaque; lives as long as the producer.
     final class Callbacks: @unchecked Sendable {
         let onDelivery: @Sendable ([DeliveryReport]) -> Void
-        /// Filled by the delivery callback during one `rd_kafka_poll`, only on the poll thread.
+        /// Filled by the delivery callback during one `rd_kafka_poll`: on the poll thread, or,
+        /// once that stopped, on the thread that closes the producer (its final flush polls).
         var pending: [DeliveryReport] = []
         let onError: @Sendable (KafkaError) -> Void
 
@@ -112,7 +128,8 @@ public final class KafkaProducer: @unchecked Sendable {
 
     /// - Parameters:
     ///   - properties: librdkafka configuration (`bootstrap.servers`, `enable.idempotence`, …).
-    ///   - onDelivery: called on the poll thread with each poll's delivery reports; keep it short.
+    ///   - onDelivery: called on the poll thread with each poll's delivery reports (and by `close` with
+    ///     those of its final flush); keep it short: the next poll waits for it.
     ///   - onError: client-level errors (all brokers down, fatal idempotence errors).
     public init(
         properties: [String: String],
@@ -286,8 +303,11 @@ public final class KafkaProducer: @unchecked Sendable {
 
     /// Raises a fatal error in the client as if the cluster had fenced it (librdkafka's own
     /// test hook): for testing recovery from fatal producer errors.
-    @_spi(Testing) public func injectFatalError(_ code: Int32 = 47, reason: String = "injected by a test") {
-        _ = rd_kafka_test_fatal_error(self.handle, rd_kafka_resp_err_t(rawValue: code), reason)
+    @_spi(Testing) public func injectFatalError(
+        _ code: KafkaError.Code = .invalidProducerEpoch,
+        reason: String = "injected by a test"
+    ) {
+        _ = rd_kafka_test_fatal_error(self.handle, code.librdkafka, reason)
     }
 
     /// Messages queued locally or in flight.
@@ -298,25 +318,55 @@ public final class KafkaProducer: @unchecked Sendable {
         rd_kafka_flush(self.handle, timeoutMilliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR
     }
 
-    /// Flushes (blocking up to the timeout), stops the poll thread and destroys the handle.
-    /// Messages still undelivered are reported as failed by librdkafka. Idempotent.
+    /// Flushes (blocking the calling thread up to the timeout), stops the poll thread and
+    /// destroys the handle. Messages still undelivered are reported as failed by librdkafka.
+    /// Idempotent. From an async context use ``close(flushTimeout:)``, which blocks no
+    /// thread of the cooperative pool.
     public func close(flushTimeoutMilliseconds: Int32 = 5000) {
         guard !self.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        _ = rd_kafka_flush(self.handle, flushTimeoutMilliseconds)
+        // The poll thread stops first: `rd_kafka_flush` serves callbacks itself (it polls),
+        // and two threads must not fill `pending` at once. The reports of the flush are
+        // handed over here, on the closing thread, once it is done.
         self.stopping.store(true, ordering: .relaxed)
         self.pollFinished.wait()
+        let callbacks = self.callbacks.takeUnretainedValue()
+        _ = rd_kafka_flush(self.handle, flushTimeoutMilliseconds)
+        if !callbacks.pending.isEmpty {
+            let reports = callbacks.pending
+            callbacks.pending.removeAll()
+            callbacks.onDelivery(reports)
+        }
         for topic in self.topics.withLock({ $0.values }) { rd_kafka_topic_destroy(topic.pointer) }
         rd_kafka_destroy(self.handle)
         self.callbacks.release()
     }
 
+    /// Flushes (up to `flushTimeout`), stops the poll thread and destroys the handle, like
+    /// ``close(flushTimeoutMilliseconds:)``, but suspends instead of blocking: the flush and
+    /// the destruction run on a thread of their own, never on the cooperative pool. Delivery
+    /// reports of the flush still reach `onDelivery` before this returns. Idempotent.
+    ///
+    /// The timeout has no default so that `producer.close()` keeps meaning the synchronous
+    /// close at existing call sites in async functions.
+    public func close(flushTimeout: Duration) async {
+        let (seconds, attoseconds) = flushTimeout.components
+        let milliseconds = Int32(clamping: max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            DispatchQueue(label: "sluice.kafka.producer-close").async {
+                self.close(flushTimeoutMilliseconds: milliseconds)
+                continuation.resume()
+            }
+        }
+    }
+
     /// Per-partition high watermarks (end offsets) of `topic`: how many messages it holds in
     /// total, without reading them. Blocks up to the timeout per partition.
     public func endOffsets(topic: String, timeoutMilliseconds: Int32 = 5000) throws(KafkaError) -> [Int32: Int64] {
-        try Self.endOffsets(handle: self.handle, topic: topic, timeoutMilliseconds: timeoutMilliseconds)
+        try Self.watermarks(handle: self.handle, topic: topic, timeoutMilliseconds: timeoutMilliseconds)
+            .mapValues { $0.high }
     }
 
-    /// The partition ids of `topic`, from fresh metadata.
+    /// The partition ids of `topic`, from fresh metadata. Blocks up to the timeout.
     static func partitions(
         handle: OpaquePointer,
         topic: String,
@@ -340,38 +390,26 @@ public final class KafkaProducer: @unchecked Sendable {
         return (0..<Int(topicMetadata.partition_cnt)).map { topicMetadata.partitions[$0].id }.sorted()
     }
 
-    static func endOffsets(
+    /// Low and high watermarks of every partition of `topic`, asked of the partitions'
+    /// leaders. Blocks up to the timeout for the metadata and again per partition.
+    static func watermarks(
         handle: OpaquePointer,
         topic: String,
         timeoutMilliseconds: Int32
     ) throws(KafkaError)
-        -> [Int32: Int64]
+        -> [Int32: (low: Int64, high: Int64)]
     {
-        let topicHandle = rd_kafka_topic_new(handle, topic, nil)
-        defer { rd_kafka_topic_destroy(topicHandle) }
-        var metadata: UnsafePointer<rd_kafka_metadata>?
-        let error = rd_kafka_metadata(handle, 0, topicHandle, &metadata, timeoutMilliseconds)
-        guard error == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
-            throw KafkaError(error, message: "metadata for \(topic)")
-        }
-        defer { rd_kafka_metadata_destroy(metadata) }
-        guard metadata.pointee.topic_cnt > 0 else { return [:] }
-        let topicMetadata = metadata.pointee.topics[0]
-        guard topicMetadata.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
-            throw KafkaError(topicMetadata.err, message: "metadata for \(topic)")
-        }
-        var offsets: [Int32: Int64] = [:]
-        for index in 0..<Int(topicMetadata.partition_cnt) {
-            let partition = topicMetadata.partitions[index].id
+        var marks: [Int32: (low: Int64, high: Int64)] = [:]
+        for partition in try Self.partitions(handle: handle, topic: topic, timeoutMilliseconds: timeoutMilliseconds) {
             var low: Int64 = 0
             var high: Int64 = 0
             let queried = rd_kafka_query_watermark_offsets(handle, topic, partition, &low, &high, timeoutMilliseconds)
             guard queried == RD_KAFKA_RESP_ERR_NO_ERROR else {
                 throw KafkaError(queried, message: "watermarks of \(topic)/\(partition)")
             }
-            offsets[partition] = high
+            marks[partition] = (low, high)
         }
-        return offsets
+        return marks
     }
 }
 
@@ -385,7 +423,8 @@ struct OwnedKafkaError {
     }
 }
 
-/// A producer's handle on one topic; valid until the producer is closed.
+/// A producer's handle on one topic; valid until the producer is closed. `@unchecked
+/// Sendable`: librdkafka topic handles may be used from any thread.
 public struct KafkaTopic: @unchecked Sendable {
     let pointer: OpaquePointer
 }

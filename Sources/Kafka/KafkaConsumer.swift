@@ -274,29 +274,13 @@ public final class KafkaConsumer: @unchecked Sendable {
     {
         let result: Result<[Int32: (low: Int64, high: Int64)], KafkaError> = await self.run { [self] in
             do throws(KafkaError) {
-                let partitions = try KafkaProducer.partitions(
-                    handle: self.handle,
-                    topic: topic,
-                    timeoutMilliseconds: timeoutMilliseconds
-                )
-                var marks: [Int32: (low: Int64, high: Int64)] = [:]
-                for partition in partitions {
-                    var low: Int64 = 0
-                    var high: Int64 = 0
-                    let error = rd_kafka_query_watermark_offsets(
-                        self.handle,
-                        topic,
-                        partition,
-                        &low,
-                        &high,
-                        timeoutMilliseconds
+                return .success(
+                    try KafkaProducer.watermarks(
+                        handle: self.handle,
+                        topic: topic,
+                        timeoutMilliseconds: timeoutMilliseconds
                     )
-                    guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                        throw KafkaError(error, message: "watermarks of \(topic)/\(partition)")
-                    }
-                    marks[partition] = (low, high)
-                }
-                return .success(marks)
+                )
             } catch {
                 return .failure(error)
             }

@@ -6,6 +6,9 @@ import Crdkafka
 ///
 /// - Important: librdkafka marks the mock API experimental; Sluice uses it only for tests,
 ///   `sluice dev-kafka` and `sluice dev`.
+///
+/// `@unchecked Sendable`: the two handles are set once, and librdkafka's mock API may be
+/// called from any thread.
 public final class KafkaMockCluster: @unchecked Sendable {
     private let owner: OpaquePointer
     private let cluster: OpaquePointer
@@ -16,18 +19,13 @@ public final class KafkaMockCluster: @unchecked Sendable {
     /// Starts `brokers` brokers on free loopback ports.
     public init(brokers: Int = 3) throws(KafkaError) {
         guard brokers >= 1 else {
-            throw KafkaError(
-                code: -1,
-                name: "_INVALID_ARG",
-                message: "a mock cluster needs at least one broker",
-                isRetriable: false
-            )
+            throw KafkaError(.invalidArgument, "a mock cluster needs at least one broker")
         }
         // The cluster lives inside a client handle; this one only owns it.
         self.owner = try makeHandle(type: RD_KAFKA_PRODUCER, properties: ["log_level": "3"])
         guard let cluster = rd_kafka_mock_cluster_new(self.owner, Int32(brokers)) else {
             rd_kafka_destroy(self.owner)
-            throw KafkaError(code: -1, name: "_MOCK", message: "could not start the mock cluster", isRetriable: false)
+            throw KafkaError(.failed, "could not start the mock cluster")
         }
         self.cluster = cluster
         self.bootstrapServers = String(cString: rd_kafka_mock_cluster_bootstraps(cluster))

@@ -1,13 +1,14 @@
 import EventModel
 import Foundation
-import Kafka
+@_spi(Testing) import Kafka
 import Logging
 import ServiceLifecycle
+import Synchronization
 import TestSupport
 import Testing
-import WAL
+@_spi(Testing) import WAL
 
-@_spi(Testing) @testable import Forwarder
+@testable import Forwarder
 
 let quietLogger: Logger = {
     var logger = Logger(label: "sluice.test")
@@ -41,6 +42,26 @@ func consume(_ bootstrap: String, topic: String) async throws -> [(key: String, 
     }
 }
 
+/// The producers a forwarder made, newest last: how a test reaches the running one (to make
+/// it fail fatally) without a hook in the forwarder itself.
+final class Producers: Sendable {
+    private let all = Mutex<[KafkaProducer]>([])
+
+    var count: Int { self.all.withLock { $0.count } }
+    /// The running pass's producer (the older ones are closed).
+    var current: KafkaProducer? { self.all.withLock { $0.last } }
+
+    func make(
+        _ properties: [String: String],
+        _ onDelivery: @escaping @Sendable ([DeliveryReport]) -> Void,
+        _ onError: @escaping @Sendable (KafkaError) -> Void
+    ) throws -> KafkaProducer {
+        let producer = try KafkaProducer(properties: properties, onDelivery: onDelivery, onError: onError)
+        self.all.withLock { $0.append(producer) }
+        return producer
+    }
+}
+
 /// A WAL with normalized events from `users` users, and a forwarder running over it.
 struct Pipeline {
     let directory: TemporaryDirectory
@@ -49,17 +70,25 @@ struct Pipeline {
     /// The brokers' ports, kept from other tests while a broker is down (``ReservedPorts``).
     let reserved: ReservedPorts
     let forwarder: Forwarder
+    let producers: Producers
     let group: ServiceGroup
     let task: Task<Void, any Error>
 
-    static func start(partitions: Int = 4, kafkaProperties: [String: String] = [:]) async throws -> Pipeline {
+    static func start(
+        partitions: Int = 4,
+        topics: [String] = ["events"],
+        routing: TopicRouting = TopicRouting(),
+        kafkaProperties: [String: String] = [:],
+        fileSystem: (any WALFileSystem)? = nil
+    ) async throws -> Pipeline {
         let directory = try TemporaryDirectory()
         var configuration = WALConfiguration(directory: directory.path + "/wal")
         configuration.segmentBytes = 256 << 10
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 0)
+        if let fileSystem { configuration.fileSystem = fileSystem }
         let wal = try await WAL.open(configuration, logger: quietLogger)
         let cluster = try KafkaMockCluster(brokers: 3)
-        try cluster.createTopic("events", partitions: partitions)
+        for topic in topics { try cluster.createTopic(topic, partitions: partitions) }
         var forwarding = ForwarderConfiguration(
             kafkaProperties: ["bootstrap.servers": cluster.bootstrapServers, "log_level": "0"].merging(kafkaProperties)
             {
@@ -67,7 +96,14 @@ struct Pipeline {
             }
         )
         forwarding.commitInterval = .milliseconds(50)
-        let forwarder = Forwarder(wal: wal, configuration: forwarding, logger: quietLogger)
+        forwarding.routing = routing
+        let producers = Producers()
+        let forwarder = Forwarder(
+            wal: wal,
+            configuration: forwarding,
+            logger: quietLogger,
+            makeProducer: { try producers.make($0, $1, $2) }
+        )
         let group = ServiceGroup(services: [forwarder], logger: quietLogger)
         let task = Task { try await group.run() }
         return Pipeline(
@@ -76,6 +112,7 @@ struct Pipeline {
             cluster: cluster,
             reserved: ReservedPorts(bootstrapServers: cluster.bootstrapServers),
             forwarder: forwarder,
+            producers: producers,
             group: group,
             task: task
         )
@@ -86,7 +123,7 @@ struct Pipeline {
         try await Prefill(wal: self.wal).append(count, users: users, from: start)
     }
 
-    var deadLetters: String { self.directory.path + "/wal/dead-letters.ndjson" }
+    var deadLetters: String { self.directory.path + "/wal/forwarder/dead-letters.ndjson" }
 
     var deadLetterLines: [String] {
         ((try? String(contentsOfFile: self.deadLetters, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
@@ -224,10 +261,12 @@ struct Prefill {
         let pipeline = try await Pipeline.start()
         var ids = try await pipeline.append(300)
         try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(300) }
-        pipeline.forwarder.injectFatalProducerError()
+        let first = try #require(pipeline.producers.current)
+        first.injectFatalError()
         ids += try await pipeline.append(300, from: 300)
         try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(600) }
         #expect(pipeline.forwarder.producerRestarts == 1)
+        #expect(pipeline.producers.count == 2)
         let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
         #expect(Set(messages.map(\.id)) == Set(ids))
         try await pipeline.stop()
@@ -289,40 +328,121 @@ struct Prefill {
         try await pipeline.stop()
     }
 
+    @Test func aDeadLetterThatCannotBeWrittenGoesRoundAgainUntilItIsKept() async throws {
+        // The dead-letter file goes through the WAL's file-system seam: its fsync fails twice.
+        let faults = FaultInjectingFileSystem()
+        faults.inject(.fdatasync, errno: EIO, times: 2, pathContains: "dead-letters")
+        let pipeline = try await Pipeline.start(kafkaProperties: ["message.max.bytes": "2000"], fileSystem: faults)
+        let large = Event(
+            eventID: UUIDText.v7(millis: 1_795_342_530_000),
+            action: "click",
+            userID: "big",
+            timestampMillis: 1_795_342_530_000,
+            object: String(repeating: "x", count: 5000)
+        )
+        _ = try await pipeline.wal.append([large.normalizedJSON(origin: Prefill.origin)])
+        let ids = try await pipeline.append(5, from: 1)
+        // The cursor passes the large event only once its dead letter is on disk.
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(6) }
+        let lines = pipeline.deadLetterLines
+        #expect(pipeline.forwarder.deadLetterPath == pipeline.deadLetters)
+        #expect(lines.count == 1, "\(lines)")  // the failed attempts left no partial line
+        #expect(lines.first?.contains(large.eventID) == true)
+        #expect(lines.first?.hasPrefix(#"{"reason":"KafkaError(MSG_SIZE_TOO_LARGE)"#) == true)
+        let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
+        #expect(Set(messages.map(\.id)) == Set(ids))
+        try await pipeline.stop()
+    }
+
+    /// The builder the send path uses, on the gateway's JSON and on what it must survive.
     @Test func messagesAreKeyedRoutedAndCarryTheirHeaders() {
         let event = Array(
             #"{"event_id":"0190f5d2-7a3c-7cc2-9b4e-3f6a1d2c4b5a","action":"purchase","user_id":"u9","gateway_id":"gw-2"}"#
                 .utf8
         )
-        let message = Forwarder.message(
-            for: event,
-            lsn: LSN(42),
-            routing: TopicRouting(defaultTopic: "events", topicsByAction: ["purchase": "orders"])
+        let message = ForwardedMessage(of: event)
+        let routing = TopicRouting(defaultTopic: "events", topicsByAction: ["purchase": "orders"])
+        #expect(routing.topic(for: message.routingAction(in: event)) == "orders")
+        #expect(message.key(in: event) == Array("u9".utf8))
+        let headers = message.headers(in: event, walLSN: 42).map {
+            ($0.name, String(decoding: $0.value, as: UTF8.self))
+        }
+        #expect(headers.map(\.0) == ["content_type", "schema_version", "wal_lsn", "event_id", "gateway_id"])
+        #expect(
+            headers.map(\.1) == [
+                "application/json", String(Event.schemaVersion), "42", "0190f5d2-7a3c-7cc2-9b4e-3f6a1d2c4b5a", "gw-2",
+            ]
         )
-        #expect(message.topic == "orders")
-        #expect(message.key == Array("u9".utf8))
-        let headers = Dictionary(
-            uniqueKeysWithValues: message.headers.map { ($0.0, String(decoding: $0.1, as: UTF8.self)) }
-        )
-        #expect(headers["event_id"] == "0190f5d2-7a3c-7cc2-9b4e-3f6a1d2c4b5a")
-        #expect(headers["wal_lsn"] == "42")
-        #expect(headers["gateway_id"] == "gw-2")
-        #expect(headers["schema_version"] == "1")
-        #expect(headers["content_type"] == "application/json")
         // A nested property named like a header field does not win, and escapes are decoded.
         let tricky = Array(
             #"{"event_id":"e1","action":"click","user_id":"a\"b","properties":{"gateway_id":"evil","action":"x"},"gateway_id":"gw-1"}"#
                 .utf8
         )
-        let parsed = Forwarder.message(for: tricky, lsn: LSN(2), routing: TopicRouting())
-        let trickyHeaders = Dictionary(
-            uniqueKeysWithValues: parsed.headers.map { ($0.0, String(decoding: $0.1, as: UTF8.self)) }
+        let parsed = ForwardedMessage(of: tricky)
+        #expect(parsed.key(in: tricky) == Array("a\"b".utf8))
+        #expect(parsed.headers(in: tricky, walLSN: 2).last.map { String(decoding: $0.value, as: UTF8.self) } == "gw-1")
+        #expect(routing.topic(for: parsed.routingAction(in: tricky)) == "events")
+        let garbage = Array("not json".utf8)
+        let none = ForwardedMessage(of: garbage)
+        #expect(routing.topic(for: none.routingAction(in: garbage)) == "events")
+        #expect(none.key(in: garbage) == nil)
+        #expect(none.headers(in: garbage, walLSN: 1).map(\.name) == ["content_type", "schema_version", "wal_lsn"])
+    }
+
+    /// What Kafka holds, read back with a consumer: the real forwarder's messages carry the
+    /// event as value, `user_id` as key and every header with the right value, in order,
+    /// and go to the topic their action routes to. Checked against literal expectations,
+    /// not only against the builder, so a wrong builder fails too.
+    @Test func theMessagesInKafkaCarryTheKeyAndEveryHeader() async throws {
+        let pipeline = try await Pipeline.start(
+            partitions: 2,
+            topics: ["events", "orders"],
+            routing: TopicRouting(defaultTopic: "events", topicsByAction: ["purchase": "orders"])
         )
-        #expect(parsed.key == Array("a\"b".utf8))
-        #expect(trickyHeaders["gateway_id"] == "gw-1")
-        #expect(parsed.topic == "events")
-        let garbage = Forwarder.message(for: Array("not json".utf8), lsn: LSN(1), routing: TopicRouting())
-        #expect(garbage.topic == "events")
-        #expect(garbage.key == nil)
+        var sent: [(event: Event, bytes: [UInt8])] = []
+        for n in 0..<20 {
+            let event = Event(
+                eventID: UUIDText.v7(millis: 1_795_342_530_000 + Int64(n)),
+                action: n % 4 == 0 ? "purchase" : "click",
+                userID: n == 7 ? #"quote"d"# : "user-\(n % 3)",
+                timestampMillis: 1_795_342_530_000,
+                object: "o\(n)",
+                properties: .object([("gateway_id", .string("nested")), ("user_id", .string("nested"))])
+            )
+            let bytes = event.normalizedJSON(origin: Prefill.origin)
+            sent.append((event, bytes))
+            _ = try await pipeline.wal.append([bytes])
+        }
+        try await waitUntil(timeout: .seconds(60)) { pipeline.wal.cursor("forwarder")?.lsn == LSN(20) }
+        let consumer = try KafkaConsumer(
+            properties: [
+                "bootstrap.servers": pipeline.cluster.bootstrapServers, "group.id": "header-check", "log_level": "0",
+            ],
+            topics: ["events", "orders"]
+        )
+        var received: [ConsumedMessage] = []
+        let deadline = ContinuousClock.now + .seconds(60)
+        while received.count < 20 && ContinuousClock.now < deadline {
+            received += await consumer.poll(maxMessages: 100, timeout: .milliseconds(200)).messages
+        }
+        await consumer.close()
+        #expect(received.count == 20)
+        for message in received {
+            let lsn = try #require(message.header("wal_lsn").flatMap { Int(String(decoding: $0, as: UTF8.self)) })
+            let (event, bytes) = sent[lsn]
+            #expect(message.value == bytes)
+            #expect(message.key == Array(event.userID.utf8))
+            #expect(message.topic == (event.action == "purchase" ? "orders" : "events"))
+            let headers = message.headers.map { ($0.name, String(decoding: $0.value, as: UTF8.self)) }
+            #expect(headers.map(\.0) == ["content_type", "schema_version", "wal_lsn", "event_id", "gateway_id"])
+            #expect(
+                headers.map(\.1) == ["application/json", String(Event.schemaVersion), String(lsn), event.eventID, "gw"]
+            )
+            // The builder the tests use describes exactly these bytes.
+            let built = ForwardedMessage(of: bytes)
+            #expect(built.key(in: bytes) == message.key)
+            #expect(built.headers(in: bytes, walLSN: UInt64(lsn)).map(\.value) == message.headers.map(\.value))
+        }
+        try await pipeline.stop()
     }
 }

@@ -97,6 +97,21 @@ final class Reports: Sendable {
         producer.close()
     }
 
+    @Test func closingFromAnAsyncContextDeliversTheFlushsReportsFirst() async throws {
+        let cluster = try KafkaMockCluster(brokers: 3)
+        try cluster.createTopic("events", partitions: 2)
+        let reports = Reports()
+        let producer = try Self.producer(cluster, reports: reports, extra: ["linger.ms": "200"])
+        for id in 0..<200 as Range<UInt64> {
+            try producer.send(topic: "events", key: nil, value: Array("m\(id)".utf8), id: id)
+        }
+        // Lingering, nothing is acknowledged yet; the close flushes and hands over every report.
+        await producer.close(flushTimeout: .seconds(30))
+        #expect(reports.count == 200)
+        #expect(reports.all.withLock { $0 }.allSatisfy { $0.error == nil })
+        await producer.close(flushTimeout: .seconds(1))  // idempotent
+    }
+
     @Test func badPropertiesAreRefusedWithTheirName() {
         #expect(throws: KafkaError.self) {
             _ = try KafkaProducer(properties: ["no.such.property": "1"], onDelivery: { _ in })
@@ -105,6 +120,52 @@ final class Reports: Sendable {
             _ = try KafkaProducer(properties: ["acks": "sometimes"], onDelivery: { _ in })
         } catch {
             #expect(error.message.contains("acks"))
+        }
+    }
+}
+
+@Suite struct KafkaErrorTests {
+    @Test func authorizationFailuresMayPassLaterAndAreNeverPermanent() {
+        // A new ACL can take a while to reach every broker: the message must wait, not be
+        // set aside.
+        for code: KafkaError.Code in [
+            .topicAuthorizationFailed, .clusterAuthorizationFailed, .transactionalIDAuthorizationFailed,
+        ] {
+            let error = KafkaError(code, "test")
+            #expect(error.isRetriable, "\(code)")
+            #expect(!error.isPermanent, "\(code)")
+            #expect(!error.isFatal, "\(code)")
+        }
+    }
+
+    @Test func onlyWhatBelongsToTheMessageIsPermanent() {
+        for code: KafkaError.Code in [
+            .messageSizeTooLarge, .recordListTooLarge, .invalidRecord, .invalidMessage, .topicException,
+        ] {
+            #expect(KafkaError(code, "test").isPermanent, "\(code)")
+            #expect(!KafkaError(code, "test").isRetriable, "\(code)")
+        }
+        for code: KafkaError.Code in [.queueFull, .allBrokersDown, .notLeaderForPartition, .requestTimedOut, .fatal] {
+            #expect(!KafkaError(code, "test").isPermanent, "\(code)")
+        }
+        #expect(KafkaError(.fatal, "fenced").isFatal)
+        #expect(KafkaError(.invalidProducerEpoch, "fenced", isFatal: true).isFatal)
+    }
+
+    @Test func anErrorCarriesItsCodeNameAndWhereItWasRaised() {
+        let error = KafkaError(.messageSizeTooLarge, "producing to events")
+        let line = #line - 1
+        #expect(error.code.rawValue == 10)
+        #expect(error.name == "MSG_SIZE_TOO_LARGE")
+        #expect(error.file == "KafkaTests/KafkaTests.swift" && error.line == line)
+        #expect(error.description == "KafkaError(MSG_SIZE_TOO_LARGE): producing to events")
+        #expect(KafkaError.Code(rawValue: 10) == .messageSizeTooLarge)
+        do {
+            _ = try KafkaProducer(properties: ["acks": "sometimes"], onDelivery: { _ in })
+            Issue.record("a bad property was accepted")
+        } catch {
+            #expect(error.code == .invalidArgument)
+            #expect(error.file.hasPrefix("Kafka/"))
         }
     }
 }
