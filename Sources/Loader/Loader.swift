@@ -40,14 +40,23 @@ public struct LoaderConfiguration: Sendable {
         self.clickHouse = clickHouse
     }
 
-    /// What is wrong, if anything.
-    public func validate() -> String? {
-        if let problem = self.routes.lazy.compactMap({ $0.validate() }).first { return problem }
+    /// Checks that the settings can work: every route (``LoaderRoute/validate()``), one route
+    /// per topic, batches of at least one row and 1 KiB.
+    ///
+    /// - Throws: ``LoaderError`` with code ``LoaderError/Code/invalidRoute`` or
+    ///   ``LoaderError/Code/invalidConfiguration`` and what is wrong.
+    public func validate() throws(LoaderError) {
+        for route in self.routes { try route.validate() }
         let topics = self.routes.map(\.topic)
-        if Set(topics).count != topics.count { return "two routes read the same topic" }
-        if self.batchRows < 1 { return "loader.batch_rows must be at least 1" }
-        if self.batchBytes < 1024 { return "loader.batch_bytes must be at least 1024" }
-        return nil
+        if Set(topics).count != topics.count {
+            throw LoaderError(.invalidConfiguration, message: "two routes read the same topic")
+        }
+        if self.batchRows < 1 {
+            throw LoaderError(.invalidConfiguration, message: "loader.batch_rows must be at least 1")
+        }
+        if self.batchBytes < 1024 {
+            throw LoaderError(.invalidConfiguration, message: "loader.batch_bytes must be at least 1024")
+        }
     }
 }
 
@@ -435,8 +444,9 @@ public final class Loader: Service, Sendable {
                         var scratch = RowEncoder.Scratch()
                         rows.reserve(part.count, bytes: part.reduce(0) { $0 + $1.value.count })
                         for index in part.indices {
-                            do throws(RowError) {
-                                let received = try part[index].value.withUnsafeBufferPointer { value throws(RowError) in
+                            do throws(LoaderError) {
+                                let received = try part[index].value.withUnsafeBufferPointer {
+                                    value throws(LoaderError) in
                                     try encoder.encode(value, into: &rows.body, scratch: &scratch)
                                 }
                                 rows.appended(source: index - messages.startIndex, receivedAtMillis: received)
