@@ -8,49 +8,6 @@ import Metrics
 import ServiceLifecycle
 import Synchronization
 
-/// Settings of the Kafka → ClickHouse loader.
-public struct LoaderConfiguration: Sendable {
-    /// librdkafka properties; `bootstrap.servers` at least.
-    public var kafkaProperties: [String: String]
-    public var clickHouse: ClickHouseConfiguration
-    /// Default: `sluice-loader`.
-    public var groupID = "sluice-loader"
-    /// Topics → tables. Default: `events` → `sluice.events`.
-    public var routes: [LoaderRoute] = [.events]
-    /// A batch is inserted when it reaches this many rows… Default: 20,000.
-    public var batchRows = 20_000
-    /// … or this many bytes of rows… Default: 16 MiB.
-    public var batchBytes = 16 << 20
-    /// … or when its oldest message waited this long. Default: 1 s.
-    public var batchAge: Duration = .seconds(1)
-    /// The data format of the inserts. Default: ``InsertFormat/rowBinary``, which costs the
-    /// loader and ClickHouse the least CPU; a route whose existing table has other column
-    /// types than the route's falls back to ``InsertFormat/jsonEachRow`` (logged at start).
-    public var format: InsertFormat = Self.defaultFormat
-    public static let defaultFormat = InsertFormat.rowBinary
-    /// Back-off between failed inserts: doubling from `retryInitial` up to `retryMax`, with jitter.
-    public var retryInitial: Duration = .milliseconds(200)
-    public var retryMax: Duration = .seconds(30)
-    /// Called after each confirmed insert with the ingest-to-insert delay of each row that
-    /// carries `received_at` (milliseconds): for benchmarks; the histogram metric has the same.
-    public var insertObserver: (@Sendable ([Int64]) -> Void)?
-
-    public init(kafkaProperties: [String: String], clickHouse: ClickHouseConfiguration) {
-        self.kafkaProperties = kafkaProperties
-        self.clickHouse = clickHouse
-    }
-
-    /// What is wrong, if anything.
-    public func validate() -> String? {
-        if let problem = self.routes.lazy.compactMap({ $0.validate() }).first { return problem }
-        let topics = self.routes.map(\.topic)
-        if Set(topics).count != topics.count { return "two routes read the same topic" }
-        if self.batchRows < 1 { return "loader.batch_rows must be at least 1" }
-        if self.batchBytes < 1024 { return "loader.batch_bytes must be at least 1024" }
-        return nil
-    }
-}
-
 /// Consumes the routes' topics and inserts their messages into ClickHouse, committing a
 /// partition's offset only after every earlier message of it was inserted (and confirmed) or
 /// dead-lettered.
@@ -59,9 +16,13 @@ public struct LoaderConfiguration: Sendable {
 /// inserted again, and the tables (ReplacingMergeTree on `event_id`) fold the duplicates.
 /// One insert runs at a time, while the next batch is consumed and encoded; the insert after
 /// it starts only once it succeeded, and offsets are committed in insert order.
-/// While ClickHouse is down or slow the loader backs off with jitter, pauses its partitions,
-/// commits nothing and holds at most two batches per route in memory (the one being inserted
-/// and the next).
+/// While ClickHouse is down or slow the loader backs off with jitter, commits nothing, keeps
+/// serving its group and holds at most three batches per route in memory (the one being
+/// inserted, the next one, and one filling; once that one is full, the route's partitions
+/// are paused).
+///
+/// The rules live in ``LoaderStateMachine``; this class performs its actions (Kafka, ClickHouse,
+/// encoding) as child tasks of one task group and feeds their results back to it.
 public final class Loader: Service, Sendable {
     private let configuration: LoaderConfiguration
     private let logger: Logger
@@ -99,7 +60,16 @@ public final class Loader: Service, Sendable {
 
     public func run() async throws {
         let clickHouse = ClickHouseClient(self.configuration.clickHouse, logger: self.logger)
-        defer { Task { try? await clickHouse.shutdown() } }
+        do {
+            try await self.run(with: clickHouse)
+        } catch {
+            try? await clickHouse.shutdown()
+            throw error
+        }
+        try? await clickHouse.shutdown()
+    }
+
+    private func run(with clickHouse: ClickHouseClient) async throws {
         guard let (version, formats) = await self.prepareTables(clickHouse) else { return }
         self.chosenFormats.withLock { $0 = formats }
         var properties = Self.consumerDefaults.merging(self.configuration.kafkaProperties) { $1 }
@@ -109,7 +79,13 @@ public final class Loader: Service, Sendable {
         producerProperties["enable.idempotence"] = "true"
         producerProperties["acks"] = "all"
         let deadLetters = DeadLetterSender()
-        let producer = try KafkaProducer(properties: producerProperties, onDelivery: { deadLetters.report($0) })
+        let producer: KafkaProducer
+        do {
+            producer = try KafkaProducer(properties: producerProperties, onDelivery: { deadLetters.report($0) })
+        } catch {
+            await consumer.close()
+            throw error
+        }
         let routes = self.configuration.routes.map { "\($0.topic)→\($0.table) \(formats[$0.topic]?.rawValue ?? "")" }
         self.logger.info(
             "loader.started",
@@ -118,7 +94,7 @@ public final class Loader: Service, Sendable {
                 "routes": "\(routes.joined(separator: ","))",
             ]
         )
-        var session = Session(
+        let session = Session(
             loader: self,
             consumer: consumer,
             clickHouse: clickHouse,
@@ -176,20 +152,27 @@ public final class Loader: Service, Sendable {
         return nil
     }
 
-    /// The consume → insert → commit loop of one consumer.
-    private struct Session {
+    /// The consume → insert → commit loop of one consumer: performs the state machine's
+    /// actions and reports their results to it.
+    private struct Session: Sendable {
+        typealias Machine = LoaderStateMachine<ContinuousClock>
+
+        /// The result of an action run as a child task.
+        enum Event: Sendable {
+            case polled(ConsumerPoll)
+            case encoded(Machine.BatchID, EncodedRows, [DeadLetter])
+            case inserted(Machine.BatchID, Range<Int>, InsertOutcome)
+            case deadLettersSent(Machine.BatchID, failed: [DeadLetter])
+            case committed(Machine.BatchID)
+        }
+
         let loader: Loader
         let consumer: KafkaConsumer
-        let clickHouse: ClickHouseClient
         let producer: KafkaProducer
         let deadLetters: DeadLetterSender
-        let version: ClickHouseVersion
-        var batches: [String: Batch] = [:]
-        let routes: [String: LoaderRoute]
+        /// Each route's encoder, by topic; it carries the route.
         let encoders: [String: RowEncoder]
         let inserter: RowInserter
-        /// The last batch's insert, running while the next batch fills and is encoded.
-        var inFlight: InFlight?
 
         init(
             loader: Loader,
@@ -202,62 +185,159 @@ public final class Loader: Service, Sendable {
         ) {
             self.loader = loader
             self.consumer = consumer
-            self.clickHouse = clickHouse
             self.producer = producer
             self.deadLetters = deadLetters
-            self.version = version
             self.inserter = RowInserter(loader: loader, clickHouse: clickHouse, version: version)
-            self.routes = Dictionary(uniqueKeysWithValues: loader.configuration.routes.map { ($0.topic, $0) })
-            self.encoders = self.routes.mapValues {
-                RowEncoder(route: $0, version: version, format: formats[$0.topic] ?? .jsonEachRow)
-            }
+            self.encoders = Dictionary(
+                uniqueKeysWithValues: loader.configuration.routes.map {
+                    ($0.topic, RowEncoder(route: $0, version: version, format: formats[$0.topic] ?? .jsonEachRow))
+                }
+            )
         }
 
         var configuration: LoaderConfiguration { self.loader.configuration }
         var logger: Logger { self.loader.logger }
         var metrics: LoaderMetrics { self.loader.metrics }
 
-        mutating func run() async {
-            var lastLag = ContinuousClock.now
-            while !Task.isCancelledOrShuttingDownGracefully {
-                let poll = await self.consumer.poll(maxMessages: 2000, timeout: .milliseconds(100))
-                self.apply(poll)
-                if self.inFlight?.done.isSet == true { await self.land() }
-                for (topic, batch) in self.batches where self.isDue(batch) {
-                    await self.flush(topic)
-                }
-                if ContinuousClock.now - lastLag > .seconds(2) {
-                    lastLag = ContinuousClock.now
-                    for (partition, lag) in await self.consumer.lag() {
-                        Gauge(
-                            label: "sluice_loader_consumer_lag_messages",
-                            dimensions: [("topic", partition.topic), ("partition", String(partition.partition))]
-                        ).record(lag)
+        /// Runs until shutdown and until what was buffered then is inserted and committed (or
+        /// given up: the next owner reads it again from the committed offsets).
+        func run() async {
+            await withTaskGroup(of: Event.self) { group in
+                var machine = Machine(configuration: self.configuration, clock: ContinuousClock())
+                var stopping = false
+                var lastLag = ContinuousClock.now
+                await self.perform(machine.start(), in: &group)
+                // Until shutdown a poll runs (and returns within 100 ms: the machine's tick), or
+                // else an insert, encoding or commit does, whose result wakes the loop.
+                while let event = await group.next() {
+                    if !stopping && Task.isCancelledOrShuttingDownGracefully {
+                        stopping = true
+                        await self.perform(machine.shutdown(), in: &group)
+                    }
+                    let actions: [Machine.Action]
+                    switch event {
+                    case .polled(let poll):
+                        self.record(poll)
+                        actions = machine.polled(poll)
+                    case .encoded(let id, let rows, let invalid):
+                        actions = machine.encoded(id, rows: rows, invalid: invalid)
+                    case .inserted(let id, let chunk, let outcome):
+                        actions = machine.insertFinished(id, chunk: chunk, outcome: outcome)
+                    case .deadLettersSent(let id, let failed):
+                        actions = machine.deadLettersSent(id, failed: failed)
+                    case .committed(let id):
+                        actions = machine.committed(id)
+                    }
+                    await self.perform(actions, in: &group)
+                    if !stopping && ContinuousClock.now - lastLag > .seconds(2) {
+                        lastLag = ContinuousClock.now
+                        await self.recordLag()
                     }
                 }
             }
-            // Shutting down: what is batched is inserted and committed if ClickHouse is there
-            // now; otherwise the next owner reads it again from the committed offsets.
-            for topic in self.batches.keys {
-                while self.batches[topic]?.messages.isEmpty == false { await self.flush(topic, once: true) }
-            }
-            await self.land(once: true)
         }
 
-        private func isDue(_ batch: Batch) -> Bool {
-            guard let first = batch.firstArrival else { return false }
-            return batch.messages.count >= self.configuration.batchRows || batch.bytes >= self.configuration.batchBytes
-                || ContinuousClock.now - first >= self.configuration.batchAge
-        }
-
-        private mutating func apply(_ poll: ConsumerPoll) {
-            if !poll.revoked.isEmpty {
-                // Their unconfirmed work belongs to the next owner: drop it, never commit it.
-                let revoked = Set(poll.revoked)
-                for topic in self.batches.keys {
-                    self.batches[topic]!.messages.removeAll { revoked.contains($0.topicPartition) }
-                    self.batches[topic]!.recount()
+        /// Performs actions in order: pauses and resumes at once, everything else as a child task.
+        private func perform(_ actions: [Machine.Action], in group: inout TaskGroup<Event>) async {
+            for action in actions {
+                switch action {
+                case .poll:
+                    group.addTask { .polled(await self.consumer.poll(maxMessages: 2000, timeout: .milliseconds(100))) }
+                case .pause(let partitions):
+                    self.logger.debug("loader.partitions_paused", metadata: ["partitions": "\(partitions)"])
+                    await self.consumer.pause(partitions)
+                case .resume(let partitions):
+                    self.logger.debug("loader.partitions_resumed", metadata: ["partitions": "\(partitions)"])
+                    await self.consumer.resume(partitions)
+                case .encode(let request):
+                    self.metrics.batchSize.record(request.messages.count)
+                    let encoder = self.encoder(request.topic)
+                    group.addTask {
+                        // Validation: what cannot become a row goes to the dead-letter topic.
+                        let (rows, invalid) = await Self.encode(request.messages, with: encoder)
+                        return .encoded(request.id, rows, invalid)
+                    }
+                case .insert(let request):
+                    let encoder = self.encoder(request.topic)
+                    group.addTask {
+                        let outcome = await self.inserter.insert(
+                            request.chunk,
+                            of: request.rows,
+                            route: encoder.route,
+                            format: encoder.format
+                        )
+                        return .inserted(request.id, request.chunk, outcome)
+                    }
+                case .retryInsert(let topic, let delay, let rows, let error):
+                    self.metrics.retries.increment()
+                    self.logger.warning(
+                        "loader.insert_failed",
+                        metadata: [
+                            "table": "\(self.encoder(topic).route.table)", "rows": "\(rows)", "error": "\(error)",
+                            "retry_in_ms": "\(LoaderMetrics.nanoseconds(delay) / 1_000_000)",
+                        ]
+                    )
+                case .sendDeadLetters(let request):
+                    let route = self.encoder(request.topic).route
+                    group.addTask {
+                        let acknowledged = await self.deadLetters.send(request.letters, to: route, via: self.producer)
+                        var failed: [DeadLetter] = []
+                        for (letter, delivered) in zip(request.letters, acknowledged) {
+                            guard delivered else {
+                                failed.append(letter)
+                                continue
+                            }
+                            self.counted(letter, route: route)
+                        }
+                        return .deadLettersSent(request.id, failed: failed)
+                    }
+                case .retryDeadLetters(_, let messages):
+                    self.logger.warning("loader.dead_letter_retry", metadata: ["messages": "\(messages)"])
+                case .commit(let request):
+                    group.addTask {
+                        let started = ContinuousClock.now
+                        do {
+                            try await self.consumer.commit(request.offsets)
+                            self.metrics.commitLatency.recordNanoseconds(
+                                LoaderMetrics.nanoseconds(ContinuousClock.now - started)
+                            )
+                        } catch {
+                            // The rows are in ClickHouse; a later commit covers them, or they are
+                            // read again and folded by deduplication.
+                            self.logger.warning("loader.commit_failed", metadata: ["error": "\(error)"])
+                        }
+                        return .committed(request.id)
+                    }
                 }
+            }
+        }
+
+        /// The encoder of a route's topic. The machine cuts batches only of the routes'
+        /// topics, which are exactly the encoders' keys.
+        private func encoder(_ topic: String) -> RowEncoder {
+            guard let encoder = self.encoders[topic] else {
+                preconditionFailure("the state machine cut a batch of \(topic), which is not a route's topic")
+            }
+            return encoder
+        }
+
+        private func counted(_ letter: DeadLetter, route: LoaderRoute) {
+            self.metrics.deadLettered.increment()
+            self.loader.deadLettered.add(1, ordering: .relaxed)
+            let message = letter.message
+            self.logger.error(
+                "loader.dead_letter",
+                metadata: [
+                    "topic": "\(message.topic)", "partition": "\(message.partition)",
+                    "offset": "\(message.offset)", "reason": "\(letter.reason)", "dlq": "\(route.deadLetterTopic)",
+                ]
+            )
+        }
+
+        /// Logs and counts what a poll brought besides messages.
+        private func record(_ poll: ConsumerPoll) {
+            if !poll.revoked.isEmpty {
+                // Their unconfirmed work belongs to the next owner: the machine drops it.
                 self.logger.info("loader.partitions_revoked", metadata: ["partitions": "\(poll.revoked.sorted())"])
             }
             if !poll.assigned.isEmpty {
@@ -270,184 +350,49 @@ public final class Loader: Service, Sendable {
                 self.logger.warning("loader.kafka_error", metadata: ["error": "\(error)"])
             }
             self.metrics.consumed.increment(by: Int64(poll.messages.count))
-            for message in poll.messages {
-                self.batches[message.topic, default: Batch()].append(message)
-            }
         }
 
-        /// Encodes a route's batch and starts inserting it, once the insert before it has landed.
-        ///
-        /// One insert at a time: offsets are committed in order, and at most two batches per
-        /// route are held (the one being inserted and the next). Encoding the next batch and
-        /// consuming the one after overlap with the insert, which is mostly ClickHouse's work.
-        private mutating func flush(_ topic: String, once: Bool = false) async {
-            guard var batch = self.batches[topic], !batch.messages.isEmpty else { return }
-            guard let route = self.routes[topic], let encoder = self.encoders[topic] else {
-                self.batches[topic] = nil  // not a route's topic: nothing to insert it into
-                return
-            }
-            let messages = batch.take(rows: self.configuration.batchRows, bytes: self.configuration.batchBytes)
-            self.batches[topic] = batch
-            self.metrics.batchSize.record(messages.count)
-
-            // Validation: what cannot become a row goes to the dead-letter topic. Encoding is
-            // the loader's main CPU cost: slices of the batch are encoded on every core.
-            let (rows, invalid) = await Self.encode(messages, with: encoder)
-
-            // When the insert before went in whole, this one starts before that one's dead
-            // letters and commit, which then run while ClickHouse works; otherwise that batch
-            // lands first (retries, halving), and this one waits.
-            if let previous = self.inFlight, case .inserted = await previous.firstOutcome.value {
-                self.inFlight = nil
-                self.startInsert(rows, invalid: invalid, route: route, format: encoder.format)
-                await self.complete(previous.rows, rejected: previous.invalid, route: previous.route)
-            } else {
-                await self.land(once: once)
-                self.startInsert(rows, invalid: invalid, route: route, format: encoder.format)
-            }
-            if once { await self.land(once: true) }
-        }
-
-        private mutating func startInsert(
-            _ rows: EncodedRows,
-            invalid: [(ConsumedMessage, String)],
-            route: LoaderRoute,
-            format: InsertFormat
-        ) {
-            let inserter = self.inserter
-            let done = Flag()
-            self.inFlight = InFlight(
-                route: route,
-                format: format,
-                rows: rows,
-                invalid: invalid,
-                done: done,
-                firstOutcome: Task {
-                    let outcome = await inserter.insert(rows.indices, of: rows, route: route, format: format)
-                    done.set()
-                    return outcome
-                }
-            )
-        }
-
-        /// Finishes the insert in flight, if any — retrying while ClickHouse fails for a passing
-        /// reason, isolating rows it rejects — then commits its batch's offsets.
-        private mutating func land(once: Bool = false) async {
-            guard let flight = self.inFlight else { return }
-            self.inFlight = nil
-            let rows = flight.rows
-            let route = flight.route
-            var rejected = flight.invalid
-            var outcome: Outcome? = await flight.firstOutcome.value
-
-            var paused: [TopicPartition] = []
-            var backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
-            var pending = [rows.indices]
-            while let chunk = pending.popLast() {
-                if chunk.isEmpty { continue }
-                let result: Outcome
-                if let first = outcome {
-                    result = first  // the whole batch, inserted while the next one was being read
-                    outcome = nil
-                } else {
-                    result = await self.inserter.insert(chunk, of: rows, route: route, format: flight.format)
-                }
-                switch result {
-                case .inserted:
-                    backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
-                case .rejected(let reason):
-                    if chunk.count == 1 {
-                        rejected.append((rows.message(chunk.lowerBound), reason))
-                    } else {
-                        // Halve until the rows ClickHouse refuses are alone.
-                        let middle = chunk.lowerBound + chunk.count / 2
-                        pending.append(middle..<chunk.upperBound)
-                        pending.append(chunk.lowerBound..<middle)
-                    }
-                case .failed(let error):
-                    if once { return }
-                    self.metrics.retries.increment()
-                    if paused.isEmpty {
-                        paused = Array(self.consumer.assignment)
-                        await self.consumer.pause(paused)
-                    }
-                    let delay = backoff.next()
-                    self.logger.warning(
-                        "loader.insert_failed",
-                        metadata: [
-                            "table": "\(route.table)", "rows": "\(chunk.count)", "error": "\(error)",
-                            "retry_in_ms":
-                                "\(delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000)",
-                        ]
-                    )
-                    // Keep serving the group (rebalances, heartbeats) while waiting; the
-                    // partitions are paused, so nothing new piles up.
-                    let deadline = ContinuousClock.now + delay
-                    while ContinuousClock.now < deadline && !Task.isCancelledOrShuttingDownGracefully {
-                        let poll = await self.consumer.poll(maxMessages: 1000, timeout: .milliseconds(200))
-                        self.apply(poll)
-                    }
-                    if Task.isCancelledOrShuttingDownGracefully { return }
-                    pending.append(chunk)
-                }
-            }
-            if !paused.isEmpty { await self.consumer.resume(paused.filter { self.consumer.assignment.contains($0) }) }
-            await self.complete(rows, rejected: rejected, route: route)
-        }
-
-        /// Sends the dead letters of a batch whose rows are all in ClickHouse, then commits it.
-        private func complete(_ rows: EncodedRows, rejected: [(ConsumedMessage, String)], route: LoaderRoute) async {
-            // Dead letters are in Kafka (acks=all) before the offsets that cover them are committed.
-            if !rejected.isEmpty {
-                guard await self.sendDeadLetters(rejected, route: route) else { return }
-            }
-            // Every message of the batch is now a row in ClickHouse or a dead letter in Kafka.
-            var offsets: [TopicPartition: Int64] = [:]
-            for index in rows.source.indices {
-                let partition = rows.source[index].topicPartition
-                offsets[partition] = max(offsets[partition] ?? 0, rows.source[index].offset + 1)
-            }
-            let started = ContinuousClock.now
-            do {
-                try await self.consumer.commit(offsets)
-                self.metrics.commitLatency.recordNanoseconds(Self.nanoseconds(ContinuousClock.now - started))
-            } catch {
-                // The rows are in ClickHouse; a later commit covers them, or they are read
-                // again and folded by deduplication.
-                self.logger.warning("loader.commit_failed", metadata: ["error": "\(error)"])
+        private func recordLag() async {
+            for (partition, lag) in await self.consumer.lag() {
+                Gauge(
+                    label: "sluice_loader_consumer_lag_messages",
+                    dimensions: [("topic", partition.topic), ("partition", String(partition.partition))]
+                ).record(lag)
             }
         }
 
         /// Rows in message order, and the messages that cannot become rows (with why).
+        /// Encoding is the loader's main CPU cost: slices of the batch are encoded on every core.
         static func encode(
             _ messages: ArraySlice<ConsumedMessage>,
             with encoder: RowEncoder
-        ) async -> (rows: EncodedRows, rejected: [(ConsumedMessage, String)]) {
+        ) async -> (rows: EncodedRows, rejected: [DeadLetter]) {
             let slices = max(1, min(ProcessInfo.processInfo.activeProcessorCount, messages.count / 500))
             let size = (messages.count + slices - 1) / slices
-            let parts = await withTaskGroup(of: (Int, EncodedRows, [(ConsumedMessage, String)]).self) { group in
+            let parts = await withTaskGroup(of: (Int, EncodedRows, [DeadLetter]).self) { group in
                 for slice in 0..<slices {
                     let start = messages.startIndex + min(messages.count, slice * size)
                     let part = messages[start..<messages.startIndex + min(messages.count, (slice + 1) * size)]
                     group.addTask {
                         var rows = EncodedRows()
-                        var rejected: [(ConsumedMessage, String)] = []
+                        var rejected: [DeadLetter] = []
                         var scratch = RowEncoder.Scratch()
                         rows.reserve(part.count, bytes: part.reduce(0) { $0 + $1.value.count })
                         for index in part.indices {
-                            do throws(RowError) {
-                                let received = try part[index].value.withUnsafeBufferPointer { value throws(RowError) in
+                            do throws(LoaderError) {
+                                let received = try part[index].value.withUnsafeBufferPointer {
+                                    value throws(LoaderError) in
                                     try encoder.encode(value, into: &rows.body, scratch: &scratch)
                                 }
                                 rows.appended(source: index - messages.startIndex, receivedAtMillis: received)
                             } catch {
-                                rejected.append((part[index], error.description))
+                                rejected.append(DeadLetter(message: part[index], reason: error.description))
                             }
                         }
                         return (slice, rows, rejected)
                     }
                 }
-                var parts: [(Int, EncodedRows, [(ConsumedMessage, String)])] = []
+                var parts: [(Int, EncodedRows, [DeadLetter])] = []
                 for await part in group { parts.append(part) }
                 return parts.sorted { $0.0 < $1.0 }
             }
@@ -459,81 +404,9 @@ public final class Loader: Service, Sendable {
             rows.source = messages
             return (rows, parts.flatMap { $0.2 })
         }
-
-        /// A batch whose insert is running.
-        struct InFlight {
-            let route: LoaderRoute
-            let format: InsertFormat
-            let rows: EncodedRows
-            /// Messages that could not become rows, with why.
-            let invalid: [(ConsumedMessage, String)]
-            /// Set when `firstOutcome` is there to take.
-            let done: Flag
-            /// The insert of all the batch's rows.
-            let firstOutcome: Task<Outcome, Never>
-        }
-
-        /// Sends rejected messages to the route's dead-letter topic and waits for Kafka's
-        /// acknowledgement. False when shutting down before they were all acknowledged.
-        private func sendDeadLetters(_ rejected: [(ConsumedMessage, String)], route: LoaderRoute) async -> Bool {
-            var remaining = rejected
-            var backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
-            while !remaining.isEmpty {
-                let ids = self.deadLetters.expect(remaining.count)
-                for ((message, reason), id) in zip(remaining, ids) {
-                    var headers = message.headers.filter { !$0.name.hasPrefix("dlq_") }
-                    headers.append(("dlq_reason", Array(reason.utf8)))
-                    headers.append(("dlq_topic", Array(message.topic.utf8)))
-                    headers.append(("dlq_partition", Array(String(message.partition).utf8)))
-                    headers.append(("dlq_offset", Array(String(message.offset).utf8)))
-                    headers.append(("dlq_table", Array(route.table.utf8)))
-                    do {
-                        try self.producer.send(
-                            topic: route.deadLetterTopic,
-                            key: message.key,
-                            value: message.value,
-                            headers: headers.map { ($0.name, $0.value) },
-                            id: id
-                        )
-                    } catch {
-                        self.deadLetters.cancel(id)  // not queued: goes round again below
-                    }
-                }
-                let delivered = await self.deadLetters.wait(for: ids)
-                let deliveredSet = Set(delivered)
-                for ((message, reason), id) in zip(remaining, ids) where deliveredSet.contains(id) {
-                    self.metrics.deadLettered.increment()
-                    self.loader.deadLettered.add(1, ordering: .relaxed)
-                    self.logger.error(
-                        "loader.dead_letter",
-                        metadata: [
-                            "topic": "\(message.topic)", "partition": "\(message.partition)",
-                            "offset": "\(message.offset)", "reason": "\(reason)", "dlq": "\(route.deadLetterTopic)",
-                        ]
-                    )
-                }
-                remaining = zip(remaining, ids).filter { !deliveredSet.contains($0.1) }.map(\.0)
-                if remaining.isEmpty { return true }
-                if Task.isCancelledOrShuttingDownGracefully { return false }
-                self.logger.warning("loader.dead_letter_retry", metadata: ["messages": "\(remaining.count)"])
-                try? await Task.sleep(for: backoff.next())
-            }
-            return true
-        }
-
-        static func nanoseconds(_ duration: Duration) -> Int64 {
-            duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
-        }
     }
 
-    enum Outcome: Sendable {
-        case inserted
-        case rejected(String)
-        case failed(ClickHouseError)
-    }
-
-    /// Sends rows to ClickHouse and accounts for the ones it confirms; shared with the task
-    /// that inserts a batch while the session reads the next.
+    /// Sends rows to ClickHouse and accounts for the ones it confirms.
     struct RowInserter: Sendable {
         let loader: Loader
         let clickHouse: ClickHouseClient
@@ -547,7 +420,7 @@ public final class Loader: Service, Sendable {
             of rows: EncodedRows,
             route: LoaderRoute,
             format: InsertFormat
-        ) async -> Outcome {
+        ) async -> InsertOutcome {
             let body = rows.body(of: chunk)
             var settings: [String: String] = [:]
             if self.version >= LoaderRoute.dedupTokenSince {
@@ -565,7 +438,7 @@ public final class Loader: Service, Sendable {
                 return .failed(error)
             }
             let now = Timestamp.nowMillis()
-            self.metrics.insertLatency.recordNanoseconds(Session.nanoseconds(ContinuousClock.now - started))
+            self.metrics.insertLatency.recordNanoseconds(LoaderMetrics.nanoseconds(ContinuousClock.now - started))
             self.metrics.rows.increment(by: Int64(chunk.count))
             self.metrics.bytes.increment(by: Int64(body.count))
             self.loader.insertedRows.add(chunk.count, ordering: .relaxed)
@@ -581,160 +454,6 @@ public final class Loader: Service, Sendable {
             return .inserted
         }
     }
-
-    /// A flag set once, read from any task.
-    final class Flag: Sendable {
-        private let value = Atomic<Bool>(false)
-        func set() { self.value.store(true, ordering: .releasing) }
-        var isSet: Bool { self.value.load(ordering: .acquiring) }
-    }
-
-    /// A batch's messages, and the rows of those that became rows, encoded end to end in one
-    /// body.
-    struct EncodedRows {
-        /// The batch's messages: rows and the messages that could not become rows.
-        var source: ArraySlice<ConsumedMessage> = []
-        /// For each row, its message's position in `source` (from 0).
-        var sources: [Int] = []
-        var receivedAtMillis: [Int64?] = []
-        var body: [UInt8] = []
-        /// Where each row ends in `body`; a row starts where the one before it ends.
-        var ends: [Int] = []
-
-        var count: Int { self.sources.count }
-        var indices: Range<Int> { 0..<self.sources.count }
-
-        func message(_ row: Int) -> ConsumedMessage { self.source[self.source.startIndex + self.sources[row]] }
-
-        mutating func reserve(_ rows: Int, bytes: Int) {
-            self.sources.reserveCapacity(rows)
-            self.receivedAtMillis.reserveCapacity(rows)
-            self.ends.reserveCapacity(rows)
-            self.body.reserveCapacity(bytes)
-        }
-
-        /// Records the message whose row was just appended to `body`.
-        mutating func appended(source: Int, receivedAtMillis: Int64?) {
-            self.sources.append(source)
-            self.receivedAtMillis.append(receivedAtMillis)
-            self.ends.append(self.body.count)
-        }
-
-        mutating func append(contentsOf other: EncodedRows) {
-            let shift = self.body.count
-            self.sources += other.sources
-            self.receivedAtMillis += other.receivedAtMillis
-            self.ends += other.ends.lazy.map { $0 + shift }
-            self.body += other.body
-        }
-
-        /// The bytes of rows `chunk`: the body itself (no copy) when that is all of them.
-        func body(of chunk: Range<Int>) -> [UInt8] {
-            guard chunk != self.indices else { return self.body }
-            let start = chunk.lowerBound == 0 ? 0 : self.ends[chunk.lowerBound - 1]
-            return Array(self.body[start..<self.ends[chunk.upperBound - 1]])
-        }
-    }
-
-    struct Batch {
-        var messages: [ConsumedMessage] = []
-        var bytes = 0
-        var firstArrival: ContinuousClock.Instant?
-
-        mutating func append(_ message: ConsumedMessage) {
-            if self.messages.isEmpty { self.firstArrival = .now }
-            self.messages.append(message)
-            self.bytes += message.value.count
-        }
-
-        /// Takes the first messages, up to `rows` of them and until they reach `bytes` (one at
-        /// least); the rest stay, as a batch that starts now. Batches are then as large as
-        /// configured, not that plus the rest of the last poll.
-        mutating func take(rows: Int, bytes: Int) -> ArraySlice<ConsumedMessage> {
-            var count = 0
-            var size = 0
-            while count < self.messages.count && count < max(1, rows) && size < max(1, bytes) {
-                size += self.messages[count].value.count
-                count += 1
-            }
-            let all = self.messages
-            self.messages = Array(all[count...])
-            self.bytes -= size
-            self.firstArrival = self.messages.isEmpty ? nil : .now
-            return all[..<count]
-        }
-
-        mutating func recount() {
-            self.bytes = self.messages.reduce(0) { $0 + $1.value.count }
-            if self.messages.isEmpty { self.firstArrival = nil }
-        }
-    }
-}
-
-/// Matches dead-letter delivery reports to the sends waiting for them.
-final class DeadLetterSender: Sendable {
-    private struct State {
-        var nextID: UInt64 = 1
-        var outstanding: Set<UInt64> = []
-        /// Reported and acknowledged; anything else no longer outstanding failed.
-        var delivered: Set<UInt64> = []
-    }
-
-    private let state = Mutex(State())
-
-    func expect(_ count: Int) -> [UInt64] {
-        self.state.withLock { state in
-            let ids = (0..<UInt64(count)).map { state.nextID + $0 }
-            state.nextID += UInt64(count)
-            state.outstanding.formUnion(ids)
-            return ids
-        }
-    }
-
-    func cancel(_ id: UInt64) {
-        self.state.withLock { _ = $0.outstanding.remove(id) }
-    }
-
-    func report(_ reports: [DeliveryReport]) {
-        self.state.withLock { state in
-            for report in reports where state.outstanding.remove(report.id) != nil {
-                if report.error == nil { state.delivered.insert(report.id) }
-            }
-        }
-    }
-
-    /// Waits until every id is reported; returns those Kafka acknowledged.
-    func wait(for ids: [UInt64]) async -> [UInt64] {
-        while true {
-            let done = self.state.withLock { state -> [UInt64]? in
-                guard ids.allSatisfy({ !state.outstanding.contains($0) }) else { return nil }
-                let delivered = ids.filter { state.delivered.contains($0) }
-                state.delivered.subtract(ids)
-                return delivered
-            }
-            if let done { return done }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-    }
-}
-
-/// Exponential back-off with full jitter.
-struct Backoff {
-    let initial: Duration
-    let maximum: Duration
-    private var attempt = 0
-
-    init(initial: Duration, maximum: Duration) {
-        self.initial = initial
-        self.maximum = maximum
-    }
-
-    mutating func next() -> Duration {
-        let ceiling = min(self.maximum, self.initial * (1 << min(self.attempt, 20)))
-        self.attempt += 1
-        // Full jitter, but never less than half the step: retries spread out, none spins.
-        return ceiling / 2 + ceiling / 2 * Double.random(in: 0...1)
-    }
 }
 
 struct LoaderMetrics: Sendable {
@@ -747,6 +466,10 @@ struct LoaderMetrics: Sendable {
     let commitLatency = Timer(label: "sluice_loader_commit_duration_seconds")
     let ingestDelay = Timer(label: "sluice_loader_ingest_to_insert_seconds")
     let batchSize = Recorder(label: "sluice_loader_batch_rows", aggregate: true)
+
+    static func nanoseconds(_ duration: Duration) -> Int64 {
+        duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
+    }
 }
 
 extension Task where Success == Never, Failure == Never {

@@ -55,28 +55,20 @@ public struct OffsetTools: Sendable {
         public var to: Int64
     }
 
-    public struct GroupIsActive: Error, CustomStringConvertible {
-        public var group: String
-        public var detail: String
-        public var description: String {
-            "group \(self.group) has active members (\(self.detail)): stop its loaders first, then reset it (a loader stopped a moment ago counts until the group notices, at most its session.timeout.ms; try again shortly)"
-        }
-    }
-
-    public struct InvalidTarget: Error, CustomStringConvertible {
-        public var description: String
-    }
-
     /// Moves `group` on `topic` to `target`; with `dryRun`, only says what would change.
     ///
     /// Refuses while the group has active members (a member would overwrite the reset with its
     /// next commit). Clusters that cannot list group members (librdkafka's mock) are left to the
     /// broker's own check: Kafka refuses a non-member's commit to a group that is not empty.
+    ///
+    /// - Throws: ``LoaderError`` with code ``LoaderError/Code/groupIsActive`` while the group is
+    ///   in use, ``LoaderError/Code/invalidTarget`` for a partition or an offset the topic does
+    ///   not have; Kafka's errors as they come.
     public func reset(group: String, topic: String, to target: Target, dryRun: Bool) async throws -> [Change] {
         let consumer = try self.consumer(group: group)
         do {
             let members: Int? = try? await consumer.activeMembers(group: group)
-            if let members, members > 0 { throw GroupIsActive(group: group, detail: "\(members) member(s)") }
+            if let members, members > 0 { throw Self.groupIsActive(group, detail: "\(members) member(s)") }
             let marks = try await consumer.watermarks(topic: topic)
             let current = try await consumer.committed(marks.keys.map { TopicPartition(topic, $0) })
             var destination: [Int32: Int64] = [:]
@@ -88,13 +80,15 @@ public struct OffsetTools: Sendable {
             case .offsets(let offsets):
                 for (partition, offset) in offsets {
                     guard let mark = marks[partition] else {
-                        throw InvalidTarget(
-                            description: "topic \(topic) has no partition \(partition) (it has \(marks.count))"
+                        throw LoaderError(
+                            .invalidTarget,
+                            message: "topic \(topic) has no partition \(partition) (it has \(marks.count))"
                         )
                     }
                     guard offset >= mark.low && offset <= mark.high else {
-                        throw InvalidTarget(
-                            description:
+                        throw LoaderError(
+                            .invalidTarget,
+                            message:
                                 "offset \(offset) is outside partition \(partition)'s range \(mark.low)…\(mark.high)"
                         )
                     }
@@ -152,7 +146,7 @@ public struct OffsetTools: Sendable {
         let held = member.assignment.intersection(all).count
         guard held == all.count else {
             await member.close()
-            throw GroupIsActive(group: group, detail: "it handed this tool \(held) of \(all.count) partitions")
+            throw Self.groupIsActive(group, detail: "it handed this tool \(held) of \(all.count) partitions")
         }
         do {
             try await member.commit(offsets)
@@ -161,6 +155,15 @@ public struct OffsetTools: Sendable {
             throw error
         }
         await member.close()
+    }
+
+    private static func groupIsActive(_ group: String, detail: String, line: Int = #line) -> LoaderError {
+        LoaderError(
+            .groupIsActive,
+            message:
+                "group \(group) has active members (\(detail)): stop its loaders first, then reset it (a loader stopped a moment ago counts until the group notices, at most its session.timeout.ms; try again shortly)",
+            line: line
+        )
     }
 
     private func consumer(group: String) throws -> KafkaConsumer {

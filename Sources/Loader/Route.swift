@@ -111,8 +111,16 @@ public struct LoaderRoute: Sendable, Equatable {
         orderBy: ["action", "event_id"]
     )
 
+    /// Checks that the route can work: a `database.table` name, columns with plain names,
+    /// a time column of kind `timestamp`, the dedup column in the sorting key.
+    ///
+    /// - Throws: ``LoaderError`` with code ``LoaderError/Code/invalidRoute`` and what is wrong.
+    public func validate() throws(LoaderError) {
+        if let problem = self.problem { throw LoaderError(.invalidRoute, message: problem) }
+    }
+
     /// What is wrong with this route, if anything.
-    public func validate() -> String? {
+    private var problem: String? {
         let names = self.columns.map(\.name)
         if self.topic.isEmpty { return "a route needs a topic" }
         if self.table.split(separator: ".").count != 2 { return "table '\(self.table)' must be database.table" }

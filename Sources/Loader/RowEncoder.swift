@@ -20,34 +20,6 @@ public enum InsertFormat: String, Sendable, CaseIterable {
     }
 }
 
-/// Why a message cannot become a row.
-public struct RowError: Error, Sendable, CustomStringConvertible {
-    public enum Code: String, Sendable {
-        /// Not JSON at all (syntax, UTF-8, escapes, control characters, nesting).
-        case notJSON
-        /// JSON, but not an object.
-        case notAnObject
-        /// A required field is absent or null.
-        case missingField
-        /// A field's JSON kind does not fit its column (an object for a string column…).
-        case wrongKind
-        /// A field's value does not fit its column (a number too large, a time out of range…).
-        case outOfRange
-    }
-
-    public var code: Code
-    /// The top-level field concerned, if any.
-    public var field: String?
-    /// What is wrong, for the dead-letter header `dlq_reason` and the logs.
-    public var description: String
-
-    public init(_ code: Code, field: String? = nil, _ description: String) {
-        self.code = code
-        self.field = field
-        self.description = description
-    }
-}
-
 /// Turns messages into rows of one route, in ``InsertFormat/rowBinary`` or
 /// ``InsertFormat/jsonEachRow``.
 ///
@@ -73,7 +45,7 @@ public struct RowEncoder: Sendable {
     private let keys: [Range<Int>]
     private let receivedAtKey: Int
     /// Why a column's default cannot be encoded, if so; read only when a message lacks the field.
-    private let fallbackErrors: [RowError?]
+    private let fallbackErrors: [LoaderError?]
 
     /// Per-thread working memory: the scanner's member list, the key matches, decoded text.
     public struct Scratch {
@@ -105,7 +77,7 @@ public struct RowEncoder: Sendable {
             return keys.count - 1
         }
         var plans: [ColumnPlan] = []
-        var fallbackErrors: [RowError?] = []
+        var fallbackErrors: [LoaderError?] = []
         for (index, column) in route.columns.enumerated() {
             var name: [UInt8] = []
             if format == .jsonEachRow {
@@ -140,7 +112,7 @@ public struct RowEncoder: Sendable {
         _ column: LoaderColumn,
         layout: Layout,
         defaultText: [UInt8]?
-    ) -> ([UInt8], RowError?) {
+    ) -> ([UInt8], LoaderError?) {
         var literal = JSONWriter(capacity: 0)
         switch (column.defaultValue, column.kind) {
         case (let text?, _): literal.string(text)
@@ -182,7 +154,7 @@ public struct RowEncoder: Sendable {
         _ message: UnsafeBufferPointer<UInt8>,
         into output: inout [UInt8],
         scratch: inout Scratch
-    ) throws(RowError) -> Int64? {
+    ) throws(LoaderError) -> Int64? {
         do {
             try scratch.scanner.scan(message)
         } catch {
@@ -193,14 +165,14 @@ public struct RowEncoder: Sendable {
             self.match(members, in: message, keys: constants, &scratch)
         }
         let start = output.count
-        let failure = self.constants.withUnsafeBufferPointer { constants -> RowError? in
+        let failure = self.constants.withUnsafeBufferPointer { constants -> LoaderError? in
             for (index, plan) in self.plans.enumerated() {
                 if !plan.name.isEmpty { output.append(contentsOf: UnsafeBufferPointer(rebasing: constants[plan.name])) }
                 let slot = scratch.slots[plan.key]
                 guard slot >= 0, members[slot].kind != .null else {
                     if plan.required {
                         let field = self.route.columns[index].field
-                        return RowError(.missingField, field: field, "missing required field '\(field)'")
+                        return LoaderError(.missingField, field: field, message: "missing required field '\(field)'")
                     }
                     if let error = self.fallbackErrors[index] { return error }
                     output.append(contentsOf: UnsafeBufferPointer(rebasing: constants[plan.fallback]))
@@ -239,11 +211,11 @@ public struct RowEncoder: Sendable {
 
     /// One row (a line with its newline in JSONEachRow), and the event's `received_at` (unix
     /// ms) when present. Allocates; the loader uses ``encode(_:into:scratch:)``.
-    public func encode(_ message: [UInt8]) throws(RowError) -> (row: [UInt8], receivedAtMillis: Int64?) {
+    public func encode(_ message: [UInt8]) throws(LoaderError) -> (row: [UInt8], receivedAtMillis: Int64?) {
         var scratch = Scratch()
         var row: [UInt8] = []
         row.reserveCapacity(message.count + 64)
-        let received = try message.withUnsafeBufferPointer { buffer throws(RowError) in
+        let received = try message.withUnsafeBufferPointer { buffer throws(LoaderError) in
             try self.encode(buffer, into: &row, scratch: &scratch)
         }
         return (row, received)
@@ -306,10 +278,10 @@ public struct RowEncoder: Sendable {
         return true
     }
 
-    static func rowError(_ failure: MessageScanner.Failure, in message: UnsafeBufferPointer<UInt8>) -> RowError {
+    static func rowError(_ failure: MessageScanner.Failure, in message: UnsafeBufferPointer<UInt8>) -> LoaderError {
         switch failure {
         case .notAnObject(let kind):
-            return RowError(.notAnObject, "not a JSON object but a \(kind.name)")
+            return LoaderError(.notAnObject, message: "not a JSON object but a \(kind.name)")
         case .syntax(let reason, let offset):
             var line = 1
             var column = 1
@@ -321,7 +293,7 @@ public struct RowEncoder: Sendable {
                     column += 1
                 }
             }
-            return RowError(.notJSON, "not JSON: \(reason) at line \(line), column \(column)")
+            return LoaderError(.notJSON, message: "not JSON: \(reason) at line \(line), column \(column)")
         }
     }
 
@@ -354,18 +326,26 @@ public struct RowEncoder: Sendable {
         case time(String)
         case fit(String)
 
-        func rowError(field: String, kind: LoaderColumn.Kind) -> RowError {
+        func rowError(field: String, kind: LoaderColumn.Kind) -> LoaderError {
             switch self {
             case .kind(let found, let expected):
-                return RowError(.wrongKind, field: field, "field '\(field)' is a \(found.name), expected \(expected)")
+                return LoaderError(
+                    .wrongKind,
+                    field: field,
+                    message: "field '\(field)' is a \(found.name), expected \(expected)"
+                )
             case .time(let value):
-                return RowError(
+                return LoaderError(
                     .outOfRange,
                     field: field,
-                    "field '\(field)' is not a time between 1970 and 2100: \(value)"
+                    message: "field '\(field)' is not a time between 1970 and 2100: \(value)"
                 )
             case .fit(let text):
-                return RowError(.outOfRange, field: field, "field '\(field)' = \(text) does not fit \(kind.rawValue)")
+                return LoaderError(
+                    .outOfRange,
+                    field: field,
+                    message: "field '\(field)' = \(text) does not fit \(kind.rawValue)"
+                )
             }
         }
     }

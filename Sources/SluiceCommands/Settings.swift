@@ -56,7 +56,7 @@ struct Settings {
         configuration.format = self.loaderFormat
         configuration.retryMax = max(self.loaderRetryMax, self.loaderRetryInitial)
         configuration.routes = try self.loaderRoutes()
-        if let problem = configuration.validate() { throw SettingsError(description: "loader: \(problem)") }
+        do { try configuration.validate() } catch { throw SettingsError(description: "loader: \(error)") }
         return configuration
     }
 

@@ -17,29 +17,33 @@ import Testing
     }
 
     @Test func batchesAreCutAtTheirSizeAndTheRestWaits() {
-        var batch = Loader.Batch()
-        for offset in 0..<5 { batch.append(Self.message(Int64(offset))) }
+        let clock = TestClock()
+        var batch = LoaderStateMachine<TestClock>.Batch()
+        for offset in 0..<5 { batch.append(Self.message(Int64(offset)), at: clock.now) }
         #expect(batch.bytes == 50)
+        #expect(batch.firstArrival == clock.now)
 
-        let first = batch.take(rows: 2, bytes: 1000)
+        clock.advance(by: .milliseconds(300))
+        let first = batch.take(rows: 2, bytes: 1000, now: clock.now)
         #expect(first.map(\.offset) == [0, 1])
         #expect(batch.messages.map(\.offset) == [2, 3, 4])
         #expect(batch.bytes == 30)
-        #expect(batch.firstArrival != nil)
+        // The rest is a batch that starts now: its age counts from the cut.
+        #expect(batch.firstArrival == clock.now)
 
         // Up to the message that reaches the byte limit.
-        let second = batch.take(rows: 100, bytes: 15)
+        let second = batch.take(rows: 100, bytes: 15, now: clock.now)
         #expect(second.map(\.offset) == [2, 3])
         #expect(batch.bytes == 10)
 
         // One message at least, however small the limits; then the batch is empty.
-        let last = batch.take(rows: 0, bytes: 0)
+        let last = batch.take(rows: 0, bytes: 0, now: clock.now)
         #expect(last.map(\.offset) == [4])
         #expect(batch.messages.isEmpty && batch.bytes == 0 && batch.firstArrival == nil)
     }
 
     @Test func aChunkOfRowsIsItsPartOfTheBody() {
-        var rows = Loader.EncodedRows()
+        var rows = EncodedRows()
         for (index, row) in ["aa", "bbb", "c"].enumerated() {
             rows.body += Array(row.utf8)
             rows.appended(source: [0, 1, 3][index], receivedAtMillis: nil)

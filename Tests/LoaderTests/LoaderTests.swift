@@ -433,11 +433,15 @@ final class LoadPipeline: @unchecked Sendable {
                 let (committed, end) = try await pipeline.committedAndEnd()
                 return committed == end && end == 200
             }
-            await #expect(throws: OffsetTools.GroupIsActive.self) {
+            let refusal = await #expect(throws: LoaderError.self) {
                 _ = try await OffsetTools(
                     properties: ["bootstrap.servers": pipeline.cluster.bootstrapServers, "log_level": "0"]
                 ).reset(group: pipeline.configuration.groupID, topic: "events", to: .earliest, dryRun: false)
             }
+            #expect(refusal?.code == .groupIsActive)
+            #expect(
+                refusal?.description.hasPrefix("group \(pipeline.configuration.groupID) has active members") == true
+            )
             let (committed, _) = try await pipeline.committedAndEnd()
             #expect(committed == 200)
         }

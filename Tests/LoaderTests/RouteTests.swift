@@ -30,7 +30,7 @@ import Testing
         _ route: LoaderRoute = Self.kinds,
         _ format: InsertFormat = .rowBinary,
         on version: ClickHouseVersion = Self.old
-    ) throws(RowError) -> [UInt8] {
+    ) throws(LoaderError) -> [UInt8] {
         try RowEncoder(route: route, version: version, format: format).encode(Array(text.utf8)).row
     }
 
@@ -38,7 +38,7 @@ import Testing
         _ text: String,
         _ route: LoaderRoute = Self.kinds,
         _ format: InsertFormat = .rowBinary
-    ) -> RowError? {
+    ) -> LoaderError? {
         self.reason(Array(text.utf8), route, format)
     }
 
@@ -47,7 +47,7 @@ import Testing
         _ route: LoaderRoute = Self.kinds,
         _ format: InsertFormat = .rowBinary
     )
-        -> RowError?
+        -> LoaderError?
     {
         do {
             _ = try RowEncoder(route: route, version: Self.old, format: format).encode(bytes)
@@ -152,7 +152,7 @@ import Testing
 
     @Test func valuesThatDoNotFitTheirColumnSayWhy() {
         let base = #""id":"x","at":1795342530250"#
-        func reason(_ member: String) -> RowError? { Self.reason("{\(base),\(member)}") }
+        func reason(_ member: String) -> LoaderError? { Self.reason("{\(base),\(member)}") }
         #expect(reason(#""note":{"a":1}"#)?.description == "field 'note' is a object, expected text")
         #expect(reason(#""note":[1]"#)?.code == .wrongKind)
         #expect(reason(#""n":true"#)?.description == "field 'n' is a boolean, expected a number")
@@ -518,20 +518,55 @@ import Testing
         #expect(new.contains("non_replicated_deduplication_window"))
     }
 
-    @Test func badRoutesAreRefusedWithAReason() {
+    @Test func badRoutesAreRefusedWithAReason() throws {
+        func problem(_ route: LoaderRoute) -> LoaderError? {
+            do {
+                try route.validate()
+                return nil
+            } catch {
+                return error
+            }
+        }
         var route = LoaderRoute.events
-        #expect(route.validate() == nil)
+        try route.validate()
         route.table = "events"
-        #expect(route.validate()?.contains("database.table") == true)
+        #expect(problem(route)?.message == "table 'events' must be database.table")
+        #expect(problem(route)?.code == .invalidRoute)
         route = .events
         route.timeColumn = "page"
-        #expect(route.validate()?.contains("time column") == true)
+        #expect(problem(route)?.description.contains("time column") == true)
         route = .events
         route.orderBy = ["action"]
-        #expect(route.validate()?.contains("dedup column") == true)
+        #expect(problem(route)?.description.contains("dedup column") == true)
         route = .events
         route.table = "sluice.x; DROP TABLE y"
-        #expect(route.validate() != nil)
+        #expect(problem(route) != nil)
+    }
+
+    @Test func badSettingsAreRefusedWithAReason() throws {
+        var configuration = LoaderConfiguration(kafkaProperties: [:], clickHouse: .init(url: "http://127.0.0.1:1"))
+        try configuration.validate()
+        configuration.routes = [.events, .events]
+        #expect(throws: LoaderError.self) { try configuration.validate() }
+        do {
+            try configuration.validate()
+        } catch {
+            #expect(error.code == .invalidConfiguration)
+            #expect(error.description == "two routes read the same topic")
+        }
+        configuration.routes = [.events]
+        configuration.batchBytes = 100
+        #expect(throws: LoaderError.self) { try configuration.validate() }
+        var broken = LoaderRoute.events
+        broken.table = "events"
+        configuration = LoaderConfiguration(kafkaProperties: [:], clickHouse: .init(url: "http://127.0.0.1:1"))
+        configuration.routes = [broken]
+        do {
+            try configuration.validate()
+            Issue.record("a route that cannot work was accepted")
+        } catch {
+            #expect(error.code == .invalidRoute)
+        }
     }
 }
 
