@@ -105,12 +105,7 @@ public final class Loader: Service, Sendable {
         )
         await session.run()
         await consumer.close()
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async {
-                producer.close(flushTimeoutMilliseconds: 10_000)
-                continuation.resume()
-            }
-        }
+        await producer.close(flushTimeout: .seconds(10))
         self.logger.info("loader.stopped", metadata: ["rows": "\(self.rowsInserted)"])
     }
 
