@@ -68,147 +68,150 @@ struct LoaderBenchCommand: AsyncParsableCommand {
         let bootstrap = cluster.bootstrapServers
 
         let clickHouse = ClickHouseClient(ClickHouseConfiguration(url: self.clickhouseUrl), logger: quiet)
-        defer { Task { try? await clickHouse.shutdown() } }
-        let version = try await clickHouse.serverVersion()
-        try await clickHouse.execute("DROP DATABASE IF EXISTS sluice_bench")
-        try await clickHouse.execute("CREATE DATABASE sluice_bench")
-        var route = LoaderRoute.events
-        route.table = "sluice_bench.events"
-        var baseline = route
-        baseline.table = "sluice_bench.baseline"
-        try await clickHouse.execute(baseline.createTable(on: version))
+        try await withShutdown(clickHouse) {
+            let version = try await clickHouse.serverVersion()
+            try await clickHouse.execute("DROP DATABASE IF EXISTS sluice_bench")
+            try await clickHouse.execute("CREATE DATABASE sluice_bench")
+            var route = LoaderRoute.events
+            route.table = "sluice_bench.events"
+            var baseline = route
+            baseline.table = "sluice_bench.baseline"
+            try await clickHouse.execute(baseline.createTable(on: version))
 
-        // The same events for both: Kafka messages for the loader, JSONEachRow rows for curl.
-        let delivered = BenchTally()
-        let producer = try KafkaProducer(
-            properties: ["bootstrap.servers": bootstrap, "linger.ms": "20", "compression.type": "lz4"],
-            onDelivery: { reports in delivered.add(reports.count) }
-        )
-        let encoder = RowEncoder(route: route, version: version, format: .jsonEachRow)
-        let rowsPath = directory + "/rows.ndjson"
-        guard FileManager.default.createFile(atPath: rowsPath, contents: nil) else {
-            printError("sluice: cannot create \(rowsPath)")
-            throw ExitCode.failure
-        }
-        let rowsFile = try FileHandle(forWritingTo: URL(fileURLWithPath: rowsPath))
-        var chunk: [UInt8] = []
-        var totalBytes = 0
-        for n in 0..<self.events {
-            let value = Self.event(n)
-            totalBytes += value.count
-            chunk += try encoder.encode(value).row
-            if chunk.count > 1 << 20 {
-                try rowsFile.write(contentsOf: chunk)
-                chunk.removeAll(keepingCapacity: true)
+            // The same events for both: Kafka messages for the loader, JSONEachRow rows for curl.
+            let delivered = BenchTally()
+            let producer = try KafkaProducer(
+                properties: ["bootstrap.servers": bootstrap, "linger.ms": "20", "compression.type": "lz4"],
+                onDelivery: { reports in delivered.add(reports.count) }
+            )
+            let encoder = RowEncoder(route: route, version: version, format: .jsonEachRow)
+            let rowsPath = directory + "/rows.ndjson"
+            guard FileManager.default.createFile(atPath: rowsPath, contents: nil) else {
+                printError("sluice: cannot create \(rowsPath)")
+                throw ExitCode.failure
             }
-            try await Self.send(producer, topic: "events", key: "user-\(n % 1000)", value: value, id: n)
-        }
-        try rowsFile.write(contentsOf: chunk)
-        try rowsFile.close()
-        while delivered.value < self.events { try await Task.sleep(for: .milliseconds(20)) }
-        let encoding = Self.encodingCost(route: route, version: version)
+            let rowsFile = try FileHandle(forWritingTo: URL(fileURLWithPath: rowsPath))
+            var chunk: [UInt8] = []
+            var totalBytes = 0
+            for n in 0..<self.events {
+                let value = Self.event(n)
+                totalBytes += value.count
+                chunk += try encoder.encode(value).row
+                if chunk.count > 1 << 20 {
+                    try rowsFile.write(contentsOf: chunk)
+                    chunk.removeAll(keepingCapacity: true)
+                }
+                try await Self.send(producer, topic: "events", key: "user-\(n % 1000)", value: value, id: n)
+            }
+            try rowsFile.write(contentsOf: chunk)
+            try rowsFile.close()
+            while delivered.value < self.events { try await Task.sleep(for: .milliseconds(20)) }
+            let encoding = Self.encodingCost(route: route, version: version)
 
-        // Baseline: curl, one INSERT with every row.
-        let curlStart = ContinuousClock.now
-        let curl = Process()
-        curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        curl.arguments = [
-            "-sS", "--fail", "--data-binary", "@" + rowsPath,
-            self.clickhouseUrl + "/?query="
-                + (baseline.insertPrefix(.jsonEachRow).addingPercentEncoding(withAllowedCharacters: .alphanumerics)
-                    ?? ""),
-        ]
-        try curl.run()
-        curl.waitUntilExit()
-        let curlSeconds = Self.seconds(ContinuousClock.now - curlStart)
-        guard curl.terminationStatus == 0 else {
-            printError("sluice: curl failed with status \(curl.terminationStatus)")
-            throw ExitCode.failure
-        }
+            // Baseline: curl, one INSERT with every row.
+            let curlStart = ContinuousClock.now
+            let curl = Process()
+            curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+            curl.arguments = [
+                "-sS", "--fail", "--data-binary", "@" + rowsPath,
+                self.clickhouseUrl + "/?query="
+                    + (baseline.insertPrefix(.jsonEachRow).addingPercentEncoding(withAllowedCharacters: .alphanumerics)
+                        ?? ""),
+            ]
+            try curl.run()
+            curl.waitUntilExit()
+            let curlSeconds = Self.seconds(ContinuousClock.now - curlStart)
+            guard curl.terminationStatus == 0 else {
+                printError("sluice: curl failed with status \(curl.terminationStatus)")
+                throw ExitCode.failure
+            }
 
-        // The loader: from an empty group to every row confirmed.
-        var configuration = LoaderConfiguration(
-            kafkaProperties: ["bootstrap.servers": bootstrap],
-            clickHouse: ClickHouseConfiguration(url: self.clickhouseUrl)
-        )
-        configuration.groupID = "bench-\(getpid())"
-        configuration.routes = [route]
-        configuration.format = InsertFormat(name: self.format) ?? LoaderConfiguration.defaultFormat
-        configuration.batchRows = self.batchRows
-        configuration.batchBytes = self.batchMib << 20
-        let loader = Loader(configuration: configuration, logger: quiet)
-        let group = ServiceGroup(services: [loader], logger: quiet)
-        let loaderStart = ContinuousClock.now
-        let running = Task { try await group.run() }
-        // Joining an empty group waits out the coordinator's initial rebalance delay (3 s in
-        // the mock cluster, group.initial.rebalance.delay.ms on a broker): a start-up cost,
-        // timed apart from the rate.
-        while loader.partitionsAssigned == 0 { try await Task.sleep(for: .milliseconds(5)) }
-        let joined = ContinuousClock.now
-        while loader.rowsInserted < self.events { try await Task.sleep(for: .milliseconds(20)) }
-        let loaderSeconds = Self.seconds(ContinuousClock.now - joined)
-        let joinSeconds = Self.seconds(joined - loaderStart)
-        await group.triggerGracefulShutdown()
-        try await running.value
+            // The loader: from an empty group to every row confirmed.
+            var configuration = LoaderConfiguration(
+                kafkaProperties: ["bootstrap.servers": bootstrap],
+                clickHouse: ClickHouseConfiguration(url: self.clickhouseUrl)
+            )
+            configuration.groupID = "bench-\(getpid())"
+            configuration.routes = [route]
+            configuration.format = InsertFormat(name: self.format) ?? LoaderConfiguration.defaultFormat
+            configuration.batchRows = self.batchRows
+            configuration.batchBytes = self.batchMib << 20
+            let loader = Loader(configuration: configuration, logger: quiet)
+            let group = ServiceGroup(services: [loader], logger: quiet)
+            let loaderStart = ContinuousClock.now
+            let running = Task { try await group.run() }
+            // Joining an empty group waits out the coordinator's initial rebalance delay (3 s in
+            // the mock cluster, group.initial.rebalance.delay.ms on a broker): a start-up cost,
+            // timed apart from the rate.
+            while loader.partitionsAssigned == 0 { try await Task.sleep(for: .milliseconds(5)) }
+            let joined = ContinuousClock.now
+            while loader.rowsInserted < self.events { try await Task.sleep(for: .milliseconds(20)) }
+            let loaderSeconds = Self.seconds(ContinuousClock.now - joined)
+            let joinSeconds = Self.seconds(joined - loaderStart)
+            await group.triggerGracefulShutdown()
+            try await running.value
 
-        let baselineRows = try await clickHouse.query("SELECT count() FROM sluice_bench.baseline FORMAT TabSeparated")
-        let loadedRows = try await clickHouse.query(
-            "SELECT uniqExact(event_id) FROM sluice_bench.events FORMAT TabSeparated"
-        )
-        let curlRate = Double(self.events) / curlSeconds
-        let loaderRate = Double(self.events) / loaderSeconds
-        print(
-            """
-            loader bench: \(self.events) events of ~\(totalBytes / max(1, self.events)) B, \(self.partitions) partitions, ClickHouse \(version)
-              curl, one JSONEachRow INSERT:     \(String(format: "%.0f", curlRate)) rows/s (\(String(format: "%.2f", curlSeconds)) s, \(baselineRows.trimmingCharacters(in: .whitespacesAndNewlines)) rows)
-              loader (Kafka → ClickHouse):      \(String(format: "%.0f", loaderRate)) rows/s (\(String(format: "%.2f", loaderSeconds)) s from joining the group to the last row confirmed, \(loadedRows.trimmingCharacters(in: .whitespacesAndNewlines)) distinct event_id, \(configuration.format.rawValue), batches of \(self.batchRows) rows or \(self.batchMib) MiB)
-              ratio loader / curl:              \(String(format: "%.2f", loaderRate / curlRate))x (\(String(format: "%.2f", Double(self.events) / (loaderSeconds + joinSeconds) / curlRate))x counting the \(String(format: "%.2f", joinSeconds)) s the group join took)
-              row encoding, one core:           \(encoding)
-            """
-        )
+            let baselineRows = try await clickHouse.query(
+                "SELECT count() FROM sluice_bench.baseline FORMAT TabSeparated"
+            )
+            let loadedRows = try await clickHouse.query(
+                "SELECT uniqExact(event_id) FROM sluice_bench.events FORMAT TabSeparated"
+            )
+            let curlRate = Double(self.events) / curlSeconds
+            let loaderRate = Double(self.events) / loaderSeconds
+            print(
+                """
+                loader bench: \(self.events) events of ~\(totalBytes / max(1, self.events)) B, \(self.partitions) partitions, ClickHouse \(version)
+                  curl, one JSONEachRow INSERT:     \(String(format: "%.0f", curlRate)) rows/s (\(String(format: "%.2f", curlSeconds)) s, \(baselineRows.trimmingCharacters(in: .whitespacesAndNewlines)) rows)
+                  loader (Kafka → ClickHouse):      \(String(format: "%.0f", loaderRate)) rows/s (\(String(format: "%.2f", loaderSeconds)) s from joining the group to the last row confirmed, \(loadedRows.trimmingCharacters(in: .whitespacesAndNewlines)) distinct event_id, \(configuration.format.rawValue), batches of \(self.batchRows) rows or \(self.batchMib) MiB)
+                  ratio loader / curl:              \(String(format: "%.2f", loaderRate / curlRate))x (\(String(format: "%.2f", Double(self.events) / (loaderSeconds + joinSeconds) / curlRate))x counting the \(String(format: "%.2f", joinSeconds)) s the group join took)
+                  row encoding, one core:           \(encoding)
+                """
+            )
 
-        guard self.rate > 0 else { return }
-        // Steady load: events stamped with received_at = now, at `rate` per second.
-        let delays = BenchDelays()
-        var steady = configuration
-        steady.groupID = "bench-steady-\(getpid())"
-        var steadyRoute = route
-        steadyRoute.topic = "steady"
-        steadyRoute.deadLetterTopic = "steady.dlq"
-        steady.routes = [steadyRoute]
-        steady.insertObserver = { batch in delays.add(batch) }
-        let steadyLoader = Loader(configuration: steady, logger: quiet)
-        let steadyGroup = ServiceGroup(services: [steadyLoader], logger: quiet)
-        let steadyRunning = Task { try await steadyGroup.run() }
-        try await Task.sleep(for: .seconds(5))  // group join
-        let total = self.rate * self.seconds
-        let start = ContinuousClock.now
-        for n in 0..<total {
-            let due = start + .milliseconds(Int64(n) * 1000 / Int64(self.rate))
-            if due > ContinuousClock.now { try await Task.sleep(until: due, clock: .continuous) }
-            try? producer.send(
-                topic: "steady",
-                key: Array("u\(n % 1000)".utf8),
-                value: Self.event(self.events + n),
-                id: UInt64(n)
+            guard self.rate > 0 else { return }
+            // Steady load: events stamped with received_at = now, at `rate` per second.
+            let delays = BenchDelays()
+            var steady = configuration
+            steady.groupID = "bench-steady-\(getpid())"
+            var steadyRoute = route
+            steadyRoute.topic = "steady"
+            steadyRoute.deadLetterTopic = "steady.dlq"
+            steady.routes = [steadyRoute]
+            steady.insertObserver = { batch in delays.add(batch) }
+            let steadyLoader = Loader(configuration: steady, logger: quiet)
+            let steadyGroup = ServiceGroup(services: [steadyLoader], logger: quiet)
+            let steadyRunning = Task { try await steadyGroup.run() }
+            try await Task.sleep(for: .seconds(5))  // group join
+            let total = self.rate * self.seconds
+            let start = ContinuousClock.now
+            for n in 0..<total {
+                let due = start + .milliseconds(Int64(n) * 1000 / Int64(self.rate))
+                if due > ContinuousClock.now { try await Task.sleep(until: due, clock: .continuous) }
+                try? producer.send(
+                    topic: "steady",
+                    key: Array("u\(n % 1000)".utf8),
+                    value: Self.event(self.events + n),
+                    id: UInt64(n)
+                )
+            }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while steadyLoader.rowsInserted < total && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            await steadyGroup.triggerGracefulShutdown()
+            try await steadyRunning.value
+            producer.close()
+            let sorted = delays.all.sorted()
+            func percentile(_ p: Double) -> Int64 {
+                sorted.isEmpty ? -1 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+            }
+            print(
+                """
+                  steady \(self.rate) events/s for \(self.seconds) s: \(steadyLoader.rowsInserted) of \(total) loaded; ingest-to-insert delay p50 \(percentile(0.5)) ms, p99 \(percentile(0.99)) ms, max \(sorted.last ?? -1) ms
+                """
             )
         }
-        let deadline = ContinuousClock.now + .seconds(60)
-        while steadyLoader.rowsInserted < total && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        await steadyGroup.triggerGracefulShutdown()
-        try await steadyRunning.value
-        producer.close()
-        let sorted = delays.all.sorted()
-        func percentile(_ p: Double) -> Int64 {
-            sorted.isEmpty ? -1 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
-        }
-        print(
-            """
-              steady \(self.rate) events/s for \(self.seconds) s: \(steadyLoader.rowsInserted) of \(total) loaded; ingest-to-insert delay p50 \(percentile(0.5)) ms, p99 \(percentile(0.99)) ms, max \(sorted.last ?? -1) ms
-            """
-        )
     }
 
     /// The encoder's cost per row on one core, for each format, over 20,000 events encoded

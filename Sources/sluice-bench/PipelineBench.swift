@@ -93,93 +93,109 @@ struct PipelineBenchCommand: AsyncParsableCommand {
             ClickHouseConfiguration(url: clickHouse.httpURL, timeout: .seconds(120), maxResponseBytes: 1 << 30),
             logger: quiet
         )
-        defer { Task { try? await analyst.shutdown() } }
-        let client = HTTPClient(
-            eventLoopGroupProvider: .singleton,
-            configuration: .init(
-                connectionPool: .init(
-                    idleTimeout: .seconds(60),
-                    concurrentHTTP1ConnectionsPerHostSoftLimit: self.connections
+        try await withShutdown(analyst) {
+            let client = HTTPClient(
+                eventLoopGroupProvider: .singleton,
+                configuration: .init(
+                    connectionPool: .init(
+                        idleTimeout: .seconds(60),
+                        concurrentHTTP1ConnectionsPerHostSoftLimit: self.connections
+                    )
                 )
             )
-        )
-        defer { Task { try? await client.shutdown() } }
-
-        printError(
-            "pipeline-bench: \(self.rate) events/s of ~\(self.size) B in requests of \(self.batch), for \(self.seconds) s; sluice all pid \(pipeline.pid)"
-        )
-        let padding = String(repeating: "x", count: max(0, self.size - 220))
-        let load = ScheduledLoad(
-            url: url + "/v1/events/batch",
-            interval: Double(self.batch) / Double(self.rate),
-            requests: self.rate * self.seconds / self.batch,
-            batch: self.batch,
-            padding: padding
-        )
-        let probes = Probes()
-        let started = ContinuousClock.now
-        let deadline = started + .seconds(self.seconds)
-        async let probing: Void = probes.run(client: client, analyst: analyst, url: url + "/v1/events", until: deadline)
-        async let progress: Void = Self.report(load: load, pipeline: pipeline, analyst: analyst, until: deadline)
-        await load.run(client: client, workers: self.connections)
-        let loadSeconds = Self.seconds(ContinuousClock.now - started)
-        _ = await (probing, progress)
-
-        // Drain: every acknowledged event must become queryable.
-        let acknowledged = load.acknowledgedCount
-        let drainStarted = ContinuousClock.now
-        var loaded = 0
-        var lastReport = drainStarted
-        while ContinuousClock.now < drainStarted + .seconds(300) {
-            loaded =
-                (try? await Self.number(analyst, "SELECT uniqExact(event_id) FROM sluice.events WHERE action = 'bench'"))
-                ?? 0
-            if loaded >= acknowledged { break }
-            if ContinuousClock.now - lastReport >= .seconds(10) {
-                lastReport = ContinuousClock.now
-                printError("  draining: \(loaded) of \(acknowledged) acknowledged events queryable")
-            }
-            try await Task.sleep(for: .seconds(1))
-        }
-        let drainSeconds = Self.seconds(ContinuousClock.now - drainStarted)
-        var lost = max(0, acknowledged - loaded)
-        if load.failedRequests > 0 || lost > 0 {
-            // Ids of failed requests may be in too; count exactly which acknowledged ones are not.
-            let inClickHouse = Set(
-                try await analyst.query(
-                    "SELECT DISTINCT event_id FROM sluice.events WHERE action = 'bench' FORMAT TabSeparated"
-                )
-                .split(separator: "\n").map(String.init)
-            )
-            let missing = load.acknowledgedIDs.filter { !inClickHouse.contains($0) }
-            lost = missing.count
-            if !missing.isEmpty {
-                printError("  acknowledged but not in ClickHouse, e.g.: \(missing.prefix(5).joined(separator: ", "))")
-            }
-        }
-        let latency = load.latencies()
-        let delays = probes.delays()
-        print(
-            """
-            acknowledged \(acknowledged) events in \(load.acknowledgedRequests) requests (\(load.failedRequests) failed) \
-            in \(String(format: "%.1f", loadSeconds)) s: \(Int(Double(acknowledged) / max(loadSeconds, 1))) events/s (target \(self.rate))
-            ack latency (from the scheduled send): p50 \(latency.p(0.5)) ms, p99 \(latency.p(0.99)) ms, p99.9 \(latency.p(0.999)) ms, max \(latency.p(1)) ms
-            ingest-to-queryable delay (\(delays.count) probes): p50 \(delays.p(0.5)) ms, p99 \(delays.p(0.99)) ms, max \(delays.p(1)) ms
-            drained in \(String(format: "%.1f", drainSeconds)) s after the load; in ClickHouse: \(loaded) distinct; lost: \(lost)
-            sluice all: peak resident memory \(pipeline.peakResidentMiB() ?? -1) MiB
-            """
-        )
-        for (reason, count) in load.reasons.withLock({ $0 }).sorted(by: { $0.value > $1.value }) {
-            print("  failed requests: \(count) × \(reason)")
-        }
-        if lost > 0 {
-            if self.holdOnLoss {
+            try await withShutdown(client) {
                 printError(
-                    "  holding for inspection (Ctrl-C ends): Kafka \(cluster.bootstrapServers), ClickHouse \(clickHouse.httpURL), WAL \(self.directory)/wal (kept segments: 1h)"
+                    "pipeline-bench: \(self.rate) events/s of ~\(self.size) B in requests of \(self.batch), for \(self.seconds) s; sluice all pid \(pipeline.pid)"
                 )
-                await waitForTermination()
+                let padding = String(repeating: "x", count: max(0, self.size - 220))
+                let load = ScheduledLoad(
+                    url: url + "/v1/events/batch",
+                    interval: Double(self.batch) / Double(self.rate),
+                    requests: self.rate * self.seconds / self.batch,
+                    batch: self.batch,
+                    padding: padding
+                )
+                let probes = Probes()
+                let started = ContinuousClock.now
+                let deadline = started + .seconds(self.seconds)
+                async let probing: Void = probes.run(
+                    client: client,
+                    analyst: analyst,
+                    url: url + "/v1/events",
+                    until: deadline
+                )
+                async let progress: Void = Self.report(
+                    load: load,
+                    pipeline: pipeline,
+                    analyst: analyst,
+                    until: deadline
+                )
+                await load.run(client: client, workers: self.connections)
+                let loadSeconds = Self.seconds(ContinuousClock.now - started)
+                _ = await (probing, progress)
+
+                // Drain: every acknowledged event must become queryable.
+                let acknowledged = load.acknowledgedCount
+                let drainStarted = ContinuousClock.now
+                var loaded = 0
+                var lastReport = drainStarted
+                while ContinuousClock.now < drainStarted + .seconds(300) {
+                    loaded =
+                        (try? await Self.number(
+                            analyst,
+                            "SELECT uniqExact(event_id) FROM sluice.events WHERE action = 'bench'"
+                        ))
+                        ?? 0
+                    if loaded >= acknowledged { break }
+                    if ContinuousClock.now - lastReport >= .seconds(10) {
+                        lastReport = ContinuousClock.now
+                        printError("  draining: \(loaded) of \(acknowledged) acknowledged events queryable")
+                    }
+                    try await Task.sleep(for: .seconds(1))
+                }
+                let drainSeconds = Self.seconds(ContinuousClock.now - drainStarted)
+                var lost = max(0, acknowledged - loaded)
+                if load.failedRequests > 0 || lost > 0 {
+                    // Ids of failed requests may be in too; count exactly which acknowledged ones are not.
+                    let inClickHouse = Set(
+                        try await analyst.query(
+                            "SELECT DISTINCT event_id FROM sluice.events WHERE action = 'bench' FORMAT TabSeparated"
+                        )
+                        .split(separator: "\n").map(String.init)
+                    )
+                    let missing = load.acknowledgedIDs.filter { !inClickHouse.contains($0) }
+                    lost = missing.count
+                    if !missing.isEmpty {
+                        printError(
+                            "  acknowledged but not in ClickHouse, e.g.: \(missing.prefix(5).joined(separator: ", "))"
+                        )
+                    }
+                }
+                let latency = load.latencies()
+                let delays = probes.delays()
+                print(
+                    """
+                    acknowledged \(acknowledged) events in \(load.acknowledgedRequests) requests (\(load.failedRequests) failed) \
+                    in \(String(format: "%.1f", loadSeconds)) s: \(Int(Double(acknowledged) / max(loadSeconds, 1))) events/s (target \(self.rate))
+                    ack latency (from the scheduled send): p50 \(latency.p(0.5)) ms, p99 \(latency.p(0.99)) ms, p99.9 \(latency.p(0.999)) ms, max \(latency.p(1)) ms
+                    ingest-to-queryable delay (\(delays.count) probes): p50 \(delays.p(0.5)) ms, p99 \(delays.p(0.99)) ms, max \(delays.p(1)) ms
+                    drained in \(String(format: "%.1f", drainSeconds)) s after the load; in ClickHouse: \(loaded) distinct; lost: \(lost)
+                    sluice all: peak resident memory \(pipeline.peakResidentMiB() ?? -1) MiB
+                    """
+                )
+                for (reason, count) in load.reasons.withLock({ $0 }).sorted(by: { $0.value > $1.value }) {
+                    print("  failed requests: \(count) × \(reason)")
+                }
+                if lost > 0 {
+                    if self.holdOnLoss {
+                        printError(
+                            "  holding for inspection (Ctrl-C ends): Kafka \(cluster.bootstrapServers), ClickHouse \(clickHouse.httpURL), WAL \(self.directory)/wal (kept segments: 1h)"
+                        )
+                        await waitForTermination()
+                    }
+                    throw ExitCode.failure
+                }
             }
-            throw ExitCode.failure
         }
     }
 

@@ -1,4 +1,6 @@
 import ArgumentParser
+import AsyncHTTPClient
+import ClickHouse
 import Foundation
 import SluiceCommands
 
@@ -28,4 +30,26 @@ struct SluiceBench: AsyncParsableCommand {
 func siblingSluice() -> String {
     let own = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
     return own.deletingLastPathComponent().appendingPathComponent("sluice").path
+}
+
+/// Something with an async `shutdown()`: the ClickHouse and HTTP clients.
+protocol AsyncShutdown: Sendable {
+    func shutdown() async throws
+}
+
+extension ClickHouseClient: AsyncShutdown {}
+extension HTTPClient: AsyncShutdown {}
+
+/// Runs `body`, then shuts `resource` down whether `body` threw or not: the `defer` an async
+/// cleanup cannot have (a `Task` in a `defer` would outlive the command).
+func withShutdown<T>(_ resource: some AsyncShutdown, _ body: () async throws -> T) async throws -> T {
+    let result: T
+    do {
+        result = try await body()
+    } catch {
+        try? await resource.shutdown()
+        throw error
+    }
+    try? await resource.shutdown()
+    return result
 }
