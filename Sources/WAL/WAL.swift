@@ -49,13 +49,11 @@ public final class WAL: Sendable {
         var payload: [UInt8]
         var payloadCRC: UInt32
         var completion: @Sendable (Result<AppendReceipt, WALError>) -> Void
-        var enqueuedAt: UInt64
     }
 
     /// Shared with tails and the operator views; guarded by a mutex.
-    struct Catalog {
-        var segments: [SegmentSummary]
-        var durableNextLSN: LSN
+    struct Shared {
+        var catalog: Catalog
         var pressure: Pressure = .normal
         var volumeAvailable: Int64 = .max
         var closed = false
@@ -67,8 +65,6 @@ public final class WAL: Sendable {
         var halted: String?
         /// What raises the pressure above normal, in words; nil at normal pressure.
         var pressureReason: String?
-
-        var walBytes: Int64 { self.segments.reduce(0) { $0 + $1.fileBytes } }
     }
 
     /// State only the writer thread touches.
@@ -91,7 +87,7 @@ public final class WAL: Sendable {
     let logger: Logger
     private let fileSystem: any WALFileSystem
     private let state: Mutex<GroupCommit<PendingAppend>>
-    private let catalog: Mutex<Catalog>
+    private let shared: Mutex<Shared>
     private let cursors: Mutex<[String: CursorFile]>
     private let wake = DispatchSemaphore(value: 0)
     private let writerFinished = DispatchSemaphore(value: 0)
@@ -104,18 +100,11 @@ public final class WAL: Sendable {
     private let metrics = WALMetrics()
     private let retention: RetentionPolicy
     private let spare = Mutex<SpareState>(.none)
-    private let inFlight = Mutex<InFlightBatch?>(nil)
     /// Dispatch sources are thread-safe; the type just does not say so.
     nonisolated(unsafe) private let watchdog: (any DispatchSourceTimer)?
     /// Re-checks ``WriterLock`` every ``WALConfiguration/lockCheckInterval``.
     nonisolated(unsafe) private let lockWatch: any DispatchSourceTimer
 
-    /// The batch the writer is writing and syncing; whoever takes it from the mutex (the
-    /// writer when the fsync returns, or the watchdog at the deadline) completes its appends.
-    struct InFlightBatch {
-        var oldestEnqueuedAt: UInt64
-        var items: [(PendingAppend, AppendReceipt)]
-    }
     private let preparer = DispatchQueue(label: "sluice.wal.segment-preparer")
 
     /// The next segment, zero-filled ahead of time by a background thread.
@@ -244,7 +233,7 @@ public final class WAL: Sendable {
             self.watchdog = configuration.ackTimeout.map { _ in
                 DispatchSource.makeTimerSource(queue: DispatchQueue(label: "sluice.wal.watchdog"))
             }
-            self.catalog = Mutex(Catalog(segments: segments, durableNextLSN: nextLSN))
+            self.shared = Mutex(Shared(catalog: Catalog(segments: segments, durableNextLSN: nextLSN)))
             self.lockWatch = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "sluice.wal.lock-check"))
         } catch {
             if writer.fd >= 0 { fileSystem.close(writer.fd) }
@@ -320,13 +309,13 @@ public final class WAL: Sendable {
     /// refused (the gateway answers 503), ``isWritable`` turns false, and nothing more is
     /// written or deleted in the directory.
     private func checkLock() {
-        guard self.catalog.withLock({ $0.halted == nil && !$0.closed }),
+        guard self.shared.withLock({ $0.halted == nil && !$0.closed }),
             let problem = self.lock.check(fileSystem: self.fileSystem)
         else { return }
         let reason =
             problem + "; another writer may be using the directory, so this one stopped accepting events."
             + " Restart the gateway once the directory is sound"
-        self.catalog.withLock { $0.halted = reason }
+        self.shared.withLock { $0.halted = reason }
         let refused = self.state.withLock { $0.halt(WALError(.locked, reason)) }
         self.logger.critical(
             "wal.lock_lost",
@@ -492,20 +481,11 @@ public final class WAL: Sendable {
             return
         }
         let payload = EventPayload.encode(events)
-        let pending = PendingAppend(
-            payload: payload,
-            payloadCRC: CRC32C.checksum(payload),
-            completion: completion,
-            enqueuedAt: WallClock.monotonic()
-        )
+        let pending = PendingAppend(payload: payload, payloadCRC: CRC32C.checksum(payload), completion: completion)
         let frameLength = alignedTo8(FrameHeader.size + payload.count)
+        let enqueuedAt = WallClock.monotonic()
         let result = self.state.withLock {
-            $0.enqueue(
-                pending,
-                frameLength: frameLength,
-                eventCount: UInt32(events.count),
-                enqueuedAt: pending.enqueuedAt
-            )
+            $0.enqueue(pending, frameLength: frameLength, eventCount: UInt32(events.count), enqueuedAt: enqueuedAt)
         }
         switch result {
         case .accepted(let wakeWriter):
@@ -548,14 +528,6 @@ public final class WAL: Sendable {
 
     private func write(_ batch: GroupCommit<PendingAppend>.Batch) {
         let buffer = self.encode(batch)
-        self.inFlight.withLock {
-            $0 = InFlightBatch(
-                oldestEnqueuedAt: batch.records.map(\.item.enqueuedAt).min() ?? 0,
-                items: batch.records.map {
-                    ($0.item, AppendReceipt(firstLSN: $0.lsn, eventCount: Int($0.eventCount)))
-                }
-            )
-        }
         let fsyncStarted: UInt64
         do {
             try buffer.withUnsafeBytes {
@@ -578,9 +550,8 @@ public final class WAL: Sendable {
         } catch {
             let walError = (error as? WALError) ?? WALError(.io, "write failed", cause: nil)
             if walError.code != .fsyncFailed { self.metrics.ioErrors("pwrite").increment() }
-            let segmentFirstLSN = batch.segmentFirstLSN
-            self.state.withLock { $0.writeFailed(segmentFirstLSN: segmentFirstLSN) }
-            self.catalog.withLock { $0.lastWriteError = walError.description }
+            let failed = self.state.withLock { $0.writeFailed() }
+            self.shared.withLock { $0.lastWriteError = walError.description }
             self.logger.error(
                 "wal.batch_failed",
                 metadata: [
@@ -589,7 +560,7 @@ public final class WAL: Sendable {
                 ]
             )
             self.counters.failedBatches.add(1, ordering: .relaxed)
-            for (item, _) in self.takeInFlight() { item.completion(.failure(walError)) }
+            for record in failed { record.item.completion(.failure(walError)) }
             if walError.code == .diskFull { self.maintenanceRequested.store(true, ordering: .relaxed) }
             return
         }
@@ -597,28 +568,21 @@ public final class WAL: Sendable {
         self.metrics.fsyncDuration.recordNanoseconds(Int64(finished - fsyncStarted))
         self.metrics.groupCommitRecords.record(batch.records.count)
         self.metrics.groupCommitBytes.record(batch.length)
-        let waiters = self.catalog.withLock { catalog -> [CheckedContinuation<Void, Never>] in
-            catalog.lastWriteError = nil
-            catalog.durableNextLSN = batch.nextLSN
-            if let index = catalog.segments.lastIndex(where: { $0.firstLSN == batch.segmentFirstLSN }) {
-                catalog.segments[index].nextLSN = batch.nextLSN
-                catalog.segments[index].dataEnd = batch.offset + Int64(batch.length)
-                catalog.segments[index].records += UInt64(batch.records.count)
-                if catalog.segments[index].minTimestampNanos == nil {
-                    catalog.segments[index].minTimestampNanos = batch.timestampNanos
-                }
-                catalog.segments[index].maxTimestampNanos = batch.timestampNanos
-            }
-            let waiters = Array(catalog.waiters.values)
-            catalog.waiters.removeAll()
+        let waiters = self.shared.withLock { shared -> [CheckedContinuation<Void, Never>] in
+            shared.lastWriteError = nil
+            shared.catalog.applied(batch)
+            let waiters = Array(shared.waiters.values)
+            shared.waiters.removeAll()
             return waiters
         }
         for waiter in waiters { waiter.resume() }
         var events = 0
-        let completed = self.takeInFlight()
-        for (item, receipt) in completed {
-            self.metrics.appendDuration.recordNanoseconds(Int64(finished - item.enqueuedAt))
-            item.completion(.success(receipt))
+        let completed = self.state.withLock { $0.written() }
+        for record in completed {
+            self.metrics.appendDuration.recordNanoseconds(Int64(finished &- record.enqueuedAt))
+            record.item.completion(
+                .success(AppendReceipt(firstLSN: record.lsn, eventCount: Int(record.eventCount)))
+            )
         }
         for record in batch.records { events += Int(record.eventCount) }
         self.counters.records.add(UInt64(batch.records.count), ordering: .relaxed)
@@ -635,33 +599,21 @@ public final class WAL: Sendable {
         }
     }
 
-    private func takeInFlight() -> [(PendingAppend, AppendReceipt)] {
-        self.inFlight.withLock { batch in
-            defer { batch = nil }
-            return batch?.items ?? []
-        }
-    }
-
-    /// Fails appends that outlived the acknowledgement deadline: still queued (never written,
-    /// so not stored) or stuck in a write or fsync that has not returned (outcome unknown).
+    /// Fails appends that outlived the acknowledgement deadline, as ``GroupCommit/expire(now:)``
+    /// decides: still queued (never written, so not stored) or stuck in a write or fsync that
+    /// has not returned (outcome unknown).
     private func expireLateAppends(timeout: Duration) {
         let now = WallClock.monotonic()
-        let limit = UInt64(timeout.nanoseconds)
-        guard now > limit else { return }
-        let deadline = now - limit
-        let queued = self.state.withLock { $0.expire(enqueuedBefore: deadline) }
-        let stuck = self.inFlight.withLock { batch -> [(PendingAppend, AppendReceipt)] in
-            guard let current = batch, current.oldestEnqueuedAt < deadline else { return [] }
-            batch = nil
-            return current.items
-        }
-        guard !queued.isEmpty || !stuck.isEmpty else { return }
+        let expired = self.state.withLock { $0.expire(now: now) }
+        guard !expired.isEmpty else { return }
         self.logger.warning(
             "wal.ack_deadline_missed",
-            metadata: ["wal.queued_failed": "\(queued.count)", "wal.in_flight_failed": "\(stuck.count)"]
+            metadata: [
+                "wal.queued_failed": "\(expired.queued.count)", "wal.in_flight_failed": "\(expired.inFlight.count)",
+            ]
         )
         let notStored = WALError(.overloaded, "the disk did not take the write within \(timeout); it was not stored")
-        for item in queued {
+        for item in expired.queued {
             self.metrics.rejectedAppends("deadline_queued").increment()
             item.completion(.failure(notStored))
         }
@@ -669,9 +621,9 @@ public final class WAL: Sendable {
             .timedOut,
             "the disk did not confirm the write within \(timeout); it may or may not be stored"
         )
-        for (item, _) in stuck {
+        for record in expired.inFlight {
             self.metrics.rejectedAppends("deadline_in_flight").increment()
-            item.completion(.failure(unknown))
+            record.item.completion(.failure(unknown))
         }
     }
 
@@ -748,11 +700,9 @@ public final class WAL: Sendable {
             }
             if created { try? self.fileSystem.unlink(path) }
             let failed = self.state.withLock { $0.rollFailed(previousClosed: closing != nil) }
-            self.catalog.withLock {
+            self.shared.withLock {
                 $0.lastWriteError = walError.description
-                if let index = $0.segments.firstIndex(where: { $0.state == .active }) {
-                    $0.segments[index].state = .unsealed
-                }
+                $0.catalog.rollFailed(previousClosed: closing != nil)
             }
             self.writer.failedRolls += 1
             self.writer.failedRollsUnlogged += 1
@@ -781,30 +731,9 @@ public final class WAL: Sendable {
             self.writer.failedRollsUnlogged = 0
         }
         self.state.withLock { $0.rolled(firstLSN: firstLSN, now: now) }
-        self.catalog.withLock { catalog in
-            if let index = catalog.segments.firstIndex(where: { $0.state == .active }) {
-                catalog.segments[index].state = sealing == nil ? .unsealed : .sealed
-                if sealing != nil {
-                    catalog.segments[index].fileBytes =
-                        catalog.segments[index].dataEnd + Int64(SegmentFooter.frameLength)
-                }
-            }
-            catalog.segments.append(
-                SegmentSummary(
-                    name: name,
-                    firstLSN: firstLSN,
-                    nextLSN: firstLSN,
-                    records: 0,
-                    dataEnd: Int64(SegmentHeader.size),
-                    fileBytes: self.configuration.segmentBytes,
-                    minTimestampNanos: nil,
-                    maxTimestampNanos: nil,
-                    state: .active,
-                    damage: [],
-                    tornTail: nil
-                )
-            )
-            if catalog.durableNextLSN < firstLSN { catalog.durableNextLSN = firstLSN }
+        let segmentBytes = self.configuration.segmentBytes
+        self.shared.withLock {
+            $0.catalog.rolled(sealed: sealing != nil, name: name, firstLSN: firstLSN, fileBytes: segmentBytes)
         }
         self.logger.debug("wal.segment_created", metadata: ["wal.segment": "\(name)"])
         self.refreshPressure()
@@ -845,7 +774,7 @@ public final class WAL: Sendable {
     /// Starts zero-filling the next segment in the background unless one is ready or under way,
     /// or space is short: a spare would take the room the budget keeps free.
     private func requestSpare() {
-        guard self.catalog.withLock({ $0.pressure == .normal && $0.halted == nil }) else { return }
+        guard self.shared.withLock({ $0.pressure == .normal && $0.halted == nil }) else { return }
         let start = self.spare.withLock { state -> Bool in
             guard case .none = state else { return false }
             state = .preparing
@@ -894,33 +823,33 @@ public final class WAL: Sendable {
     // MARK: - Pressure and retention
 
     /// The current disk pressure; ``Pressure/hard`` means appends are refused.
-    public var pressure: Pressure { self.catalog.withLock { $0.pressure } }
+    public var pressure: Pressure { self.shared.withLock { $0.pressure } }
 
     /// Whether appends can currently succeed: below the hard watermark and the last write
     /// did not fail. The gateway's readiness follows this.
     public var isWritable: Bool {
-        self.catalog.withLock { $0.pressure < .hard && $0.lastWriteError == nil && !$0.closed && $0.halted == nil }
+        self.shared.withLock { $0.pressure < .hard && $0.lastWriteError == nil && !$0.closed && $0.halted == nil }
     }
 
     /// Why appends cannot succeed right now, in words for an operator (the gateway's
     /// `/readyz` shows it); nil while ``isWritable``.
     public var unavailableReason: String? {
-        self.catalog.withLock { catalog in
-            if let halted = catalog.halted { return halted }
-            if catalog.closed { return "the WAL is closed" }
-            if catalog.pressure == .hard {
-                return catalog.pressureReason ?? "the WAL is over its hard watermark"
+        self.shared.withLock { shared in
+            if let halted = shared.halted { return halted }
+            if shared.closed { return "the WAL is closed" }
+            if shared.pressure == .hard {
+                return shared.pressureReason ?? "the WAL is over its hard watermark"
             }
-            return catalog.lastWriteError
+            return shared.lastWriteError
         }
     }
 
     /// What raises the disk pressure above normal (the volume's free space, or the WAL's own
     /// size against its budget), in words; nil at normal pressure.
-    public var pressureReason: String? { self.catalog.withLock { $0.pressureReason } }
+    public var pressureReason: String? { self.shared.withLock { $0.pressureReason } }
 
     /// The last write error, cleared by the next successful write.
-    public var lastWriteError: String? { self.catalog.withLock { $0.lastWriteError } }
+    public var lastWriteError: String? { self.shared.withLock { $0.lastWriteError } }
 
     private func refreshPressure() {
         let volume = try? self.fileSystem.volumeSpace(self.configuration.directory)
@@ -928,13 +857,13 @@ public final class WAL: Sendable {
         let spareBytes: Int64 = self.spare.withLock {
             if case .none = $0 { 0 } else { self.configuration.segmentBytes }
         }
-        let (old, new, bytes, reason) = self.catalog.withLock { catalog -> (Pressure, Pressure, Int64, String?) in
-            let old = catalog.pressure
-            catalog.volumeAvailable = volume?.available ?? catalog.volumeAvailable
-            let bytes = catalog.walBytes + spareBytes
-            catalog.pressure = budget.pressure(walBytes: bytes, volumeAvailable: catalog.volumeAvailable)
-            catalog.pressureReason = budget.pressureReason(walBytes: bytes, volumeAvailable: catalog.volumeAvailable)
-            return (old, catalog.pressure, bytes, catalog.pressureReason)
+        let (old, new, bytes, reason) = self.shared.withLock { shared -> (Pressure, Pressure, Int64, String?) in
+            let old = shared.pressure
+            shared.volumeAvailable = volume?.available ?? shared.volumeAvailable
+            let bytes = shared.catalog.walBytes + spareBytes
+            shared.pressure = budget.pressure(walBytes: bytes, volumeAvailable: shared.volumeAvailable)
+            shared.pressureReason = budget.pressureReason(walBytes: bytes, volumeAvailable: shared.volumeAvailable)
+            return (old, shared.pressure, bytes, shared.pressureReason)
         }
         let refusal: WALError? =
             new == .hard
@@ -946,7 +875,7 @@ public final class WAL: Sendable {
         self.state.withLock { $0.refusal = refusal }
         self.metrics.bytes.record(bytes)
         self.metrics.pressure.record(new == .normal ? 0 : new == .soft ? 1 : 2)
-        self.metrics.segments.record(self.catalog.withLock { $0.segments.count })
+        self.metrics.segments.record(self.shared.withLock { $0.catalog.segments.count })
         self.metrics.maxBytes.record(budget.maxBytes)
         if let volume { self.metrics.volumeAvailableBytes.record(volume.available) }
         if old != new {
@@ -966,13 +895,13 @@ public final class WAL: Sendable {
     private func performMaintenance() {
         self.refreshPressure()
         // A writer that lost its lock deletes nothing: the paths may name another writer's files.
-        guard self.catalog.withLock({ $0.halted == nil }) else { return }
+        guard self.shared.withLock({ $0.halted == nil }) else { return }
         let consumedBefore = self.cursors.withLock { $0.values.map(\.position.lsn).min() }
         let now = self.configuration.wallClock()
-        let (pressure, candidates) = self.catalog.withLock { catalog in
+        let (pressure, candidates) = self.shared.withLock { shared in
             (
-                catalog.pressure,
-                catalog.segments.filter { $0.state != .active }.map {
+                shared.pressure,
+                shared.catalog.segments.filter { $0.state != .active }.map {
                     RetentionPolicy.Candidate(
                         firstLSN: $0.firstLSN,
                         nextLSN: $0.nextLSN,
@@ -1007,7 +936,7 @@ public final class WAL: Sendable {
         } catch {
             self.logger.warning("wal.directory_sync_failed", metadata: ["error": "\(error)"])
         }
-        self.catalog.withLock { catalog in catalog.segments.removeAll { deleted.contains($0.firstLSN) } }
+        self.shared.withLock { $0.catalog.deleted(deleted) }
         self.metrics.deletedSegments.increment(by: Int64(deleted.count))
         self.logger.debug("wal.segments_deleted", metadata: ["wal.count": "\(deleted.count)"])
         self.refreshPressure()
@@ -1080,7 +1009,7 @@ public final class WAL: Sendable {
             throw WALError(.invalidArgument, "cursor \(name) cannot move to \(lsn), past the durable end \(durable)")
         }
         let now = self.configuration.wallClock()
-        guard self.catalog.withLock({ $0.halted == nil }) else {
+        guard self.shared.withLock({ $0.halted == nil }) else {
             // The directory may be another writer's now: write nothing into it.
             throw WALError(.locked, "cursor \(name) not stored: \(self.unavailableReason ?? "the WAL stopped")")
         }
@@ -1114,15 +1043,15 @@ public final class WAL: Sendable {
     // MARK: - Reading
 
     /// The LSN after the last durable event: what a reader can see.
-    public var durableNextLSN: LSN { self.catalog.withLock { $0.durableNextLSN } }
+    public var durableNextLSN: LSN { self.shared.withLock { $0.catalog.durableNextLSN } }
 
     /// The first LSN still held in a segment.
     public var oldestLSN: LSN {
-        self.catalog.withLock { $0.segments.first?.firstLSN ?? $0.durableNextLSN }
+        self.shared.withLock { $0.catalog.segments.first?.firstLSN ?? $0.catalog.durableNextLSN }
     }
 
     /// The segments, oldest first, as the writer sees them right now.
-    public var segments: [SegmentSummary] { self.catalog.withLock { $0.segments } }
+    public var segments: [SegmentSummary] { self.shared.withLock { $0.catalog.segments } }
 
     /// A reader of durable records from `lsn` on; see ``WALTail``.
     public func tail(from lsn: LSN) -> WALTail { WALTail(wal: self, position: lsn) }
@@ -1134,28 +1063,32 @@ public final class WAL: Sendable {
     }
 
     func tailSnapshot() -> TailSnapshot {
-        self.catalog.withLock {
-            TailSnapshot(segments: $0.segments, durableNextLSN: $0.durableNextLSN, closed: $0.closed)
+        self.shared.withLock {
+            TailSnapshot(
+                segments: $0.catalog.segments,
+                durableNextLSN: $0.catalog.durableNextLSN,
+                closed: $0.closed
+            )
         }
     }
 
     /// Returns once the durable end passes `lsn`, or the WAL closes, or the task is cancelled.
     func waitForDurable(beyond lsn: LSN) async {
-        let id = self.catalog.withLock { catalog -> UInt64 in
-            catalog.nextWaiterID += 1
-            return catalog.nextWaiterID
+        let id = self.shared.withLock { shared -> UInt64 in
+            shared.nextWaiterID += 1
+            return shared.nextWaiterID
         }
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let ready = self.catalog.withLock { catalog -> Bool in
-                    if catalog.durableNextLSN > lsn || catalog.closed || Task.isCancelled { return true }
-                    catalog.waiters[id] = continuation
+                let ready = self.shared.withLock { shared -> Bool in
+                    if shared.catalog.durableNextLSN > lsn || shared.closed || Task.isCancelled { return true }
+                    shared.waiters[id] = continuation
                     return false
                 }
                 if ready { continuation.resume() }
             }
         } onCancel: {
-            let waiter = self.catalog.withLock { $0.waiters.removeValue(forKey: id) }
+            let waiter = self.shared.withLock { $0.waiters.removeValue(forKey: id) }
             waiter?.resume()
         }
     }
@@ -1163,7 +1096,7 @@ public final class WAL: Sendable {
     /// Records damage a reader found at run time: quarantined once, logged, counted.
     func report(_ damage: Damage, segmentPath: String) {
         let key = damage.segment + "@" + String(damage.startOffset)
-        let isNew = self.catalog.withLock { $0.quarantined.insert(key).inserted }
+        let isNew = self.shared.withLock { $0.quarantined.insert(key).inserted }
         guard isNew else { return }
         self.metrics.damagedEvents.increment(by: Int64(damage.lostEvents))
         self.logger.error("wal.damage", metadata: ["wal.damage": "\(damage)"])
@@ -1194,10 +1127,10 @@ public final class WAL: Sendable {
             finished.wait()
             preparer.sync {}
         }
-        let waiters = self.catalog.withLock { catalog -> [CheckedContinuation<Void, Never>] in
-            catalog.closed = true
-            let waiters = Array(catalog.waiters.values)
-            catalog.waiters.removeAll()
+        let waiters = self.shared.withLock { shared -> [CheckedContinuation<Void, Never>] in
+            shared.closed = true
+            let waiters = Array(shared.waiters.values)
+            shared.waiters.removeAll()
             return waiters
         }
         for waiter in waiters { waiter.resume() }

@@ -61,7 +61,8 @@ public struct WALConfiguration: Sendable {
             maxFrameBytes: min(self.maxRecordBytes, GroupCommitLimits.frameCapacity(segmentBytes: self.segmentBytes)),
             maxBatchBytes: self.maxBatchBytes,
             maxBatchRecords: self.maxBatchRecords,
-            maxQueuedBytes: self.maxQueuedBytes
+            maxQueuedBytes: self.maxQueuedBytes,
+            ackTimeoutNanos: self.ackTimeout.map { UInt64(max($0.nanoseconds, 0)) }
         )
     }
 }
