@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 #if canImport(Glibc)
@@ -310,6 +311,16 @@ public final class FaultInjectingFileSystem: WALFileSystem {
     private let base: any WALFileSystem
     private let faults = Mutex<[Operation: Fault]>([:])
     private let delays = Mutex<[Operation: Duration]>([:])
+    private let stalls = Mutex<[Operation: Stall]>([:])
+
+    /// Calls of one operation held until released: a disk that stops answering for exactly
+    /// as long as a test wants, instead of a fixed delay the test must sleep out.
+    private final class Stall: Sendable {
+        let pathContains: String?
+        let held = Atomic<Int>(0)
+        let gate = DispatchSemaphore(value: 0)
+        init(pathContains: String?) { self.pathContains = pathContains }
+    }
 
     public init(base: any WALFileSystem = SystemFileSystem()) { self.base = base }
 
@@ -324,6 +335,23 @@ public final class FaultInjectingFileSystem: WALFileSystem {
         self.delays.withLock { $0[operation] = delay }
     }
 
+    /// Makes every call of `operation` (optionally only on paths containing `pathContains`)
+    /// block until ``release(_:)``: a disk that hangs. Calls that started earlier are not held.
+    public func stall(_ operation: Operation, pathContains: String? = nil) {
+        self.stalls.withLock { $0[operation] = Stall(pathContains: pathContains) }
+    }
+
+    /// How many calls of `operation` are blocked by ``stall(_:pathContains:)`` right now.
+    public func stalledCalls(_ operation: Operation) -> Int {
+        self.stalls.withLock { $0[operation]?.held.load(ordering: .relaxed) ?? 0 }
+    }
+
+    /// Lets the held calls of `operation` proceed (they then run normally) and stops holding new ones.
+    public func release(_ operation: Operation) {
+        // Each released call lets the next one go, so one signal frees them all.
+        self.stalls.withLock { $0.removeValue(forKey: operation) }?.gate.signal()
+    }
+
     public func clear(_ operation: Operation? = nil) {
         self.faults.withLock { faults in
             if let operation { faults[operation] = nil } else { faults.removeAll() }
@@ -331,6 +359,14 @@ public final class FaultInjectingFileSystem: WALFileSystem {
     }
 
     private func check(_ operation: Operation, path: String) throws {
+        if let stall = self.stalls.withLock({ $0[operation] }),
+            stall.pathContains.map({ path.contains($0) }) ?? true
+        {
+            stall.held.add(1, ordering: .relaxed)
+            stall.gate.wait()
+            stall.held.subtract(1, ordering: .relaxed)
+            stall.gate.signal()
+        }
         if let delay = self.delays.withLock({ $0[operation] }) {
             let (seconds, attoseconds) = delay.components
             usleep(UInt32(seconds * 1_000_000 + attoseconds / 1_000_000_000_000))

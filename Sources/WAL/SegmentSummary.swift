@@ -278,7 +278,7 @@ public enum WallClock {
     }
 
     /// A monotonic reading in nanoseconds, for durations.
-    public static func monotonic() -> UInt64 {
+    @Sendable public static func monotonic() -> UInt64 {
         var spec = timespec()
         clock_gettime(CLOCK_MONOTONIC, &spec)
         return UInt64(spec.tv_sec) * 1_000_000_000 + UInt64(spec.tv_nsec)

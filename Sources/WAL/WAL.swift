@@ -65,6 +65,8 @@ public final class WAL: Sendable {
         var halted: String?
         /// What raises the pressure above normal, in words; nil at normal pressure.
         var pressureReason: String?
+        /// Callers of ``runMaintenance()`` waiting for a pass that starts after they asked.
+        var maintenanceWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     /// State only the writer thread touches.
@@ -169,7 +171,7 @@ public final class WAL: Sendable {
 
     private init(configuration: WALConfiguration, logger: Logger) throws {
         try configuration.validate()
-        let started = WallClock.monotonic()
+        let started = configuration.monotonicClock()
         let fileSystem = configuration.fileSystem
         let directory = configuration.directory
         try fileSystem.makeDirectory(directory)
@@ -204,7 +206,7 @@ public final class WAL: Sendable {
             // LSNs never go backwards, even if every segment was removed by hand.
             let highestCursor = cursors.values.map(\.position.lsn).max() ?? .zero
             let nextLSN = max(recovered.nextLSN, highestCursor)
-            report.durationNanos = WallClock.monotonic() - started
+            report.durationNanos = configuration.monotonicClock() &- started
             self.recovery = report
             self.configuration = configuration
             self.logger = logger
@@ -483,7 +485,7 @@ public final class WAL: Sendable {
         let payload = EventPayload.encode(events)
         let pending = PendingAppend(payload: payload, payloadCRC: CRC32C.checksum(payload), completion: completion)
         let frameLength = alignedTo8(FrameHeader.size + payload.count)
-        let enqueuedAt = WallClock.monotonic()
+        let enqueuedAt = self.configuration.monotonicClock()
         let result = self.state.withLock {
             $0.enqueue(pending, frameLength: frameLength, eventCount: UInt32(events.count), enqueuedAt: enqueuedAt)
         }
@@ -521,7 +523,12 @@ public final class WAL: Sendable {
                 return
             }
             if self.maintenanceRequested.exchange(false, ordering: .relaxed) {
+                let waiters = self.shared.withLock { shared in
+                    defer { shared.maintenanceWaiters.removeAll() }
+                    return shared.maintenanceWaiters
+                }
                 self.performMaintenance()
+                for waiter in waiters { waiter.resume() }
             }
         }
     }
@@ -533,7 +540,7 @@ public final class WAL: Sendable {
             try buffer.withUnsafeBytes {
                 try self.fileSystem.pwrite(self.writer.fd, $0, at: batch.offset, path: self.writer.path)
             }
-            fsyncStarted = WallClock.monotonic()
+            fsyncStarted = self.configuration.monotonicClock()
             do {
                 try self.fileSystem.fdatasync(self.writer.fd, path: self.writer.path)
             } catch let error as WALError {
@@ -564,7 +571,7 @@ public final class WAL: Sendable {
             if walError.code == .diskFull { self.maintenanceRequested.store(true, ordering: .relaxed) }
             return
         }
-        let finished = WallClock.monotonic()
+        let finished = self.configuration.monotonicClock()
         self.metrics.fsyncDuration.recordNanoseconds(Int64(finished - fsyncStarted))
         self.metrics.groupCommitRecords.record(batch.records.count)
         self.metrics.groupCommitBytes.record(batch.length)
@@ -603,7 +610,7 @@ public final class WAL: Sendable {
     /// decides: still queued (never written, so not stored) or stuck in a write or fsync that
     /// has not returned (outcome unknown).
     private func expireLateAppends(timeout: Duration) {
-        let now = WallClock.monotonic()
+        let now = self.configuration.monotonicClock()
         let expired = self.state.withLock { $0.expire(now: now) }
         guard !expired.isEmpty else { return }
         self.logger.warning(
@@ -706,7 +713,7 @@ public final class WAL: Sendable {
             }
             self.writer.failedRolls += 1
             self.writer.failedRollsUnlogged += 1
-            let monotonic = WallClock.monotonic()
+            let monotonic = self.configuration.monotonicClock()
             if self.writer.failedRolls == 1 || monotonic - self.writer.failedRollLoggedAt >= 60_000_000_000 {
                 self.logger.error(
                     "wal.segment_create_failed",
@@ -948,6 +955,24 @@ public final class WAL: Sendable {
         self.wake.signal()
     }
 
+    /// Asks for a maintenance pass and returns once one that started after the call has
+    /// finished (segments every cursor passed are deleted, pressure re-evaluated), or the WAL
+    /// closed. Lets a test check what maintenance did, or did not do, without sleeping.
+    func runMaintenance() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let closed = self.shared.withLock { shared -> Bool in
+                if shared.closed { return true }
+                shared.maintenanceWaiters.append(continuation)
+                return false
+            }
+            if closed {
+                continuation.resume()
+            } else {
+                self.requestMaintenance()
+            }
+        }
+    }
+
     // MARK: - Cursors
 
     /// The durable position of cursor `name`, or nil when it does not exist.
@@ -1129,8 +1154,9 @@ public final class WAL: Sendable {
         }
         let waiters = self.shared.withLock { shared -> [CheckedContinuation<Void, Never>] in
             shared.closed = true
-            let waiters = Array(shared.waiters.values)
+            let waiters = Array(shared.waiters.values) + shared.maintenanceWaiters
             shared.waiters.removeAll()
+            shared.maintenanceWaiters.removeAll()
             return waiters
         }
         for waiter in waiters { waiter.resume() }
