@@ -1,4 +1,5 @@
 import Logging
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -18,7 +19,7 @@ extension WAL {
     /// tail and reopens the active segment into `writer`.
     static func recover(
         configuration: WALConfiguration,
-        writer: WriterContext,
+        writer: SegmentWriter,
         report: inout RecoveryReport,
         logger: Logger
     ) throws -> Recovered {
@@ -86,8 +87,7 @@ extension WAL {
         if let reopen = plan.active {
             let path = directory + "/" + reopen.name
             let fd = try fileSystem.open(path, flags: O_RDWR, mode: 0)
-            writer.fd = fd
-            writer.path = path
+            writer.adopt(fd: fd, path: path)
             try fileSystem.tryLock(fd, path: path)
             if let torn = reopen.tornTail {
                 try fileSystem.truncate(fd, to: torn.offset, path: path)

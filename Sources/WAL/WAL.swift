@@ -69,56 +69,30 @@ public final class WAL: Sendable {
         var maintenanceWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
-    /// State only the writer thread touches.
-    final class WriterContext: @unchecked Sendable {
-        var fd: Int32 = -1
-        var path = ""
-        var buffer: [UInt8] = []
-        /// Segment creations that failed since the last one that worked, and since the last
-        /// log line about them: a full disk fails every append's roll, and one `error` line
-        /// per refused request would flood the log.
-        var failedRolls = 0
-        var failedRollsUnlogged = 0
-        var failedRollLoggedAt: UInt64 = 0
-        /// This run's writer tag, stamped into every frame (see ``FrameHeader/writerTag``).
-        var tag: UInt16 = 1
-    }
-
     public let configuration: WALConfiguration
     public let recovery: RecoveryReport
     let logger: Logger
-    private let fileSystem: any WALFileSystem
-    private let state: Mutex<GroupCommit<PendingAppend>>
-    private let shared: Mutex<Shared>
-    private let cursors: Mutex<[String: CursorFile]>
-    private let wake = DispatchSemaphore(value: 0)
-    private let writerFinished = DispatchSemaphore(value: 0)
-    private let maintenanceRequested = Atomic<Bool>(false)
+    let fileSystem: any WALFileSystem
+    let state: Mutex<GroupCommit<PendingAppend>>
+    let shared: Mutex<Shared>
+    let cursors: Mutex<[String: CursorFile]>
+    let wake = DispatchSemaphore(value: 0)
+    let writerFinished = DispatchSemaphore(value: 0)
+    let maintenanceRequested = Atomic<Bool>(false)
     /// Set at open: the spare segment is prepared after the first batch is durable.
-    private let spareDeferred = Atomic<Bool>(false)
-    private let closed = Atomic<Bool>(false)
-    private let writer: WriterContext
-    private let lock: WriterLock
-    private let metrics = WALMetrics()
-    private let retention: RetentionPolicy
-    private let spare = Mutex<SpareState>(.none)
+    let spareDeferred = Atomic<Bool>(false)
+    let closed = Atomic<Bool>(false)
+    /// The writer thread's files.
+    let writer: SegmentWriter
+    let lock: WriterLock
+    let metrics = WALMetrics()
+    let retention: RetentionPolicy
     /// Dispatch sources are thread-safe; the type just does not say so.
     nonisolated(unsafe) private let watchdog: (any DispatchSourceTimer)?
     /// Re-checks ``WriterLock`` every ``WALConfiguration/lockCheckInterval``.
     nonisolated(unsafe) private let lockWatch: any DispatchSourceTimer
 
-    private let preparer = DispatchQueue(label: "sluice.wal.segment-preparer")
-
-    /// The next segment, zero-filled ahead of time by a background thread.
-    ///
-    /// Writing into preallocated-but-unwritten extents makes every `fdatasync` also commit
-    /// the file system's extent conversion (a journal write): measured here, it halves the
-    /// group-commit rate. Filling the file with zeros first (PostgreSQL's `wal_init_zero`)
-    /// makes appends plain overwrites; doing it in the background keeps it off the ack path.
-    enum SpareState { case none, preparing, ready }
-
-    static let spareName = "next-segment.spare"
-    private let counters = Counters()
+    let counters = Counters()
 
     final class Counters: Sendable {
         let records = Atomic<UInt64>(0)
@@ -178,11 +152,13 @@ public final class WAL: Sendable {
         try fileSystem.makeDirectory(directory + "/cursors")
         try fileSystem.makeDirectory(directory + "/" + Quarantine.directoryName)
         let lock = try WriterLock.acquire(directory: directory, fileSystem: fileSystem, waitMilliseconds: 1000)
-        // A spare left by an earlier run may be half-filled: start over.
-        if fileSystem.fileExists(directory + "/" + Self.spareName) {
-            try? fileSystem.unlink(directory + "/" + Self.spareName)
-        }
-        let writer = WriterContext()
+        let writer = SegmentWriter(
+            fileSystem: fileSystem,
+            directory: directory,
+            segmentBytes: configuration.segmentBytes,
+            logger: logger
+        )
+        writer.removeLeftoverSpare()
         do {
             var report = RecoveryReport()
             let recovered = try Self.recover(
@@ -221,8 +197,7 @@ public final class WAL: Sendable {
                 // Cursors are ahead of the data (segments removed by hand): appending here would
                 // put LSNs the cursors already passed into it, so start a new segment instead.
                 active = nil
-                fileSystem.close(writer.fd)
-                writer.fd = -1
+                writer.closeSegment()
                 if let index = segments.lastIndex(where: { $0.firstLSN == segment.firstLSN }) {
                     segments[index].state = .unsealed
                 }
@@ -238,7 +213,7 @@ public final class WAL: Sendable {
             self.shared = Mutex(Shared(catalog: Catalog(segments: segments, durableNextLSN: nextLSN)))
             self.lockWatch = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "sluice.wal.lock-check"))
         } catch {
-            if writer.fd >= 0 { fileSystem.close(writer.fd) }
+            writer.closeSegment()
             lock.release(fileSystem: fileSystem)
             throw error
         }
@@ -389,12 +364,8 @@ public final class WAL: Sendable {
             case .roll(let sealing, let closing, let firstLSN):
                 self.roll(sealing: sealing, closing: closing, firstLSN: firstLSN, now: now)
             case .stop:
-                if self.writer.fd >= 0 {
-                    // Appends were each synced; this only makes the close tidy.
-                    try? self.fileSystem.fdatasync(self.writer.fd, path: self.writer.path)
-                    self.fileSystem.close(self.writer.fd)
-                    self.writer.fd = -1
-                }
+                // Appends were each synced; this only makes the close tidy.
+                self.writer.closeSegment(sync: true)
                 self.writerFinished.signal()
                 return
             }
@@ -410,15 +381,12 @@ public final class WAL: Sendable {
     }
 
     private func write(_ batch: GroupCommit<PendingAppend>.Batch) {
-        let buffer = self.encode(batch)
         let fsyncStarted: UInt64
         do {
-            try buffer.withUnsafeBytes {
-                try self.fileSystem.pwrite(self.writer.fd, $0, at: batch.offset, path: self.writer.path)
-            }
+            try self.writer.write(batch)
             fsyncStarted = self.configuration.monotonicClock()
             do {
-                try self.fileSystem.fdatasync(self.writer.fd, path: self.writer.path)
+                try self.writer.sync()
             } catch let error as WALError {
                 self.metrics.ioErrors("fdatasync").increment()
                 // fsyncgate: after a failed fsync the kernel may have dropped the dirty pages
@@ -510,78 +478,32 @@ public final class WAL: Sendable {
         }
     }
 
-    private func encode(_ batch: GroupCommit<PendingAppend>.Batch) -> [UInt8] {
-        var buffer = self.writer.buffer
-        buffer.removeAll(keepingCapacity: true)
-        buffer.reserveCapacity(batch.length)
-        for record in batch.records {
-            let payload = record.item.payload
-            let header = FrameHeader(
-                payloadLength: UInt32(payload.count),
-                payloadCRC: record.item.payloadCRC,
-                lsn: record.lsn,
-                timestampNanos: batch.timestampNanos,
-                eventCount: record.eventCount,
-                type: .data,
-                writerTag: self.writer.tag
-            )
-            let start = buffer.count
-            buffer.append(contentsOf: repeatElement(0, count: FrameHeader.size))
-            buffer.withUnsafeMutableBytes { raw in
-                header.write(into: UnsafeMutableRawBufferPointer(rebasing: raw[start..<start + FrameHeader.size]))
-            }
-            buffer.append(contentsOf: payload)
-            buffer.append(contentsOf: repeatElement(0, count: record.frameLength - FrameHeader.size - payload.count))
-        }
-        self.writer.buffer = buffer
-        return buffer
-    }
-
     private func roll(
         sealing: GroupCommit<PendingAppend>.ActiveSegment?,
         closing: GroupCommit<PendingAppend>.ActiveSegment?,
         firstLSN: LSN,
         now: UInt64
     ) {
-        if closing != nil, self.writer.fd >= 0 {
-            self.seal(sealing)
-            self.fileSystem.close(self.writer.fd)
-            self.writer.fd = -1
+        if closing != nil, self.writer.isOpen {
+            if let sealing {
+                do {
+                    try self.writer.seal(sealing)
+                } catch {
+                    // Left unsealed: that costs one scan at the next start-up and nothing else.
+                    self.logger.warning(
+                        "wal.seal_failed",
+                        metadata: ["wal.segment": "\(self.writer.path)", "error": "\(error)"]
+                    )
+                }
+            }
+            self.writer.closeSegment()
         }
         let name = SegmentName.make(firstLSN)
-        let path = self.segmentDirectory + "/" + name
-        var created = false
         do {
-            let fd: Int32
-            if self.takeSpare() {
-                try self.fileSystem.rename(self.segmentDirectory + "/" + Self.spareName, to: path)
-                created = true
-                fd = try self.fileSystem.open(path, flags: O_RDWR, mode: 0)
-            } else {
-                fd = try self.fileSystem.open(path, flags: O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
-                created = true
-                // Preallocating moves ENOSPC to this clean point, before any append depends on it.
-                try self.fileSystem.allocate(fd, offset: 0, length: self.configuration.segmentBytes, path: path)
-            }
-            self.writer.fd = fd
-            self.writer.path = path
-            try self.fileSystem.tryLock(fd, path: path)
-            let header = SegmentHeader(
-                firstLSN: firstLSN,
-                createdNanos: now,
-                writerID: UInt64.random(in: 1...UInt64.max)
-            )
-            try header.encoded().withUnsafeBytes { try self.fileSystem.pwrite(fd, $0, at: 0, path: path) }
-            try self.fileSystem.fdatasync(fd, path: path)
-            try self.fileSystem.syncDirectory(self.segmentDirectory)
+            _ = try self.writer.create(firstLSN: firstLSN, now: now)
         } catch {
-            let walError = (error as? WALError) ?? WALError(.io, "creating \(path) failed")
+            let walError = (error as? WALError) ?? WALError(.io, "creating \(name) failed")
             self.metrics.ioErrors("create_segment").increment()
-            if self.writer.fd >= 0 {
-                self.fileSystem.close(self.writer.fd)
-                self.writer.fd = -1
-            }
-            if created { try? self.fileSystem.unlink(path) }
             let failed = self.state.withLock { $0.rollFailed(previousClosed: closing != nil) }
             self.shared.withLock {
                 $0.lastWriteError = walError.description
@@ -623,322 +545,11 @@ public final class WAL: Sendable {
         self.requestSpare()
     }
 
-    /// Writes the footer and trims the preallocated space. A failure leaves the segment
-    /// unsealed, which costs one scan at the next start-up and nothing else.
-    private func seal(_ segment: GroupCommit<PendingAppend>.ActiveSegment?) {
-        guard let segment else { return }
-        let footer = segment.footer.encodedFrame()
-        do {
-            try footer.withUnsafeBytes {
-                try self.fileSystem.pwrite(self.writer.fd, $0, at: segment.dataEnd, path: self.writer.path)
-            }
-            try self.fileSystem.truncate(
-                self.writer.fd,
-                to: segment.dataEnd + Int64(footer.count),
-                path: self.writer.path
-            )
-            try self.fileSystem.fdatasync(self.writer.fd, path: self.writer.path)
-        } catch {
-            self.logger.warning(
-                "wal.seal_failed",
-                metadata: ["wal.segment": "\(self.writer.path)", "error": "\(error)"]
-            )
-        }
-    }
-
-    private func takeSpare() -> Bool {
-        self.spare.withLock { state in
-            guard case .ready = state else { return false }
-            state = .none
-            return true
-        }
-    }
-
     /// Starts zero-filling the next segment in the background unless one is ready or under way,
     /// or space is short: a spare would take the room the budget keeps free.
     private func requestSpare() {
         guard self.shared.withLock({ $0.pressure == .normal && $0.halted == nil }) else { return }
-        let start = self.spare.withLock { state -> Bool in
-            guard case .none = state else { return false }
-            state = .preparing
-            return true
-        }
-        guard start else { return }
-        self.preparer.async { self.prepareSpare() }
-    }
-
-    private func prepareSpare() {
-        let path = self.segmentDirectory + "/" + Self.spareName
-        let size = self.configuration.segmentBytes
-        let chunk = 1 << 20
-        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
-        zeros.initializeMemory(as: UInt8.self, repeating: 0)
-        defer { zeros.deallocate() }
-        var fd: Int32 = -1
-        do {
-            if self.fileSystem.fileExists(path) { try self.fileSystem.unlink(path) }
-            // Buffered on purpose: O_DIRECT zeros were measured slower, because the appends'
-            // partial-page writes then read the pages back from disk first.
-            fd = try self.fileSystem.open(path, flags: O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
-            try self.fileSystem.allocate(fd, offset: 0, length: size, path: path)
-            var offset: Int64 = 0
-            while offset < size {
-                let count = Int(min(Int64(chunk), size - offset))
-                try self.fileSystem.pwrite(
-                    fd,
-                    UnsafeRawBufferPointer(rebasing: zeros[0..<count]),
-                    at: offset,
-                    path: path
-                )
-                offset += Int64(count)
-            }
-            try self.fileSystem.fdatasync(fd, path: path)
-            self.fileSystem.close(fd)
-            self.spare.withLock { $0 = .ready }
-        } catch {
-            if fd >= 0 { self.fileSystem.close(fd) }
-            try? self.fileSystem.unlink(path)
-            self.spare.withLock { $0 = .none }
-            self.logger.debug("wal.spare_segment_failed", metadata: ["error": "\(error)"])
-        }
-    }
-
-    // MARK: - Pressure and retention
-
-    /// The current disk pressure; ``Pressure/hard`` means appends are refused.
-    public var pressure: Pressure { self.shared.withLock { $0.pressure } }
-
-    /// Whether appends can currently succeed: below the hard watermark and the last write
-    /// did not fail. The gateway's readiness follows this.
-    public var isWritable: Bool {
-        self.shared.withLock { $0.pressure < .hard && $0.lastWriteError == nil && !$0.closed && $0.halted == nil }
-    }
-
-    /// Why appends cannot succeed right now, in words for an operator (the gateway's
-    /// `/readyz` shows it); nil while ``isWritable``.
-    public var unavailableReason: String? {
-        self.shared.withLock { shared in
-            if let halted = shared.halted { return halted }
-            if shared.closed { return "the WAL is closed" }
-            if shared.pressure == .hard {
-                return shared.pressureReason ?? "the WAL is over its hard watermark"
-            }
-            return shared.lastWriteError
-        }
-    }
-
-    /// What raises the disk pressure above normal (the volume's free space, or the WAL's own
-    /// size against its budget), in words; nil at normal pressure.
-    public var pressureReason: String? { self.shared.withLock { $0.pressureReason } }
-
-    /// The last write error, cleared by the next successful write.
-    public var lastWriteError: String? { self.shared.withLock { $0.lastWriteError } }
-
-    private func refreshPressure() {
-        let volume = try? self.fileSystem.volumeSpace(self.configuration.directory)
-        let budget = self.configuration.budget
-        let spareBytes: Int64 = self.spare.withLock {
-            if case .none = $0 { 0 } else { self.configuration.segmentBytes }
-        }
-        let (old, new, bytes, reason) = self.shared.withLock { shared -> (Pressure, Pressure, Int64, String?) in
-            let old = shared.pressure
-            shared.volumeAvailable = volume?.available ?? shared.volumeAvailable
-            let bytes = shared.catalog.walBytes + spareBytes
-            shared.pressure = budget.pressure(walBytes: bytes, volumeAvailable: shared.volumeAvailable)
-            shared.pressureReason = budget.pressureReason(walBytes: bytes, volumeAvailable: shared.volumeAvailable)
-            return (old, shared.pressure, bytes, shared.pressureReason)
-        }
-        let refusal: WALError? =
-            new == .hard
-            ? WALError(
-                .diskFull,
-                "the WAL refuses events: \(reason ?? "it is over its hard watermark"); it accepts again once "
-                    + "there is room (the forwarder frees space as it catches up)"
-            ) : nil
-        self.state.withLock { $0.refusal = refusal }
-        self.metrics.bytes.record(bytes)
-        self.metrics.pressure.record(new == .normal ? 0 : new == .soft ? 1 : 2)
-        self.metrics.segments.record(self.shared.withLock { $0.catalog.segments.count })
-        self.metrics.maxBytes.record(budget.maxBytes)
-        if let volume { self.metrics.volumeAvailableBytes.record(volume.available) }
-        if old != new {
-            var metadata: Logger.Metadata = ["wal.pressure": "\(new)", "wal.bytes": "\(bytes)"]
-            if let reason { metadata["wal.reason"] = "\(reason)" }
-            if let volume { metadata["wal.volume_available_bytes"] = "\(volume.available)" }
-            if new > old {
-                self.logger.warning("wal.pressure_rising", metadata: metadata)
-            } else {
-                self.logger.info("wal.pressure_falling", metadata: metadata)
-            }
-        }
-    }
-
-    /// Deletes segments every cursor has passed (cursor durable → unlink → directory fsync)
-    /// and re-evaluates disk pressure. Runs on the writer thread.
-    private func performMaintenance() {
-        self.refreshPressure()
-        // A writer that lost its lock deletes nothing: the paths may name another writer's files.
-        guard self.shared.withLock({ $0.halted == nil }) else { return }
-        let consumedBefore = self.cursors.withLock { $0.values.map(\.position.lsn).min() }
-        let now = self.configuration.wallClock()
-        let (pressure, candidates) = self.shared.withLock { shared in
-            (
-                shared.pressure,
-                shared.catalog.segments.filter { $0.state != .active }.map {
-                    RetentionPolicy.Candidate(
-                        firstLSN: $0.firstLSN,
-                        nextLSN: $0.nextLSN,
-                        maxTimestampNanos: $0.maxTimestampNanos ?? 0
-                    )
-                }
-            )
-        }
-        let doomed = self.retention.deletable(
-            sealed: candidates,
-            consumedBefore: consumedBefore,
-            now: now,
-            pressure: pressure
-        )
-        guard !doomed.isEmpty else { return }
-        var deleted: [LSN] = []
-        for segment in doomed {
-            let path = self.segmentDirectory + "/" + SegmentName.make(segment.firstLSN)
-            do {
-                try self.fileSystem.unlink(path)
-                deleted.append(segment.firstLSN)
-            } catch {
-                self.logger.warning(
-                    "wal.segment_delete_failed",
-                    metadata: ["wal.segment": "\(path)", "error": "\(error)"]
-                )
-                break
-            }
-        }
-        do {
-            try self.fileSystem.syncDirectory(self.segmentDirectory)
-        } catch {
-            self.logger.warning("wal.directory_sync_failed", metadata: ["error": "\(error)"])
-        }
-        self.shared.withLock { $0.catalog.deleted(deleted) }
-        self.metrics.deletedSegments.increment(by: Int64(deleted.count))
-        self.logger.debug("wal.segments_deleted", metadata: ["wal.count": "\(deleted.count)"])
-        self.refreshPressure()
-    }
-
-    /// Asks the writer to re-check pressure and retention now rather than within a second.
-    public func requestMaintenance() {
-        self.maintenanceRequested.store(true, ordering: .relaxed)
-        self.wake.signal()
-    }
-
-    /// Asks for a maintenance pass and returns once one that started after the call has
-    /// finished (segments every cursor passed are deleted, pressure re-evaluated), or the WAL
-    /// closed. Lets a test check what maintenance did, or did not do, without sleeping.
-    func runMaintenance() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let closed = self.shared.withLock { shared -> Bool in
-                if shared.closed { return true }
-                shared.maintenanceWaiters.append(continuation)
-                return false
-            }
-            if closed {
-                continuation.resume()
-            } else {
-                self.requestMaintenance()
-            }
-        }
-    }
-
-    // MARK: - Cursors
-
-    /// The durable position of cursor `name`, or nil when it does not exist.
-    public func cursor(_ name: String) -> CursorPosition? {
-        self.cursors.withLock { $0[name]?.position }
-    }
-
-    /// All cursors, by name.
-    public var cursorPositions: [CursorPosition] {
-        self.cursors.withLock { $0.values.map(\.position) }.sorted { $0.name < $1.name }
-    }
-
-    /// Returns cursor `name`, creating it at `initialLSN` (default: the oldest LSN still in
-    /// the WAL) when it does not exist yet.
-    public func openCursor(_ name: String, at initialLSN: LSN? = nil) async throws -> CursorPosition {
-        try CursorFile.validate(name: name)
-        if let existing = self.cursor(name) { return existing }
-        let start = initialLSN ?? self.oldestLSN
-        let directory = self.cursorDirectory
-        let fileSystem = self.fileSystem
-        let now = self.configuration.wallClock()
-        return try await BlockingIO.run {
-            try self.cursors.withLock { cursors in
-                if let existing = cursors[name] { return existing.position }
-                if initialLSN == nil && start > .zero && start < self.durableNextLSN {
-                    // Segments below `start` were deleted, which only a consumer's cursor
-                    // allows: this cursor existed and its file is gone. Say so: whatever it had
-                    // consumed beyond `start` is read (and sent) again.
-                    self.logger.warning(
-                        "wal.cursor_missing",
-                        metadata: [
-                            "wal.cursor": "\(name)", "wal.cursor_lsn": "\(start)",
-                            "wal.reason":
-                                "no cursor file, but segments below LSN \(start) were deleted, so a consumer existed; starting at the oldest LSN still held, events from there on may be sent again",
-                        ]
-                    )
-                }
-                try CursorFile.create(directory: directory, name: name, lsn: start, now: now, fileSystem: fileSystem)
-                let file = try CursorFile(
-                    path: directory + "/" + name + CursorFile.suffix,
-                    name: name,
-                    fileSystem: fileSystem
-                )
-                cursors[name] = file
-                return file.position
-            }
-        }
-    }
-
-    /// Durably moves cursor `name` to `lsn` (every event below it is consumed), then lets the
-    /// writer delete segments all cursors have passed.
-    ///
-    /// - Throws: ``WALError/Code/notFound`` for an unknown cursor, and
-    ///   ``WALError/Code/invalidArgument`` when `lsn` is behind the cursor or past the
-    ///   durable end of the WAL.
-    public func commitCursor(_ name: String, to lsn: LSN) async throws {
-        let durable = self.durableNextLSN
-        guard lsn <= durable else {
-            throw WALError(.invalidArgument, "cursor \(name) cannot move to \(lsn), past the durable end \(durable)")
-        }
-        let now = self.configuration.wallClock()
-        guard self.shared.withLock({ $0.halted == nil }) else {
-            // The directory may be another writer's now: write nothing into it.
-            throw WALError(.locked, "cursor \(name) not stored: \(self.unavailableReason ?? "the WAL stopped")")
-        }
-        let recreated = try await BlockingIO.run {
-            try self.cursors.withLock { cursors -> String? in
-                guard var file = cursors[name] else {
-                    throw WALError(.notFound, "no cursor named \(name); open it first")
-                }
-                guard lsn >= file.position.lsn else {
-                    throw WALError(
-                        .invalidArgument,
-                        "cursor \(name) cannot move back from \(file.position.lsn) to \(lsn)"
-                    )
-                }
-                if lsn == file.position.lsn { return nil }
-                let problem = try file.store(lsn: lsn, now: now)
-                cursors[name] = file
-                return problem
-            }
-        }
-        if let recreated {
-            self.logger.warning(
-                "wal.cursor_file_recreated",
-                metadata: ["wal.cursor": "\(name)", "wal.cursor_lsn": "\(lsn)", "wal.reason": "\(recreated)"]
-            )
-        }
-        self.metrics.cursorLSN(name).record(Int64(lsn.rawValue))
-        self.requestMaintenance()
+        self.writer.requestSpare()
     }
 
     // MARK: - Reading
@@ -1023,10 +634,10 @@ public final class WAL: Sendable {
         self.watchdog?.cancel()
         if self.state.withLock({ $0.close() }) { self.wake.signal() }
         let finished = self.writerFinished
-        let preparer = self.preparer
+        let writer = self.writer
         await BlockingIO.run {
             finished.wait()
-            preparer.sync {}
+            writer.waitForSpare()
         }
         let waiters = self.shared.withLock { shared -> [CheckedContinuation<Void, Never>] in
             shared.closed = true
@@ -1043,23 +654,5 @@ public final class WAL: Sendable {
         self.lockWatch.cancel()
         self.lock.release(fileSystem: self.fileSystem)
         self.logger.info("wal.closed", metadata: ["wal.next_lsn": "\(self.durableNextLSN)"])
-    }
-}
-
-/// Runs blocking work (file reads, fsync of cursor files) on threads outside Swift's
-/// cooperative pool.
-enum BlockingIO {
-    private static let queue = DispatchQueue(label: "sluice.wal.blocking-io", attributes: .concurrent)
-
-    static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            self.queue.async { continuation.resume(with: Result { try body() }) }
-        }
-    }
-
-    static func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-        await withCheckedContinuation { continuation in
-            self.queue.async { continuation.resume(returning: body()) }
-        }
     }
 }
