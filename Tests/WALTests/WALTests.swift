@@ -205,7 +205,9 @@ import Testing
         let faults = FaultInjectingFileSystem()
         let wal = try await WAL.open(testConfiguration(directory.path, fileSystem: faults), logger: quietLogger)
         let before = try await wal.append([event("durable-1")])
-        faults.inject(.fdatasync, errno: EIO, times: 1)
+        // Only the segment's: the spare segment, zero-filled in the background after the first
+        // batch, must not take the one failure.
+        faults.inject(.fdatasync, errno: EIO, times: 1, pathContains: SegmentName.suffix)
         let error = await #expect(throws: WALError.self) { _ = try await wal.append([event("never-acked")]) }
         #expect(error?.code == .fsyncFailed)
         #expect(error?.errno == EIO)
