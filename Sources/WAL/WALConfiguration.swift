@@ -36,6 +36,11 @@ public struct WALConfiguration: Sendable {
     public var fileSystem: any WALFileSystem = SystemFileSystem()
     /// Unix time in nanoseconds; injectable so tests control record and segment ages.
     public var wallClock: @Sendable () -> UInt64 = WallClock.now
+    /// Monotonic nanoseconds, for the acknowledgement deadline and the durations the WAL
+    /// measures (fsync and append latency, recovery time, log throttling); injectable so tests
+    /// move the deadline by hand instead of sleeping past it. Never compared with
+    /// ``wallClock``.
+    public var monotonicClock: @Sendable () -> UInt64 = WallClock.monotonic
 
     public init(directory: String) { self.directory = directory }
 
@@ -61,7 +66,8 @@ public struct WALConfiguration: Sendable {
             maxFrameBytes: min(self.maxRecordBytes, GroupCommitLimits.frameCapacity(segmentBytes: self.segmentBytes)),
             maxBatchBytes: self.maxBatchBytes,
             maxBatchRecords: self.maxBatchRecords,
-            maxQueuedBytes: self.maxQueuedBytes
+            maxQueuedBytes: self.maxQueuedBytes,
+            ackTimeoutNanos: self.ackTimeout.map { UInt64(max($0.nanoseconds, 0)) }
         )
     }
 }

@@ -110,13 +110,13 @@ import Testing
         for _ in 0..<60 { _ = try await wal.append([[UInt8](repeating: 1, count: 4000)]) }
         let before = wal.segments.count
         #expect(before >= 4)
-        // Nothing consumed: nothing deleted, however long we wait.
-        wal.requestMaintenance()
-        try await Task.sleep(for: .milliseconds(100))
+        // Nothing consumed: a maintenance pass deletes nothing.
+        await wal.runMaintenance()
         #expect(wal.segments.count == before)
 
         try await wal.commitCursor("forwarder", to: LSN(60))
-        try await waitUntil { wal.segments.count == 1 }
+        await wal.runMaintenance()
+        #expect(wal.segments.count == 1)
         #expect(wal.segments.first?.state == .active)
         await #expect(throws: WALError.self) { try await wal.commitCursor("forwarder", to: LSN(10)) }
         await #expect(throws: WALError.self) { try await wal.commitCursor("forwarder", to: LSN(61)) }
@@ -141,11 +141,11 @@ import Testing
         for _ in 0..<40 { _ = try await wal.append([[UInt8](repeating: 1, count: 4000)]) }
         let count = wal.segments.count
         try await wal.commitCursor("forwarder", to: LSN(40))
-        try await Task.sleep(for: .milliseconds(100))
+        await wal.runMaintenance()
         #expect(wal.segments.count == count)  // consumed, but within the replay window
         clock.advance(by: 61_000_000_000)
-        wal.requestMaintenance()
-        try await waitUntil { wal.segments.count == 1 }
+        await wal.runMaintenance()
+        #expect(wal.segments.count == 1)
         await wal.close()
     }
 
@@ -205,7 +205,9 @@ import Testing
         let faults = FaultInjectingFileSystem()
         let wal = try await WAL.open(testConfiguration(directory.path, fileSystem: faults), logger: quietLogger)
         let before = try await wal.append([event("durable-1")])
-        faults.inject(.fdatasync, errno: EIO, times: 1)
+        // Only the segment's: the spare segment, zero-filled in the background after the first
+        // batch, must not take the one failure.
+        faults.inject(.fdatasync, errno: EIO, times: 1, pathContains: SegmentName.suffix)
         let error = await #expect(throws: WALError.self) { _ = try await wal.append([event("never-acked")]) }
         #expect(error?.code == .fsyncFailed)
         #expect(error?.errno == EIO)
@@ -270,7 +272,7 @@ import Testing
         configuration.ackTimeout = .milliseconds(100)
         let wal = try await WAL.open(configuration, logger: quietLogger)
         _ = try await wal.append([event("warm")])
-        faults.delay(.fdatasync, by: .seconds(3))
+        faults.stall(.fdatasync)
         let started = ContinuousClock.now
         let outcomes = await withTaskGroup(of: WALError.Code?.self) { group in
             for index in 0..<5 {
@@ -293,11 +295,47 @@ import Testing
         #expect(waited < .milliseconds(2000))
         #expect(outcomes.allSatisfy { $0 == .timedOut || $0 == .overloaded })
         #expect(outcomes.contains(.timedOut))
-        faults.delay(.fdatasync, by: nil)
-        try await Task.sleep(for: .milliseconds(3100))  // the stalled fsync returns
+        faults.release(.fdatasync)
+        // The stalled batch completes (its appenders were already told "unknown").
+        try await waitUntil { wal.statistics.batches + wal.statistics.failedBatches == 2 }
         let after = try await wal.append([event("after")])
         await wal.close()
         #expect(try allEvents(in: directory.path)[after.firstLSN] == event("after"))
+    }
+
+    /// The deadline is measured on the injected monotonic clock: the test decides when the
+    /// appends are late, so the outcome does not depend on how busy the machine is.
+    @Test func theAckDeadlineFollowsTheInjectedMonotonicClock() async throws {
+        let directory = try TemporaryDirectory()
+        let faults = FaultInjectingFileSystem()
+        let clock = ManualClock(start: 1_000_000_000)
+        var configuration = testConfiguration(directory.path, fileSystem: faults)
+        configuration.ackTimeout = .milliseconds(100)
+        configuration.monotonicClock = { clock.now }
+        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let warm = try await wal.append([event("warm")])
+        // Hang the segment's fsync (not the spare's, which is prepared in the background).
+        faults.stall(.fdatasync, pathContains: SegmentName.suffix)
+        let stuck = startAppend(wal, [event("stuck")])
+        try await waitUntil { faults.stalledCalls(.fdatasync) == 1 }
+        let queued = startAppend(wal, [event("queued")])
+        clock.advance(by: 100_000_001)
+        let stuckOutcome = await stuck.first { _ in true }
+        let queuedOutcome = await queued.first { _ in true }
+        // In the write when the deadline passed: maybe stored. Still queued: not stored.
+        #expect(stuckOutcome?.failureCode == .timedOut)
+        #expect(queuedOutcome?.failureCode == .overloaded)
+
+        faults.release(.fdatasync)
+        try await waitUntil { wal.statistics.batches == 2 }
+        let after = try await wal.append([event("after")])
+        await wal.close()
+        // "Unknown" turned out stored; the queued append was never written and spent no LSN.
+        #expect(after.firstLSN == warm.firstLSN + 2)
+        let events = try allEvents(in: directory.path)
+        #expect(
+            events == [warm.firstLSN: event("warm"), warm.firstLSN + 1: event("stuck"), after.firstLSN: event("after")]
+        )
     }
 
     @Test func aWriteErrorFailsOnlyThatBatch() async throws {
@@ -451,7 +489,26 @@ import Testing
     }
 }
 
-/// A wall clock tests move by hand.
+/// Starts an append through the completion API, so it is queued before this returns, and
+/// gives its outcome as a one-element stream.
+func startAppend(_ wal: WAL, _ events: [[UInt8]]) -> AsyncStream<Result<AppendReceipt, WALError>> {
+    let (stream, continuation) = AsyncStream.makeStream(of: Result<AppendReceipt, WALError>.self)
+    wal.append(events) { outcome in
+        continuation.yield(outcome)
+        continuation.finish()
+    }
+    return stream
+}
+
+extension Result where Failure == WALError {
+    /// The error's code, or nil for a success.
+    var failureCode: WALError.Code? {
+        if case .failure(let error) = self { return error.code }
+        return nil
+    }
+}
+
+/// A wall or monotonic clock tests move by hand.
 final class ManualClock: Sendable {
     private let value: Mutex<UInt64>
     init(start: UInt64) { self.value = Mutex(start) }

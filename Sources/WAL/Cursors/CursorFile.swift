@@ -2,17 +2,6 @@
 import Glibc
 #endif
 
-/// A consumer's durable position in the WAL: every event below ``lsn`` is consumed.
-public struct CursorPosition: Sendable, Equatable, Codable {
-    public var name: String
-    /// The next LSN the consumer needs.
-    public var lsn: LSN
-    /// Bumped by every store; the valid slot with the highest generation wins.
-    public var generation: UInt64
-    /// When it was stored (unix nanoseconds).
-    public var updatedNanos: UInt64
-}
-
 /// One cursor file: two 64-byte slots, written alternately, each with its own CRC32C.
 ///
 /// A store overwrites the slot holding the older generation and `fdatasync`s; a torn write

@@ -1,6 +1,12 @@
-/// The pure state of the WAL writer: queued appends, LSN assignment, batch formation and
-/// segment rolling. It does no I/O and reads no clock; the writer thread feeds it events,
-/// performs the actions it returns, and reports how they went.
+/// The pure state of the WAL writer: queued appends, LSN assignment, batch formation,
+/// segment rolling, the batch being written and the acknowledgement deadline. It does no I/O
+/// and reads no clock; the writer thread feeds it events, performs the actions it returns,
+/// and reports how they went, and the watchdog asks it which appends are late.
+///
+/// Every append has exactly one owner at a time: the queue, the in-flight batch (the writer
+/// state ``Writer/writing(_:)``), or whoever took it out through ``written()``,
+/// ``writeFailed()``, ``expire(now:)``, ``rollFailed(previousClosed:)`` or ``halt(_:)``. So an
+/// append is completed once, by whichever of the writer and the watchdog gets there first.
 ///
 /// Group commit falls out of the shape: appends queue while the writer is busy writing and
 /// syncing the previous batch, and the next ``nextStep(now:)`` takes all of them (up to the
@@ -47,6 +53,8 @@ struct GroupCommit<Item> {
         var lsn: LSN
         var eventCount: UInt32
         var frameLength: Int
+        /// Monotonic nanoseconds when the append arrived.
+        var enqueuedAt: UInt64 = 0
     }
 
     /// Frames to write contiguously at `offset` of the active segment, then fsync.
@@ -57,6 +65,29 @@ struct GroupCommit<Item> {
         var timestampNanos: UInt64
         var records: [Placed]
         var nextLSN: LSN
+        /// The active segment as it stands once this batch is durable: what the catalog
+        /// shows after ``Catalog/applied(_:)``, so both count records and bytes the same way.
+        var segmentAfter: ActiveSegment
+    }
+
+    /// The batch between ``Step/write(_:)`` and its outcome.
+    struct InFlight {
+        var segmentFirstLSN: LSN
+        /// The appends still waiting for this batch's outcome; emptied when the deadline
+        /// fails them first.
+        var records: [Placed]
+        /// The earliest arrival among `records`; the deadline is measured from it.
+        var oldestEnqueuedAt: UInt64
+    }
+
+    /// The appends the acknowledgement deadline took away.
+    struct Expired {
+        /// Still queued, never written: certainly not stored.
+        var queued: [Item] = []
+        /// In a write or fsync that has not returned: maybe stored.
+        var inFlight: [Placed] = []
+
+        var isEmpty: Bool { self.queued.isEmpty && self.inFlight.isEmpty }
     }
 
     enum Step {
@@ -74,7 +105,15 @@ struct GroupCommit<Item> {
         case rejected(WALError)
     }
 
-    private enum Writer { case sleeping, running, stopped }
+    /// What the writer thread is doing, as far as the machine knows.
+    enum Writer {
+        case sleeping
+        case running
+        /// Writing and syncing a batch; its outcome is reported with ``written()`` or
+        /// ``writeFailed()``.
+        case writing(InFlight)
+        case stopped
+    }
 
     let limits: Limits
     private(set) var nextLSN: LSN
@@ -82,7 +121,7 @@ struct GroupCommit<Item> {
     private var queue: [Queued] = []
     private var queueHead = 0
     private(set) var queuedBytes = 0
-    private var writer: Writer = .running
+    private(set) var writer: Writer = .running
     private(set) var closing = false
     /// Set while the WAL refuses appends (hard watermark, disk full).
     var refusal: WALError?
@@ -117,15 +156,19 @@ struct GroupCommit<Item> {
         }
         self.queue.append(Queued(item: item, frameLength: frameLength, eventCount: eventCount, enqueuedAt: enqueuedAt))
         self.queuedBytes += frameLength
-        if self.writer == .sleeping {
+        if case .sleeping = self.writer {
             self.writer = .running
             return .accepted(wakeWriter: true)
         }
         return .accepted(wakeWriter: false)
     }
 
-    /// What the writer should do next. Call only when the previous step's outcome was reported.
+    /// What the writer should do next. Call only when the previous step's outcome was reported
+    /// (a write with ``written()`` or ``writeFailed()``).
     mutating func nextStep(now: UInt64) -> Step {
+        if case .writing(let batch) = self.writer {
+            preconditionFailure("next step asked before the batch at \(batch.segmentFirstLSN) was reported")
+        }
         guard self.queuedCount > 0 else {
             if self.closing {
                 self.writer = .stopped
@@ -136,7 +179,15 @@ struct GroupCommit<Item> {
         }
         let head = self.queue[self.queueHead]
         if let segment = self.segment, !segment.broken, !self.mustRoll(segment, before: head, now: now) {
-            return .write(self.takeBatch(segment: segment, now: now))
+            let batch = self.takeBatch(segment: segment, now: now)
+            self.writer = .writing(
+                InFlight(
+                    segmentFirstLSN: batch.segmentFirstLSN,
+                    records: batch.records,
+                    oldestEnqueuedAt: batch.records.map(\.enqueuedAt).min() ?? 0
+                )
+            )
+            return .write(batch)
         }
         let current = self.segment
         let healthy = current.flatMap { $0.broken ? nil : $0 }
@@ -165,7 +216,13 @@ struct GroupCommit<Item> {
             let fitsSegment = segment.dataEnd + Int64(length + next.frameLength) <= capacity
             guard fitsBatch && fitsSegment else { break }
             records.append(
-                Placed(item: next.item, lsn: lsn, eventCount: next.eventCount, frameLength: next.frameLength)
+                Placed(
+                    item: next.item,
+                    lsn: lsn,
+                    eventCount: next.eventCount,
+                    frameLength: next.frameLength,
+                    enqueuedAt: next.enqueuedAt
+                )
             )
             length += next.frameLength
             lsn = lsn + UInt64(next.eventCount)
@@ -179,14 +236,6 @@ struct GroupCommit<Item> {
             self.queue.removeFirst(self.queueHead)
             self.queueHead = 0
         }
-        let batch = Batch(
-            segmentFirstLSN: segment.firstLSN,
-            offset: segment.dataEnd,
-            length: length,
-            timestampNanos: now,
-            records: records,
-            nextLSN: lsn
-        )
         // The LSNs are spent from here on, whatever the outcome: a failed batch leaves a gap
         // rather than reusing numbers that might already be on disk.
         self.nextLSN = lsn
@@ -197,7 +246,33 @@ struct GroupCommit<Item> {
         if segment.records == 0 { updated.minTimestampNanos = now }
         updated.maxTimestampNanos = max(segment.maxTimestampNanos, now)
         self.segment = updated
-        return batch
+        return Batch(
+            segmentFirstLSN: segment.firstLSN,
+            offset: segment.dataEnd,
+            length: length,
+            timestampNanos: now,
+            records: records,
+            nextLSN: lsn,
+            segmentAfter: updated
+        )
+    }
+
+    /// The batch is written and synced. Returns the appends it acknowledges: all of them,
+    /// less any the deadline already failed.
+    mutating func written() -> [Placed] {
+        guard case .writing(let batch) = self.writer else { return [] }
+        self.writer = .running
+        return batch.records
+    }
+
+    /// Writing or syncing the in-flight batch failed: its appends fail (they are returned,
+    /// less any the deadline already failed), and the segment is abandoned so the same
+    /// descriptor is never synced and trusted again.
+    mutating func writeFailed() -> [Placed] {
+        guard case .writing(let batch) = self.writer else { return [] }
+        self.writer = .running
+        if self.segment?.firstLSN == batch.segmentFirstLSN { self.segment?.broken = true }
+        return batch.records
     }
 
     /// The new segment is created, preallocated, and its header durable.
@@ -222,25 +297,32 @@ struct GroupCommit<Item> {
         return self.drainQueue()
     }
 
-    /// Writing or syncing `batch` failed: its appends fail, and the segment is abandoned so
-    /// the same descriptor is never synced and trusted again.
-    mutating func writeFailed(segmentFirstLSN: LSN) {
-        if self.segment?.firstLSN == segmentFirstLSN { self.segment?.broken = true }
-    }
-
-    /// Removes the appends still queued that arrived before `deadline` (the disk is too slow
-    /// to take them in time) and returns them; they were never written.
-    mutating func expire(enqueuedBefore deadline: UInt64) -> [Item] {
-        var expired: [Item] = []
+    /// Takes away the appends that have waited longer than ``GroupCommitLimits/ackTimeoutNanos``
+    /// at monotonic time `now`: the queued ones that arrived too long ago (the disk is too slow
+    /// to take them in time; never written), and the whole in-flight batch when its oldest
+    /// append did (stuck in a write or fsync that has not returned; outcome unknown). An
+    /// append that has waited exactly the timeout is still in time.
+    ///
+    /// The in-flight batch stays in flight with no appends left: its outcome, when it comes,
+    /// completes nobody.
+    mutating func expire(now: UInt64) -> Expired {
+        guard let timeout = self.limits.ackTimeoutNanos, now > timeout else { return Expired() }
+        let deadline = now - timeout
+        var expired = Expired()
         while self.queueHead < self.queue.count, self.queue[self.queueHead].enqueuedAt < deadline {
             let entry = self.queue[self.queueHead]
-            expired.append(entry.item)
+            expired.queued.append(entry.item)
             self.queuedBytes -= entry.frameLength
             self.queueHead += 1
         }
         if self.queueHead == self.queue.count {
             self.queue.removeAll(keepingCapacity: true)
             self.queueHead = 0
+        }
+        if case .writing(var batch) = self.writer, !batch.records.isEmpty, batch.oldestEnqueuedAt < deadline {
+            expired.inFlight = batch.records
+            batch.records = []
+            self.writer = .writing(batch)
         }
         return expired
     }
@@ -256,7 +338,7 @@ struct GroupCommit<Item> {
     /// Returns whether the writer must be woken.
     mutating func close() -> Bool {
         self.closing = true
-        if self.writer == .sleeping {
+        if case .sleeping = self.writer {
             self.writer = .running
             return true
         }
@@ -269,23 +351,5 @@ struct GroupCommit<Item> {
         self.queueHead = 0
         self.queuedBytes = 0
         return items
-    }
-}
-
-/// The bounds the writer works within.
-struct GroupCommitLimits: Sendable, Equatable {
-    var segmentBytes: Int64
-    /// Roll a non-empty segment once it is this old; nil disables age rolling.
-    var segmentMaxAgeNanos: UInt64?
-    /// Largest frame (header + payload + padding) one append may produce.
-    var maxFrameBytes: Int
-    var maxBatchBytes: Int
-    var maxBatchRecords: Int
-    /// Bytes that may wait in the queue before appends are refused as overloaded.
-    var maxQueuedBytes: Int
-
-    /// The largest frame that fits a segment beside its header and footer.
-    static func frameCapacity(segmentBytes: Int64) -> Int {
-        Int(segmentBytes) - SegmentHeader.size - SegmentFooter.frameLength
     }
 }

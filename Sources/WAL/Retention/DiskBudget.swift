@@ -1,24 +1,3 @@
-/// How close the WAL is to running out of room.
-public enum Pressure: String, Sendable, Codable, Comparable {
-    /// Plenty of room.
-    case normal
-    /// Above the soft watermark: alarm, and segments kept only for local replay are evicted.
-    case soft
-    /// Above the hard watermark: appends are refused (the gateway answers 503 with
-    /// `Retry-After`) until the forwarder frees space. Unforwarded data is never dropped.
-    case hard
-
-    private var rank: Int {
-        switch self {
-        case .normal: 0
-        case .soft: 1
-        case .hard: 2
-        }
-    }
-
-    public static func < (lhs: Pressure, rhs: Pressure) -> Bool { lhs.rank < rhs.rank }
-}
-
 /// The space the WAL may use: a byte budget for its own files, and free space it leaves on
 /// the volume for everyone else. Either one can raise the pressure.
 public struct DiskBudget: Sendable, Equatable, Codable {
@@ -92,39 +71,5 @@ public struct DiskBudget: Sendable, Equatable, Codable {
             )
         }
         return reasons.joined(separator: ", and ")
-    }
-}
-
-/// Which sealed segments may go. Pure: the WAL feeds it the catalogue and deletes what it
-/// returns, in order, after the cursors that allow it are durable.
-struct RetentionPolicy: Sendable, Equatable {
-    /// Keep fully consumed segments this long (for local replay); zero deletes at once.
-    var keepConsumedNanos: UInt64
-
-    struct Candidate: Equatable, Sendable {
-        var firstLSN: LSN
-        var nextLSN: LSN
-        var maxTimestampNanos: UInt64
-    }
-
-    /// Segments to delete, oldest first.
-    ///
-    /// - Parameters:
-    ///   - sealed: sealed segments in LSN order (never the active one).
-    ///   - consumedBefore: the lowest cursor over all consumers; nil when there are no
-    ///     cursors, in which case nothing is consumed and nothing is deleted.
-    ///   - pressure: at soft pressure or above, consumed segments go regardless of age.
-    func deletable(sealed: [Candidate], consumedBefore: LSN?, now: UInt64, pressure: Pressure) -> [Candidate] {
-        guard let consumedBefore else { return [] }
-        var result: [Candidate] = []
-        for segment in sealed {
-            guard segment.nextLSN <= consumedBefore else { break }
-            let expired =
-                self.keepConsumedNanos == 0
-                || (now >= segment.maxTimestampNanos && now - segment.maxTimestampNanos >= self.keepConsumedNanos)
-            guard expired || pressure >= .soft else { break }
-            result.append(segment)
-        }
-        return result
     }
 }
