@@ -35,7 +35,8 @@ test: setup
 run: build
 	$(SLUICE) dev --state-dir $(DATA)/dev
 
-# Release-mode benchmarks (docs/performance.md) and the long crash soak.
+# Release-mode benchmarks (docs/performance.md; `sluice-bench` and scripts/bench-*) and the
+# long crash soak.
 bench: setup
 	$(SWIFT) build -c release
 	@mkdir -p $(DATA)
@@ -44,6 +45,8 @@ bench: setup
 	done; done
 	scripts/bench-gateway 10 64
 	scripts/bench-auth
+	.build/release/sluice-bench forwarder $(DATA) --events 1000000
+	scripts/bench-loader 1000000
 	$(SWIFT) build
 	SLUICE_CRASH_ROUNDS=500 $(SWIFT) test --filter CrashTests
 
