@@ -49,6 +49,10 @@ struct PipelineProcess {
         }
         let log: any EventLog
         if let injected = self.eventLog {
+            Logger(label: "sluice.gateway").critical(
+                "gateway.unsafe_no_wal",
+                metadata: ["reason": "sluice-bench: accepted events are NOT stored"]
+            )
             log = injected
         } else {
             let wal = try await settings.openWAL()

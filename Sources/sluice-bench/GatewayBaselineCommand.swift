@@ -1,6 +1,5 @@
 import ArgumentParser
 import Gateway
-import Logging
 import SluiceCommands
 
 /// `sluice-bench gateway`: `sluice gateway` with the WAL replaced by ``DiscardingLog``, the
@@ -20,10 +19,7 @@ struct GatewayBaselineCommand: AsyncParsableCommand {
     var listen: String?
 
     func run() async throws {
-        Logger(label: "sluice.gateway").critical(
-            "gateway.unsafe_no_wal",
-            metadata: ["reason": "sluice-bench: accepted events are NOT stored"]
-        )
+        // Logs `gateway.unsafe_no_wal` (critical) once logging is set up.
         try await runGatewayWithoutWAL(configFile: self.config, listen: self.listen, log: DiscardingLog())
     }
 }
