@@ -199,7 +199,7 @@ let package = Package(
         // temporary directories: for the tests and the benchmarks, never for the product.
         .target(
             name: "SluiceTestKit",
-            dependencies: [.product(name: "Logging", package: "swift-log")],
+            dependencies: ["LocalClickHouse", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .target(name: "TestSupport", dependencies: ["SluiceTestKit"], path: "Tests/Support", swiftSettings: strict),

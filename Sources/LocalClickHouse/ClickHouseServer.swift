@@ -1,5 +1,7 @@
 import Foundation
 
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -406,30 +408,53 @@ private func makeTemporaryDirectory() throws -> String {
     return String(cString: result)
 }
 
-/// Ports the kernel considers free on 127.0.0.1, all different: each is bound (port 0) while
-/// the next is chosen, then all are released for the caller to bind.
+/// Ports free on 127.0.0.1 now, all different, for a server the caller starts next.
+///
+/// They come from **below the kernel's ephemeral range** (`ip_local_port_range`, 32768–60999 by
+/// default), never from it: a port handed out here is bound explicitly a moment later, and a
+/// number from the ephemeral range can meanwhile be taken by anything that binds port 0 — or
+/// can be the port of a mock Kafka broker a test has taken down for a moment, which librdkafka
+/// then cannot bind again and aborts the process. Each candidate is bound once to check that it
+/// is free; numbers already handed out by this process are not handed out again.
 public func freeLoopbackPorts(_ count: Int) throws -> [Int] {
-    var sockets: [Int32] = []
-    defer { for socket in sockets { close(socket) } }
+    let ephemeralLow =
+        (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
+        .flatMap { $0.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } } ?? 32768
+    let range = 10000..<max(10001, min(ephemeralLow, 65536))
     var ports: [Int] = []
-    for _ in 0..<count {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw ClickHouseServerError(message: "socket failed: errno \(errno)", logTail: "") }
-        sockets.append(fd)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
-            }
+    var tried = 0
+    while ports.count < count {
+        guard tried < range.count else {
+            throw ClickHouseServerError(message: "no free port in \(range) on 127.0.0.1", logTail: "")
         }
-        guard bound else { throw ClickHouseServerError(message: "bind failed: errno \(errno)", logTail: "") }
-        ports.append(Int(UInt16(bigEndian: address.sin_port)))
+        tried += 1
+        let port = handedOut.withLock { next in
+            defer { next += 1 }
+            return range.lowerBound + next % range.count
+        }
+        if isFreeLoopbackPort(port) { ports.append(port) }
     }
     return ports
+}
+
+/// The next candidate of ``freeLoopbackPorts(_:)``: starts at a place that differs between
+/// processes (so that two test runs do not walk the same numbers) and moves on.
+private let handedOut = Mutex<Int>(Int(getpid()) &* 7919 % 20000)
+
+/// Whether `port` can be bound on 127.0.0.1 now.
+private func isFreeLoopbackPort(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = UInt16(port).bigEndian
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+        }
+    }
 }
 
 /// Whether the server named `displayName` is up on `port`: `GET /ping` answers `Ok.`, and a

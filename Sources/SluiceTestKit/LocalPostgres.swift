@@ -1,4 +1,5 @@
 import Foundation
+import LocalClickHouse
 
 /// Debian's PostgreSQL 15 server in a temporary directory, on a free loopback port, with its
 /// unix socket in that directory: for the PostgreSQL key store's tests. Started and stopped by
@@ -179,27 +180,13 @@ public final class LocalPostgres: Sendable {
         return (exitStatus, String(decoding: data, as: UTF8.self))
     }
 
-    /// A port nothing listens on now: bind port 0 on loopback, read it, close.
+    /// A port nothing listens on now, outside the ephemeral range (``freeLoopbackPorts(_:)``).
     private static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw LocalPostgresError(description: "socket failed: errno \(errno)") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
+        do {
+            return try freeLoopbackPorts(1)[0]
+        } catch {
+            throw LocalPostgresError(description: "no free port: \(error)")
         }
-        guard bound == 0 else { throw LocalPostgresError(description: "bind failed: errno \(errno)") }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let named = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard named == 0 else { throw LocalPostgresError(description: "getsockname failed: errno \(errno)") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }
 
