@@ -41,7 +41,6 @@ final class JWKSCache: Sendable {
     /// A key set as fetched at one time; replaced whole, never edited.
     struct KeySet: Sendable {
         var keys: [String: NormalizedKey]
-        var collection: JWTKeyCollection
         var fetchedAt: Date
         var expiresAt: Date
     }
@@ -57,7 +56,7 @@ final class JWKSCache: Sendable {
     }
 
     private enum Decision {
-        case found(NormalizedKey, JWTKeyCollection)
+        case found(NormalizedKey)
         case wait(Task<Void, Never>)
         case failure(AuthFailure)
     }
@@ -104,12 +103,12 @@ final class JWKSCache: Sendable {
 
     private var policy: JWKSPolicy { self.configuration.jwks }
 
-    /// The key named `kid`, with the collection to verify with. May wait for one fetch.
-    func key(for kid: String) async -> Result<(NormalizedKey, JWTKeyCollection), AuthFailure> {
+    /// The key named `kid` (with its verifier). May wait for one fetch.
+    func key(for kid: String) async -> Result<NormalizedKey, AuthFailure> {
         var allowFetch = true
         while true {
             switch self.decide(kid: kid, allowFetch: allowFetch) {
-            case .found(let key, let collection): return .success((key, collection))
+            case .found(let key): return .success(key)
             case .failure(let failure): return .failure(failure)
             case .wait(let task):
                 await task.value
@@ -132,7 +131,7 @@ final class JWKSCache: Sendable {
             }
             let fresh = now < set.expiresAt
             let usable = now < set.expiresAt + self.policy.staleIfError.timeInterval
-            if fresh, let key = set.keys[kid] { return .found(key, set.collection) }
+            if fresh, let key = set.keys[kid] { return .found(key) }
             if allowFetch {
                 if let task = state.inFlight { return .wait(task) }
                 if !fresh, failureCooldownOver { return .wait(self.startFetch(&state)) }
@@ -146,7 +145,7 @@ final class JWKSCache: Sendable {
             guard usable else {
                 return .failure(.invalidToken("jwks_unavailable", "the issuer's keys are not available"))
             }
-            if let key = set.keys[kid] { return .found(key, set.collection) }
+            if let key = set.keys[kid] { return .found(key) }
             return .failure(.invalidToken("unknown_kid", "the token's key is not among the issuer's keys"))
         }
     }
@@ -246,7 +245,7 @@ final class JWKSCache: Sendable {
             } catch {
                 throw JWKSFetchError(label: "invalid_jwks", message: "the document is not a JWKS")
             }
-            let (collection, loaded, refused) = await JWKSNormalizer.makeCollection(normalized.keys)
+            let (_, loaded, refused) = await JWKSNormalizer.makeCollection(normalized.keys)
             guard !loaded.isEmpty else {
                 throw JWKSFetchError(label: "no_usable_keys", message: "the JWKS has no usable signing key")
             }
@@ -254,7 +253,6 @@ final class JWKSCache: Sendable {
             let ttl = JWKSFetcher.timeToLive(cacheControl: document.cacheControl, policy: self.policy)
             let set = KeySet(
                 keys: Dictionary(uniqueKeysWithValues: loaded.map { ($0.kid, $0) }),
-                collection: collection,
                 fetchedAt: fetchedAt,
                 expiresAt: fetchedAt + ttl.timeInterval
             )

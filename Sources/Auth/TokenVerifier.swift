@@ -163,7 +163,7 @@ public final class TokenVerifier: Sendable {
         guard let keys = self.caches[issuer.issuer] else {
             throw .invalidToken("unknown_issuer", "the token's issuer is not trusted here")
         }
-        let (key, _) = try await keys.key(for: header.kid).get()
+        let key = try await keys.key(for: header.kid).get()
         try JWTChecks.checkKeyAlgorithm(headerAlg: header.alg, keyAlg: key.alg)
         // 5.7 signature, with the key's own algorithm (the header's `alg` equals it, checked
         // above): what jwt-kit's `verify` does after parsing the token a second time.

@@ -54,21 +54,26 @@ struct GatewayCommand: AsyncParsableCommand {
 
     func run() async throws {
         var settings = try self.options.load()
+        if let directory = self.walDir { settings.walDirectory = directory }
+        if let bootstrap = self.kafkaBootstrap { settings.kafkaBootstrap = bootstrap }
+        try Self.prepare(&settings, listen: self.listen, program: "sluice")
+        try await PipelineProcess(settings: settings, runsGateway: true, loader: nil).run()
+    }
+
+    /// `--listen`, then the gateway's checks; exit status 2 with the reason when they fail.
+    static func prepare(_ settings: inout Settings, listen: String?, program: String) throws {
         do {
-            if let listen = self.listen {
+            if let listen {
                 try SettingsLoader.key("gateway.listen").apply(
                     &settings,
                     SettingValue(text: listen, list: nil, origin: "--listen")
                 )
             }
-            if let directory = self.walDir { settings.walDirectory = directory }
-            if let bootstrap = self.kafkaBootstrap { settings.kafkaBootstrap = bootstrap }
             try settings.prepareGateway()
         } catch {
-            printError("sluice: \(describe(error))")
+            printError("\(program): \(describe(error))")
             throw ExitCode(2)
         }
-        try await PipelineProcess(settings: settings, runsGateway: true, loader: nil).run()
     }
 }
 
@@ -79,18 +84,12 @@ package func runGatewayWithoutWAL(configFile: String?, listen: String?, log: any
     var settings: Settings
     do {
         settings = try SettingsLoader.load(file: configFile)
-        if let listen {
-            try SettingsLoader.key("gateway.listen").apply(
-                &settings,
-                SettingValue(text: listen, list: nil, origin: "--listen")
-            )
-        }
-        settings.kafkaBootstrap = nil
-        try settings.prepareGateway()
     } catch {
         printError("sluice-bench: \(describe(error))")
         throw ExitCode(2)
     }
+    settings.kafkaBootstrap = nil
+    try GatewayCommand.prepare(&settings, listen: listen, program: "sluice-bench")
     var process = PipelineProcess(settings: settings, runsGateway: true, loader: nil)
     process.eventLog = log
     try await process.run()

@@ -34,7 +34,8 @@ public final class LocalPostgres: Sendable {
 
     private init() throws {
         self.directory = try TemporaryDirectory()
-        self.port = try Self.freePort()
+        // Outside the ephemeral range: see freeLoopbackPorts.
+        self.port = try freeLoopbackPorts(1)[0]
     }
 
     deinit {
@@ -178,15 +179,6 @@ public final class LocalPostgres: Sendable {
         let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         let data = (try? Data(contentsOf: URL(fileURLWithPath: outputPath))) ?? Data()
         return (exitStatus, String(decoding: data, as: UTF8.self))
-    }
-
-    /// A port nothing listens on now, outside the ephemeral range (``freeLoopbackPorts(_:)``).
-    private static func freePort() throws -> Int {
-        do {
-            return try freeLoopbackPorts(1)[0]
-        } catch {
-            throw LocalPostgresError(description: "no free port: \(error)")
-        }
     }
 }
 
