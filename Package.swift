@@ -35,10 +35,17 @@ let package = Package(
     targets: [
         // CRC32C (Castagnoli) with SSE4.2 / ARMv8 CRC instructions when the CPU has them.
         .target(name: "CCRC32C"),
+        // What several modules would otherwise each write: Duration units, the off-pool
+        // runner, the shutdown check. Internal to the package (`package` access only).
+        .target(
+            name: "SluiceCore",
+            dependencies: [.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            swiftSettings: strict
+        ),
         .target(
             name: "WAL",
             dependencies: [
-                "CCRC32C",
+                "SluiceCore", "CCRC32C",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -54,14 +61,14 @@ let package = Package(
         // A small Swift layer over librdkafka: producer with a poll thread, mock cluster, errors.
         .target(
             name: "Kafka",
-            dependencies: ["Crdkafka", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SluiceCore", "Crdkafka", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // Drains the WAL into Kafka and moves the WAL cursor over what Kafka acknowledged.
         .target(
             name: "Forwarder",
             dependencies: [
-                "WAL", "Kafka", "EventModel",
+                "SluiceCore", "WAL", "Kafka", "EventModel",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -90,7 +97,7 @@ let package = Package(
         .target(
             name: "Auth",
             dependencies: [
-                .product(name: "JWTKit", package: "jwt-kit"),
+                "SluiceCore", .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -107,7 +114,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "WAL", "EventModel", "Telemetry", "Auth",
+                "SluiceCore", "WAL", "EventModel", "Telemetry", "Auth",
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),
@@ -127,7 +134,7 @@ let package = Package(
         .target(
             name: "ClickHouse",
             dependencies: [
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                "SluiceCore", .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "CompressNIO", package: "compress-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -140,7 +147,7 @@ let package = Package(
         .target(
             name: "Loader",
             dependencies: [
-                "Kafka", "ClickHouse", "EventModel",
+                "SluiceCore", "Kafka", "ClickHouse", "EventModel",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -149,13 +156,13 @@ let package = Package(
             swiftSettings: strict
         ),
         // Debian's clickhouse-server as a child process on loopback: for `sluice dev` and tests.
-        .target(name: "LocalClickHouse", swiftSettings: strict),
+        .target(name: "LocalClickHouse", dependencies: ["SluiceCore"], swiftSettings: strict),
         // Every `sluice` command, as a library: the `sluice` executable is its main, and
         // `sluice-bench` starts the same gateway with a stub in place of the WAL.
         .target(
             name: "SluiceCommands",
             dependencies: [
-                "WAL", "Gateway", "Telemetry", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
+                "SluiceCore", "WAL", "Gateway", "Telemetry", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
                 "LocalClickHouse", "Auth",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -199,7 +206,7 @@ let package = Package(
         // temporary directories: for the tests and the benchmarks, never for the product.
         .target(
             name: "SluiceTestKit",
-            dependencies: ["LocalClickHouse", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SluiceCore", "LocalClickHouse", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .target(name: "TestSupport", dependencies: ["SluiceTestKit"], path: "Tests/Support", swiftSettings: strict),
