@@ -1,5 +1,6 @@
 import Crdkafka
 import Dispatch
+import SluiceCore
 import Synchronization
 
 /// One partition of one topic.
@@ -35,15 +36,71 @@ public struct ConsumedMessage: Sendable {
     public func header(_ name: String) -> [UInt8]? { self.headers.first { $0.name == name }?.value }
 }
 
-/// What a poll returned: messages, and the group's partition moves that happened during it.
+/// What a poll returned: messages, and the group's partition moves that happened during it,
+/// in the order they happened.
+///
+/// The order matters when one poll spans several rebalances: a partition revoked and assigned
+/// back within one poll has messages from before the revoke (the next owner's now, to be
+/// read again from the committed offset) and messages from after (this member's, under its
+/// new assignment). Summed-up lists could not tell them apart.
 public struct ConsumerPoll: Sendable {
-    public var messages: [ConsumedMessage] = []
-    /// Partitions this member gained, in the order of the rebalances.
-    public var assigned: [TopicPartition] = []
-    /// Partitions this member lost: their uncommitted work belongs to the next owner now.
-    public var revoked: [TopicPartition] = []
+    public enum Event: Sendable {
+        case messages([ConsumedMessage])
+        /// Partitions this member gained.
+        case assigned([TopicPartition])
+        /// Partitions this member lost: their uncommitted work belongs to the next owner now.
+        case revoked([TopicPartition])
+    }
+
+    /// Messages and rebalances, in order.
+    public var events: [Event]
     /// Consumer-level errors (broker down, …); librdkafka recovers from them by itself.
     public var errors: [KafkaError] = []
+
+    public init(events: [Event] = [], errors: [KafkaError] = []) {
+        self.events = events
+        self.errors = errors
+    }
+
+    /// One revoke, then one assignment, then messages: a poll within a single rebalance.
+    public init(messages: [ConsumedMessage], assigned: [TopicPartition] = [], revoked: [TopicPartition] = []) {
+        self.events = []
+        if !revoked.isEmpty { self.events.append(.revoked(revoked)) }
+        if !assigned.isEmpty { self.events.append(.assigned(assigned)) }
+        if !messages.isEmpty { self.events.append(.messages(messages)) }
+    }
+
+    /// Every message, in order.
+    public var messages: [ConsumedMessage] {
+        self.events.flatMap { event -> [ConsumedMessage] in
+            if case .messages(let messages) = event { return messages }
+            return []
+        }
+    }
+
+    /// Every partition gained, in the order of the rebalances.
+    public var assigned: [TopicPartition] {
+        self.events.flatMap { event -> [TopicPartition] in
+            if case .assigned(let partitions) = event { return partitions }
+            return []
+        }
+    }
+
+    /// Every partition lost, in the order of the rebalances.
+    public var revoked: [TopicPartition] {
+        self.events.flatMap { event -> [TopicPartition] in
+            if case .revoked(let partitions) = event { return partitions }
+            return []
+        }
+    }
+
+    /// Whether the group moved partitions during the poll.
+    public var rebalanced: Bool {
+        self.events.contains { event in
+            if case .messages = event { return false }
+            return true
+        }
+    }
 }
 
 /// A Kafka group consumer: one librdkafka handle whose every call runs on one serial
@@ -53,9 +110,9 @@ public struct ConsumerPoll: Sendable {
 /// reported in its result.
 public final class KafkaConsumer: @unchecked Sendable {
     final class Callbacks: @unchecked Sendable {
-        /// Touched only on the consumer's queue, inside a poll.
-        var assigned: [TopicPartition] = []
-        var revoked: [TopicPartition] = []
+        /// The rebalances since the poll loop last looked, in order. Touched only on the
+        /// consumer's queue, inside a poll.
+        var rebalances: [ConsumerPoll.Event] = []
     }
 
     private let handle: OpaquePointer
@@ -98,14 +155,14 @@ public final class KafkaConsumer: @unchecked Sendable {
                         } else {
                             rd_kafka_assign(handle, partitions)
                         }
-                        callbacks.assigned += moved
+                        callbacks.rebalances.append(.assigned(moved))
                     } else {
                         if cooperative {
                             rd_kafka_error_destroy(rd_kafka_incremental_unassign(handle, partitions))
                         } else {
                             rd_kafka_assign(handle, nil)
                         }
-                        callbacks.revoked += moved
+                        callbacks.rebalances.append(.revoked(moved))
                     }
                 }
             }
@@ -132,32 +189,46 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// `maxMessages`.
     public func poll(maxMessages: Int, timeout: Duration) async -> ConsumerPoll {
         let milliseconds = Int32(
-            clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000
+            clamping: timeout.milliseconds
         )
         return await self.run { [self] in
             var result = ConsumerPoll()
+            let callbacks = self.callbacks.takeUnretainedValue()
+            var chunk: [ConsumedMessage] = []
+            var count = 0
             var wait = milliseconds
-            while result.messages.count < maxMessages {
-                guard let message = rd_kafka_consumer_poll(self.handle, wait) else { break }
+            // A rebalance callback runs inside `rd_kafka_consumer_poll`, before the message
+            // that call returns: so the messages taken so far come before it, that one after.
+            func takeRebalances() {
+                guard !callbacks.rebalances.isEmpty else { return }
+                if !chunk.isEmpty { result.events.append(.messages(chunk)) }
+                chunk.removeAll()
+                self.assignmentBox.withLock { assignment in
+                    for event in callbacks.rebalances {
+                        switch event {
+                        case .assigned(let partitions): assignment.formUnion(partitions)
+                        case .revoked(let partitions): assignment.subtract(partitions)
+                        case .messages: break
+                        }
+                    }
+                }
+                result.events += callbacks.rebalances
+                callbacks.rebalances.removeAll()
+            }
+            while count < maxMessages {
+                let polled = rd_kafka_consumer_poll(self.handle, wait)
+                takeRebalances()
+                guard let message = polled else { break }
                 wait = 0
                 defer { rd_kafka_message_destroy(message) }
                 if message.pointee.err != RD_KAFKA_RESP_ERR_NO_ERROR {
                     result.errors.append(KafkaError(message.pointee.err))
                     continue
                 }
-                result.messages.append(Self.consumed(message))
+                chunk.append(Self.consumed(message))
+                count += 1
             }
-            let callbacks = self.callbacks.takeUnretainedValue()
-            if !callbacks.assigned.isEmpty || !callbacks.revoked.isEmpty {
-                result.assigned = callbacks.assigned
-                result.revoked = callbacks.revoked
-                callbacks.assigned.removeAll()
-                callbacks.revoked.removeAll()
-                self.assignmentBox.withLock { assignment in
-                    assignment.subtract(result.revoked)
-                    assignment.formUnion(result.assigned)
-                }
-            }
+            if !chunk.isEmpty { result.events.append(.messages(chunk)) }
             return result
         }
     }

@@ -6,6 +6,7 @@ import Kafka
 import Logging
 import Metrics
 import ServiceLifecycle
+import SluiceCore
 import Synchronization
 
 /// Consumes the routes' topics and inserts their messages into ClickHouse, committing a
@@ -269,7 +270,7 @@ public final class Loader: Service, Sendable {
                         "loader.insert_failed",
                         metadata: [
                             "table": "\(self.encoder(topic).route.table)", "rows": "\(rows)", "error": "\(error)",
-                            "retry_in_ms": "\(LoaderMetrics.nanoseconds(delay) / 1_000_000)",
+                            "retry_in_ms": "\(delay.nanoseconds / 1_000_000)",
                         ]
                     )
                 case .sendDeadLetters(let request):
@@ -294,7 +295,7 @@ public final class Loader: Service, Sendable {
                         do {
                             try await self.consumer.commit(request.offsets)
                             self.metrics.commitLatency.recordNanoseconds(
-                                LoaderMetrics.nanoseconds(ContinuousClock.now - started)
+                                (ContinuousClock.now - started).nanoseconds
                             )
                         } catch {
                             // The rows are in ClickHouse; a later commit covers them, or they are
@@ -331,14 +332,18 @@ public final class Loader: Service, Sendable {
 
         /// Logs and counts what a poll brought besides messages.
         private func record(_ poll: ConsumerPoll) {
-            if !poll.revoked.isEmpty {
-                // Their unconfirmed work belongs to the next owner: the machine drops it.
-                self.logger.info("loader.partitions_revoked", metadata: ["partitions": "\(poll.revoked.sorted())"])
+            for event in poll.events {
+                switch event {
+                case .revoked(let partitions):
+                    // Their unconfirmed work belongs to the next owner: the machine drops it.
+                    self.logger.info("loader.partitions_revoked", metadata: ["partitions": "\(partitions.sorted())"])
+                case .assigned(let partitions):
+                    self.logger.info("loader.partitions_assigned", metadata: ["partitions": "\(partitions.sorted())"])
+                case .messages:
+                    break
+                }
             }
-            if !poll.assigned.isEmpty {
-                self.logger.info("loader.partitions_assigned", metadata: ["partitions": "\(poll.assigned.sorted())"])
-            }
-            if !poll.assigned.isEmpty || !poll.revoked.isEmpty {
+            if poll.rebalanced {
                 self.loader.assignedPartitions.store(self.consumer.assignment.count, ordering: .relaxed)
             }
             for error in poll.errors {
@@ -433,7 +438,7 @@ public final class Loader: Service, Sendable {
                 return .failed(error)
             }
             let now = Timestamp.nowMillis()
-            self.metrics.insertLatency.recordNanoseconds(LoaderMetrics.nanoseconds(ContinuousClock.now - started))
+            self.metrics.insertLatency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
             self.metrics.rows.increment(by: Int64(chunk.count))
             self.metrics.bytes.increment(by: Int64(body.count))
             self.loader.insertedRows.add(chunk.count, ordering: .relaxed)
@@ -461,13 +466,4 @@ struct LoaderMetrics: Sendable {
     let commitLatency = Timer(label: "sluice_loader_commit_duration_seconds")
     let ingestDelay = Timer(label: "sluice_loader_ingest_to_insert_seconds")
     let batchSize = Recorder(label: "sluice_loader_batch_rows", aggregate: true)
-
-    static func nanoseconds(_ duration: Duration) -> Int64 {
-        duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
-    }
-}
-
-extension Task where Success == Never, Failure == Never {
-    /// Cancelled, or the service group is shutting down.
-    static var isCancelledOrShuttingDownGracefully: Bool { Task.isCancelled || Task.isShuttingDownGracefully }
 }

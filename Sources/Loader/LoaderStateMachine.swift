@@ -274,21 +274,32 @@ struct LoaderStateMachine<C: Clock> where C.Duration == Duration {
     /// The loop starts: the first poll.
     mutating func start() -> [Action] { self.advance() }
 
-    /// A poll returned: rebalances first (revoked, then assigned), then its messages.
+    /// A poll returned: its messages and rebalances, applied in the order they happened.
     mutating func polled(_ poll: ConsumerPoll) -> [Action] {
         self.pollInFlight = false
         var actions: [Action] = []
         let now = self.clock.now
-        if !poll.revoked.isEmpty { self.revoke(Set(poll.revoked), now: now, into: &actions) }
-        for partition in poll.assigned {
-            self.owned[partition] = self.nextGeneration
-            self.nextGeneration += 1
-        }
-        for message in poll.messages {
-            // Only what this member owns: a message of a partition revoked in this very poll
-            // belongs to the next owner, who reads it again from the committed offset.
-            guard self.owned[message.topicPartition] != nil, self.topics.contains(message.topic) else { continue }
-            self.buffers[message.topic, default: Batch()].append(message, at: now)
+        for event in poll.events {
+            switch event {
+            case .revoked(let partitions):
+                self.revoke(Set(partitions), now: now, into: &actions)
+            case .assigned(let partitions):
+                for partition in partitions {
+                    self.owned[partition] = self.nextGeneration
+                    self.nextGeneration += 1
+                }
+            case .messages(let messages):
+                for message in messages {
+                    // Only what this member owns: a message of a partition revoked since it
+                    // was fetched belongs to the next owner, who reads it again from the
+                    // committed offset — even if the partition was assigned back later in
+                    // the same poll.
+                    guard self.owned[message.topicPartition] != nil, self.topics.contains(message.topic) else {
+                        continue
+                    }
+                    self.buffers[message.topic, default: Batch()].append(message, at: now)
+                }
+            }
         }
         return actions + self.advance()
     }

@@ -333,6 +333,45 @@ typealias Machine = LoaderStateMachine<TestClock>
         #expect(actions.inserts.count == 1)
     }
 
+    @Test func messagesFetchedBeforeARevokeInTheSamePollAreNotTakenUnderTheNewAssignment() throws {
+        var loader = Harness { $0.batchAge = .seconds(1) }
+        _ = loader.poll(assigned: [Self.p0, Self.p1], [])
+        // One poll spanning two rebalances: p1 revoked and assigned back. Offsets 5 and 6 came
+        // before the revoke (the next owner reads them again from the committed offset); 0
+        // came after, under the new assignment, which starts from the committed offset.
+        var actions = loader.machine.polled(
+            ConsumerPoll(events: [
+                .messages([message(5, partition: 1), message(6, partition: 1), message(3)]),
+                .revoked([Self.p1]),
+                .assigned([Self.p1]),
+                .messages([message(0, partition: 1), message(4)]),
+            ])
+        )
+        loader.clock.advance(by: .seconds(1))
+        actions += loader.machine.tick()
+        let batch = try #require(actions.encodes.first)
+        #expect(batch.messages.map(\.topicPartition) == [Self.p0, Self.p1, Self.p0])
+        #expect(batch.messages.map(\.offset) == [3, 0, 4])
+    }
+
+    @Test func aPartitionRevokedAssignedAndRevokedAgainInOnePollIsNotOwned() throws {
+        var loader = Harness { $0.batchAge = .seconds(1) }
+        _ = loader.poll(assigned: [Self.p0, Self.p1], [])
+        // Summed up, this poll "revoked p1 and assigned p1": applying revokes before assigns
+        // would leave p1 owned. In order, the member ends without it.
+        var actions = loader.machine.polled(
+            ConsumerPoll(events: [
+                .revoked([Self.p1]), .assigned([Self.p1]), .revoked([Self.p1]),
+                .messages([message(0)]),
+            ])
+        )
+        actions += loader.poll([message(7, partition: 1), message(1)])
+        loader.clock.advance(by: .seconds(1))
+        actions += loader.machine.tick()
+        let batch = try #require(actions.encodes.first)
+        #expect(batch.messages.map(\.topicPartition) == [Self.p0, Self.p0])
+    }
+
     // MARK: - Pause and resume
 
     @Test func aFullBacklogStopsConsumptionUntilTheNextBatchCanBeCut() throws {
