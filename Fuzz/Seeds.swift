@@ -97,7 +97,7 @@ enum Seeds {
         configuration.budget = DiskBudget(maxBytes: 1 << 30, minFreeBytes: 0)
         var logger = Logger(label: "sluice.fuzz")
         logger.logLevel = .critical
-        let wal = try await WAL.open(configuration, logger: logger)
+        let wal = try await WAL.openAndStart(configuration, logger: logger)
         for index in 0..<1500 {
             let events = (0...(index % 4)).map { Array(#"{"action":"click","user_id":"u\#(index)-\#($0)"}"#.utf8) }
             _ = try await wal.append(events)

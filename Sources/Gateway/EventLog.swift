@@ -1,3 +1,4 @@
+import ServiceLifecycle
 import WAL
 
 /// Where the gateway puts the events it accepts: in production always the ``WAL``.
@@ -6,7 +7,11 @@ import WAL
 /// the events durable before it returns. The protocol exists so that the benchmark target can
 /// measure the same server without the disk (`sluice-bench gateway`, docs/performance.md) —
 /// not as a production switch: `sluice` itself always passes the WAL.
-public protocol EventLog: Sendable {
+///
+/// It is a `Service`: the gateway runs it first in its service group, so it starts before
+/// requests arrive and, shutdown running in reverse, closes only after the HTTP server stopped
+/// (no request can be left waiting on a closed log).
+public protocol EventLog: Service {
     /// Stores `events` as one record and returns once they are durable. Throws a `WALError`
     /// when they are not (its code decides the HTTP answer: 503, or 413 for a record too large).
     func store(_ events: [[UInt8]]) async throws
@@ -18,7 +23,7 @@ public protocol EventLog: Sendable {
     /// For `/readyz`: `ok`, `pressure` or `full`.
     var pressureLevel: String { get }
 
-    /// Closes the log after the HTTP server stopped (no request can be left waiting on it).
+    /// Closes the log; ``run()`` does it at shutdown.
     func close() async
 }
 

@@ -7,19 +7,6 @@ import Prometheus
 import ServiceLifecycle
 import WAL
 
-/// Closes the event log (the WAL) when the service group shuts down. Listed before the HTTP
-/// server, so it stops after it: no request can be left waiting on a closed log.
-public struct WALService: Service {
-    public let wal: any EventLog
-
-    public init(wal: any EventLog) { self.wal = wal }
-
-    public func run() async throws {
-        try? await gracefulShutdown()
-        await self.wal.close()
-    }
-}
-
 /// The gateway's paths and the methods each takes: 405 answers list them in `Allow`. Every
 /// GET route also answers HEAD.
 let gatewayRoutes: [String: [HTTPRequest.Method]] = [
@@ -237,7 +224,7 @@ public func buildGatewayApplication(
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sluice"),
         // Shutdown runs in reverse: the server stops, then these (the forwarder flushes to
         // Kafka, the admin listener stops), then the WAL closes.
-        services: [WALService(wal: wal)] + extraServices + services,
+        services: [wal] + extraServices + services,
         onServerRunning: { channel in
             // Added before anything is accepted in earnest: the caller learns the port here.
             try? await channel.eventLoop.submit {

@@ -36,7 +36,7 @@ struct ForwarderCommand: AsyncParsableCommand {
         let wal = try await settings.openWAL()
         let logger = Logger(label: "sluice.forwarder")
         try await PipelineProcess.run(
-            [WALService(wal: wal), Forwarder(wal: wal, configuration: forwarding, logger: logger)],
+            [wal, Forwarder(wal: wal, configuration: forwarding, logger: logger)],
             settings: settings,
             registry: registry
         )

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SluiceCore
 import Synchronization
 @_spi(Testing) import WAL
 
@@ -81,7 +82,7 @@ extension WALCommand {
             configuration.budget = DiskBudget(maxBytes: 1 << 50, minFreeBytes: 0)
             var logger = Logger(label: "sluice.bench")
             logger.logLevel = .warning
-            let wal = try await WAL.open(configuration, logger: logger)
+            let wal = try await WAL.openAndStart(configuration, logger: logger)
             let event = [UInt8](repeating: 0x61, count: self.size)
             let deadline = ContinuousClock.now + .milliseconds(Int(self.seconds * 1000))
             let started = ContinuousClock.now
@@ -105,7 +106,7 @@ extension WALCommand {
             let statistics = wal.statistics
             await wal.close()
 
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            let seconds = elapsed.seconds
             // The fairest ceiling: a perfect writer syncing the same number of bytes each time.
             let meanBatchBytes = statistics.batches > 0 ? Int(statistics.bytes / statistics.batches) : self.size
             let sameBatch = try raw.measure(chunk: max(meanBatchBytes, 512), seconds: self.rawSeconds)

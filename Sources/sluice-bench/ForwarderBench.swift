@@ -6,6 +6,7 @@ import Kafka
 import Logging
 import ServiceLifecycle
 import SluiceCommands
+import SluiceCore
 import WAL
 
 /// `sluice-bench forwarder`: drain rate of a pre-filled WAL into the mock cluster, against
@@ -48,7 +49,7 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
         // The same ~400-byte normalized events for both.
         var configuration = WALConfiguration(directory: root + "/wal")
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 0)
-        let wal = try await WAL.open(configuration, logger: quiet)
+        let wal = try await WAL.openAndStart(configuration, logger: quiet)
         let origin = RequestOrigin(
             receivedAtMillis: Timestamp.nowMillis(),
             clientIP: "203.0.113.7",
@@ -171,7 +172,7 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
     }
 
     static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        duration.seconds
     }
 
     /// VmRSS of this process, from /proc.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Gateway
+import ServiceLifecycle
 import SluiceCommands
 
 /// `sluice-bench gateway`: `sluice gateway` with the WAL replaced by ``DiscardingLog``, the
@@ -31,4 +32,5 @@ struct DiscardingLog: EventLog {
     var unavailableReason: String? { nil }
     var pressureLevel: String { "ok" }
     func close() async {}
+    func run() async throws { try? await gracefulShutdown() }
 }

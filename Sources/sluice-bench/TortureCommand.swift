@@ -27,7 +27,7 @@ struct TortureCommand: AsyncParsableCommand {
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 0)
         var logger = Logger(label: "sluice.torture")
         logger.logLevel = .error
-        let wal = try await WAL.open(configuration, logger: logger)
+        let wal = try await WAL.openAndStart(configuration, logger: logger)
         let sequence = SequenceCounter()
         let round = self.round
         let ready = Array("ready\n".utf8)

@@ -94,7 +94,7 @@ extension Pipeline {
         var configuration = WALConfiguration(directory: walDirectory)
         configuration.segmentBytes = 1 << 20
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 0)
-        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
         let writer = Prefill(wal: wal)
         let ids = try await writer.append(events)
         await wal.close()

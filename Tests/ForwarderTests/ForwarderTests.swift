@@ -86,7 +86,7 @@ struct Pipeline {
         configuration.segmentBytes = 256 << 10
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 0)
         if let fileSystem { configuration.fileSystem = fileSystem }
-        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
         let cluster = try KafkaMockCluster(brokers: 3)
         for topic in topics { try cluster.createTopic(topic, partitions: partitions) }
         var forwarding = ForwarderConfiguration(

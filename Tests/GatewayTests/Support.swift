@@ -45,7 +45,7 @@ struct TestGateway {
         configure(&configuration)
         walConfiguration.ackTimeout = configuration.appendTimeout
         configureWAL(&walConfiguration)
-        let wal = try await WAL.open(walConfiguration, logger: quietLogger)
+        let wal = try await WAL.openAndStart(walConfiguration, logger: quietLogger)
         return TestGateway(directory: directory, wal: wal, configuration: configuration, authentication: authentication)
     }
 

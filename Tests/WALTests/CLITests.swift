@@ -9,7 +9,7 @@ import Testing
     /// deleted), closed.
     static func populated() async throws -> TemporaryDirectory {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         _ = try await wal.openCursor("forwarder")
         for index in 0..<30 {
             _ = try await wal.append([Array("{\"n\":\(index),\"pad\":\"\(String(repeating: "x", count: 4000))\"}".utf8)]
@@ -87,7 +87,7 @@ import Testing
         #expect(refused.status != 0)
         #expect(refused.stderr.contains("--force"))
 
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         let locked = try await runSluice(["wal", "cursor", directory.path, "forwarder", "--set", "1", "--force"])
         #expect(locked.status != 0)
         #expect(locked.stderr.contains("stop the gateway"))
@@ -98,7 +98,7 @@ import Testing
         let moved = try await runSluice(["wal", "cursor", directory.path, "forwarder", "--set", "1", "--force"])
         #expect(moved.status == 0)
         #expect(moved.stdout.contains("3 -> 1"))
-        let reopened = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(reopened.cursor("forwarder")?.lsn == LSN(1))
         await reopened.close()
     }

@@ -91,7 +91,7 @@ final class TortureChild: @unchecked Sendable {
             let acks = try await child.kill()
 
             // Recovery must hand back every acknowledged record of this round, intact.
-            let recovered = try await WAL.open(testConfiguration(wal), logger: quietLogger)
+            let recovered = try await WAL.openAndStart(testConfiguration(wal), logger: quietLogger)
             #expect(recovered.recovery.damage.isEmpty, "round \(round): \(recovered.recovery.damage)")
             if recovered.recovery.truncatedTailBytes > 0 { truncations += 1 }
             await recovered.close()
@@ -172,7 +172,7 @@ final class TortureChild: @unchecked Sendable {
         configuration.segmentBytes = 512 << 10
         // No watermark of our own: let the file system itself run out.
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 0)
-        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
         _ = try await wal.openCursor("forwarder")
         var acknowledged: [LSN: [UInt8]] = [:]
         var diskFull = 0
@@ -212,7 +212,7 @@ final class TortureChild: @unchecked Sendable {
         var configuration = testConfiguration(mount.path + "/wal")
         configuration.segmentBytes = 256 << 10
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 1 << 20)
-        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
         var refusal: WALError?
         for index in 0..<2000 {
             do {

@@ -20,7 +20,7 @@ import Glibc
     /// Fills a WAL with `count` records of ~3 KB (several 64 KiB segments) and closes it.
     static func populated(records count: Int = 60) async throws -> (TemporaryDirectory, [LSN: [UInt8]]) {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         var acknowledged: [LSN: [UInt8]] = [:]
         for index in 0..<count {
             let payload = Array("event-\(index)-".utf8) + [UInt8](repeating: UInt8(index % 251), count: 3000)
@@ -34,13 +34,13 @@ import Glibc
 
     @Test func aSecondWriterIsRefusedAfterTheLockFileIsDeleted() async throws {
         let directory = try TemporaryDirectory()
-        let first = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let first = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         let acknowledged = try await first.append([event("first")])
         try FileManager.default.removeItem(atPath: directory.path + "/wal.lock")
 
         var second: WAL?
         let error = await #expect(throws: WALError.self) {
-            second = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+            second = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         }
         if let second {
             // The old behaviour: it opened and would append over the first one's events.
@@ -54,7 +54,7 @@ import Glibc
 
     @Test func theActiveSegmentIsLockedWhileItsWriterRuns() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         _ = try await wal.append([event("one")])
         let active = try #require(try WALInspector(directory: directory.path).segments().last)
         let fd = open(directory.path + "/" + active.name, O_RDWR | O_CLOEXEC)
@@ -68,7 +68,7 @@ import Glibc
     @Test(arguments: ["deleted", "replaced"])
     func aWriterWhoseLockFileIsDeletedOrReplacedStopsAccepting(_ what: String) async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(Self.fastLockChecks(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(Self.fastLockChecks(directory.path), logger: quietLogger)
         let before = try await wal.append([event("before")])
         let lock = directory.path + "/wal.lock"
         if what == "deleted" {
@@ -85,7 +85,7 @@ import Glibc
         let events = try allEvents(in: directory.path)
         #expect(events == [before.firstLSN: event("before")])
         // Once the first writer is gone, a new one opens normally.
-        let reopened = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(try await reopened.append([event("next")]).firstLSN > before.firstLSN)
         await reopened.close()
     }
@@ -95,7 +95,7 @@ import Glibc
     @Test func aWriterWhoseDirectoryIsReplacedStopsAccepting() async throws {
         let root = try TemporaryDirectory()
         let path = root.path + "/wal"
-        let wal = try await WAL.open(Self.fastLockChecks(path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(Self.fastLockChecks(path), logger: quietLogger)
         _ = try await wal.append([event("before")])
         #expect(rename(path, root.path + "/wal.moved") == 0)
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
@@ -104,7 +104,7 @@ import Glibc
         #expect(refused?.message.contains("moved, deleted or replaced") == true)
         #expect(wal.unavailableReason?.contains("moved, deleted or replaced") == true)
         // A writer on the new directory is not held up by the stopped one.
-        let fresh = try await WAL.open(testConfiguration(path), logger: quietLogger)
+        let fresh = try await WAL.openAndStart(testConfiguration(path), logger: quietLogger)
         _ = try await fresh.append([event("new")])
         await fresh.close()
         await wal.close()
@@ -116,7 +116,7 @@ import Glibc
     /// not an unacknowledged tail to cut off but damage to report.
     @Test func verifyReportsAFrameWrittenOverByASecondWriter() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         for index in 0..<5 { _ = try await wal.append([event("event-\(index)")]) }
         await wal.close()
         let inspector = try WALInspector(directory: directory.path)
@@ -148,7 +148,7 @@ import Glibc
 
         // Recovery keeps the evidence (quarantined, reported) instead of truncating it as a
         // torn tail, and appends after it.
-        let reopened = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(reopened.recovery.truncatedTailBytes == 0)
         #expect(reopened.recovery.damage.count == 1)
         #expect(try await reopened.append([event("next")]).firstLSN == LSN(5))
@@ -163,7 +163,7 @@ import Glibc
     @Test func verifyReportsFramesOfTwoWritersThatInterleave() async throws {
         let directory = try TemporaryDirectory()
         for run in 0..<2 {
-            let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+            let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
             for index in 0..<3 { _ = try await wal.append([event("run-\(run)-\(index)")]) }
             await wal.close()
         }
@@ -232,7 +232,7 @@ import Glibc
         #expect(dump.status == 0)
 
         // The writer keeps the segment and the forwarder reads every record of it.
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(wal.recovery.quarantinedSegments.isEmpty)
         let tail = wal.tail(from: .zero)
         var read: [LSN: [UInt8]] = [:]
@@ -250,7 +250,7 @@ import Glibc
         let active = try #require(try WALInspector(directory: directory.path).segments().last)
         try flipByte(in: directory.path + "/" + active.name, at: 16)
 
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(wal.recovery.quarantinedSegments.isEmpty)
         let next = try await wal.append([event("after")])
         #expect(next.firstLSN == LSN(UInt64(acknowledged.count)))
@@ -269,7 +269,7 @@ import Glibc
         let (directory, _) = try await Self.populated(records: 30)
         let last = try #require(try WALInspector(directory: directory.path).segments().last)
         #expect(truncate(directory.path + "/" + last.name, 10) == 0)
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(wal.recovery.quarantinedSegments == [last.name])
         await wal.close()
         let report = try WALInspector(directory: directory.path).verify()
@@ -300,7 +300,7 @@ import Glibc
     @Test(arguments: ["deleted", "replaced"])
     func aCursorFileDeletedOrReplacedWhileRunningIsWrittenAgainAtTheNextCommit(_ what: String) async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         _ = try await wal.openCursor("forwarder")
         for index in 0..<6 { _ = try await wal.append([event("event-\(index)")]) }
         try await wal.commitCursor("forwarder", to: LSN(2))
@@ -320,7 +320,7 @@ import Glibc
         let cursor = try await runSluice(["wal", "cursor", directory.path, "forwarder"])
         #expect(cursor.stdout.contains("forwarder"))
         await wal.close()
-        let reopened = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(reopened.cursor("forwarder")?.lsn == LSN(5))
         await reopened.close()
     }
@@ -331,7 +331,7 @@ import Glibc
         let directory = try TemporaryDirectory()
         var configuration = testConfiguration(directory.path)
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 1 << 60)
-        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
         let error = await #expect(throws: WALError.self) { _ = try await wal.append([event("x")]) }
         #expect(error?.code == .diskFull)
         #expect(error?.message.contains("free space on the volume") == true)
@@ -344,7 +344,7 @@ import Glibc
         let directory = try TemporaryDirectory()
         let faults = FaultInjectingFileSystem()
         let logs = CapturedLogs()
-        let wal = try await WAL.open(testConfiguration(directory.path, fileSystem: faults), logger: logs.logger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path, fileSystem: faults), logger: logs.logger)
         faults.inject(.allocate, errno: ENOSPC)
         for index in 0..<20 {
             await #expect(throws: WALError.self) { _ = try await wal.append([event("refused-\(index)")]) }
@@ -361,7 +361,7 @@ import Glibc
         var configuration = testConfiguration(directory.path)
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 1 << 60)
         let logs = CapturedLogs()
-        let wal = try await WAL.open(configuration, logger: logs.logger)
+        let wal = try await WAL.openAndStart(configuration, logger: logs.logger)
         await wal.close()
         let rising = try #require(logs.entries.first { $0.message == "wal.pressure_rising" })
         #expect("\(rising.metadata["wal.reason"] ?? "")".contains("below wal.min_free_bytes"))
@@ -372,7 +372,7 @@ import Glibc
         let directory = try TemporaryDirectory()
         var configuration = testConfiguration(directory.path)
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 12345)
-        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
         _ = try await wal.append([event("x")])
         let stat = try await runSluice(["wal", "stat", directory.path, "--json"])
         let object = try #require(try JSONSerialization.jsonObject(with: Data(stat.stdout.utf8)) as? [String: Any])

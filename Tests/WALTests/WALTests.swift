@@ -7,14 +7,14 @@ import Testing
 @Suite(.timeLimit(.minutes(2))) struct WALTests {
     @Test func appendedEventsReadBackAfterReopenWithTheirLSNs() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         let first = try await wal.append([event("a"), event("b")])
         let second = try await wal.append([event("c")])
         #expect(first == AppendReceipt(firstLSN: LSN(0), eventCount: 2))
         #expect(second == AppendReceipt(firstLSN: LSN(2), eventCount: 1))
         await wal.close()
 
-        let reopened = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(reopened.durableNextLSN == LSN(3))
         let third = try await reopened.append([event("d")])
         #expect(third.firstLSN == LSN(3))
@@ -25,7 +25,7 @@ import Testing
 
     @Test func concurrentAppendsShareGroupCommits() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         let receipts = try await withThrowingTaskGroup(of: AppendReceipt.self) { group in
             for index in 0..<400 { group.addTask { try await wal.append([event("event-\(index)")]) } }
             return try await group.reduce(into: [AppendReceipt]()) { $0.append($1) }
@@ -43,7 +43,7 @@ import Testing
 
     @Test func segmentsRollBySizeAndSealedOnesAreListedFromTheirFooters() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         let payload = [UInt8](repeating: 0x41, count: 5000)
         for _ in 0..<40 { _ = try await wal.append([payload]) }
         await wal.close()
@@ -60,7 +60,7 @@ import Testing
 
     @Test func aTailSeesOnlyDurableRecordsAndWaitsForNewOnes() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         for index in 0..<30 { _ = try await wal.append([[UInt8](repeating: UInt8(index), count: 3000)]) }
         let tail = wal.tail(from: LSN(5))
         var seen: [LSN] = []
@@ -81,7 +81,7 @@ import Testing
     /// frame" although the segment on disk was clean).
     @Test func aTailKeepsUpWithASegmentThatFillsAndIsSealedBetweenReads() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         let tail = wal.tail(from: .zero)
         var seen: [LSN] = []
         var appended = 0
@@ -104,7 +104,7 @@ import Testing
 
     @Test func committedCursorsLetSegmentsGoAndSurviveReopen() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         let cursor = try await wal.openCursor("forwarder")
         #expect(cursor.lsn == LSN(0))
         for _ in 0..<60 { _ = try await wal.append([[UInt8](repeating: 1, count: 4000)]) }
@@ -123,7 +123,7 @@ import Testing
         await #expect(throws: WALError.self) { try await wal.commitCursor("nobody", to: LSN(1)) }
         await wal.close()
 
-        let reopened = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(reopened.cursor("forwarder")?.lsn == LSN(60))
         #expect(reopened.durableNextLSN == LSN(60))
         await reopened.close()
@@ -136,7 +136,7 @@ import Testing
         configuration.keepConsumed = .seconds(60)
         configuration.segmentMaxAge = nil
         configuration.wallClock = { clock.now }
-        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
         _ = try await wal.openCursor("forwarder")
         for _ in 0..<40 { _ = try await wal.append([[UInt8](repeating: 1, count: 4000)]) }
         let count = wal.segments.count
@@ -151,14 +151,14 @@ import Testing
 
     @Test func aSecondWriterIsRefusedByTheLock() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         let error = await #expect(throws: WALError.self) {
-            _ = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+            _ = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         }
         #expect(error?.code == .locked)
         #expect(error?.message.contains("process \(getpid())") == true)
         await wal.close()
-        let again = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let again = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         await again.close()
     }
 
@@ -172,7 +172,7 @@ import Testing
             hardFraction: 0.95,
             minFreeBytes: 0
         )
-        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
         _ = try await wal.openCursor("forwarder")
         var accepted: [AppendReceipt] = []
         var refusal: WALError?
@@ -203,7 +203,7 @@ import Testing
     @Test func aFailedFsyncFailsTheBatchAbandonsTheSegmentAndKeepsEverythingAcknowledged() async throws {
         let directory = try TemporaryDirectory()
         let faults = FaultInjectingFileSystem()
-        let wal = try await WAL.open(testConfiguration(directory.path, fileSystem: faults), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path, fileSystem: faults), logger: quietLogger)
         let before = try await wal.append([event("durable-1")])
         // Only the segment's: the spare segment, zero-filled in the background after the first
         // batch, must not take the one failure.
@@ -220,7 +220,7 @@ import Testing
         #expect(wal.segments.first?.state == .unsealed)
         await wal.close()
 
-        let reopened = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         await reopened.close()
         let events = try allEvents(in: directory.path)
         #expect(events[before.firstLSN] == event("durable-1"))
@@ -230,7 +230,7 @@ import Testing
     @Test func enospcWhenCreatingASegmentFailsAppendsCleanlyAndWritingResumes() async throws {
         let directory = try TemporaryDirectory()
         let faults = FaultInjectingFileSystem()
-        let wal = try await WAL.open(testConfiguration(directory.path, fileSystem: faults), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path, fileSystem: faults), logger: quietLogger)
         var acknowledged: [LSN: [UInt8]] = [:]
         faults.inject(.allocate, errno: ENOSPC)
         // The first segment cannot be created: every append fails with diskFull, none hangs.
@@ -270,7 +270,7 @@ import Testing
         let faults = FaultInjectingFileSystem()
         var configuration = testConfiguration(directory.path, fileSystem: faults)
         configuration.ackTimeout = .milliseconds(100)
-        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
         _ = try await wal.append([event("warm")])
         faults.stall(.fdatasync)
         let started = ContinuousClock.now
@@ -312,7 +312,7 @@ import Testing
         var configuration = testConfiguration(directory.path, fileSystem: faults)
         configuration.ackTimeout = .milliseconds(100)
         configuration.monotonicClock = { clock.now }
-        let wal = try await WAL.open(configuration, logger: quietLogger)
+        let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
         let warm = try await wal.append([event("warm")])
         // Hang the segment's fsync (not the spare's, which is prepared in the background).
         faults.stall(.fdatasync, pathContains: SegmentName.suffix)
@@ -341,7 +341,7 @@ import Testing
     @Test func aWriteErrorFailsOnlyThatBatch() async throws {
         let directory = try TemporaryDirectory()
         let faults = FaultInjectingFileSystem()
-        let wal = try await WAL.open(testConfiguration(directory.path, fileSystem: faults), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path, fileSystem: faults), logger: quietLogger)
         _ = try await wal.append([event("one")])
         faults.inject(.pwrite, errno: EIO, times: 1, pathContains: ".wal")
         let error = await #expect(throws: WALError.self) { _ = try await wal.append([event("two")]) }
@@ -356,7 +356,7 @@ import Testing
 
     @Test func aTornTailIsTruncatedAndAppendingContinues() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         for index in 0..<5 { _ = try await wal.append([event("event-\(index)")]) }
         let active = try #require(wal.segments.last)
         await wal.close()
@@ -378,7 +378,7 @@ import Testing
         try handle.write(contentsOf: torn + [UInt8](repeating: 0xAB, count: 30))
         try handle.close()
 
-        let reopened = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(reopened.recovery.truncatedTailBytes > 0)
         #expect(reopened.recovery.damage.isEmpty)
         let next = try await reopened.append([event("after-crash")])
@@ -392,7 +392,7 @@ import Testing
 
     @Test func aFlippedByteInASealedSegmentCostsExactlyOneRecord() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         for index in 0..<40 {
             _ = try await wal.append([Array("event-\(index)-".utf8) + [UInt8](repeating: 3, count: 3000)])
         }
@@ -419,7 +419,7 @@ import Testing
         #expect(events[target.lsn] == nil)
 
         // A tail in the owning process reports and quarantines it, and reads past it.
-        let reopened = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         let tail = reopened.tail(from: .zero)
         var lsns: [LSN] = []
         while lsns.count < 39 { lsns += try await tail.next().map(\.lsn) }
@@ -432,7 +432,7 @@ import Testing
 
     @Test func aDamagedLengthInTheActiveSegmentIsQuarantinedNotTruncated() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         for index in 0..<6 { _ = try await wal.append([event("event-\(index)")]) }
         await wal.close()
         let inspector = try WALInspector(directory: directory.path)
@@ -444,7 +444,7 @@ import Testing
         }
         // Corrupt the length field of record 2: the header CRC catches it, the reader finds record 3.
         try flipByte(in: directory.path + "/" + active.name, at: offsets[2] + 5)
-        let reopened = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(reopened.recovery.damage.count == 1)
         #expect(reopened.recovery.damage.first?.firstLostLSN == LSN(2))
         #expect(reopened.recovery.damage.first?.resumeLSN == LSN(3))
@@ -477,11 +477,11 @@ import Testing
 
     @Test func startupReadsFootersNotSealedSegments() async throws {
         let directory = try TemporaryDirectory()
-        let wal = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         for _ in 0..<100 { _ = try await wal.append([[UInt8](repeating: 9, count: 4000)]) }
         let segmentCount = wal.segments.count
         await wal.close()
-        let reopened = try await WAL.open(testConfiguration(directory.path), logger: quietLogger)
+        let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(segmentCount > 5)
         // Only the active segment is scanned; the sealed ones are known from their footers.
         #expect(reopened.recovery.scannedSegments.count == 1)

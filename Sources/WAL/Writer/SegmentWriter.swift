@@ -13,7 +13,7 @@ import Glibc
 /// the outcomes. So this is the one place a frame codec (compression, encryption) would go.
 ///
 /// Thread rules: everything but the spare is touched only by the writer thread (or by
-/// ``WAL/open(_:logger:)`` before that thread starts), hence `@unchecked Sendable`. The spare
+/// ``WAL/open(_:logger:)`` before ``WAL/start()`` starts that thread), hence `@unchecked Sendable`. The spare
 /// is filled on its own queue and its state guarded by a mutex.
 final class SegmentWriter: @unchecked Sendable {
     static let spareName = "next-segment.spare"

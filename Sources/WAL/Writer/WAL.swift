@@ -1,7 +1,10 @@
 import CoreMetrics
 import Dispatch
 import Logging
+import ServiceLifecycle
+import SluiceCore
 import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,10 +20,16 @@ import Glibc
 /// ``commitCursor(_:to:)``; segments every cursor has passed are deleted (or kept for
 /// ``WALConfiguration/keepConsumed``).
 ///
+/// Lifecycle: ``open(_:logger:)`` recovers the directory and takes its lock, and starts
+/// nothing; ``run()`` (the WAL is a `Service`, run in the process's service group) starts the
+/// writer thread, the acknowledgement watchdog and the lock check, and on graceful shutdown
+/// closes the WAL once the services listed after it (the HTTP server) have stopped. Appends
+/// made before `run()` starts wait in the queue.
+///
 /// - Important: one process owns a WAL directory at a time (a `flock` on the directory and
 ///   on `wal.lock` enforces it; see ``WriterLock``). Call ``close()`` before dropping the
 ///   last reference.
-public final class WAL: Sendable {
+public final class WAL: Service, Sendable {
     struct PendingAppend {
         var payload: [UInt8]
         var payloadCRC: UInt32
@@ -58,6 +67,8 @@ public final class WAL: Sendable {
     /// Set at open: the spare segment is prepared after the first batch is durable.
     let spareDeferred = Atomic<Bool>(false)
     let closed = Atomic<Bool>(false)
+    /// The writer thread and timers were started (by ``run()``, ``start()`` or ``close()``).
+    let started = Atomic<Bool>(false)
     /// The writer thread's files.
     let writer: SegmentWriter
     let lock: WriterLock
@@ -106,7 +117,8 @@ public final class WAL: Sendable {
     var cursorDirectory: String { self.configuration.directory + "/cursors" }
 
     /// Opens (creating if needed) the WAL in `configuration.directory`, recovering from any
-    /// crash, and starts its writer thread.
+    /// crash. Nothing runs until ``run()`` (or, for tools that own the WAL's lifetime,
+    /// ``start()``).
     ///
     /// - Throws: ``WALError/Code/locked`` when another process owns the directory, or an
     ///   I/O error when it cannot be read.
@@ -116,7 +128,19 @@ public final class WAL: Sendable {
     ) async throws
         -> WAL
     {
-        try await BlockingIO.run { try WAL(configuration: configuration, logger: logger) }
+        try await offPool { try WAL(configuration: configuration, logger: logger) }
+    }
+
+    /// ``open(_:logger:)`` and then ``start()``: for the tools, benchmarks and tests that own
+    /// the WAL's lifetime (and ``close()`` it themselves) instead of running it in a service
+    /// group.
+    package static func openAndStart(
+        _ configuration: WALConfiguration,
+        logger: Logger = Logger(label: "sluice.wal")
+    ) async throws -> WAL {
+        let wal = try await Self.open(configuration, logger: logger)
+        wal.start()
+        return wal
     }
 
     private init(configuration: WALConfiguration, logger: Logger) throws {
@@ -243,19 +267,53 @@ public final class WAL: Sendable {
         // files' dirty data too), and the first acknowledgement after a start must not wait
         // for it. The first batch that reaches the disk asks for it instead.
         self.spareDeferred.store(self.state.withLock { $0.segment != nil }, ordering: .relaxed)
+    }
+
+    /// Runs the WAL in a service group: starts it, and closes it on graceful shutdown or
+    /// cancellation. List it before the services that append (the HTTP server), so it stops
+    /// after them: no request is left waiting on a closed log.
+    public func run() async throws {
+        self.start()
+        try? await gracefulShutdown()
+        await self.close()
+    }
+
+    /// Starts the writer thread, the acknowledgement watchdog and the lock check; once only.
+    /// ``run()`` calls it; tools and tests that own the WAL's lifetime call it themselves
+    /// (and ``close()`` at the end).
+    package func start() {
+        guard !self.started.exchange(true, ordering: .acquiringAndReleasing) else { return }
         // A dedicated serial queue: its thread is owned by the writer loop for the WAL's
         // lifetime, so fdatasync never blocks a cooperative-pool thread.
         DispatchQueue(label: "sluice.wal.writer", qos: .userInitiated).async { self.writerLoop() }
-        if let watchdog = self.watchdog, let timeout = configuration.ackTimeout {
+        if let watchdog = self.watchdog, let timeout = self.configuration.ackTimeout {
             let interval = max(Int(timeout.nanoseconds / 5), 2_000_000)
             watchdog.schedule(deadline: .now() + .nanoseconds(interval), repeating: .nanoseconds(interval))
             watchdog.setEventHandler { [weak self] in self?.expireLateAppends(timeout: timeout) }
             watchdog.resume()
         }
-        let lockInterval = max(Int(configuration.lockCheckInterval.nanoseconds), 1_000_000)
+        let lockInterval = max(Int(self.configuration.lockCheckInterval.nanoseconds), 1_000_000)
         self.lockWatch.schedule(deadline: .now() + .nanoseconds(lockInterval), repeating: .nanoseconds(lockInterval))
         self.lockWatch.setEventHandler { [weak self] in self?.checkLock() }
         self.lockWatch.resume()
+    }
+
+    deinit {
+        // A WAL opened and dropped without running or closing (a tool that only read it):
+        // Dispatch traps on releasing a timer source that was never activated, and the
+        // directory's lock would stay held until the process exits. (A started WAL cannot
+        // get here before it is closed: its writer thread holds a reference.)
+        if !self.started.load(ordering: .acquiring) {
+            self.watchdog?.activate()
+            self.watchdog?.cancel()
+            self.lockWatch.activate()
+            self.lockWatch.cancel()
+            self.writer.closeSegment()
+            self.cursors.withLock { cursors in
+                for file in cursors.values { file.close() }
+            }
+            self.lock.release(fileSystem: self.fileSystem)
+        }
     }
 
     /// Stops the writer for good when its lock no longer proves it is alone: appends are
@@ -607,11 +665,14 @@ public final class WAL: Sendable {
     /// directory lock. Idempotent.
     public func close() async {
         guard !self.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        // Never started: the writer still drains what was queued, and a suspended timer
+        // source must be resumed before it may be cancelled (Dispatch's rule).
+        self.start()
         self.watchdog?.cancel()
         if self.state.withLock({ $0.close() }) { self.wake.signal() }
         let finished = self.writerFinished
         let writer = self.writer
-        await BlockingIO.run {
+        await offPool {
             finished.wait()
             writer.waitForSpare()
         }
