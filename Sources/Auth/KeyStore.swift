@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Metrics
+import SluiceCore
 import Synchronization
 
 /// One API key as a store keeps it: its SHA-256, never the key itself.
@@ -294,7 +295,7 @@ public struct APIKeyRing: Sendable, Hashable {
         }
         let expires = try request.expiresIn.map { duration throws(KeyStoreError) in
             guard duration > .zero else { throw KeyStoreError(.invalidArgument, "an expiry must be in the future") }
-            return now.addingTimeInterval(duration.keyStoreSeconds)
+            return now.addingTimeInterval(duration.seconds)
         }
         let key = self.freshKey(kind: request.kind, environment: request.environment)
         let record = StoredAPIKey(
@@ -353,7 +354,7 @@ public struct APIKeyRing: Sendable, Hashable {
         record.createdAt = now
         record.lastUsedAt = nil
         record.expiresAt = old.expiresAt.map { now.addingTimeInterval($0.timeIntervalSince(old.createdAt)) }
-        let graceEnd = now.addingTimeInterval(grace.keyStoreSeconds)
+        let graceEnd = now.addingTimeInterval(grace.seconds)
         self.keys[index].replacedBy = key.id
         self.keys[index].expiresAt = min(old.expiresAt ?? graceEnd, graceEnd)
         self.keys.append(record)
@@ -429,12 +430,6 @@ public enum APIKeyDuration {
             return .seconds(value * scale)
         }
         return nil
-    }
-}
-
-extension Duration {
-    var keyStoreSeconds: TimeInterval {
-        TimeInterval(self.components.seconds) + TimeInterval(self.components.attoseconds) / 1e18
     }
 }
 
@@ -533,7 +528,7 @@ final class KeyStoreCache: Sendable {
     /// Seconds since the copy was last known to match its source; nil before the first load.
     func ageSeconds() -> Double? {
         guard let loaded = self.state.withLock({ $0.loadedAt }) else { return nil }
-        let seconds = (ContinuousClock.now - loaded).keyStoreSeconds
+        let seconds = (ContinuousClock.now - loaded).seconds
         self.age.record(seconds)
         return seconds
     }
@@ -571,12 +566,5 @@ final class KeyStoreCache: Sendable {
         var difference: UInt8 = 0
         for index in x.indices { difference |= x[index] ^ y[index] }
         return difference == 0
-    }
-}
-
-/// Runs blocking file or socket work on a thread outside the cooperative pool.
-func keyStoreOffPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
     }
 }

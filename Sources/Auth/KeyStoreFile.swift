@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SluiceCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -88,13 +89,13 @@ public final class FileKeyStore: APIKeyLookup, APIKeyAdministration {
         var lastFlush = ContinuousClock.now
         while !Task.isCancelled {
             do { try await Task.sleep(for: self.pollInterval) } catch { break }
-            _ = try? await keyStoreOffPool { self.reloadIfChanged() }
+            _ = await offPool { self.reloadIfChanged() }
             if ContinuousClock.now - lastFlush >= self.lastUsedFlushInterval {
                 lastFlush = .now
-                _ = try? await keyStoreOffPool { try self.flushLastUsed() }
+                _ = try? await offPool { try self.flushLastUsed() }
             }
         }
-        _ = try? await keyStoreOffPool { try self.flushLastUsed() }
+        _ = try? await offPool { try self.flushLastUsed() }
     }
 
     /// Writes the noted last-used times to the file now, if there are any. Returns whether the
@@ -165,26 +166,26 @@ public final class FileKeyStore: APIKeyLookup, APIKeyAdministration {
     // MARK: Admin side
 
     public func create(_ request: NewAPIKey, now: Date) async throws -> IssuedAPIKey {
-        try await keyStoreOffPool {
+        try await offPool {
             try self.modify { ring throws(KeyStoreError) in try ring.create(request, now: now) }
         }
     }
 
     public func list() async throws -> [StoredAPIKey] {
-        try await keyStoreOffPool {
+        try await offPool {
             guard KeyFileIdentity(path: self.path) != nil else { return [] }
             return try Self.read(self.path).keys
         }
     }
 
     public func revoke(name: String, now: Date) async throws -> [StoredAPIKey] {
-        try await keyStoreOffPool {
+        try await offPool {
             try self.modify { ring throws(KeyStoreError) in try ring.revoke(name: name, now: now) }
         }
     }
 
     public func roll(name: String, grace: Duration, now: Date) async throws -> IssuedAPIKey {
-        try await keyStoreOffPool {
+        try await offPool {
             try self.modify { ring throws(KeyStoreError) in try ring.roll(name: name, grace: grace, now: now) }
         }
     }

@@ -1,3 +1,4 @@
+import SluiceCore
 import Synchronization
 
 /// A rate with a burst: `100/s` with burst 200 lets a client send 200 requests at once and then
@@ -149,7 +150,7 @@ public final class RateLimiter: Sendable {
         let start = ContinuousClock.now
         self.init(maxKeys: maxKeys) {
             let elapsed = ContinuousClock.now - start
-            return elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
+            return elapsed.nanoseconds
         }
     }
 

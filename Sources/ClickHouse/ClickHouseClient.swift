@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import SluiceCore
 import Synchronization
 
 /// A client of one ClickHouse server (or load balancer) over the HTTP interface.
@@ -341,7 +342,7 @@ public final class ClickHouseClient: Sendable {
             "clickhouse.request_bytes": "\(bytes)",
             "clickhouse.sent_bytes": "\(sent)",
             "event.duration":
-                "\(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)",
+                "\(elapsed.nanoseconds)",
         ]
         if let error {
             metadata["error"] = "\(error)"

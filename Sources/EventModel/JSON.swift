@@ -266,15 +266,11 @@ public struct JSONParser {
             guard self.index < self.bytes.count else { break }
             let escape = self.bytes[self.index]
             self.index += 1
+            if let decoded = JSONEscapes.simple(escape) {
+                scalars.append(decoded)
+                continue
+            }
             switch escape {
-            case UInt8(ascii: "\""): scalars.append(0x22)
-            case UInt8(ascii: "\\"): scalars.append(0x5C)
-            case UInt8(ascii: "/"): scalars.append(0x2F)
-            case UInt8(ascii: "b"): scalars.append(0x08)
-            case UInt8(ascii: "f"): scalars.append(0x0C)
-            case UInt8(ascii: "n"): scalars.append(0x0A)
-            case UInt8(ascii: "r"): scalars.append(0x0D)
-            case UInt8(ascii: "t"): scalars.append(0x09)
             case UInt8(ascii: "u"):
                 var code = try self.hex4()
                 if (0xD800...0xDBFF).contains(code) {
@@ -288,8 +284,8 @@ public struct JSONParser {
                 } else if (0xDC00...0xDFFF).contains(code) {
                     throw self.error("unpaired surrogate in \\u escape")
                 }
-                guard let scalar = Unicode.Scalar(code) else { throw self.error("invalid \\u escape") }
-                scalars.append(contentsOf: Array(String(Character(scalar)).utf8))
+                guard Unicode.Scalar(code) != nil else { throw self.error("invalid \\u escape") }
+                JSONEscapes.appendUTF8(code, to: &scalars)
             default:
                 throw self.error("invalid escape '\\\(Self.printable(escape))'", at: self.index - 2)
             }
@@ -299,19 +295,10 @@ public struct JSONParser {
 
     private mutating func hex4() throws(JSONSyntaxError) -> UInt32 {
         guard self.index + 4 <= self.bytes.count else { throw self.error("incomplete \\u escape") }
-        var value: UInt32 = 0
-        for _ in 0..<4 {
-            let byte = self.bytes[self.index]
-            let digit: UInt32
-            switch byte {
-            case 0x30...0x39: digit = UInt32(byte - 0x30)
-            case 0x41...0x46: digit = UInt32(byte - 0x41 + 10)
-            case 0x61...0x66: digit = UInt32(byte - 0x61 + 10)
-            default: throw self.error("invalid hex digit in \\u escape")
-            }
-            value = value << 4 | digit
-            self.index += 1
+        guard let value = JSONEscapes.hex4(self.bytes, at: self.index) else {
+            throw self.error("invalid hex digit in \\u escape")
         }
+        self.index += 4
         return value
     }
 }

@@ -6,6 +6,7 @@ import Hummingbird
 import Logging
 import Metrics
 import NIOCore
+import SluiceCore
 import Synchronization
 
 /// Who may write to the gateway and how much: the credential checks, the per-principal
@@ -507,7 +508,7 @@ final class AuthMetrics: Sendable {
         }
         let elapsed = ContinuousClock.now - started
         timer.recordNanoseconds(
-            elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
+            elapsed.nanoseconds
         )
     }
 }

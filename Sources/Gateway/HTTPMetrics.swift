@@ -1,6 +1,7 @@
 import CoreMetrics
 import HTTPTypes
 import Metrics
+import SluiceCore
 import Synchronization
 
 /// The gateway's HTTP metrics (`sluice_http_…`, `sluice_gateway_…`).
@@ -67,7 +68,7 @@ final class HTTPMetrics: Sendable {
             return timer
         }
         timer.recordNanoseconds(
-            duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
+            duration.nanoseconds
         )
     }
 }

@@ -7,6 +7,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import SluiceCore
 
 extension Problem.Kind {
     /// HTTP/1.1 the parser refuses, broken body framing, a missing or repeated `Host`.
@@ -47,7 +48,7 @@ struct HTTPGuardSettings: Sendable {
         logger: Logger
     ) {
         func amount(_ duration: Duration) -> TimeAmount {
-            .nanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+            .nanoseconds(duration.nanoseconds)
         }
         self.idleTimeout = amount(configuration.idleTimeout)
         self.headerTimeout = amount(configuration.headerTimeout)

@@ -5,6 +5,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import SluiceCore
 import Synchronization
 
 /// The per-request context: Hummingbird's core storage plus what the gateway resolves once
@@ -145,7 +146,7 @@ struct AccessLogMiddleware: RouterMiddleware {
         client: ClientAddress,
         elapsed: Duration
     ) {
-        let nanos = elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
+        let nanos = elapsed.nanoseconds
         var metadata: Logger.Metadata = [
             "http.request.method": "\(request.method.rawValue)",
             "url.path": "\(request.uri.path)",

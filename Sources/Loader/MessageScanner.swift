@@ -130,57 +130,18 @@ struct MessageScanner {
             let escape = content[index + 1]
             index += 2
             switch escape {
-            case UInt8(ascii: "b"): output.append(0x08)
-            case UInt8(ascii: "f"): output.append(0x0C)
-            case UInt8(ascii: "n"): output.append(0x0A)
-            case UInt8(ascii: "r"): output.append(0x0D)
-            case UInt8(ascii: "t"): output.append(0x09)
             case UInt8(ascii: "u"):
-                guard var code = Self.hex4(content, at: index) else { return }
+                guard var code = JSONEscapes.hex4(content, at: index) else { return }
                 index += 4
-                if (0xD800...0xDBFF).contains(code), index + 6 <= count, let low = Self.hex4(content, at: index + 2) {
+                if (0xD800...0xDBFF).contains(code), index + 6 <= count,
+                    let low = JSONEscapes.hex4(content, at: index + 2)
+                {
                     code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
                     index += 6
                 }
-                Self.appendUTF8(code, to: &output)
-            default: output.append(escape)  // `"`, `\` and `/` stand for themselves
+                JSONEscapes.appendUTF8(code, to: &output)
+            default: output.append(JSONEscapes.simple(escape) ?? escape)
             }
-        }
-    }
-
-    static func hex4(_ bytes: UnsafeBufferPointer<UInt8>, at index: Int) -> UInt32? {
-        guard index >= 0, index + 4 <= bytes.count else { return nil }
-        var value: UInt32 = 0
-        for offset in 0..<4 {
-            let byte = bytes[index + offset]
-            let digit: UInt32
-            switch byte {
-            case 0x30...0x39: digit = UInt32(byte - 0x30)
-            case 0x41...0x46: digit = UInt32(byte - 0x41 + 10)
-            case 0x61...0x66: digit = UInt32(byte - 0x61 + 10)
-            default: return nil
-            }
-            value = value << 4 | digit
-        }
-        return value
-    }
-
-    static func appendUTF8(_ code: UInt32, to output: inout [UInt8]) {
-        switch code {
-        case 0..<0x80:
-            output.append(UInt8(code))
-        case 0x80..<0x800:
-            output.append(UInt8(0xC0 | code >> 6))
-            output.append(UInt8(0x80 | code & 0x3F))
-        case 0x800..<0x10000:
-            output.append(UInt8(0xE0 | code >> 12))
-            output.append(UInt8(0x80 | code >> 6 & 0x3F))
-            output.append(UInt8(0x80 | code & 0x3F))
-        default:
-            output.append(UInt8(0xF0 | code >> 18 & 0x07))
-            output.append(UInt8(0x80 | code >> 12 & 0x3F))
-            output.append(UInt8(0x80 | code >> 6 & 0x3F))
-            output.append(UInt8(0x80 | code & 0x3F))
         }
     }
 
@@ -396,7 +357,7 @@ struct MessageScanner {
                 return index + 2
             case UInt8(ascii: "u"):
                 guard index + 6 <= self.bytes.count else { throw self.failure("incomplete \\u escape", at: index) }
-                guard let code = MessageScanner.hex4(self.bytes, at: index + 2) else {
+                guard let code = JSONEscapes.hex4(self.bytes, at: index + 2) else {
                     throw self.failure("invalid hex digit in \\u escape", at: index)
                 }
                 if (0xDC00...0xDFFF).contains(code) {
@@ -407,7 +368,7 @@ struct MessageScanner {
                     self.bytes[index + 7] == UInt8(ascii: "u")
                 else { throw self.failure("unpaired surrogate in \\u escape", at: index) }
                 guard index + 12 <= self.bytes.count else { throw self.failure("incomplete \\u escape", at: index + 6) }
-                guard let low = MessageScanner.hex4(self.bytes, at: index + 8) else {
+                guard let low = JSONEscapes.hex4(self.bytes, at: index + 8) else {
                     throw self.failure("invalid hex digit in \\u escape", at: index + 6)
                 }
                 guard (0xDC00...0xDFFF).contains(low) else {

@@ -1,5 +1,5 @@
 import Foundation
-
+import SluiceCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -106,7 +106,7 @@ public final class ClickHouseServer: @unchecked Sendable {
             ports: try tcpPort.map { [httpPort, $0] + (try freeLoopbackPorts(1)) } ?? [httpPort] + freeLoopbackPorts(2),
             temporary: false
         )
-        try await offPool { server.stopLeftover() }
+        await offPool { server.stopLeftover() }
         try server.writeConfiguration(users: [:])
         do {
             try await server.launch()
@@ -132,7 +132,7 @@ public final class ClickHouseServer: @unchecked Sendable {
     /// Starts the server again on the same ports with the same data directory, stopping it first
     /// (SIGTERM) if it still runs; waits for `/ping` like ``start(users:tls:)``.
     public func restart() async throws {
-        try await offPool {
+        await offPool {
             self.lock.withLock { self.stopping = true }
             defer { self.lock.withLock { self.stopping = false } }
             self.terminate()
@@ -226,7 +226,7 @@ public final class ClickHouseServer: @unchecked Sendable {
 
         let port = self.httpPort
         let name = self.displayName
-        let started = try await offPool { () -> Bool in
+        let started = await offPool { () -> Bool in
             let deadline = Date().addingTimeInterval(60)
             while Date() < deadline {
                 if pingBlocking(port: port, displayName: name) { return true }
@@ -369,13 +369,6 @@ public struct ClickHouseServerError: Error, CustomStringConvertible {
     public var portClash = false
 
     public var description: String { self.logTail.isEmpty ? self.message : "\(self.message)\n\(self.logTail)" }
-}
-
-/// Runs blocking work on a thread outside the cooperative pool.
-private func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
-    }
 }
 
 /// A self-signed P-256 certificate for 127.0.0.1 and localhost, valid for two days:

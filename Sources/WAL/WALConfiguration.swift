@@ -1,3 +1,5 @@
+import SluiceCore
+
 /// Settings of one WAL directory.
 public struct WALConfiguration: Sendable {
     /// The directory holding segments, cursors and the lock. Created when missing (mode 0700).
@@ -69,12 +71,5 @@ public struct WALConfiguration: Sendable {
             maxQueuedBytes: self.maxQueuedBytes,
             ackTimeoutNanos: self.ackTimeout.map { UInt64(max($0.nanoseconds, 0)) }
         )
-    }
-}
-
-extension Duration {
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = self.components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }

@@ -7,6 +7,7 @@ import Loader
 import Logging
 import ServiceLifecycle
 import SluiceCommands
+import SluiceCore
 import Synchronization
 
 /// `sluice-bench loader`: the loader's rate from the mock cluster into ClickHouse, against
@@ -276,7 +277,7 @@ struct LoaderBenchCommand: AsyncParsableCommand {
     }
 
     static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        duration.seconds
     }
 }
 

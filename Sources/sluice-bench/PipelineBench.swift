@@ -7,6 +7,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import SluiceCommands
+import SluiceCore
 import Synchronization
 
 /// `sluice-bench pipeline`: the whole pipeline under a steady load for minutes, as deployed
@@ -219,7 +220,7 @@ struct PipelineBenchCommand: AsyncParsableCommand {
     }
 
     static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        duration.seconds
     }
 
     static func number(_ client: ClickHouseClient, _ sql: String) async throws -> Int {
@@ -306,7 +307,7 @@ final class ScheduledLoad: Sendable {
             failure = "\(error)"
         }
         let elapsed = ContinuousClock.now - scheduled
-        let milliseconds = elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
+        let milliseconds = elapsed.milliseconds
         self.state.withLock {
             if accepted {
                 $0.ids += ids
@@ -365,7 +366,7 @@ final class Probes: Sendable {
                 for (id, acknowledged) in state.pending where found.contains(id) {
                     let delay = seen - acknowledged
                     state.delays.append(
-                        delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000
+                        delay.milliseconds
                     )
                     state.pending[id] = nil
                 }

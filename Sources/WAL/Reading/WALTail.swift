@@ -1,4 +1,5 @@
 import Logging
+import SluiceCore
 import Synchronization
 
 /// Reads durable records from the WAL in LSN order, waiting for new ones at the end: what
@@ -42,7 +43,7 @@ public final class WALTail: @unchecked Sendable {
                 continue
             }
             let before = self.position
-            let records = try await BlockingIO.run {
+            let records = try await offPool {
                 defer {
                     self.readPosition.withLock { $0 = (self.segmentFirstLSN, self.offset, self.position) }
                 }

@@ -1,6 +1,7 @@
 import CoreMetrics
 import Dispatch
 import Logging
+import SluiceCore
 import Synchronization
 
 /// Consumers' durable positions: one ``CursorFile`` each under `cursors/`. Moving a cursor
@@ -25,7 +26,7 @@ extension WAL {
         let directory = self.cursorDirectory
         let fileSystem = self.fileSystem
         let now = self.configuration.wallClock()
-        return try await BlockingIO.run {
+        return try await offPool {
             try self.cursors.withLock { cursors in
                 if let existing = cursors[name] { return existing.position }
                 if initialLSN == nil && start > .zero && start < self.durableNextLSN {
@@ -69,7 +70,7 @@ extension WAL {
             // The directory may be another writer's now: write nothing into it.
             throw WALError(.locked, "cursor \(name) not stored: \(self.unavailableReason ?? "the WAL stopped")")
         }
-        let recreated = try await BlockingIO.run {
+        let recreated = try await offPool {
             try self.cursors.withLock { cursors -> String? in
                 guard var file = cursors[name] else {
                     throw WALError(.notFound, "no cursor named \(name); open it first")
