@@ -231,6 +231,17 @@ public final class TokenVerifier: Sendable {
     }
 
     /// Waits for fetches in flight and closes the HTTP client the verifier made. Idempotent.
+    deinit {
+        // Dropped without `shutdown()` (a start-up that failed half-way, a test that stopped
+        // at a failed expectation): AsyncHTTPClient traps when a client it made is released
+        // still running, which would take the whole process down. Shut it down instead, in
+        // the background (the callback keeps the client alive until it is done).
+        if self.ownsHTTPClient, !self.isShutDown.exchange(true, ordering: .acquiringAndReleasing) {
+            let client = self.httpClient
+            client.shutdown(queue: .global()) { _ in withExtendedLifetime(client) {} }
+        }
+    }
+
     public func shutdown() async throws {
         for cache in self.caches.values { await cache.drain() }
         guard self.ownsHTTPClient, !self.isShutDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
