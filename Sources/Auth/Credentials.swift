@@ -121,7 +121,7 @@ public enum CredentialExtraction {
         let rest = utf8[space...]
         let credentialStart = rest.firstIndex(where: { !isBlank($0) }) ?? rest.endIndex
         let credentialEnd = rest.lastIndex(where: { !isBlank($0) }).map { utf8.index(after: $0) } ?? credentialStart
-        let credentialBytes = utf8[credentialStart..<max(credentialStart, credentialEnd)]
+        let credentialBytes = utf8[credentialStart..<credentialEnd]
         guard !credentialBytes.isEmpty, !credentialBytes.contains(where: isBlank) else {
             return .failure(
                 .invalidRequest("malformed_authorization", "Authorization must hold one credential after its scheme")

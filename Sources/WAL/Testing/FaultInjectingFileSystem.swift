@@ -1,5 +1,7 @@
 import Dispatch
+import SluiceCore
 import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,7 +12,7 @@ import Glibc
 public final class FaultInjectingFileSystem: WALFileSystem {
     /// The calls a fault can target.
     public enum Operation: Sendable, Hashable {
-        case pwrite, fdatasync, allocate, open, syncDirectory, unlink
+        case pwrite, fdatasync, allocate, open, syncDirectory, unlink, truncate, rename, makeDirectory
     }
 
     private struct Fault {
@@ -80,8 +82,7 @@ public final class FaultInjectingFileSystem: WALFileSystem {
             stall.gate.signal()
         }
         if let delay = self.delays.withLock({ $0[operation] }) {
-            let (seconds, attoseconds) = delay.components
-            usleep(UInt32(seconds * 1_000_000 + attoseconds / 1_000_000_000_000))
+            usleep(UInt32(clamping: delay.nanoseconds / 1000))
         }
         let error: Int32? = self.faults.withLock { faults in
             guard var fault = faults[operation] else { return nil }
@@ -125,6 +126,7 @@ public final class FaultInjectingFileSystem: WALFileSystem {
         try self.base.allocate(fd, offset: offset, length: length, path: path)
     }
     public func truncate(_ fd: Int32, to length: Int64, path: String) throws {
+        try self.check(.truncate, path: path)
         try self.base.truncate(fd, to: length, path: path)
     }
     public func fileSize(_ fd: Int32, path: String) throws -> Int64 { try self.base.fileSize(fd, path: path) }
@@ -136,8 +138,14 @@ public final class FaultInjectingFileSystem: WALFileSystem {
         try self.check(.unlink, path: path)
         try self.base.unlink(path)
     }
-    public func rename(_ from: String, to: String) throws { try self.base.rename(from, to: to) }
-    public func makeDirectory(_ path: String) throws { try self.base.makeDirectory(path) }
+    public func rename(_ from: String, to: String) throws {
+        try self.check(.rename, path: to)
+        try self.base.rename(from, to: to)
+    }
+    public func makeDirectory(_ path: String) throws {
+        try self.check(.makeDirectory, path: path)
+        try self.base.makeDirectory(path)
+    }
     public func listDirectory(_ path: String) throws -> [String] { try self.base.listDirectory(path) }
     public func fileExists(_ path: String) -> Bool { self.base.fileExists(path) }
     public func volumeSpace(_ path: String) throws -> (available: Int64, total: Int64) {
