@@ -203,11 +203,19 @@ let package = Package(
             swiftSettings: strict
         ),
         // Shared by the test targets: temporary directories, the built binary, off-pool waits.
-        // Child processes (sluice, PostgreSQL), free and reserved ports, captured logs,
-        // temporary directories: for the tests and the benchmarks, never for the product.
+        // Child processes (sluice, openssl, PostgreSQL…), event posters and a steady load, free
+        // and reserved ports, captured logs, temporary directories: for the tests and the
+        // benchmarks, never for the product.
         .target(
             name: "SluiceTestKit",
-            dependencies: ["SluiceCore", "LocalClickHouse", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "SluiceCore", "LocalClickHouse",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
             swiftSettings: strict
         ),
         .target(name: "TestSupport", dependencies: ["SluiceTestKit"], path: "Tests/Support", swiftSettings: strict),

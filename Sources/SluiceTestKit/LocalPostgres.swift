@@ -137,11 +137,9 @@ public final class LocalPostgres: Sendable {
     }()
 
     /// Runs a server binary to completion, as `postgres` when this process is root; returns its
-    /// exit status and its combined output.
-    ///
-    /// posix_spawn and waitpid rather than `Process`: `pg_ctl start` leaves the server running
-    /// with the output file descriptors it inherited, and `Process` did not always reap the exited
-    /// `runuser`, leaving the test waiting forever.
+    /// exit status and its combined output. (``ChildProcess/runBlocking(_:_:environment:currentDirectory:input:errorsToOutput:timeout:)``
+    /// writes the output to files, so `pg_ctl start` leaving the server behind with them open
+    /// does not keep the caller waiting.)
     private static func runAsServerUser(
         _ executable: String,
         _ arguments: [String]
@@ -151,34 +149,13 @@ public final class LocalPostgres: Sendable {
         let command =
             getuid() == 0
             ? ["/usr/sbin/runuser", "-u", "postgres", "--", executable] + arguments : [executable] + arguments
-        let outputPath = FileManager.default.temporaryDirectory.path + "/sluice-pg-\(UUID().uuidString).out"
-        defer { unlink(outputPath) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        var environment = ProcessInfo.processInfo.environment
-        environment["LC_ALL"] = "C"
-        let argv = command.map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in argv { free(pointer) }
-            for pointer in envp { free(pointer) }
-        }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, command[0], &actions, nil, argv, envp)
-        guard spawned == 0 else {
-            throw LocalPostgresError(description: "cannot run \(command[0]): errno \(spawned)")
-        }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            guard errno == EINTR else { throw LocalPostgresError(description: "waitpid failed: errno \(errno)") }
-        }
-        let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        let data = (try? Data(contentsOf: URL(fileURLWithPath: outputPath))) ?? Data()
-        return (exitStatus, String(decoding: data, as: UTF8.self))
+        let result = try ChildProcess.runBlocking(
+            command[0],
+            Array(command.dropFirst()),
+            environment: ["LC_ALL": "C"],
+            errorsToOutput: true
+        )
+        return (result.status, result.standardOutput)
     }
 }
 

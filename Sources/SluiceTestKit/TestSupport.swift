@@ -1,4 +1,5 @@
 import Foundation
+import SluiceCore
 
 /// A fresh directory under the system temp dir, removed when the test ends.
 public final class TemporaryDirectory: Sendable {
@@ -58,11 +59,9 @@ public func repositoryRoot(file: StaticString = #filePath) -> URL {
 
 /// Runs blocking work (waiting for a child process, reading its pipes) on a thread outside
 /// the cooperative pool, which has only as many threads as cores: blocking it stalls every
-/// other test running in parallel.
+/// other test running in parallel. The tests' name for the package's own runner.
 public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
-    }
+    try await SluiceCore.offPool(body)
 }
 
 /// A condition a test waited for did not come true in time.

@@ -19,20 +19,15 @@ import Testing
         let directory = try TemporaryDirectory()
         let certificate = directory.path + "/server.crt"
         let privateKey = directory.path + "/server.key"
-        let made = try await offPool { () -> Int32 in
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: Self.openssl)
-            process.arguments = [
+        let made = try await ChildProcess.run(
+            Self.openssl,
+            [
                 "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
                 "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                 "-keyout", privateKey, "-out", certificate,
             ]
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            process.waitUntilExit()
-            return process.terminationStatus
-        }
-        try #require(made == 0)
+        )
+        try #require(made.status == 0, "\(made.standardError)")
 
         let store = try OAuthClientStore(path: directory.path + "/clients.json")
         let secret = try store.add("shop", scopes: ["events:write"]).secret
@@ -80,31 +75,22 @@ import Testing
             let port = try #require(await iterator.next())
             let url = "https://127.0.0.1:\(port)"
 
-            let trusted = try SluiceProcess([
+            let trusted = try await ChildProcess.runSluice([
                 "oauth", "token", "--url", url, "--client", "shop", "--secret-file", secretFile,
                 "--ca-file", certificate, "--scope", "events:write",
             ])
-            #expect(try await finish(trusted, [.standardOutput]) == 0, "\(trusted.standardError)")
+            #expect(trusted.status == 0, "\(trusted.standardError)")
+            #expect(trusted.standardOutput.hasSuffix("\n"))
             #expect(trusted.standardOutput.split(separator: ".").count == 3)
 
             // Without --ca-file the system roots do not know this certificate: no token.
-            let untrusted = try SluiceProcess([
+            let untrusted = try await ChildProcess.runSluice([
                 "oauth", "token", "--url", url, "--client", "shop", "--secret-file", secretFile,
             ])
-            #expect(try await finish(untrusted, [.standardError]) == 1)
+            #expect(untrusted.status == 1)
             #expect(untrusted.standardOutput.isEmpty)
             #expect(untrusted.standardError.contains("CERTIFICATE_VERIFY_FAILED"))
             group.cancelAll()
         }
     }
-}
-
-/// Waits for the exit, then for each named stream's last line: a pipe's final bytes can be
-/// read after the exit has been seen.
-private func finish(_ process: SluiceProcess, _ streams: [SluiceProcess.Stream]) async throws -> Int32 {
-    let status = try await process.waitForExit()
-    try await waitUntil(timeout: .seconds(10)) {
-        streams.allSatisfy { ($0 == .standardOutput ? process.standardOutput : process.standardError).hasSuffix("\n") }
-    }
-    return status
 }

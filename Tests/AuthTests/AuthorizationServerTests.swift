@@ -532,32 +532,14 @@ private struct AccessTokenPayload: JWTPayload {
     }
 }
 
-/// Runs a tool to completion (off the cooperative pool) and returns its exit status and output.
+/// Runs a tool to completion and returns its exit status and output.
 private func runTool(
     _ executable: String,
     _ arguments: [String],
     input: String? = nil
 ) async throws -> (status: Int32, output: String, errors: String) {
-    try await offPool {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let output = Pipe()
-        let errors = Pipe()
-        let standardInput = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        process.standardInput = standardInput
-        try process.run()
-        standardInput.fileHandleForWriting.write(Data((input ?? "").utf8))
-        try standardInput.fileHandleForWriting.close()
-        let out = output.fileHandleForReading.readDataToEndOfFile()
-        let err = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (
-            process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self)
-        )
-    }
+    let result = try await ChildProcess.run(executable, arguments, input: input)
+    return (result.status, result.standardOutput, result.standardError)
 }
 
 /// Keys and tokens checked by other implementations: OpenSSL for the PEM files, PyJWT for the

@@ -7,14 +7,9 @@ import Testing
 /// accept RS256, ES256 and EdDSA tokens it did not produce itself.
 @Suite struct JWTCrossImplementationTests {
     private static var pythonWithPyJWT: Bool {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", "import jwt, cryptography"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return false }
-        process.waitUntilExit()
-        return process.terminationStatus == 0
+        guard let python = ChildProcess.find("python3") else { return false }
+        return (try? ChildProcess.runBlocking(python, ["-c", "import jwt, cryptography"], timeout: .seconds(30)))?
+            .status == 0
     }
 
     /// Runs mint_token.py and returns the token it printed.
@@ -29,29 +24,14 @@ import Testing
         try key.privatePEM.write(toFile: keyFile, atomically: true, encoding: .utf8)
         let script = repositoryRoot().appendingPathComponent("Tests/AuthTests/mint_token.py").path
         let arguments = [
-            "python3", script, keyFile, key.alg, key.kid, issuer, testAudience, client,
+            script, keyFile, key.alg, key.kid, issuer, testAudience, client,
             String(Int(now.timeIntervalSince1970)),
         ]
-        return try await offPool {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = arguments
-            let output = Pipe()
-            let errors = Pipe()
-            process.standardOutput = output
-            process.standardError = errors
-            try process.run()
-            let data = output.fileHandleForReading.readDataToEndOfFile()
-            let message = errors.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else {
-                throw CocoaError(
-                    .executableLoad,
-                    userInfo: [NSLocalizedDescriptionKey: "mint_token.py: \(String(decoding: message, as: UTF8.self))"]
-                )
-            }
-            return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let minted = try await ChildProcess.run("python3", arguments, timeout: .seconds(60))
+        guard minted.status == 0 else {
+            throw ChildProcessError(description: "mint_token.py (\(minted.status)): \(minted.standardError)")
         }
+        return minted.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     @Test(.enabled(if: pythonWithPyJWT)) func pyJWTTokensAreAccepted() async throws {

@@ -33,17 +33,20 @@ import Testing
             "--kafka-bootstrap", cluster.bootstrapServers,
         ]
         var gateway = try SluiceProcess(gatewayArguments, environment: environment)
-        let load = SteadyLoad()
-        load.authorization.withLock { $0 = "Bearer \(door.key)" }
         let firstPort = try await gateway.listeningPort()
-        load.target.withLock { $0 = "https://127.0.0.1:\(firstPort)" }
+        let client = door.client()
+        let load = SteadyLoad(
+            client: client,
+            target: "https://127.0.0.1:\(firstPort)",
+            authorization: "Bearer \(door.key)",
+            action: "e2e"
+        )
         let loader = try SluiceProcess(
             ["loader", "--kafka-bootstrap", cluster.bootstrapServers, "--clickhouse-url", clickHouse.httpURL],
             environment: environment.merging(["SLUICE_LOADER_BATCH_AGE": "250ms"]) { $1 }
         )
         let analyst = Analyst(url: clickHouse.httpURL)
-        let client = try door.client()
-        let posting = Task { await load.run(client: client) }
+        let posting = Task { await load.run(workers: 4, batch: 25...25, pause: .milliseconds(20)) }
 
         func progress(_ acknowledged: Int) async throws {
             try await waitUntil(timeout: .seconds(120), pollEvery: .milliseconds(50)) {
@@ -55,10 +58,10 @@ import Testing
         try await progress(3_000)
         gateway.signal(SIGKILL)
         _ = try await gateway.waitForExit()
-        load.target.withLock { $0 = nil }
+        load.target = nil
         gateway = try SluiceProcess(gatewayArguments, environment: environment)
         let port = try await gateway.listeningPort()
-        load.target.withLock { $0 = "https://127.0.0.1:\(port)" }
+        load.target = "https://127.0.0.1:\(port)"
         // 2. ClickHouse dies and is restarted 3 s later.
         try await progress(load.acknowledgedCount + 3_000)
         try await offPool { clickHouse.kill() }
@@ -76,8 +79,8 @@ import Testing
         await posting.value
         try await client.shutdown()
 
-        let acknowledged = load.acknowledged.withLock { $0 }
-        let attempted = load.attempted.withLock { $0 }
+        let acknowledged = load.acknowledged
+        let attempted = load.attempted
         var loaded: Set<String> = []
         do {
             try await waitUntil(timeout: .seconds(180), pollEvery: .seconds(1)) {
@@ -97,7 +100,7 @@ import Testing
         print(
             """
             end-to-end: \(attempted.count) events sent, \(acknowledged.count) acknowledged \
-            (\(acknowledgedDuringOutage) while every broker was down), \(load.failedRequests.withLock { $0 }) \
+            (\(acknowledgedDuringOutage) while every broker was down), \(load.failedRequests) \
             requests failed; ClickHouse holds \(rows) rows, \(rowsAfterDeduplication) after deduplication, \
             \(distinct) distinct event ids; missing \(missing.count), not sent by the test \(unexpected.count)
             """
@@ -162,22 +165,13 @@ import Testing
         let all = try SluiceProcess(["all", "--config", file])
         let port = try await all.listeningPort()
 
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
-        let click = UUID().uuidString.lowercased()
-        let purchase = UUID().uuidString.lowercased()
-        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/events/batch")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/x-ndjson")
-        request.body = .bytes(
-            ByteBuffer(
-                string: """
-                    {"action":"click","user_id":"u1","event_id":"\(click)"}
-                    {"action":"purchase","user_id":"u1","object":"sku-42","event_id":"\(purchase)"}
-                    """
-            )
-        )
-        #expect(try await client.execute(request, timeout: .seconds(5)).status == .accepted)
-        try await client.shutdown()
+        let click = EventPoster.freshID()
+        let purchase = EventPoster.freshID()
+        let answer = try await EventPoster(url: "http://127.0.0.1:\(port)").postBatch([
+            #"{"action":"click","user_id":"u1","event_id":"\#(click)"}"#,
+            #"{"action":"purchase","user_id":"u1","object":"sku-42","event_id":"\#(purchase)"}"#,
+        ])
+        #expect(answer.status == .accepted, "\(answer.body)")
 
         let analyst = Analyst(url: clickHouse.httpURL)
         try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
@@ -218,12 +212,7 @@ import Testing
         #expect(env["SLUICE_URL"] == "https://127.0.0.1:\(port)")
         let key = try #require(env["SLUICE_KEY"])
         let caFile = try #require(env["CURL_CA_BUNDLE"])
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .file(caFile)
-        let client = HTTPClient(
-            eventLoopGroupProvider: .singleton,
-            configuration: HTTPClient.Configuration(tlsConfiguration: tls)
-        )
+        let client = EventPoster.client(trusting: caFile)
         // The built-in authorization server hands the dev client a token, and the token writes.
         var grant = HTTPClientRequest(url: "https://127.0.0.1:\(port)/oauth/token")
         grant.method = .POST
@@ -238,19 +227,9 @@ import Testing
         let tokenJSON = try JSONSerialization.jsonObject(with: Data(tokenBody.readableBytesView))
         let token = try #require((tokenJSON as? [String: Any])?["access_token"] as? String)
         func post(authorization: String = "Bearer \(key)") async throws -> [String] {
-            let ids = (0..<3).map { _ in UUID().uuidString.lowercased() }
-            var request = HTTPClientRequest(url: "https://127.0.0.1:\(port)/v1/events/batch")
-            request.method = .POST
-            request.headers.add(name: "Content-Type", value: "application/x-ndjson")
-            request.headers.add(name: "Authorization", value: authorization)
-            request.body = .bytes(
-                ByteBuffer(
-                    string: ids.map { #"{"action":"click","user_id":"u1","event_id":"\#($0)"}"# }
-                        .joined(separator: "\n")
-                )
-            )
-            let response = try await client.execute(request, timeout: .seconds(5))
-            #expect(response.status == .accepted)
+            let poster = EventPoster(url: "https://127.0.0.1:\(port)", authorization: authorization, client: client)
+            let (ids, answer) = try await poster.postFresh(3, timeout: .seconds(5))
+            #expect(answer.status == .accepted, "\(answer.body)")
             return ids
         }
         let analyst = Analyst(url: "http://127.0.0.1:\(clickHousePort)")

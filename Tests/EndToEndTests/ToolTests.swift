@@ -4,43 +4,30 @@ import Testing
 
 /// The scripts and helper binaries beside `sluice`, run the way a developer runs them.
 @Suite struct ToolTests {
-    /// Runs `executable arguments…` with `environment` added to this process's, to completion:
-    /// exit status, standard output, standard error.
+    /// Runs `executable arguments…` with `environment` added to this process's (minus its
+    /// `SLUICE_` variables), to completion: exit status, standard output, standard error.
     func run(
         _ executable: String,
         _ arguments: [String],
         environment: [String: String] = [:]
-    ) throws -> (status: Int32, output: String, errors: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let output = out.fileHandleForReading.readDataToEndOfFile()
-        let errors = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (
-            process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: errors, as: UTF8.self)
-        )
+    ) async throws -> (status: Int32, output: String, errors: String) {
+        let result = try await ChildProcess.run(executable, arguments, environment: environment)
+        return (result.status, result.standardOutput, result.standardError)
     }
 
     /// The product carries no benchmark: `sluice` lists no bench command and has no switch
     /// that skips the WAL; `sluice-bench gateway` is that baseline, the same server answering
     /// 202 without storing anything (scripts/bench-gateway, scripts/bench-auth).
     @Test func benchmarksLiveInSluiceBenchNotInTheProduct() async throws {
-        let help = try self.run(try sluiceBinary(), ["--help"])
+        let help = try await self.run(try sluiceBinary(), ["--help"])
         #expect(help.status == 0)
         for command in ["forwarder-bench", "loader-bench", "pipeline-bench", "torture"] {
             #expect(!help.output.contains(command), "\(command) in sluice --help")
         }
-        let flag = try self.run(try sluiceBinary(), ["gateway", "--unsafe-no-wal"])
+        let flag = try await self.run(try sluiceBinary(), ["gateway", "--unsafe-no-wal"])
         #expect(flag.status == 64, "\(flag.errors)")
         #expect(flag.errors.contains("Unknown option '--unsafe-no-wal'"))
-        let benches = try self.run(try sluiceBenchBinary(), ["--help"])
+        let benches = try await self.run(try sluiceBenchBinary(), ["--help"])
         for command in ["gateway", "forwarder", "loader", "pipeline", "torture"] {
             #expect(benches.output.contains("  \(command) "), "\(command) missing from sluice-bench --help")
         }
@@ -52,7 +39,7 @@ import Testing
             executable: try sluiceBenchBinary()
         )
         let port = try await baseline.listeningPort()
-        let post = try self.run(
+        let post = try await self.run(
             "/usr/bin/curl",
             [
                 "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
@@ -71,7 +58,7 @@ import Testing
 
     /// `scripts/clickhouse-local` in a checkout that has only a release build (or none): it runs
     /// the build there is, and says what to do when there is none, instead of exiting silently.
-    @Test func clickhouseLocalFindsAReleaseOnlyBuildAndExplainsAMissingOne() throws {
+    @Test func clickhouseLocalFindsAReleaseOnlyBuildAndExplainsAMissingOne() async throws {
         let checkout = try TemporaryDirectory()
         try FileManager.default.createDirectory(atPath: checkout.path + "/scripts", withIntermediateDirectories: true)
         try FileManager.default.copyItem(
@@ -80,7 +67,7 @@ import Testing
         )
         let script = checkout.path + "/scripts/clickhouse-local"
 
-        let none = try self.run("/bin/bash", [script, checkout.path + "/data"])
+        let none = try await self.run("/bin/bash", [script, checkout.path + "/data"])
         #expect(none.status == 2)
         #expect(none.errors.contains("no sluice binary"))
 
@@ -91,7 +78,7 @@ import Testing
         let fake = checkout.path + "/.build/release/sluice"
         try "#!/bin/sh\necho \"release $*\"\n".write(toFile: fake, atomically: true, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: fake)
-        let release = try self.run("/bin/bash", [script, checkout.path + "/data", "18123"])
+        let release = try await self.run("/bin/bash", [script, checkout.path + "/data", "18123"])
         #expect(release.status == 0, "\(release.errors)")
         #expect(release.output == "release dev-clickhouse \(checkout.path)/data --http-port 18123\n")
     }
@@ -99,15 +86,19 @@ import Testing
     /// The fuzzing harnesses (scripts/fuzz) replay their seed corpus through the body decoders
     /// and the WAL's frame and segment readers without a failed check: the harness builds, its seeds are
     /// real inputs, and `make test` notices a harness that no longer runs.
-    @Test func theFuzzingHarnessesReplayTheirSeeds() throws {
+    @Test func theFuzzingHarnessesReplayTheirSeeds() async throws {
         let fuzz = repositoryRoot().appendingPathComponent(".build/debug/sluice-fuzz").path
         let seeds = try TemporaryDirectory()
-        let seeded = try self.run(fuzz, ["seed", seeds.path])
+        let seeded = try await self.run(fuzz, ["seed", seeds.path])
         #expect(seeded.status == 0, "\(seeded.errors)")
         for target in ["bodies", "frames", "segments"] {
             let files = try FileManager.default.contentsOfDirectory(atPath: seeds.path + "/" + target)
             #expect(files.count >= 6, "\(target): \(files.count) seeds")
-            let replay = try self.run(fuzz, [seeds.path + "/" + target], environment: ["SLUICE_FUZZ_TARGET": target])
+            let replay = try await self.run(
+                fuzz,
+                [seeds.path + "/" + target],
+                environment: ["SLUICE_FUZZ_TARGET": target]
+            )
             #expect(replay.status == 0, "\(replay.errors)")
             #expect(replay.output.contains("\(files.count) inputs through \(target): no check failed"))
         }

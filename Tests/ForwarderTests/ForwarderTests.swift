@@ -18,27 +18,23 @@ let quietLogger: Logger = {
 
 /// Reads a whole topic with kcat: (key, wal_lsn header, event_id header) per message.
 func consume(_ bootstrap: String, topic: String) async throws -> [(key: String, lsn: UInt64, id: String)] {
-    try await offPool {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/kcat")
-        process.arguments = ["-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%k\t%h\n"]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { line in
-            let parts = line.split(separator: "\t", maxSplits: 1)
-            guard parts.count == 2 else { return nil }
-            var headers: [String: String] = [:]
-            for pair in parts[1].split(separator: ",") {
-                let kv = pair.split(separator: "=", maxSplits: 1)
-                if kv.count == 2 { headers[String(kv[0])] = String(kv[1]) }
-            }
-            guard let lsn = headers["wal_lsn"].flatMap(UInt64.init), let id = headers["event_id"] else { return nil }
-            return (String(parts[0]), lsn, id)
+    let kcat = try await ChildProcess.run(
+        "/usr/bin/kcat",
+        ["-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%k\t%h\n"]
+    )
+    guard kcat.status == 0 else {
+        throw ChildProcessError(description: "kcat failed (\(kcat.status)): \(kcat.standardError)")
+    }
+    return kcat.standardOutput.split(separator: "\n").compactMap { line in
+        let parts = line.split(separator: "\t", maxSplits: 1)
+        guard parts.count == 2 else { return nil }
+        var headers: [String: String] = [:]
+        for pair in parts[1].split(separator: ",") {
+            let kv = pair.split(separator: "=", maxSplits: 1)
+            if kv.count == 2 { headers[String(kv[0])] = String(kv[1]) }
         }
+        guard let lsn = headers["wal_lsn"].flatMap(UInt64.init), let id = headers["event_id"] else { return nil }
+        return (String(parts[0]), lsn, id)
     }
 }
 

@@ -32,14 +32,8 @@ import Testing
         authorization: String?,
         body: String = #"{"action":"click","user_id":"u1"}"#
     ) async throws -> (HTTPResponseStatus, HTTPHeaders, String) {
-        var request = HTTPClientRequest(url: url + "/v1/events")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        if let authorization { request.headers.add(name: "Authorization", value: authorization) }
-        request.body = .bytes(ByteBuffer(string: body))
-        let response = try await client.execute(request, timeout: .seconds(10))
-        let text = String(buffer: try await response.body.collect(upTo: 1 << 20))
-        return (response.status, response.headers, text)
+        let answer = try await EventPoster(url: url, authorization: authorization, client: client).post(body)
+        return (answer.status, answer.headers, answer.body)
     }
 
     @Test func theGatewayRequiresACredentialByDefaultAndSaysSoWhenTurnedOff() async throws {

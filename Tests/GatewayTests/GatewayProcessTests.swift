@@ -43,56 +43,14 @@ final class GatewayProcess: Sendable {
     }
 }
 
-/// Posts events with known ids until stopped, remembering which ones got a 2xx.
-final class Poster: Sendable {
-    let acknowledged = Mutex<[String]>([])
-    let failures = Mutex<Int>(0)
-    /// Every request that got an answer: when it was sent, when the answer came, its status.
-    let exchanges = Mutex<[(sent: ContinuousClock.Instant, answered: ContinuousClock.Instant, status: UInt)]>([])
-
-    func run(url: String, client: HTTPClient, stop: @escaping @Sendable () -> Bool) async {
-        while !stop() {
-            let sent = ContinuousClock.now
-            let ids = (0..<Int.random(in: 1...5)).map { _ in UUID().uuidString.lowercased() }
-            let body = ids.map { #"{"action":"crash_test","user_id":"u","event_id":"\#($0)"}"# }.joined(separator: "\n")
-            var request = HTTPClientRequest(url: url + "/v1/events/batch")
-            request.method = .POST
-            request.headers.add(name: "Content-Type", value: "application/x-ndjson")
-            request.body = .bytes(ByteBuffer(string: body))
-            do {
-                let response = try await client.execute(request, timeout: .seconds(5))
-                _ = try await response.body.collect(upTo: 1 << 20)
-                let answered = ContinuousClock.now
-                self.exchanges.withLock { $0.append((sent, answered, response.status.code)) }
-                if response.status == .accepted {
-                    self.acknowledged.withLock { $0 += ids }
-                } else {
-                    self.failures.withLock { $0 += 1 }
-                }
-            } catch {
-                self.failures.withLock { $0 += 1 }
-                try? await Task.sleep(for: .milliseconds(5))
-            }
-        }
-    }
-}
-
 /// Event ids in a WAL directory, read with `sluice wal dump --json` as an operator would.
 func dumpedEventIDs(_ walDirectory: String) async throws -> Set<String> {
-    try await offPool { try dumpedEventIDsBlocking(walDirectory) }
-}
-
-private func dumpedEventIDsBlocking(_ walDirectory: String) throws -> Set<String> {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: try sluiceBinary())
-    process.arguments = ["wal", "dump", walDirectory, "--json"]
-    let out = Pipe()
-    process.standardOutput = out
-    try process.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
+    let dump = try await ChildProcess.runSluice(["wal", "dump", walDirectory, "--json"])
+    guard dump.status == 0 else {
+        throw ChildProcessError(description: "sluice wal dump failed (\(dump.status)): \(dump.standardError)")
+    }
     var ids: Set<String> = []
-    for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+    for line in dump.standardOutput.split(separator: "\n") {
         let record = try JSONParser.parse(Array(line.utf8))
         guard case .string(let event) = record["event"] else { continue }
         if case .string(let id) = try JSONParser.parse(Array(event.utf8))["event_id"] { ids.insert(id) }
@@ -100,40 +58,28 @@ private func dumpedEventIDsBlocking(_ walDirectory: String) throws -> Set<String
     return ids
 }
 
-final class StopFlag: Sendable {
-    private let flag = Mutex(false)
-    var isSet: Bool { self.flag.withLock { $0 } }
-    func set() { self.flag.withLock { $0 = true } }
-}
-
 @Suite(.serialized, .timeLimit(.minutes(5))) struct GatewayProcessTests {
     @Test func everyEventThatGot202SurvivesSIGKILL() async throws {
         let directory = try TemporaryDirectory()
         let wal = directory.path + "/wal"
-        let client = HTTPClient.shared
-        let poster = Poster()
+        var acknowledged: Set<String> = []
         for round in 0..<3 {
             let gateway = try await GatewayProcess(walDirectory: wal)
-            let stop = StopFlag()
-            let url = gateway.url
-            let before = poster.acknowledged.withLock { $0.count }
+            let load = SteadyLoad(target: gateway.url, action: "crash_test")
             await withTaskGroup(of: Void.self) { group in
-                for _ in 0..<8 { group.addTask { await poster.run(url: url, client: client, stop: { stop.isSet }) } }
+                group.addTask { await load.run(workers: 8, batch: 1...5) }
                 // Kill mid-stream: once requests are flowing, at a random moment.
-                let deadline = ContinuousClock.now + .seconds(15)
-                while poster.acknowledged.withLock({ $0.count }) < before + 50 && ContinuousClock.now < deadline {
-                    try? await Task.sleep(for: .milliseconds(10))
-                }
+                try? await waitUntil(timeout: .seconds(15)) { load.acknowledgedCount >= 50 }
                 try? await Task.sleep(for: .milliseconds(Int.random(in: 50...500)))
                 gateway.signal(SIGKILL)
                 _ = try? await gateway.waitForExit()
-                stop.set()
+                load.stop()
             }
-            #expect(poster.acknowledged.withLock { $0.count } > before, "round \(round): nothing was acknowledged")
+            #expect(load.acknowledgedCount > 0, "round \(round): nothing was acknowledged")
+            acknowledged.formUnion(load.acknowledged)
         }
-        let acknowledged = poster.acknowledged.withLock { $0 }
         let stored = try await dumpedEventIDs(wal)
-        let missing = acknowledged.filter { !stored.contains($0) }
+        let missing = acknowledged.subtracting(stored)
         #expect(missing.isEmpty, "\(missing.count) of \(acknowledged.count) acknowledged events missing")
         print("gateway crash test: 3 SIGKILLs, \(acknowledged.count) acknowledged events, all in the WAL")
     }
@@ -141,33 +87,30 @@ final class StopFlag: Sendable {
     @Test func sigtermFinishesInFlightRequestsAndExitsZero() async throws {
         let directory = try TemporaryDirectory()
         let wal = directory.path + "/wal"
-        let client = HTTPClient.shared
         let gateway = try await GatewayProcess(walDirectory: wal)
-        let poster = Poster()
-        let stop = StopFlag()
-        let url = gateway.url
+        let load = SteadyLoad(target: gateway.url, action: "crash_test")
         var status: Int32 = -1
         var signalled = ContinuousClock.now
         await withTaskGroup(of: Void.self) { group in
-            for _ in 0..<4 { group.addTask { await poster.run(url: url, client: client, stop: { stop.isSet }) } }
+            group.addTask { await load.run(workers: 4, batch: 1...5) }
             // Under way: the posters have had answers (instead of a fixed pause).
-            while poster.acknowledged.withLock({ $0.count }) < 50 { try? await Task.sleep(for: .milliseconds(10)) }
+            try? await waitUntil { load.acknowledgedCount >= 50 }
             signalled = ContinuousClock.now
             gateway.signal(SIGTERM)
             status = (try? await gateway.waitForExit()) ?? -1
-            stop.set()
+            load.stop()
         }
         #expect(status == 0)
         // A request sent before SIGTERM and answered after it was answered 202: in flight, and
         // finished. (Four posters send back to back, so one is always on the wire.)
-        let straddling = poster.exchanges.withLock { $0 }.filter { $0.sent < signalled && $0.answered > signalled }
+        let straddling = load.exchanges.filter { $0.sent < signalled && $0.answered > signalled }
         #expect(!straddling.isEmpty, "no request was in flight at SIGTERM")
         #expect(straddling.allSatisfy { $0.status == 202 }, "\(straddling.map(\.status))")
         #expect(gateway.standardOutput.contains("wal.closed"))
-        let acknowledged = poster.acknowledged.withLock { $0 }
+        let acknowledged = load.acknowledged
         #expect(!acknowledged.isEmpty)
         let stored = try await dumpedEventIDs(wal)
-        #expect(acknowledged.allSatisfy { stored.contains($0) })
+        #expect(acknowledged.isSubset(of: stored))
     }
 
     @Test func badConfigurationIsRefusedWithTheKeyAndValue() async throws {

@@ -202,41 +202,28 @@ import Glibc
 
     @Test func atTheDescriptorLimitTheGatewayDoesNotSpinAndRecovers() async throws {
         let directory = try TemporaryDirectory()
-        let log = directory.path + "/gateway.log"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
         // 256 descriptors, as in the reproduction; gateway.max_connections is left at its default.
-        process.arguments = [
-            "-c", #"ulimit -n 256 && exec "$0" gateway --listen 127.0.0.1:0 --wal-dir "$1" >"$2" 2>&1"#,
-            try sluiceBinary(), directory.path + "/wal", log,
-        ]
-        process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
-        try process.run()
-        defer {
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        }
-        var port = 0
-        try await waitUntil(timeout: .seconds(20)) {
-            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-            guard let line = text.split(separator: "\n").first(where: { $0.contains("\"gateway.listening\"") }),
-                let range = line.range(of: "\"server.port\":")
-            else { return false }
-            port = Int(line[range.upperBound...].prefix { $0.isNumber }) ?? 0
-            return true
-        }
-        let target = port
+        // The shell execs the gateway: the child is the gateway itself.
+        let gateway = try ChildProcess(
+            executable: "/bin/sh",
+            [
+                "-c", #"ulimit -n 256 && exec "$0" gateway --listen 127.0.0.1:0 --wal-dir "$1""#,
+                try sluiceBinary(), directory.path + "/wal",
+            ]
+        )
+        let target = try await gateway.listeningPort(timeout: .seconds(20))
         // More connections than the process has descriptors; the later ones may not connect.
         var sockets = try await offPool {
             (0..<320).compactMap { _ in try? RawConnection(port: target, timeout: .milliseconds(100)) }
         }
         #expect(sockets.count > 200)
         try await Task.sleep(for: .seconds(1))
-        let pid = process.processIdentifier
+        let pid = gateway.processIdentifier
         let before = try Self.cpuSeconds(pid)
         try await Task.sleep(for: .seconds(2))
         let used = try Self.cpuSeconds(pid) - before
         #expect(used < 0.5, "the gateway used \(used) s of CPU in 2 s while at its descriptor limit")
-        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        let text = gateway.standardOutput
         #expect(text.contains("gateway.connections.limit_reached"))
         #expect(text.split(separator: "\n").filter { $0.contains("gateway.connections.limit_reached") }.count <= 2)
         sockets.removeAll()
@@ -248,7 +235,7 @@ import Glibc
             }
             return response?.status == 200
         }
-        kill(process.processIdentifier, SIGTERM)
+        #expect(try await gateway.stop(SIGTERM) == 0)
     }
 
     /// Descriptors taken by something else at run time: the limit was sized at start, so here
@@ -256,12 +243,8 @@ import Glibc
     @Test func outOfDescriptorsAtRunTimeTheGatewayPausesAcceptingAndRecovers() async throws {
         let running = try await Running()
         let pid = running.gateway.child.processIdentifier
-        let prlimit = Process()
-        prlimit.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
-        prlimit.arguments = ["--pid", "\(pid)", "--nofile=128:128"]
-        try prlimit.run()
-        prlimit.waitUntilExit()
-        try #require(prlimit.terminationStatus == 0, "prlimit (util-linux) could not lower the limit")
+        let prlimit = try await ChildProcess.run("/usr/bin/prlimit", ["--pid", "\(pid)", "--nofile=128:128"])
+        try #require(prlimit.status == 0, "prlimit (util-linux) could not lower the limit: \(prlimit.standardError)")
         let port = running.gateway.port
         var sockets = try await offPool {
             (0..<300).compactMap { _ in try? RawConnection(port: port, timeout: .milliseconds(100)) }

@@ -9,16 +9,8 @@ import Testing
 /// properties size depend on the request time and configuration, which a schema cannot
 /// state, so schema-valid data is legitimately refused sometimes.
 @Suite(.serialized, .timeLimit(.minutes(5))) struct OpenAPITests {
-    static func schemathesis() -> String? {
-        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
-            let path = "\(directory)/st"
-            if FileManager.default.isExecutableFile(atPath: path) { return path }
-        }
-        return nil
-    }
-
     @Test func theServerMatchesItsOpenAPIDescription() async throws {
-        let st = try #require(Self.schemathesis(), "schemathesis (st) is not installed; scripts/setup installs it")
+        let st = try #require(ChildProcess.find("st"), "schemathesis (st) is not installed; scripts/setup installs it")
         let directory = try TemporaryDirectory()
         // A generous acknowledgement deadline: this test is about conformance, and on a machine
         // busy with the other tests a 150 ms deadline can turn a valid request into a 503.
@@ -39,30 +31,25 @@ import Testing
         )
         defer { gateway.signal(SIGTERM) }
         let root = repositoryRoot()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: st)
-        process.arguments = [
-            "run", root.appendingPathComponent("docs/openapi.yaml").path, "--url", gateway.url,
-            "--header", "Authorization: Bearer \(key)",
-            "--max-examples", "25", "--seed", "1", "--checks", "all",
-            "--exclude-checks", "positive_data_acceptance", "--no-color",
-        ]
-        process.currentDirectoryURL = URL(fileURLWithPath: directory.path)
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = out
-        try process.run()
-        let output = try await offPool {
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return String(decoding: data, as: UTF8.self)
-        }
+        let run = try await ChildProcess.run(
+            st,
+            [
+                "run", root.appendingPathComponent("docs/openapi.yaml").path, "--url", gateway.url,
+                "--header", "Authorization: Bearer \(key)",
+                "--max-examples", "25", "--seed", "1", "--checks", "all",
+                "--exclude-checks", "positive_data_acceptance", "--no-color",
+            ],
+            currentDirectory: directory.path,
+            errorsToOutput: true,
+            timeout: .seconds(240)
+        )
+        let output = run.standardOutput
         let failures =
             output.range(of: "FAILURES").map { String(output[$0.lowerBound...].prefix(4000)) }
             ?? String(output.suffix(4000))
         let gatewayLog = gateway.standardOutput.split(separator: "\n").filter { !$0.contains("\"request\"") }.suffix(20)
         #expect(
-            process.terminationStatus == 0,
+            run.status == 0,
             "schemathesis found problems:\n\(failures)\ngateway log:\n\(gatewayLog.joined(separator: "\n"))"
         )
         #expect(output.contains("passed"))

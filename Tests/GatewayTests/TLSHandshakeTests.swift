@@ -95,13 +95,9 @@ struct TLSHandshakeTests {
                 eventLoopGroupProvider: .singleton,
                 configuration: HTTPClient.Configuration(tlsConfiguration: tls)
             )
-            var request = HTTPClientRequest(url: "https://127.0.0.1:\(gateway.port)/v1/events")
-            request.method = .POST
-            request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(ByteBuffer(string: #"{"action":"tls_test","user_id":"u1"}"#))
-            let response = try await client.execute(request, timeout: .seconds(10))
-            _ = try await response.body.collect(upTo: 1 << 16)
-            #expect(response.status == .accepted)
+            let answer = try await EventPoster(url: "https://127.0.0.1:\(gateway.port)", client: client)
+                .post(#"{"action":"tls_test","user_id":"u1"}"#)
+            #expect(answer.status == .accepted, "\(answer.body)")
 
             let untrusting = HTTPClient(eventLoopGroupProvider: .singleton)
             var plain = HTTPClientRequest(url: "https://127.0.0.1:\(gateway.port)/healthz")

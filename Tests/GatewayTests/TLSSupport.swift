@@ -147,33 +147,14 @@ struct OpenSSL {
     /// together in `output`. Killed after `timeout`.
     static func run(_ arguments: [String], input: String = "", timeout: Duration = .seconds(20)) async throws -> Result
     {
-        try await offPool {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-            process.arguments = arguments
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = output
-            // Standard input from a file, not a pipe: the child could inherit a pipe's write
-            // end and never see the end of its input.
-            let inputFile = try TemporaryDirectory()
-            let inputPath = inputFile.path + "/stdin"
-            try Data(input.utf8).write(to: URL(fileURLWithPath: inputPath))
-            let stdin = try FileHandle(forReadingFrom: URL(fileURLWithPath: inputPath))
-            defer { try? stdin.close() }
-            process.standardInput = stdin
-            try process.run()
-            // SIGKILL: the child may inherit an ignored SIGTERM from this test process.
-            let killer = DispatchWorkItem { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-            DispatchQueue.global().asyncAfter(
-                deadline: .now() + .milliseconds(Int(timeout.components.seconds * 1000)),
-                execute: killer
-            )
-            let data = output.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            killer.cancel()
-            return Result(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self))
-        }
+        let result = try await ChildProcess.run(
+            "/usr/bin/openssl",
+            arguments,
+            input: input,
+            errorsToOutput: true,
+            timeout: timeout
+        )
+        return Result(status: result.status, output: result.standardOutput)
     }
 
     /// `openssl s_client` against 127.0.0.1:`port`, trusting `caFile`, with extra arguments.
@@ -207,41 +188,23 @@ struct OpenSSL {
 
 /// A long-lived `openssl s_client -quiet` connection: requests written to its standard input,
 /// the server's answers read from its standard output.
-final class OpenSSLConnection: Sendable {
-    private let process: Process
-    private let input: FileHandle
-    private final class Received: Sendable {
-        let text = Mutex<String>("")
-    }
-
-    private let received = Received()
+struct OpenSSLConnection: Sendable {
+    private let child: ChildProcess
 
     init(port: Int, caFile: String, extra: [String] = []) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments =
+        self.child = try ChildProcess(
+            executable: "/usr/bin/openssl",
             ["s_client", "-connect", "127.0.0.1:\(port)", "-servername", "localhost", "-CAfile", caFile, "-quiet"]
-            + extra
-        let output = Pipe()
-        let stdin = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        process.standardInput = stdin
-        self.process = process
-        self.input = stdin.fileHandleForWriting
-        let received = self.received
-        output.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if !data.isEmpty { received.text.withLock { $0 += String(decoding: data, as: UTF8.self) } }
-        }
-        try process.run()
+                + extra,
+            input: .pipe
+        )
     }
 
-    var text: String { self.received.text.withLock { $0 } }
+    var text: String { self.child.standardOutput }
 
     /// Sends a GET for `path` on this connection and waits for the `count`-th answer.
     func get(_ path: String, answers count: Int, timeout: Duration = .seconds(20)) async throws -> String {
-        self.input.write(Data("GET \(path) HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8))
+        try self.child.write("GET \(path) HTTP/1.1\r\nHost: localhost\r\n\r\n")
         try await waitUntil(timeout: timeout) {
             self.text.components(separatedBy: "HTTP/1.1 ").count - 1 >= count
         }
@@ -249,13 +212,9 @@ final class OpenSSLConnection: Sendable {
     }
 
     func close() async {
-        try? self.input.close()
-        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
-        let process = self.process
-        _ = try? await offPool { process.waitUntilExit() }
+        self.child.closeInput()
+        _ = try? await self.child.stop(SIGKILL)
     }
-
-    deinit { if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) } }
 }
 
 /// The value of `sluice_tls_handshake_failures_total{reason}` in the shared registry.

@@ -9,13 +9,8 @@ import Testing
 /// processes as an operator runs them.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct WALHardeningProcessTests {
     static func post(_ url: String, userID: String) async throws -> UInt {
-        var request = HTTPClientRequest(url: url + "/v1/events")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(ByteBuffer(string: #"{"action":"click","user_id":"\#(userID)"}"#))
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(5))
-        _ = try await response.body.collect(upTo: 1 << 20)
-        return response.status.code
+        try await EventPoster(url: url).post(#"{"action":"click","user_id":"\#(userID)"}"#, timeout: .seconds(5)).status
+            .code
     }
 
     static func readiness(_ url: String) async throws -> (status: UInt, body: String) {
@@ -58,19 +53,10 @@ import Testing
         #expect(try await first.waitForExit() == 0)
 
         // Every event the first one acknowledged is in the WAL.
-        let dump = try await offPool { () throws -> String in
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: try sluiceBinary())
-            process.arguments = ["wal", "dump", wal]
-            let out = Pipe()
-            process.standardOutput = out
-            try process.run()
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return String(decoding: data, as: UTF8.self)
-        }
-        #expect(dump.contains("\"user_id\":\"before\""))
-        #expect(!dump.contains("\"user_id\":\"after\""))
+        let dump = try await ChildProcess.runSluice(["wal", "dump", wal])
+        #expect(dump.status == 0, "\(dump.standardError)")
+        #expect(dump.standardOutput.contains("\"user_id\":\"before\""))
+        #expect(!dump.standardOutput.contains("\"user_id\":\"after\""))
     }
 
     /// D14: on a volume with less free space than `wal.min_free_bytes`, the reason named the

@@ -6,26 +6,15 @@ import Testing
 
 @Suite(.timeLimit(.minutes(2))) struct DevKafkaTests {
     @Test func devKafkaServesOtherProcessesAndStopsOnSIGTERM() async throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try sluiceBinary())
-        process.arguments = ["dev-kafka", "--brokers", "3", "--topic", "events:3"]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let handle = out.fileHandleForReading
-        let firstLine = try await offPool { () -> String in
-            var bytes: [UInt8] = []
-            while let byte = try handle.read(upToCount: 1)?.first, byte != 0x0A { bytes.append(byte) }
-            return String(decoding: bytes, as: UTF8.self)
-        }
-        let brokers = firstLine.split(separator: ",")
+        let kafka = try await DevKafka.start(brokers: 3, topics: ["events:3"])
+        let bootstrap = kafka.bootstrapServers
+        let brokers = bootstrap.split(separator: ",")
         #expect(brokers.count == 3)
         #expect(brokers.allSatisfy { $0.hasPrefix("127.0.0.1:") })
 
         let reports = Reports()
         let producer = try KafkaProducer(
-            properties: ["bootstrap.servers": firstLine, "enable.idempotence": "true", "log_level": "3"],
+            properties: ["bootstrap.servers": bootstrap, "enable.idempotence": "true", "log_level": "3"],
             onDelivery: { reports.add($0) }
         )
         for id in 0..<30 as Range<UInt64> {
@@ -37,8 +26,6 @@ import Testing
         #expect(offsets.values.reduce(0, +) == 30)
         producer.close()
 
-        kill(process.processIdentifier, SIGTERM)
-        try await offPool { process.waitUntilExit() }
-        #expect(process.terminationStatus == 0)
+        #expect(try await kafka.stop() == 0)
     }
 }

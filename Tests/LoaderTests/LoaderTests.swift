@@ -456,28 +456,20 @@ final class LoadPipeline: @unchecked Sendable {
             let config = directory.path + "/sluice.yaml"
             try "kafka:\n  properties:\n    session.timeout.ms: 6000\n    heartbeat.interval.ms: 500\n"
                 .write(toFile: config, atomically: true, encoding: .utf8)
-            func start() throws -> Process {
-                let process = Process()
-                process.executableURL = URL(fileURLWithPath: try sluiceBinary())
-                process.arguments = [
-                    "loader", "--config", config, "--kafka-bootstrap", pipeline.cluster.bootstrapServers,
-                    "--clickhouse-url", pipeline.server.httpURL,
-                ]
-                var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
-                environment["SLUICE_LOADER_BATCH_ROWS"] = "700"
-                environment["SLUICE_LOGGING_LEVEL"] = "error"
-                process.environment = environment
-                process.standardOutput = FileHandle.nullDevice
-                process.standardError = FileHandle.nullDevice
-                try process.run()
-                return process
+            func start() throws -> SluiceProcess {
+                try SluiceProcess(
+                    [
+                        "loader", "--config", config, "--kafka-bootstrap", pipeline.cluster.bootstrapServers,
+                        "--clickhouse-url", pipeline.server.httpURL,
+                    ],
+                    environment: ["SLUICE_LOADER_BATCH_ROWS": "700", "SLUICE_LOGGING_LEVEL": "error"]
+                )
             }
             let first = try start()
             try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(50)) {
                 await pipeline.distinctIDs() >= 2000
             }
-            kill(first.processIdentifier, SIGKILL)
-            _ = try await offPool { first.waitUntilExit() }
+            _ = try await first.stop(SIGKILL)
             let (committedAtKill, _) = try await pipeline.committedAndEnd()
             let loadedAtKill = await pipeline.distinctIDs()
             #expect(loadedAtKill < total, "killed too late to be mid-load")
@@ -496,9 +488,8 @@ final class LoadPipeline: @unchecked Sendable {
             print(
                 "loader kill test: \(loadedAtKill) distinct rows and \(committedAtKill) committed at the kill; \(rows) rows (\(rows - total) re-inserted) for \(total) events after the restart"
             )
-            second.terminate()
-            _ = try await offPool { second.waitUntilExit() }
-            #expect(second.terminationStatus == 0)
+            let status = try await second.stop(SIGTERM)
+            #expect(status == 0, "\(second.standardError)")
         }
     }
 

@@ -22,38 +22,38 @@ import Testing
 
     @Test func verifyExitsZeroWhenCleanOneOnDamageAndTwoWhenUnusable() async throws {
         let directory = try await Self.populated()
-        let clean = try await runSluice(["wal", "verify", directory.path])
+        let clean = try await ChildProcess.runSluice(["wal", "verify", directory.path])
         #expect(clean.status == 0)
-        #expect(clean.stdout.contains("clean:"))
+        #expect(clean.standardOutput.contains("clean:"))
 
         let sealed = try #require(try WALInspector(directory: directory.path).segments().first)
         try flipByte(in: directory.path + "/" + sealed.name, at: sealed.dataEnd - 100)
-        let damaged = try await runSluice(["wal", "verify", directory.path])
+        let damaged = try await ChildProcess.runSluice(["wal", "verify", directory.path])
         #expect(damaged.status == 1)
-        #expect(damaged.stdout.contains("DAMAGE \(sealed.name)"))
-        #expect(damaged.stdout.contains("lost LSN"))
+        #expect(damaged.standardOutput.contains("DAMAGE \(sealed.name)"))
+        #expect(damaged.standardOutput.contains("lost LSN"))
 
-        let json = try await runSluice(["wal", "verify", directory.path, "--json"])
+        let json = try await ChildProcess.runSluice(["wal", "verify", directory.path, "--json"])
         #expect(json.status == 1)
-        let report = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        let report = try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [String: Any]
         #expect((report?["problems"] as? [Any])?.count == 1)
 
-        let missing = try await runSluice(["wal", "verify", directory.path + "/nope"])
+        let missing = try await ChildProcess.runSluice(["wal", "verify", directory.path + "/nope"])
         #expect(missing.status == 2)
-        #expect(missing.stderr.contains("does not exist"))
+        #expect(missing.standardError.contains("does not exist"))
     }
 
     @Test func dumpPrintsEventsFromAnLSNAsTextOrJSON() async throws {
         let directory = try await Self.populated()
-        let text = try await runSluice(["wal", "dump", directory.path, "--from", "7", "--limit", "2"])
+        let text = try await ChildProcess.runSluice(["wal", "dump", directory.path, "--from", "7", "--limit", "2"])
         #expect(text.status == 0)
-        let lines = text.stdout.split(separator: "\n")
+        let lines = text.standardOutput.split(separator: "\n")
         #expect(lines.count == 2)
         #expect(lines.first?.hasPrefix("7\t") == true)
         #expect(lines.first?.contains("{\"n\":7,") == true)
 
-        let json = try await runSluice(["wal", "dump", directory.path, "--from", "28", "--json"])
-        let objects = try json.stdout.split(separator: "\n").map {
+        let json = try await ChildProcess.runSluice(["wal", "dump", directory.path, "--from", "28", "--json"])
+        let objects = try json.standardOutput.split(separator: "\n").map {
             try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
         }
         #expect(objects.map { $0["lsn"] as? Int } == [28, 29])
@@ -62,13 +62,17 @@ import Testing
 
     @Test func lsAndStatShowSegmentsAndCursorLag() async throws {
         let directory = try await Self.populated()
-        let ls = try await runSluice(["wal", "ls", directory.path, "--json"])
-        let segments = try #require(try JSONSerialization.jsonObject(with: Data(ls.stdout.utf8)) as? [[String: Any]])
+        let ls = try await ChildProcess.runSluice(["wal", "ls", directory.path, "--json"])
+        let segments = try #require(
+            try JSONSerialization.jsonObject(with: Data(ls.standardOutput.utf8)) as? [[String: Any]]
+        )
         #expect(segments.count >= 2)
         #expect(segments.last?["state"] as? String == "active")
 
-        let stat = try await runSluice(["wal", "stat", directory.path, "--json"])
-        let object = try #require(try JSONSerialization.jsonObject(with: Data(stat.stdout.utf8)) as? [String: Any])
+        let stat = try await ChildProcess.runSluice(["wal", "stat", directory.path, "--json"])
+        let object = try #require(
+            try JSONSerialization.jsonObject(with: Data(stat.standardOutput.utf8)) as? [String: Any]
+        )
         #expect(object["next_lsn"] as? Int == 30)
         let cursor = try #require((object["cursors"] as? [[String: Any]])?.first)
         #expect(cursor["name"] as? String == "forwarder")
@@ -76,28 +80,32 @@ import Testing
         #expect((cursor["lag_bytes"] as? Int ?? 0) > 27 * 4000)
         #expect(cursor["oldest_unconsumed_age_seconds"] is Double)
 
-        let human = try await runSluice(["wal", "stat", directory.path])
-        #expect(human.stdout.contains("forwarder"))
-        #expect(human.stdout.contains("pressure:    normal"))
+        let human = try await ChildProcess.runSluice(["wal", "stat", directory.path])
+        #expect(human.standardOutput.contains("forwarder"))
+        #expect(human.standardOutput.contains("pressure:    normal"))
     }
 
     @Test func movingACursorNeedsForceAndAStoppedWriter() async throws {
         let directory = try await Self.populated()
-        let refused = try await runSluice(["wal", "cursor", directory.path, "forwarder", "--set", "1"])
+        let refused = try await ChildProcess.runSluice(["wal", "cursor", directory.path, "forwarder", "--set", "1"])
         #expect(refused.status != 0)
-        #expect(refused.stderr.contains("--force"))
+        #expect(refused.standardError.contains("--force"))
 
         let wal = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
-        let locked = try await runSluice(["wal", "cursor", directory.path, "forwarder", "--set", "1", "--force"])
+        let locked = try await ChildProcess.runSluice([
+            "wal", "cursor", directory.path, "forwarder", "--set", "1", "--force",
+        ])
         #expect(locked.status != 0)
-        #expect(locked.stderr.contains("stop the gateway"))
+        #expect(locked.standardError.contains("stop the gateway"))
         // Read-only commands work beside the live writer.
-        #expect(try await runSluice(["wal", "verify", directory.path]).status == 0)
+        #expect(try await ChildProcess.runSluice(["wal", "verify", directory.path]).status == 0)
         await wal.close()
 
-        let moved = try await runSluice(["wal", "cursor", directory.path, "forwarder", "--set", "1", "--force"])
+        let moved = try await ChildProcess.runSluice([
+            "wal", "cursor", directory.path, "forwarder", "--set", "1", "--force",
+        ])
         #expect(moved.status == 0)
-        #expect(moved.stdout.contains("3 -> 1"))
+        #expect(moved.standardOutput.contains("3 -> 1"))
         let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(reopened.cursor("forwarder")?.lsn == LSN(1))
         await reopened.close()
@@ -105,12 +113,14 @@ import Testing
 
     @Test func benchReportsThroughputLatencyAndTheRawCeiling() async throws {
         let directory = try TemporaryDirectory()
-        let result = try await runSluice([
+        let result = try await ChildProcess.runSluice([
             "wal", "bench", directory.path, "--size", "400", "--concurrency", "8", "--seconds", "0.5",
             "--raw-seconds", "0.3", "--json",
         ])
-        #expect(result.status == 0, "\(result.stderr)")
-        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect(result.status == 0, "\(result.standardError)")
+        let object = try #require(
+            try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
+        )
         #expect((object["appends"] as? Int ?? 0) > 0)
         #expect((object["raw_syncs_per_second"] as? Double ?? 0) > 0)
         #expect((object["ratio_to_raw_syncs"] as? Double ?? 0) > 0)

@@ -23,53 +23,27 @@ struct Ack: Hashable {
     }
 }
 
-/// A `sluice-bench torture` child whose output is collected as it arrives.
-final class TortureChild: @unchecked Sendable {
-    /// Output collected by the pipe's reader thread.
-    final class Collected: Sendable {
-        let bytes = Mutex<[UInt8]>([])
-        let ready = Mutex<Bool>(false)
-    }
-
-    let process: Process
-    private let collected = Collected()
+/// A `sluice-bench torture` child: it prints `ready`, then an `ack …` line per durable append.
+struct TortureChild {
+    let child: ChildProcess
 
     init(directory: String, round: UInt64) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try sluiceBenchBinary())
-        process.arguments = [
-            "torture", directory, "--round", "\(round)", "--concurrency", "16", "--segment-bytes", "262144",
-        ]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        self.process = process
-        let collected = self.collected
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                return
-            }
-            let prefix = collected.bytes.withLock { bytes in
-                bytes += data
-                return String(decoding: bytes.prefix(6), as: UTF8.self)
-            }
-            if prefix == "ready\n" { collected.ready.withLock { $0 = true } }
-        }
-        try process.run()
+        self.child = try ChildProcess(
+            [
+                "torture", directory, "--round", "\(round)", "--concurrency", "16", "--segment-bytes", "262144",
+            ],
+            executable: try sluiceBenchBinary()
+        )
     }
 
-    var isReady: Bool { self.collected.ready.withLock { $0 } }
+    /// Waits for the `ready` line: the WAL is open and appends are under way.
+    func ready() async throws { _ = try await self.child.line(timeout: .seconds(30), where: { $0 == "ready" }) }
 
-    /// SIGKILLs the child and returns every acknowledgement it printed.
+    /// SIGKILLs the child and returns every acknowledgement it printed (its output read to
+    /// the end).
     func kill() async throws -> [Ack] {
-        Foundation.kill(self.process.processIdentifier, SIGKILL)
-        let process = self.process
-        try await offPool { process.waitUntilExit() }
-        // Let the reader drain what the pipe still holds.
-        try await Task.sleep(for: .milliseconds(30))
-        return Ack.parse(String(decoding: self.collected.bytes.withLock { $0 }, as: UTF8.self))
+        _ = try await self.child.stop(SIGKILL)
+        return Ack.parse(self.child.standardOutput)
     }
 }
 
@@ -84,9 +58,7 @@ final class TortureChild: @unchecked Sendable {
         var truncations = 0
         for round in 0..<UInt64(Self.rounds) {
             let child = try TortureChild(directory: wal, round: round)
-            let deadline = ContinuousClock.now + .seconds(30)
-            while !child.isReady && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
-            #expect(child.isReady, "round \(round): the child did not start")
+            try await child.ready()
             try await Task.sleep(for: .milliseconds(Int.random(in: 5...150)))
             let acks = try await child.kill()
 
@@ -150,20 +122,18 @@ final class TortureChild: @unchecked Sendable {
         init(megabytes: Int) throws {
             self.directory = try TemporaryDirectory()
             self.path = self.directory.path
-            let result = try Self.run("/bin/mount", ["-t", "tmpfs", "-o", "size=\(megabytes)m", "tmpfs", self.path])
-            guard result == 0 else { throw WALError(.io, "mount tmpfs on \(self.path) failed (\(result))") }
+            let result = try ChildProcess.runBlocking(
+                "/bin/mount",
+                ["-t", "tmpfs", "-o", "size=\(megabytes)m", "tmpfs", self.path],
+                timeout: .seconds(30)
+            )
+            guard result.status == 0 else {
+                throw WALError(.io, "mount tmpfs on \(self.path) failed (\(result.status)): \(result.standardError)")
+            }
         }
 
-        deinit { _ = try? Self.run("/bin/umount", ["-l", self.path]) }
-
-        static func run(_ tool: String, _ arguments: [String]) throws -> Int32 {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: tool)
-            process.arguments = arguments
-            try process.run()
-            process.waitUntilExit()
-            return process.terminationStatus
-        }
+        // Blocking in a deinit: umount -l returns at once.
+        deinit { _ = try? ChildProcess.runBlocking("/bin/umount", ["-l", self.path], timeout: .seconds(30)) }
     }
 
     @Test(.enabled(if: canMount)) func enospcFailsAppendsLosesNothingAndWritingResumesWhenSpaceReturns() async throws {

@@ -142,9 +142,9 @@ import Glibc
         #expect(problem.firstLSN == LSN(1))
         #expect(problem.lastLSN == LSN(1))
         #expect(problem.detail.contains("overwritten"))
-        let verify = try await runSluice(["wal", "verify", directory.path])
+        let verify = try await ChildProcess.runSluice(["wal", "verify", directory.path])
         #expect(verify.status == 1)
-        #expect(verify.stdout.contains("LSN 1...1"))
+        #expect(verify.standardOutput.contains("LSN 1...1"))
 
         // Recovery keeps the evidence (quarantined, reported) instead of truncating it as a
         // torn tail, and appends after it.
@@ -204,7 +204,7 @@ import Glibc
         #expect(
             report.problems.contains { $0.detail.contains("two writers interleave") && $0.detail.contains("LSN 6...6") }
         )
-        #expect(try await runSluice(["wal", "verify", directory.path]).status == 1)
+        #expect(try await ChildProcess.runSluice(["wal", "verify", directory.path]).status == 1)
     }
 
     // MARK: - D4: a damaged header costs the header, not the segment
@@ -224,11 +224,13 @@ import Glibc
         let report = try inspector.verify()
         #expect(!report.isClean)
         #expect(report.problems.contains { $0.segment == first.name && $0.detail.contains("header") })
-        let ls = try await runSluice(["wal", "ls", directory.path])
+        let ls = try await ChildProcess.runSluice(["wal", "ls", directory.path])
         #expect(ls.status == 0)
-        #expect(ls.stdout.contains("damaged header"))
-        #expect(try await runSluice(["wal", "stat", directory.path]).status == 0)
-        let dump = try await runSluice(["wal", "dump", directory.path, "--from", "\(first.nextLSN)", "--limit", "1"])
+        #expect(ls.standardOutput.contains("damaged header"))
+        #expect(try await ChildProcess.runSluice(["wal", "stat", directory.path]).status == 0)
+        let dump = try await ChildProcess.runSluice([
+            "wal", "dump", directory.path, "--from", "\(first.nextLSN)", "--limit", "1",
+        ])
         #expect(dump.status == 0)
 
         // The writer keeps the segment and the forwarder reads every record of it.
@@ -290,9 +292,9 @@ import Glibc
         #expect(report.problems.contains { $0.segment == sealed.name && $0.detail.contains("footer") })
         #expect(!report.notes.contains { $0.contains("incomplete write") || $0.contains("not sealed") })
         #expect(try allEvents(in: directory.path) == acknowledged)
-        let verify = try await runSluice(["wal", "verify", directory.path])
+        let verify = try await ChildProcess.runSluice(["wal", "verify", directory.path])
         #expect(verify.status == 1)
-        #expect(verify.stdout.contains("footer"))
+        #expect(verify.standardOutput.contains("footer"))
     }
 
     // MARK: - D13 (a): a deleted cursor file comes back at the next commit
@@ -317,8 +319,8 @@ import Glibc
         // Later commits go to the new file.
         try await wal.commitCursor("forwarder", to: LSN(5))
         #expect(try CursorFile.read(path: path, name: "forwarder", fileSystem: SystemFileSystem()).lsn == LSN(5))
-        let cursor = try await runSluice(["wal", "cursor", directory.path, "forwarder"])
-        #expect(cursor.stdout.contains("forwarder"))
+        let cursor = try await ChildProcess.runSluice(["wal", "cursor", directory.path, "forwarder"])
+        #expect(cursor.standardOutput.contains("forwarder"))
         await wal.close()
         let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(reopened.cursor("forwarder")?.lsn == LSN(5))
@@ -374,8 +376,10 @@ import Glibc
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 12345)
         let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
         _ = try await wal.append([event("x")])
-        let stat = try await runSluice(["wal", "stat", directory.path, "--json"])
-        let object = try #require(try JSONSerialization.jsonObject(with: Data(stat.stdout.utf8)) as? [String: Any])
+        let stat = try await ChildProcess.runSluice(["wal", "stat", directory.path, "--json"])
+        let object = try #require(
+            try JSONSerialization.jsonObject(with: Data(stat.standardOutput.utf8)) as? [String: Any]
+        )
         #expect(object["budget_bytes"] as? Int == 1 << 40)
         #expect(object["min_free_bytes"] as? Int == 12345)
         #expect((object["budget_source"] as? String)?.contains("running writer") == true)

@@ -36,33 +36,3 @@ func allEvents(in directory: String) throws -> [LSN: [UInt8]] {
     }
     return events
 }
-
-struct CommandResult {
-    var status: Int32
-    var stdout: String
-    var stderr: String
-}
-
-/// Runs the `sluice` binary to completion.
-func runSluice(_ arguments: [String]) async throws -> CommandResult {
-    try await offPool { try runSluiceBlocking(arguments) }
-}
-
-private func runSluiceBlocking(_ arguments: [String]) throws -> CommandResult {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: try sluiceBinary())
-    process.arguments = arguments
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    try process.run()
-    let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    let stderr = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return CommandResult(
-        status: process.terminationStatus,
-        stdout: String(decoding: stdout, as: UTF8.self),
-        stderr: String(decoding: stderr, as: UTF8.self)
-    )
-}
