@@ -69,45 +69,6 @@ final class SignalOnce: @unchecked Sendable {
     }
 }
 
-/// `sluice dev-kafka` as a child process of this binary, for the benchmarks: the mock keeps
-/// every message in memory, which must not count against the process being measured.
-package struct DevKafkaProcess {
-    let process: Process
-    /// The bootstrap list the child printed on its first line.
-    package let bootstrapServers: String
-
-    /// Starts 3 brokers with these topics (`NAME:PARTITIONS`), running `sluice dev-kafka` from
-    /// `sluice` (this process's own binary, or the `sluice` beside `sluice-bench`).
-    package static func start(topics: [String], sluice: String = CommandLine.arguments[0]) throws -> DevKafkaProcess {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: sluice)
-        process.arguments = ["dev-kafka", "--brokers", "3"] + topics.flatMap { ["--topic", $0] }
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        var firstLine = Data()
-        while let byte = try output.fileHandleForReading.read(upToCount: 1), let character = byte.first,
-            character != 0x0A
-        {
-            firstLine.append(character)
-        }
-        let bootstrap = String(decoding: firstLine, as: UTF8.self)
-        guard !bootstrap.isEmpty else {
-            process.terminate()
-            process.waitUntilExit()
-            printError("sluice: the mock cluster (sluice dev-kafka) did not start")
-            throw ExitCode.failure
-        }
-        return DevKafkaProcess(process: process, bootstrapServers: bootstrap)
-    }
-
-    package func stop() {
-        self.process.terminate()
-        self.process.waitUntilExit()
-    }
-}
-
 /// Returns on SIGTERM or SIGINT.
 package func waitForTermination() async {
     signal(SIGTERM, SIG_IGN)

@@ -7,6 +7,7 @@ import Logging
 import ServiceLifecycle
 import SluiceCommands
 import SluiceCore
+import SluiceTestKit
 import WAL
 
 /// `sluice-bench forwarder`: drain rate of a pre-filled WAL into the mock cluster, against
@@ -39,11 +40,11 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
 
         // The mock cluster keeps every message in memory: it runs as its own process
         // (`sluice dev-kafka`), so this process's resident memory is the forwarder's alone.
-        let cluster = try DevKafkaProcess.start(
+        let cluster = try await DevKafka.start(
             topics: ["events:\(self.partitions)", "kcat:\(self.partitions)"],
             sluice: siblingSluice()
         )
-        defer { cluster.stop() }
+        defer { cluster.process.signal(SIGTERM) }
         let bootstrapServers = cluster.bootstrapServers
 
         // The same ~400-byte normalized events for both.

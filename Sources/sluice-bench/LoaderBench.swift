@@ -8,6 +8,7 @@ import Logging
 import ServiceLifecycle
 import SluiceCommands
 import SluiceCore
+import SluiceTestKit
 import Synchronization
 
 /// `sluice-bench loader`: the loader's rate from the mock cluster into ClickHouse, against
@@ -61,11 +62,11 @@ struct LoaderBenchCommand: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
 
-        let cluster = try DevKafkaProcess.start(
+        let cluster = try await DevKafka.start(
             topics: ["events:\(self.partitions)", "steady:\(self.partitions)"],
             sluice: siblingSluice()
         )
-        defer { cluster.stop() }
+        defer { cluster.process.signal(SIGTERM) }
         let bootstrap = cluster.bootstrapServers
 
         let clickHouse = ClickHouseClient(ClickHouseConfiguration(url: self.clickhouseUrl), logger: quiet)

@@ -8,6 +8,7 @@ import NIOCore
 import NIOHTTP1
 import SluiceCommands
 import SluiceCore
+import SluiceTestKit
 import Synchronization
 
 /// `sluice-bench pipeline`: the whole pipeline under a steady load for minutes, as deployed
@@ -64,8 +65,8 @@ struct PipelineBenchCommand: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: self.directory) }
 
-        let cluster = try DevKafkaProcess.start(topics: ["events:\(self.partitions)"], sluice: siblingSluice())
-        defer { cluster.stop() }
+        let cluster = try await DevKafka.start(topics: ["events:\(self.partitions)"], sluice: siblingSluice())
+        defer { cluster.process.signal(SIGTERM) }
         let clickHouse = try await ClickHouseServer.start()
         defer { clickHouse.stop() }
         let configuration = self.directory + "/sluice.yaml"
