@@ -13,17 +13,19 @@ struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway",
         abstract: "Run the HTTP ingest API over a write-ahead log.",
-        discussion: "Answers 202 only after the events are fdatasync'd to the WAL. Stops cleanly on SIGTERM/SIGINT."
+        discussion: """
+            Answers 202 only after the events are fdatasync'd to the WAL. With Kafka (--kafka-bootstrap \
+            or kafka.bootstrap_servers) it runs the forwarder in this process. Stops cleanly on SIGTERM/SIGINT.
+            """
     )
 
     @OptionGroup var options: ConfigOptions
 
-    @Option(help: "HOST:PORT to listen on (default 127.0.0.1:8080).")
+    @Option(help: ArgumentHelp("HOST:PORT to listen on (default \(SettingsLoader.defaultText("gateway.listen")))."))
     var listen: String?
 
     @OptionGroup var wal: WALDirectoryOption
 
-    /// With Kafka, the gateway runs the forwarder in its own process.
     @OptionGroup var kafka: KafkaBootstrapOption
 
     func run() async throws {

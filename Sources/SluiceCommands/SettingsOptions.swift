@@ -30,7 +30,7 @@ struct ConfigOptions: ParsableArguments {
 
 /// `--wal-dir`, over `wal.directory`: the roles that open the WAL.
 struct WALDirectoryOption: ParsableArguments {
-    @Option(help: "The WAL directory (default: wal.directory, ./data/wal).")
+    @Option(help: ArgumentHelp("The WAL directory (default \(SettingsLoader.defaultText("wal.directory")))."))
     var walDir: String?
 
     func apply(to settings: inout Settings) throws {
@@ -51,4 +51,9 @@ struct KafkaBootstrapOption: ParsableArguments {
             in: &settings
         )
     }
+}
+
+extension SettingsLoader {
+    /// A key's default as `sluice config keys` shows it, for the help of the flag that sets it.
+    static func defaultText(_ path: String) -> String { self.key(path).defaultText(in: Settings()) }
 }
