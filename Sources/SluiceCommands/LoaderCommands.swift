@@ -72,11 +72,11 @@ struct OffsetsCommand: AsyncParsableCommand {
 
     @OptionGroup var kafka: KafkaOptions
 
-    @Option(help: "Consumer group (the loader's: sluice-loader).")
-    var group: String = "sluice-loader"
+    @Option(help: "Consumer group.")
+    var group: String = SettingsLoader.defaultText("loader.group_id")
 
-    @Option(help: "Topic (repeatable; default: events).")
-    var topic: [String] = ["events"]
+    @Option(help: "Topic (repeatable).")
+    var topic: [String] = [SettingsLoader.defaultText("forwarder.default_topic")]
 
     @Flag(help: "One JSON object per partition.")
     var json = false
@@ -126,10 +126,10 @@ struct ReplayCommand: AsyncParsableCommand {
     @OptionGroup var kafka: KafkaOptions
 
     @Option(help: "Consumer group.")
-    var group: String = "sluice-loader"
+    var group: String = SettingsLoader.defaultText("loader.group_id")
 
     @Option(help: "Topic.")
-    var topic: String = "events"
+    var topic: String = SettingsLoader.defaultText("forwarder.default_topic")
 
     @Flag(help: "Back to the oldest message Kafka still has.")
     var toEarliest = false
