@@ -268,7 +268,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "Kafka", "ClickHouse", "LocalClickHouse", "TestSupport",
+                "Kafka", "ClickHouse", "LocalClickHouse", "TestSupport", "SluiceCommands",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

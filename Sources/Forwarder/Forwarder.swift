@@ -7,51 +7,6 @@ import ServiceLifecycle
 import Synchronization
 import WAL
 
-/// Where each event goes: a topic per `action`, else the default topic.
-public struct TopicRouting: Sendable, Equatable {
-    /// Default: `events`.
-    public var defaultTopic = "events"
-    public var topicsByAction: [String: String] = [:]
-
-    public init(defaultTopic: String = "events", topicsByAction: [String: String] = [:]) {
-        self.defaultTopic = defaultTopic
-        self.topicsByAction = topicsByAction
-    }
-
-    public func topic(for action: String?) -> String {
-        action.flatMap { self.topicsByAction[$0] } ?? self.defaultTopic
-    }
-}
-
-/// Settings of the WAL → Kafka forwarder.
-public struct ForwarderConfiguration: Sendable {
-    /// librdkafka properties; `bootstrap.servers` at least. Sluice's defaults (idempotence,
-    /// acks=all, lz4, linger) apply unless overridden here.
-    public var kafkaProperties: [String: String]
-    public var routing = TopicRouting()
-    /// The WAL cursor the forwarder owns. Default: `forwarder`.
-    public var cursorName = "forwarder"
-    /// Events sent and not yet acknowledged, at most; memory stays flat whatever the backlog.
-    /// Default: 100,000.
-    public var maxInFlightEvents = 100_000
-    /// How often the cursor is persisted. Default: 200 ms.
-    public var commitInterval: Duration = .milliseconds(200)
-
-    public init(kafkaProperties: [String: String]) { self.kafkaProperties = kafkaProperties }
-
-    /// Sluice's producer defaults: no loss, no duplicates from retries, compact batches.
-    public static let producerDefaults: [String: String] = [
-        "enable.idempotence": "true",
-        "acks": "all",
-        "compression.type": "lz4",
-        "linger.ms": "5",
-        "batch.num.messages": "10000",
-        "queue.buffering.max.messages": "500000",
-        "message.timeout.ms": "0",
-        "log_level": "4",
-    ]
-}
-
 /// Drains the WAL into Kafka: one message per event (``ForwardedMessage``: value = the
 /// normalized event JSON, key = `user_id`, headers `content_type`, `schema_version`, `wal_lsn`,
 /// `event_id`, `gateway_id`), then moves its WAL cursor over the contiguous prefix Kafka

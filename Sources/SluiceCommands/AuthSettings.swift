@@ -1,5 +1,6 @@
 import Auth
 import Gateway
+import SluiceCore
 
 /// The `auth.*` and `rate_limits.*` settings (docs/security.md): who may write, and how much.
 struct AuthSettings {
@@ -65,186 +66,153 @@ struct RateLimitSettings {
 
 extension SettingsLoader {
     /// Splits `0.issuer` into (0, "issuer") for list-of-mapping keys.
-    static func indexed(_ value: SettingValue, _ key: SettingKey) throws -> (Int, String) {
+    static func indexed(_ value: SettingValue, path: String) throws -> (Int, String) {
         let parts = value.subkey.split(separator: ".", maxSplits: 1).map(String.init)
         guard parts.count == 2, let index = Int(parts[0]) else {
             throw SettingsError(
-                description: "\(value.origin): \(key.path.dropLast(2)) must be a list of mappings (- field: value)"
+                description: "\(value.origin): \(path.dropLast(2)) must be a list of mappings (- field: value)"
             )
         }
         return (index, parts[1])
     }
+}
 
-    static let authKeys: [SettingKey] = [
-        SettingKey(
+extension AuthSettings {
+    /// The `auth.*` and `rate_limits.*` keys; their defaults are these structs'. The lists of
+    /// mappings (issuers, policies, per-principal limits) are collected raw, by item index, and
+    /// checked as a whole by `validateAuth()`: a field's meaning depends on its siblings.
+    static let keys: [ConfigurationKey<AuthSettings>] = [
+        ConfigurationKey(
             path: "auth.required",
             kind: .boolean,
-            help: "refuse requests without a credential (true; false logs a warning)"
-        ) { settings, value, key in
-            settings.auth.required = try value.boolean(key)
-            settings.auth.requiredOrigin = value.origin
-        },
-        SettingKey(path: "auth.max_token_bytes", kind: .integer, help: "longest bearer token (8192)") {
-            settings,
-            value,
-            key in settings.auth.maxTokenBytes = Int(try value.integer(key, range: 256...65536))
-        },
-        SettingKey(path: "auth.oauth.leeway", kind: .duration, help: "clock skew allowed on exp/nbf/iat (60s)") {
-            settings,
-            value,
-            key in settings.auth.leeway = try value.duration(key)
-        },
-        SettingKey(
-            path: "auth.oauth.token_cache.max_entries",
-            kind: .integer,
-            help: "verified tokens remembered (10000; 0: none)"
-        ) { settings, value, key in
-            settings.auth.tokenCacheEntries = Int(try value.integer(key, range: 0...1_000_000))
-        },
-        SettingKey(
-            path: "auth.oauth.token_cache.max_ttl",
-            kind: .duration,
-            help: "longest a verified token is remembered (60s)"
-        ) { settings, value, key in settings.auth.tokenCacheMaxTTL = try value.duration(key)
-        },
-        SettingKey(
+            help: "refuse requests without a credential (false logs a warning)",
+            read: { "\($0.required)" },
+            apply: { settings, value, key in
+                settings.required = try value.boolean(key.path)
+                settings.requiredOrigin = value.origin
+            }
+        ),
+        .integer("auth.max_token_bytes", \.maxTokenBytes, range: 256...65536, help: "longest bearer token"),
+        .duration("auth.oauth.leeway", \.leeway, help: "clock skew allowed on exp/nbf/iat"),
+        .integer(
+            "auth.oauth.token_cache.max_entries",
+            \.tokenCacheEntries,
+            range: 0...1_000_000,
+            help: "verified tokens remembered (0: none)"
+        ),
+        .duration("auth.oauth.token_cache.max_ttl", \.tokenCacheMaxTTL, help: "longest a verified token is remembered"),
+        ConfigurationKey(
             path: "auth.oauth.issuers.*",
             kind: .string,
-            help: "trusted token issuers: a list of {issuer, jwks_uri | discovery, audiences, ...}"
+            help: "trusted token issuers: a list of {issuer, jwks_uri or discovery, audiences, ...}"
         ) { settings, value, key in
-            let (index, field) = try indexed(value, key)
-            settings.auth.issuerEntries[index, default: []].append((field, value))
+            let (index, field) = try SettingsLoader.indexed(value, path: key.path)
+            settings.issuerEntries[index, default: []].append((field, value))
         },
-        SettingKey(
-            path: "auth.oauth.builtin_server.enabled",
-            kind: .boolean,
-            help: "serve /oauth/token, RFC 8414 metadata and a JWKS (false)"
-        ) { settings, value, key in settings.auth.builtinServer.enabled = try value.boolean(key)
-        },
-        SettingKey(
-            path: "auth.oauth.builtin_server.issuer",
-            kind: .string,
-            help: "the built-in server's issuer URL (default: the gateway's URL)"
-        ) { settings, value, key in settings.auth.builtinServer.issuer = value.text
-        },
-        SettingKey(
-            path: "auth.oauth.builtin_server.audience",
-            kind: .string,
-            help: "the aud of its tokens (default: the issuer)"
-        ) { settings, value, key in settings.auth.builtinServer.audience = value.text
-        },
-        SettingKey(
-            path: "auth.oauth.builtin_server.signing_key_file",
-            kind: .string,
-            help: "its Ed25519 signing key, created if missing (./data/oauth/signing.key)"
-        ) { settings, value, key in settings.auth.builtinServer.signingKeyFile = value.text
-        },
-        SettingKey(
-            path: "auth.oauth.builtin_server.clients_file",
-            kind: .string,
-            help: "its clients (sluice oauth clients add) (./data/oauth/clients.json)"
-        ) { settings, value, key in settings.auth.builtinServer.clientsFile = value.text
-        },
-        SettingKey(
-            path: "auth.oauth.builtin_server.token_ttl",
-            kind: .duration,
-            help: "lifetime of its access tokens (15m)"
-        ) { settings, value, key in settings.auth.builtinServer.tokenTTL = try value.duration(key)
-        },
-        SettingKey(
-            path: "auth.oauth.builtin_server.signing_algorithm",
-            kind: .string,
-            help: "algorithm of a signing key it creates: EdDSA or ES256 (EdDSA)"
-        ) { settings, value, key in
-            guard let algorithm = AuthorizationServerSigningKey.Algorithm(rawValue: value.text) else {
-                throw value.fail(key, "EdDSA or ES256")
-            }
-            settings.auth.builtinServer.signingAlgorithm = algorithm
-        },
-        SettingKey(
-            path: "auth.oauth.builtin_server.ca_file",
-            kind: .string,
-            help: "CA to trust when fetching its own JWKS (default: gateway.tls.cert_file)"
-        ) { settings, value, key in settings.auth.builtinServer.caFile = value.text
-        },
-        SettingKey(
+        .boolean(
+            "auth.oauth.builtin_server.enabled",
+            \.builtinServer.enabled,
+            help: "serve /oauth/token, RFC 8414 metadata and a JWKS"
+        ),
+        .string(
+            "auth.oauth.builtin_server.issuer",
+            \.builtinServer.issuer,
+            computedDefault: "the gateway's URL",
+            help: "the built-in server's issuer URL"
+        ),
+        .string(
+            "auth.oauth.builtin_server.audience",
+            \.builtinServer.audience,
+            computedDefault: "the issuer",
+            help: "the aud of its tokens"
+        ),
+        .string(
+            "auth.oauth.builtin_server.signing_key_file",
+            \.builtinServer.signingKeyFile,
+            help: "its signing key, created if missing"
+        ),
+        .string(
+            "auth.oauth.builtin_server.clients_file",
+            \.builtinServer.clientsFile,
+            help: "its clients (sluice oauth clients add)"
+        ),
+        .duration(
+            "auth.oauth.builtin_server.token_ttl",
+            \.builtinServer.tokenTTL,
+            help: "lifetime of its access tokens"
+        ),
+        .choice(
+            "auth.oauth.builtin_server.signing_algorithm",
+            \.builtinServer.signingAlgorithm,
+            expected: "EdDSA or ES256",
+            help: "algorithm of a signing key it creates: EdDSA or ES256"
+        ),
+        .string(
+            "auth.oauth.builtin_server.ca_file",
+            \.builtinServer.caFile,
+            computedDefault: "gateway.tls.cert_file",
+            help: "CA to trust when fetching its own JWKS"
+        ),
+        ConfigurationKey(
             path: "auth.policy.*",
             kind: .string,
             help: "per-principal rules: a list of {principal, allow_actions, max_batch}"
         ) { settings, value, key in
-            let (index, field) = try indexed(value, key)
-            settings.auth.policyEntries[index, default: []].append((field, value))
+            let (index, field) = try SettingsLoader.indexed(value, path: key.path)
+            settings.policyEntries[index, default: []].append((field, value))
         },
-        SettingKey(
-            path: "rate_limits.enabled",
-            kind: .boolean,
-            help: "per-principal and failed-authentication limits (true)"
-        ) { settings, value, key in settings.auth.rateLimits.enabled = try value.boolean(key)
-        },
-        SettingKey(path: "rate_limits.cost", kind: .string, help: "what a request costs: requests or events (requests)")
-        {
-            settings,
-            value,
-            key in
-            guard let cost = PrincipalRateLimits.Cost(rawValue: value.text) else {
-                throw value.fail(key, "requests or events")
-            }
-            settings.auth.rateLimits.cost = cost
-        },
-        SettingKey(
-            path: "rate_limits.default.rate",
-            kind: .string,
-            help: "per principal of a server credential (1000/s)"
-        ) { settings, value, key in settings.auth.rateLimits.serverRate = value.text
-        },
-        SettingKey(path: "rate_limits.default.burst", kind: .integer, help: "burst above that rate (2 x rate)") {
-            settings,
-            value,
-            key in settings.auth.rateLimits.serverBurst = Int(try value.integer(key, range: 1...10_000_000))
-        },
-        SettingKey(
-            path: "rate_limits.publishable.rate",
-            kind: .string,
-            help: "per publishable key and client address (20/s)"
-        ) {
-            settings,
-            value,
-            key in settings.auth.rateLimits.browserRate = value.text
-        },
-        SettingKey(path: "rate_limits.publishable.burst", kind: .integer, help: "burst above that rate (2 x rate)") {
-            settings,
-            value,
-            key in settings.auth.rateLimits.browserBurst = Int(try value.integer(key, range: 1...10_000_000))
-        },
-        SettingKey(
-            path: "rate_limits.failed_auth_per_ip.rate",
-            kind: .string,
-            help: "failed authentications per client IP before 429 (10/s)"
-        ) { settings, value, key in settings.auth.rateLimits.failedAuthRate = value.text
-        },
-        SettingKey(
-            path: "rate_limits.failed_auth_per_ip.burst",
-            kind: .integer,
-            help: "burst above that rate (2 x rate)"
-        ) { settings, value, key in
-            settings.auth.rateLimits.failedAuthBurst = Int(try value.integer(key, range: 1...10_000_000))
-        },
-        SettingKey(
-            path: "rate_limits.failed_auth_per_ip.hold",
-            kind: .duration,
-            help: "a blocked address's 429 is sent after this wait, which slows a flood down; 0 answers at once (1s)"
-        ) { settings, value, key in
-            let hold = try value.duration(key)
-            guard hold <= .seconds(60) else { throw value.fail(key, "a duration of at most 60s") }
-            settings.auth.rateLimits.failedAuthHold = hold
-        },
-        SettingKey(
+        .boolean("rate_limits.enabled", \.rateLimits.enabled, help: "per-principal and failed-authentication limits"),
+        .choice(
+            "rate_limits.cost",
+            \.rateLimits.cost,
+            expected: "requests or events",
+            help: "what a request costs: requests or events"
+        ),
+        .string("rate_limits.default.rate", \.rateLimits.serverRate, help: "per principal of a server credential"),
+        .integer(
+            "rate_limits.default.burst",
+            \.rateLimits.serverBurst,
+            range: 1...10_000_000,
+            computedDefault: "2 x rate",
+            help: "burst above that rate"
+        ),
+        .string(
+            "rate_limits.publishable.rate",
+            \.rateLimits.browserRate,
+            help: "per publishable key and client address"
+        ),
+        .integer(
+            "rate_limits.publishable.burst",
+            \.rateLimits.browserBurst,
+            range: 1...10_000_000,
+            computedDefault: "2 x rate",
+            help: "burst above that rate"
+        ),
+        .string(
+            "rate_limits.failed_auth_per_ip.rate",
+            \.rateLimits.failedAuthRate,
+            help: "failed authentications per client IP before 429"
+        ),
+        .integer(
+            "rate_limits.failed_auth_per_ip.burst",
+            \.rateLimits.failedAuthBurst,
+            range: 1...10_000_000,
+            computedDefault: "2 x rate",
+            help: "burst above that rate"
+        ),
+        .duration(
+            "rate_limits.failed_auth_per_ip.hold",
+            \.rateLimits.failedAuthHold,
+            atMost: .seconds(60),
+            help: "a blocked address's 429 is sent after this wait, which slows a flood down; 0 answers at once"
+        ),
+        ConfigurationKey(
             path: "rate_limits.principals.*",
             kind: .string,
             help: "overrides: a list of {principal, rate, burst}"
         ) { settings, value, key in
-            let (index, field) = try indexed(value, key)
-            settings.auth.rateLimits.principalEntries[index, default: []].append((field, value))
+            let (index, field) = try SettingsLoader.indexed(value, path: key.path)
+            settings.rateLimits.principalEntries[index, default: []].append((field, value))
         },
     ]
 }

@@ -4,6 +4,7 @@ import Foundation
 import Gateway
 import Logging
 import ServiceLifecycle
+import SluiceCore
 import Synchronization
 
 /// The running side of `auth.*` and `rate_limits.*`: what the gateway checks credentials with,

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Loader
+import SluiceCore
 
 /// `sluice config`: check a configuration before deploying it, and list every key.
 struct ConfigCommand: AsyncParsableCommand {
@@ -44,7 +45,7 @@ struct ConfigCommand: AsyncParsableCommand {
 
     struct Keys: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "List every configuration key with its environment variable and meaning."
+            abstract: "List every configuration key with its environment variable, default and meaning."
         )
 
         @Flag(help: "As the Markdown table of docs/configuration.md.")
@@ -52,18 +53,20 @@ struct ConfigCommand: AsyncParsableCommand {
 
         func run() async throws {
             if self.markdown {
-                print("| key | type | environment | meaning (default) |")
-                print("|---|---|---|---|")
+                print("| key | type | environment | default | meaning |")
+                print("|---|---|---|---|---|")
             }
+            let defaults = Settings()
             for key in SettingsLoader.keys {
                 let environment =
                     key.path == "kafka.properties.*"
                     ? SettingsLoader.kafkaPropertyPrefix + "<NAME>"
-                    : key.path.hasSuffix(".*") ? "(file only)" : key.environmentName
+                    : key.isWildcard ? "(file only)" : key.environmentName
+                let value = key.defaultText(in: defaults)
                 if self.markdown {
-                    print("| `\(key.path)` | \(key.kind.rawValue) | `\(environment)` | \(key.help) |")
+                    print("| `\(key.path)` | \(key.kind.rawValue) | `\(environment)` | \(value) | \(key.help) |")
                 } else {
-                    print("\(key.path)\t\(key.kind.rawValue)\t\(environment)\t\(key.help)")
+                    print("\(key.path)\t\(key.kind.rawValue)\t\(environment)\t\(value)\t\(key.help)")
                 }
             }
         }

@@ -8,6 +8,7 @@ import Loader
 import LocalClickHouse
 import Logging
 import ServiceLifecycle
+import SluiceCore
 import Telemetry
 
 /// `sluice all`: every role in one process against a real Kafka and ClickHouse.

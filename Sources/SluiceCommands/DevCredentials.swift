@@ -1,6 +1,7 @@
 import Auth
 import Foundation
 import Gateway
+import SluiceCore
 
 /// What `sluice dev` sets up so that the tour works with the front door on: HTTPS with its
 /// own CA, a secret key, a publishable browser key and an OAuth client of the built-in

@@ -18,16 +18,14 @@ struct ForwarderCommand: AsyncParsableCommand {
 
     @OptionGroup var options: ConfigOptions
 
-    @Option(help: "The WAL directory (default ./data/wal).")
-    var walDir: String?
+    @OptionGroup var wal: WALDirectoryOption
 
-    @Option(help: "Kafka bootstrap servers (host:port,...).")
-    var kafkaBootstrap: String?
+    @OptionGroup var kafka: KafkaBootstrapOption
 
     func run() async throws {
         var settings = try self.options.load()
-        if let directory = self.walDir { settings.walDirectory = directory }
-        if let bootstrap = self.kafkaBootstrap { settings.kafkaBootstrap = bootstrap }
+        try self.wal.apply(to: &settings)
+        try self.kafka.apply(to: &settings)
         guard let forwarding = settings.forwarderConfiguration else {
             printError("sluice: no Kafka to forward to: give --kafka-bootstrap or kafka.bootstrap_servers")
             throw ExitCode(2)

@@ -9,53 +9,29 @@ import ServiceLifecycle
 import Telemetry
 import WAL
 
-/// Options shared by the commands that run a role.
-struct ConfigOptions: ParsableArguments {
-    @Option(help: "A YAML configuration file (see docs/configuration.md).")
-    var config: String?
-
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String?
-
-    func load() throws -> Settings {
-        do {
-            var settings = try SettingsLoader.load(file: self.config)
-            if let level = self.logLevel {
-                try SettingsLoader.key("logging.level").apply(
-                    &settings,
-                    SettingValue(text: level, list: nil, origin: "--log-level")
-                )
-            }
-            return settings
-        } catch let error as SettingsError {
-            printError("sluice: \(error.description)")
-            throw ExitCode(2)
-        }
-    }
-}
-
 struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway",
         abstract: "Run the HTTP ingest API over a write-ahead log.",
-        discussion: "Answers 202 only after the events are fdatasync'd to the WAL. Stops cleanly on SIGTERM/SIGINT."
+        discussion: """
+            Answers 202 only after the events are fdatasync'd to the WAL. With Kafka (--kafka-bootstrap \
+            or kafka.bootstrap_servers) it runs the forwarder in this process. Stops cleanly on SIGTERM/SIGINT.
+            """
     )
 
     @OptionGroup var options: ConfigOptions
 
-    @Option(help: "HOST:PORT to listen on (default 127.0.0.1:8080).")
+    @Option(help: ArgumentHelp("HOST:PORT to listen on (default \(SettingsLoader.defaultText("gateway.listen")))."))
     var listen: String?
 
-    @Option(help: "The WAL directory (default ./data/wal).")
-    var walDir: String?
+    @OptionGroup var wal: WALDirectoryOption
 
-    @Option(help: "Kafka bootstrap servers (host:port,...): run the forwarder in this process.")
-    var kafkaBootstrap: String?
+    @OptionGroup var kafka: KafkaBootstrapOption
 
     func run() async throws {
         var settings = try self.options.load()
-        if let directory = self.walDir { settings.walDirectory = directory }
-        if let bootstrap = self.kafkaBootstrap { settings.kafkaBootstrap = bootstrap }
+        try self.wal.apply(to: &settings)
+        try self.kafka.apply(to: &settings)
         try Self.prepare(&settings, listen: self.listen, program: "sluice")
         try await PipelineProcess(settings: settings, runsGateway: true, loader: nil).run()
     }
@@ -63,12 +39,7 @@ struct GatewayCommand: AsyncParsableCommand {
     /// `--listen`, then the gateway's checks; exit status 2 with the reason when they fail.
     static func prepare(_ settings: inout Settings, listen: String?, program: String) throws {
         do {
-            if let listen {
-                try SettingsLoader.key("gateway.listen").apply(
-                    &settings,
-                    SettingValue(text: listen, list: nil, origin: "--listen")
-                )
-            }
+            try ConfigOptions.apply(listen, to: "gateway.listen", from: "--listen", in: &settings)
             try settings.prepareGateway()
         } catch {
             printError("\(program): \(describe(error))")

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Auth
 import Foundation
+import SluiceCore
 
 /// `sluice keys …`: create, list, revoke and roll API keys in the file or PostgreSQL store.
 /// A key is printed once, at creation; everything else shows it masked.

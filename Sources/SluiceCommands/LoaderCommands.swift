@@ -19,21 +19,15 @@ struct LoaderCommand: AsyncParsableCommand {
 
     @OptionGroup var options: ConfigOptions
 
-    @Option(help: "Kafka bootstrap servers (host:port,...).")
-    var kafkaBootstrap: String?
+    @OptionGroup var kafka: KafkaBootstrapOption
 
     @Option(help: "ClickHouse HTTP(S) URL, e.g. http://127.0.0.1:8123.")
     var clickhouseUrl: String?
 
     func run() async throws {
         var settings = try self.options.load()
-        if let bootstrap = self.kafkaBootstrap { settings.kafkaBootstrap = bootstrap }
-        if let url = self.clickhouseUrl {
-            try SettingsLoader.key("clickhouse.url").apply(
-                &settings,
-                SettingValue(text: url, list: nil, origin: "--clickhouse-url")
-            )
-        }
+        try self.kafka.apply(to: &settings)
+        try ConfigOptions.apply(self.clickhouseUrl, to: "clickhouse.url", from: "--clickhouse-url", in: &settings)
         let configuration: LoaderConfiguration
         do {
             guard let loaded = try settings.loaderConfiguration() else {
@@ -53,12 +47,12 @@ struct LoaderCommand: AsyncParsableCommand {
 struct KafkaOptions: ParsableArguments {
     @OptionGroup var options: ConfigOptions
 
-    @Option(help: "Kafka bootstrap servers (default: kafka.bootstrap_servers from the configuration).")
-    var kafkaBootstrap: String?
+    @OptionGroup var kafka: KafkaBootstrapOption
 
     func properties() throws -> [String: String] {
-        let settings = try self.options.load()
-        guard let bootstrap = self.kafkaBootstrap ?? settings.kafkaBootstrap else {
+        var settings = try self.options.load()
+        try self.kafka.apply(to: &settings)
+        guard let bootstrap = settings.kafkaBootstrap else {
             printError("sluice: give --kafka-bootstrap or kafka.bootstrap_servers")
             throw ExitCode(2)
         }
@@ -78,11 +72,11 @@ struct OffsetsCommand: AsyncParsableCommand {
 
     @OptionGroup var kafka: KafkaOptions
 
-    @Option(help: "Consumer group (the loader's: sluice-loader).")
-    var group: String = "sluice-loader"
+    @Option(help: "Consumer group.")
+    var group: String = SettingsLoader.defaultText("loader.group_id")
 
-    @Option(help: "Topic (repeatable; default: events).")
-    var topic: [String] = ["events"]
+    @Option(help: "Topic (repeatable).")
+    var topic: [String] = [SettingsLoader.defaultText("forwarder.default_topic")]
 
     @Flag(help: "One JSON object per partition.")
     var json = false
@@ -132,10 +126,10 @@ struct ReplayCommand: AsyncParsableCommand {
     @OptionGroup var kafka: KafkaOptions
 
     @Option(help: "Consumer group.")
-    var group: String = "sluice-loader"
+    var group: String = SettingsLoader.defaultText("loader.group_id")
 
     @Option(help: "Topic.")
-    var topic: String = "events"
+    var topic: String = SettingsLoader.defaultText("forwarder.default_topic")
 
     @Flag(help: "Back to the oldest message Kafka still has.")
     var toEarliest = false

@@ -5,6 +5,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import SluiceCore
 
 /// `sluice oauth …`: the built-in authorization server's clients, and a client-credentials
 /// request for scripts (`curl -H "Authorization: Bearer $(sluice oauth token …)"`).
