@@ -5,7 +5,7 @@ SLUICE := .build/debug/sluice
 SLUICE_RELEASE := .build/release/sluice
 DATA ?= ./data
 
-.PHONY: setup build test run bench fuzz lint format clean
+.PHONY: setup build test run bench fuzz lint format clean check-race
 
 setup:
 	@bash scripts/setup
@@ -57,5 +57,11 @@ fuzz: setup
 	bash scripts/fuzz frames 10000000
 	bash scripts/fuzz segments 1000000
 
+# ThreadSanitizer over the suites where threads meet (a separate build in .build-tsan; not in
+# `make test`: the cold build alone takes ~25 minutes on 2 cores). docs/architecture.md says
+# what it can and cannot tell on this toolchain.
+check-race: setup
+	bash scripts/check-race
+
 clean:
-	rm -rf .build .build-fuzz $(DATA)
+	rm -rf .build .build-fuzz .build-tsan $(DATA)
