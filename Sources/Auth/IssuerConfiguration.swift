@@ -185,11 +185,3 @@ public struct IssuerConfigurationError: Error, Sendable, Equatable, CustomString
     public var message: String
     public var description: String { self.message }
 }
-
-extension Duration {
-    /// Seconds as a `TimeInterval`, for date arithmetic.
-    var timeInterval: TimeInterval {
-        let (seconds, attoseconds) = self.components
-        return TimeInterval(seconds) + TimeInterval(attoseconds) / 1e18
-    }
-}

@@ -2,6 +2,7 @@ import CoreMetrics
 import Foundation
 import JWTKit
 import Logging
+import SluiceCore
 import Synchronization
 
 /// The health of one issuer's key set, for `/readyz` and for operators.
@@ -121,7 +122,7 @@ final class JWKSCache: Sendable {
         let now = self.now()
         return self.state.withLock { state -> Decision in
             let failureCooldownOver =
-                state.lastFailure.map { now >= $0 + self.policy.unknownKidCooldown.timeInterval } ?? true
+                state.lastFailure.map { now >= $0 + self.policy.unknownKidCooldown.seconds } ?? true
             guard let set = state.keySet else {
                 if allowFetch {
                     if let task = state.inFlight { return .wait(task) }
@@ -130,13 +131,13 @@ final class JWKSCache: Sendable {
                 return .failure(.invalidToken("jwks_unavailable", "the issuer's keys are not available"))
             }
             let fresh = now < set.expiresAt
-            let usable = now < set.expiresAt + self.policy.staleIfError.timeInterval
+            let usable = now < set.expiresAt + self.policy.staleIfError.seconds
             if fresh, let key = set.keys[kid] { return .found(key) }
             if allowFetch {
                 if let task = state.inFlight { return .wait(task) }
                 if !fresh, failureCooldownOver { return .wait(self.startFetch(&state)) }
                 let unknownKidCooldownOver =
-                    state.lastUnknownKidFetch.map { now >= $0 + self.policy.unknownKidCooldown.timeInterval } ?? true
+                    state.lastUnknownKidFetch.map { now >= $0 + self.policy.unknownKidCooldown.seconds } ?? true
                 if fresh, unknownKidCooldownOver, failureCooldownOver {
                     state.lastUnknownKidFetch = now
                     return .wait(self.startFetch(&state))
@@ -177,7 +178,7 @@ final class JWKSCache: Sendable {
         if let lastFailure = state.lastFailure,
             state.keySet.map({ lastFailure > $0.fetchedAt }) ?? true
         {
-            return lastFailure + self.policy.unknownKidCooldown.timeInterval
+            return lastFailure + self.policy.unknownKidCooldown.seconds
         }
         guard let set = state.keySet else { return .distantPast }
         return set.fetchedAt + set.expiresAt.timeIntervalSince(set.fetchedAt) * 0.75
@@ -254,7 +255,7 @@ final class JWKSCache: Sendable {
             let set = KeySet(
                 keys: Dictionary(uniqueKeysWithValues: loaded.map { ($0.kid, $0) }),
                 fetchedAt: fetchedAt,
-                expiresAt: fetchedAt + ttl.timeInterval
+                expiresAt: fetchedAt + ttl.seconds
             )
             return .success((set, normalized.dropped + refused))
         } catch {
@@ -287,7 +288,7 @@ final class JWKSCache: Sendable {
             if let set {
                 if now < set.expiresAt {
                     statusState = .fresh
-                } else if now < set.expiresAt + self.policy.staleIfError.timeInterval {
+                } else if now < set.expiresAt + self.policy.staleIfError.seconds {
                     statusState = .stale
                 } else {
                     statusState = .unavailable

@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import SluiceCore
 
 /// Why fetching an issuer's metadata or key set failed; `label` is a fixed word for metrics and
 /// logs, `message` is safe to log (no response body).
@@ -43,7 +44,7 @@ struct JWKSFetcher: Sendable {
         prepared.headers.add(name: "Accept", value: "application/json")
         prepared.tlsConfiguration = self.tlsConfiguration
         let request = prepared
-        let timeout = TimeAmount.nanoseconds(Int64(self.policy.timeout.timeInterval * 1e9))
+        let timeout = TimeAmount.nanoseconds(self.policy.timeout.nanoseconds)
         let deadline = NIODeadline.now() + timeout
         let maxBytes = self.policy.maxBytes
         let client = self.httpClient

@@ -1,4 +1,5 @@
 import Foundation
+import SluiceCore
 
 /// The checks of a bearer JWT, in the order Sluice runs them (security.md §7.3 step 5), each a
 /// pure function of the token and the configuration: cheap structure first, cryptography last.
@@ -188,7 +189,7 @@ public enum JWTChecks {
         leeway: Duration
     ) throws(AuthFailure) -> VerifiedToken {
         let nowSeconds = now.timeIntervalSince1970
-        let leewaySeconds = leeway.timeInterval
+        let leewaySeconds = leeway.seconds
         guard let exp = payload["exp"]?.numberValue else {
             throw .invalidToken("malformed", "the token has no numeric exp")
         }
@@ -205,7 +206,7 @@ public enum JWTChecks {
         guard iat <= nowSeconds + leewaySeconds else {
             throw .invalidToken("not_yet_valid", "the token was issued in the future")
         }
-        guard exp - iat <= issuer.maxTokenAge.timeInterval else {
+        guard exp - iat <= issuer.maxTokenAge.seconds else {
             throw .invalidToken("too_old", "the token's lifetime is longer than allowed")
         }
         let audiences: [String]

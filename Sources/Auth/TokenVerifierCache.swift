@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import SluiceCore
 import Synchronization
 
 /// Tokens verified recently, keyed by the full token string, so a client that sends the same
@@ -19,7 +20,7 @@ final class VerifiedTokenCache: Sendable {
 
     init(maxEntries: Int, maxTTL: Duration) {
         self.maxEntries = maxEntries
-        self.maxTTL = maxTTL.timeInterval
+        self.maxTTL = maxTTL.seconds
     }
 
     /// The verified token for `token`, if cached and not expired at `now`.

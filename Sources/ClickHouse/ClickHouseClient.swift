@@ -385,10 +385,5 @@ public final class ClickHouseClient: Sendable {
 
 extension Duration {
     /// The duration as NIO's `TimeAmount`, saturating at about 292 years.
-    fileprivate var timeAmount: TimeAmount {
-        let (seconds, attoseconds) = self.components
-        let (nanos, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return .nanoseconds(seconds < 0 ? .min : .max) }
-        return .nanoseconds(nanos.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue)
-    }
+    fileprivate var timeAmount: TimeAmount { .nanoseconds(self.nanoseconds) }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import SluiceCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -135,9 +136,8 @@ extension ChildProcess {
                 state.killed = true
             }
         }
-        let (seconds, attoseconds) = timeout.components
         DispatchQueue.global().asyncAfter(
-            deadline: .now() + .nanoseconds(Int(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)),
+            deadline: .now() + .nanoseconds(Int(timeout.nanoseconds)),
             execute: killer
         )
         var info = siginfo_t()
