@@ -65,6 +65,8 @@ public struct GatewayConfiguration: Sendable {
     public var adminHost: String?
     /// Port of the admin listener; 0 picks a free one. Used only with ``adminHost``.
     public var adminPort = 0
+    /// What stored events keep of the client's address. Default: `keep`.
+    public var clientIPPolicy: ClientIPPolicy = .keep
 
     /// HTTPS is configured for the API listener.
     public var tlsEnabled: Bool { self.tlsCertFile != nil || self.tlsKeyFile != nil }

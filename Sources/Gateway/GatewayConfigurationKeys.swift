@@ -130,5 +130,12 @@ extension GatewayConfiguration {
                 configuration.limits.maxPastMillis = try value.duration(key.path).components.seconds * 1000
             }
         ),
+        .choice(
+            "gateway.privacy.client_ip",
+            \.clientIPPolicy,
+            expected: "keep, truncate or drop",
+            lowercased: true,
+            help: "what events store of the client address: keep, truncate (/24, /48), drop"
+        ),
     ]
 }

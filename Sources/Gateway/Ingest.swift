@@ -238,7 +238,8 @@ struct Ingest: Sendable {
     private func origin(_ request: Request, context: IngestRequestContext) -> RequestOrigin {
         RequestOrigin(
             receivedAtMillis: Timestamp.nowMillis(),
-            clientIP: context.clientIP,
+            // Before the WAL: what is stored travels on to Kafka, ClickHouse and every replay.
+            clientIP: self.configuration.clientIPPolicy.apply(to: context.clientIP),
             // Copied into every event of the request: bounded, so that a 100 KB header does not
             // turn 1,000 small events into a 100 MB record.
             userAgent: request.headers[.userAgent].map {
