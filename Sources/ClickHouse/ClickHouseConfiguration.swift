@@ -10,6 +10,9 @@ public struct ClickHouseConfiguration: Sendable {
     public var user: String?
     /// The user's password, sent as `X-ClickHouse-Key`. Never logged, never in an error.
     public var password: String?
+    /// Where ``password`` was read from (`clickhouse.password_file`); nil when it was given
+    /// inline or not at all.
+    public var passwordFile: String?
     /// The default database for unqualified table names (the `database` URL parameter).
     public var database: String?
     /// How long one request may take, from connecting to the last byte of the response.

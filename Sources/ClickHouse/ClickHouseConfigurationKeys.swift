@@ -17,7 +17,38 @@ extension ClickHouseConfiguration {
             }
         ),
         .string("clickhouse.user", \.user, computedDefault: "the server's default user", help: "ClickHouse user"),
-        .string("clickhouse.password", \.password, help: "ClickHouse password (never logged)"),
+        ConfigurationKey(
+            path: "clickhouse.password",
+            kind: .string,
+            help: "ClickHouse password (never logged; prefer password_file)",
+            read: { $0.passwordFile == nil ? $0.password : nil },
+            apply: { configuration, value, key in
+                // The value is a secret: the error names the keys, never the value.
+                guard configuration.passwordFile == nil else {
+                    throw ConfigurationError(
+                        description:
+                            "\(value.origin): set clickhouse.password or clickhouse.password_file, not both"
+                    )
+                }
+                configuration.password = value.text
+            }
+        ),
+        ConfigurationKey(
+            path: "clickhouse.password_file",
+            kind: .string,
+            help: "file holding the ClickHouse password (mode 0600; one line)",
+            read: { $0.passwordFile },
+            apply: { configuration, value, key in
+                guard configuration.password == nil || configuration.passwordFile != nil else {
+                    throw ConfigurationError(
+                        description:
+                            "\(value.origin): set clickhouse.password or clickhouse.password_file, not both"
+                    )
+                }
+                configuration.password = try SecretFile.read(value.text, key: key.path, origin: value.origin)
+                configuration.passwordFile = value.text
+            }
+        ),
         .string("clickhouse.ca_file", \.caFile, help: "PEM CA bundle to verify an https ClickHouse"),
         .string(
             "clickhouse.client_certificate_file",

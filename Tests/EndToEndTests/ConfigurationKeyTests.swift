@@ -137,9 +137,14 @@ import WAL
         #expect(SettingsLoader.key("gateway.max_body_bytes").environmentName == "SLUICE_GATEWAY_MAX_BODY_BYTES")
         #expect(Set(SettingsLoader.keys.map(\.path)).count == SettingsLoader.keys.count, "a path declared twice")
         let defaults = Settings()
+        let secrets = try TemporaryDirectory()
+        let passwordFile = secrets.path + "/password"
+        try Data("secret\n".utf8).write(to: URL(fileURLWithPath: passwordFile))
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: passwordFile)
         let samples = [
             "gateway.admin_listen": "127.0.0.1:9090", "metrics.listen": "127.0.0.1:9464",
             "auth.api_keys.postgres_url": "postgres://sluice@db/sluice",
+            "clickhouse.password_file": passwordFile,
         ]
         for key in SettingsLoader.keys where !key.isWildcard {
             #expect(key.environmentName == "SLUICE_" + key.path.uppercased().replacingOccurrences(of: ".", with: "_"))
