@@ -16,9 +16,11 @@ func makeHandle(
         let result = rd_kafka_conf_set(conf, key, value, &errorBuffer, errorBuffer.count)
         guard result == RD_KAFKA_CONF_OK else {
             rd_kafka_conf_destroy(conf)
+            // A password is never part of an error.
+            let secret = ["password", "secret", "key.pem", "oauthbearer.config"].contains { key.contains($0) }
             throw KafkaError(
                 .invalidArgument,
-                "kafka property \(key)=\(value): \(String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))"
+                "kafka property \(key)=\(secret ? "(secret)" : value): \(String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))"
             )
         }
     }

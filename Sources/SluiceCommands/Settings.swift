@@ -3,6 +3,7 @@ import EventModel
 import Forwarder
 import Foundation
 import Gateway
+import Kafka
 import Loader
 import Logging
 import SluiceCore
@@ -33,6 +34,8 @@ struct Settings {
     var kafkaBootstrap: String?
     /// librdkafka properties passed through as they are (TLS, SASL, tuning).
     var kafkaProperties: [String: String] = [:]
+    /// `kafka.security.*`: merged into ``kafkaProperties`` once everything is read.
+    var kafkaSecurity = KafkaSecurity()
     /// Where the API keys live: a JSON file (one gateway) or a PostgreSQL URL (a fleet); nil: neither set.
     var apiKeys: (file: String?, postgresURL: String?) = (nil, nil)
     /// Every key set by the file, the environment or a flag: its path, its value (secrets
@@ -232,6 +235,7 @@ enum SettingsLoader {
         GatewayConfiguration.keys.map { $0.lifted(\Settings.gateway) }
         + WALConfiguration.keys.map { $0.lifted(\Settings.wal) }
         + kafkaKeys
+        + KafkaSecurity.keys.map { $0.lifted(\Settings.kafkaSecurity) }
         + ForwarderConfiguration.keys.map { $0.lifted(\Settings.forwarder) }
         + ClickHouseConfiguration.keys.map { $0.lifted(\Settings.loader.clickHouse) }
         + LoaderConfiguration.keys.map { $0.lifted(\Settings.loader) } + [routesKey]
@@ -378,6 +382,14 @@ enum SettingsLoader {
         })
         .sorted().first(where: { name in !self.keys.contains { $0.environmentName == name } }) {
             throw SettingsError(description: "environment \(unknown) is not a Sluice setting")
+        }
+        // The named Kafka security settings become librdkafka properties here, once file and
+        // environment are both read, so that the forwarder, the loader and the on-call tools
+        // all connect the same way and a weakening is refused before anything starts.
+        do {
+            settings.kafkaProperties = try settings.kafkaSecurity.properties(merging: settings.kafkaProperties)
+        } catch {
+            throw SettingsError(description: error.message)
         }
         return settings
     }

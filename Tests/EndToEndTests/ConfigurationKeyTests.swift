@@ -150,6 +150,10 @@ import WAL
             #expect(key.environmentName == "SLUICE_" + key.path.uppercased().replacingOccurrences(of: ".", with: "_"))
             let sample = samples[key.path] ?? (key.kind == .integer ? "100" : key.kind == .list ? "a,b" : "x")
             let text = key.read(defaults) ?? sample
+            // kafka.security.* keys that need others beside them (a CA file needs ssl, SASL
+            // needs its mechanism, user and password) are read from the environment in
+            // KafkaSecurityTests, each with the keys it needs.
+            if key.path.hasPrefix("kafka.security."), key.read(defaults) == nil { continue }
             let settings = try SettingsLoader.load(file: nil, environment: [key.environmentName: text])
             #expect(
                 settings.applied.map(\.origin) == ["environment \(key.environmentName)"],
