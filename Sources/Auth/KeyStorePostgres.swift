@@ -109,7 +109,7 @@ public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
     }
 
     private func load(_ connection: PostgresConnection) async throws {
-        let rows = try await self.deadline {
+        let rows = try await self.deadline(closing: connection) {
             try await connection.query(
                 "SELECT record::text FROM \(unescaped: self.table) ORDER BY id",
                 logger: self.logger
@@ -142,7 +142,7 @@ public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
         do {
             for (id, date) in used {
                 let stamp = formatter.string(from: date)
-                _ = try await self.deadline {
+                _ = try await self.deadline(closing: connection) {
                     try await connection.query(
                         """
                         UPDATE \(unescaped: self.table)
@@ -264,7 +264,7 @@ public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
             )
         }
         do {
-            try await self.deadline {
+            try await self.deadline(closing: connection) {
                 try await connection.query("BEGIN", logger: self.logger)
                 try await connection.query("SELECT pg_advisory_xact_lock(\(Self.lockID))", logger: self.logger)
                 try await connection.query(
@@ -307,22 +307,34 @@ public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
         }
     }
 
-    /// Fails a query that hangs (a stopped server keeps the socket open) after 5 s.
-    private func deadline<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: .seconds(5))
-                // Said at once: the group still waits for the stuck call to give up, and until
-                // then the gateway must already know it serves from its last good copy.
-                self.markReachable(false, error: KeyStoreError(.database, "PostgreSQL did not answer within 5 s"))
-                return nil
+    /// Fails a call that hangs after 5 s — and returns then, without waiting for it: a query
+    /// on a server that stopped mid-answer may not return for as long as TCP takes to notice,
+    /// and a structured wait (a task group) would hold the poll loop, and so the recovery
+    /// after the server is back, for all that time. The stuck call is cancelled and, when it
+    /// runs on `connection`, the connection is closed, which makes it fail and end.
+    private func deadline<T: Sendable>(
+        closing connection: PostgresConnection? = nil,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let outcome = DeadlineOutcome<T>()
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            outcome.waiting.withLock { $0 = continuation }
+            let work = Task { try await body() }
+            let timer = Task {
+                guard (try? await Task.sleep(for: .seconds(5))) != nil else { return }
+                guard let waiting = outcome.take() else { return }
+                // Said at once: the gateway must know it serves from its last good copy.
+                let error = KeyStoreError(.database, "PostgreSQL did not answer within 5 s")
+                self.markReachable(false, error: error)
+                work.cancel()
+                waiting.resume(throwing: error)
+                if let connection { try? await connection.close() }
             }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else {
-                throw KeyStoreError(.database, "PostgreSQL did not answer within 5 s")
+            Task {
+                let result = await work.result
+                timer.cancel()
+                outcome.take()?.resume(with: result)
             }
-            return value
         }
     }
 
@@ -416,4 +428,12 @@ public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
         configuration.options.connectTimeout = .seconds(3)
         return (configuration, shown)
     }
+}
+
+/// Whichever of a call and its deadline finishes first resumes the caller; the other finds
+/// nothing left to resume.
+private final class DeadlineOutcome<T: Sendable>: Sendable {
+    let waiting = Mutex<CheckedContinuation<T, any Error>?>(nil)
+
+    func take() -> CheckedContinuation<T, any Error>? { self.waiting.withLock { $0.take() } }
 }
