@@ -39,7 +39,7 @@ public enum ClientIPPolicy: String, Sendable, CaseIterable {
             var ipv4 = in_addr()
             guard inet_pton(AF_INET, address, &ipv4) == 1 else { return nil }
             withUnsafeMutableBytes(of: &ipv4) { $0[3] = 0 }
-            return withUnsafeBytes(of: &ipv4) { Self.text(family: AF_INET, $0.baseAddress!) }
+            return IPAddressText.text(family: AF_INET, address: ipv4)
         }
         var ipv6 = in6_addr()
         guard inet_pton(AF_INET6, address, &ipv6) == 1 else { return nil }
@@ -48,12 +48,6 @@ public enum ClientIPPolicy: String, Sendable, CaseIterable {
             let mapped = bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF
             for index in (mapped ? 15 : 6)..<16 { bytes[index] = 0 }
         }
-        return withUnsafeBytes(of: &ipv6) { Self.text(family: AF_INET6, $0.baseAddress!) }
-    }
-
-    private static func text(family: Int32, _ address: UnsafeRawPointer) -> String? {
-        var out = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        guard inet_ntop(family, address, &out, socklen_t(out.count)) != nil else { return nil }
-        return String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return IPAddressText.text(family: AF_INET6, address: ipv6)
     }
 }

@@ -41,8 +41,14 @@ enum IPAddressText {
     private static func parse(_ text: Substring, family: Int32) -> String? {
         var address = in6_addr()  // large enough for either family
         guard String(text).withCString({ inet_pton(family, $0, &address) }) == 1 else { return nil }
+        return Self.text(family: family, address: address)
+    }
+
+    /// The canonical text of an address in network byte order (`in_addr` or `in6_addr`).
+    static func text<Address>(family: Int32, address: Address) -> String? {
         var out = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        guard inet_ntop(family, &address, &out, socklen_t(out.count)) != nil else { return nil }
+        let written = withUnsafeBytes(of: address) { inet_ntop(family, $0.baseAddress, &out, socklen_t(out.count)) }
+        guard written != nil else { return nil }
         return String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

@@ -68,7 +68,9 @@ public struct KafkaSecurity: Sendable, Equatable {
             throw refuse("kafka.security.certificate_file and kafka.security.key_file go together")
         }
         if let certificate = self.certificateFile, let key = self.keyFile {
-            try Self.requirePrivate(key, key: "kafka.security.key_file")
+            do { try SecretFile.ownerOnly(key, key: "kafka.security.key_file", origin: "kafka") } catch {
+                throw refuse(error.description)
+            }
             set("ssl.certificate.location", certificate, from: "kafka.security.certificate_file")
             set("ssl.key.location", key, from: "kafka.security.key_file")
         }
@@ -141,24 +143,6 @@ public struct KafkaSecurity: Sendable, Equatable {
         }
         try Self.librarySupports(merged)
         return merged
-    }
-
-    /// A private key (or secret) file must not be open to group or others.
-    static func requirePrivate(_ path: String, key: String) throws(KafkaError) {
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            throw KafkaError(
-                .invalidArgument,
-                "\(key) = '\(path)' cannot be read (\(String(cString: strerror(errno))))"
-            )
-        }
-        let mode = info.st_mode & 0o777
-        guard mode & 0o077 == 0 else {
-            throw KafkaError(
-                .invalidArgument,
-                "\(key) = '\(path)' is open to group or others (mode \(String(mode, radix: 8))): chmod 600 it"
-            )
-        }
     }
 
     /// Whether this librdkafka accepts the security properties (Debian's 2.0.2 is built with

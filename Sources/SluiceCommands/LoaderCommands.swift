@@ -52,12 +52,10 @@ struct KafkaOptions: ParsableArguments {
     func properties() throws -> [String: String] {
         var settings = try self.options.load()
         try self.kafka.apply(to: &settings)
-        guard let bootstrap = settings.kafkaBootstrap else {
+        guard var properties = settings.kafkaClientProperties else {
             printError("sluice: give --kafka-bootstrap or kafka.bootstrap_servers")
             throw ExitCode(2)
         }
-        var properties = settings.kafkaProperties
-        properties["bootstrap.servers"] = bootstrap
         properties["log_level"] = properties["log_level"] ?? "3"
         return properties
     }

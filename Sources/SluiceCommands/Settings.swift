@@ -63,8 +63,9 @@ struct Settings {
 
     var walConfiguration: WALConfiguration { self.wal }
 
-    /// `kafka.properties` with `bootstrap.servers`; nil without Kafka.
-    private var kafkaClientProperties: [String: String]? {
+    /// `kafka.properties` (with the `kafka.security` keys merged in) and `bootstrap.servers`:
+    /// what every Kafka client of the process uses; nil without Kafka.
+    var kafkaClientProperties: [String: String]? {
         guard let bootstrap = self.kafkaBootstrap else { return nil }
         var properties = self.kafkaProperties
         properties["bootstrap.servers"] = bootstrap

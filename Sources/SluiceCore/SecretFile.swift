@@ -15,17 +15,7 @@ package enum SecretFile {
         func refuse(_ reason: String) -> ConfigurationError {
             ConfigurationError(description: "\(origin): \(key) = '\(path)': \(reason)")
         }
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            throw refuse("cannot be read (\(String(cString: strerror(errno))))")
-        }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw refuse("is not a regular file") }
-        let mode = info.st_mode & 0o777
-        guard mode & 0o077 == 0 else {
-            throw refuse(
-                "is open to group or others (mode \(String(mode, radix: 8))): chmod 600 it, as its owner"
-            )
-        }
+        let info = try Self.ownerOnly(path, key: key, origin: origin)
         guard info.st_size <= 64 << 10 else { throw refuse("is larger than 64 KiB: not a password") }
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { throw refuse("cannot be read (\(String(cString: strerror(errno))))") }
@@ -40,5 +30,26 @@ package enum SecretFile {
         guard !secret.isEmpty else { throw refuse("is empty") }
         guard let text = String(validating: secret, as: UTF8.self) else { throw refuse("is not UTF-8 text") }
         return text
+    }
+
+    /// The file's status, once it is known to be a regular file that only its owner may open
+    /// (a private key, a password); otherwise an error with the path and the reason.
+    @discardableResult
+    package static func ownerOnly(_ path: String, key: String, origin: String) throws(ConfigurationError) -> stat {
+        func refuse(_ reason: String) -> ConfigurationError {
+            ConfigurationError(description: "\(origin): \(key) = '\(path)': \(reason)")
+        }
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            throw refuse("cannot be read (\(String(cString: strerror(errno))))")
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw refuse("is not a regular file") }
+        let mode = info.st_mode & 0o777
+        guard mode & 0o077 == 0 else {
+            throw refuse(
+                "is open to group or others (mode \(String(mode, radix: 8))): chmod 600 it, as its owner"
+            )
+        }
+        return info
     }
 }
