@@ -344,7 +344,10 @@ struct ClickHouseServerTests {
         }
         let killed = ContinuousClock.now
         try await offPool { first.kill() }
-        #expect(ContinuousClock.now - killed < .seconds(2))
+        // SIGKILL, not the graceful stop: returns once the process is gone. The kernel's
+        // teardown of ClickHouse's large mappings took 2.5 s once on a loaded CI machine, so
+        // the bound is the graceful stop's above, not a tighter guess.
+        #expect(ContinuousClock.now - killed < .seconds(5))
         try await offPool { first.stop() }
         #expect(!FileManager.default.fileExists(atPath: first.directory))
     }
