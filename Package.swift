@@ -42,10 +42,17 @@ let package = Package(
             dependencies: [.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             swiftSettings: strict
         ),
+        // AES-256-GCM with per-unit data keys wrapped by configured key-encryption keys: the
+        // WAL's records and the Kafka payload envelopes (docs/security.md, "At rest").
+        .target(
+            name: "Encryption",
+            dependencies: ["SluiceCore", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
         .target(
             name: "WAL",
             dependencies: [
-                "SluiceCore", "CCRC32C",
+                "SluiceCore", "CCRC32C", "Encryption",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -222,7 +229,9 @@ let package = Package(
         .testTarget(
             name: "WALTests",
             dependencies: [
-                "WAL", "TestSupport", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                "WAL", "Encryption", "TestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict
         ),
