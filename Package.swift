@@ -171,6 +171,7 @@ let package = Package(
             name: "SluiceCommands",
             dependencies: [
                 "SluiceCore", "WAL", "Gateway", "Telemetry", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
+                "Encryption",
                 "LocalClickHouse", "Auth",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -190,7 +191,7 @@ let package = Package(
             name: "sluice-bench",
             dependencies: [
                 "SluiceCommands", "WAL", "Gateway", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
-                "LocalClickHouse", "SluiceTestKit",
+                "LocalClickHouse", "SluiceTestKit", "Encryption",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -48,9 +48,11 @@ package enum Sealing {
     }
 
     /// A 12-byte nonce from a counter unique under one data key (a WAL record's LSN; each
-    /// segment has its own key, so no nonce repeats under a key).
-    package static func nonce(counter: UInt64) -> AES.GCM.Nonce {
+    /// segment has its own key) and a prefix that tells apart the runs that may count the same
+    /// numbers again (a WAL writer run's tag).
+    package static func nonce(counter: UInt64, prefix: UInt32 = 0) -> AES.GCM.Nonce {
         var bytes = [UInt8](repeating: 0, count: 12)
+        for index in 0..<4 { bytes[index] = UInt8(truncatingIfNeeded: prefix >> (24 - 8 * index)) }
         for index in 0..<8 { bytes[4 + index] = UInt8(truncatingIfNeeded: counter >> (56 - 8 * index)) }
         // A 12-byte array always makes a nonce.
         return (try? AES.GCM.Nonce(data: bytes)) ?? AES.GCM.Nonce()

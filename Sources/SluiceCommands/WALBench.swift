@@ -1,4 +1,5 @@
 import ArgumentParser
+import Encryption
 import Foundation
 import Logging
 import SluiceCore
@@ -35,9 +36,13 @@ extension WALCommand {
         @Option(help: "Segment size in bytes.")
         var segmentBytes: Int64 = 64 << 20
 
+        @Flag(help: "Encrypt the records (wal.encryption, under a key made for the run).")
+        var encrypt = false
+
         @OptionGroup var output: OutputOptions
 
         struct Result: Codable {
+            var encrypted: Bool
             var recordBytes: Int
             var concurrency: Int
             var seconds: Double
@@ -80,6 +85,13 @@ extension WALCommand {
             var configuration = WALConfiguration(directory: root + "/wal")
             configuration.segmentBytes = self.segmentBytes
             configuration.budget = DiskBudget(maxBytes: 1 << 50, minFreeBytes: 0)
+            if self.encrypt {
+                let keyFile = root + "/bench.key"
+                try Keyring.writeNewKeyFile(keyFile)
+                configuration.encryption.enabled = true
+                configuration.encryption.keyFile = keyFile
+                configuration.encryption.keyID = "bench"
+            }
             var logger = Logger(label: "sluice.bench")
             logger.logLevel = .warning
             let wal = try await WAL.openAndStart(configuration, logger: logger)
@@ -119,6 +131,7 @@ extension WALCommand {
                 return Double(latencies[max(0, index)]) / 1e6
             }
             let result = Result(
+                encrypted: self.encrypt,
                 recordBytes: self.size,
                 concurrency: self.concurrency,
                 seconds: seconds,

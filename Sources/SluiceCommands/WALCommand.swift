@@ -1,5 +1,7 @@
 import ArgumentParser
+import Encryption
 import Foundation
+import SluiceCore
 @_spi(Testing) import WAL
 
 /// `sluice wal …`: operator tools for a WAL directory. Read-only commands are safe beside a
@@ -23,9 +25,47 @@ enum ExitStatus {
     static let unusable = ExitCode(2)
 }
 
-func openInspector(_ directory: String) throws -> WALInspector {
+/// `--config`: where the read commands find the `wal.encryption` keys of an encrypted WAL (the
+/// gateway's configuration file; the `SLUICE_WAL_ENCRYPTION_*` environment serves too).
+struct WALKeysOption: ParsableArguments {
+    @Option(help: "A configuration file whose wal.encryption keys read encrypted segments.")
+    var config: String?
+
+    /// The keys configured by the file and the environment, or nil when none are; exit status
+    /// 2 with the reason when they cannot be read.
+    func keyring() throws -> Keyring? {
+        let settings: Settings
+        do {
+            settings = try SettingsLoader.load(file: self.config)
+        } catch let error as SettingsError {
+            printError("sluice: \(error.description)")
+            throw ExitStatus.unusable
+        }
+        do {
+            return try settings.wal.encryption.keyring(prefix: "wal.encryption", origin: self.config ?? "environment")
+        } catch {
+            printError("sluice: \(error.description)")
+            throw ExitStatus.unusable
+        }
+    }
+}
+
+func openInspector(_ directory: String, keys: WALKeysOption) throws -> WALInspector {
+    let keyring = try keys.keyring()
     do {
-        return try WALInspector(directory: directory)
+        let inspector = try WALInspector(directory: directory, keyring: keyring)
+        // Refused up front, by name, rather than halfway through a dump.
+        if let missing = try inspector.missingKeys().first {
+            printError(
+                "sluice: \(missing.segment) and maybe others are encrypted under key '\(missing.keyID)', which is not "
+                    + "configured: give the gateway's configuration with --config (wal.encryption.key_file and "
+                    + "previous_keys)"
+            )
+            throw ExitStatus.unusable
+        }
+        return inspector
+    } catch let exit as ExitCode {
+        throw exit
     } catch {
         printError("sluice: \(describe(error))")
         throw ExitStatus.unusable
@@ -92,17 +132,21 @@ extension WALCommand {
         @Argument(help: "The WAL directory.")
         var directory: String
 
+        @OptionGroup var keys: WALKeysOption
         @OptionGroup var output: OutputOptions
 
         func run() async throws {
-            let inspector = try openInspector(self.directory)
+            let inspector = try openInspector(self.directory, keys: self.keys)
             let segments = try inspector.segments()
             if self.output.json {
                 try printJSON(segments)
                 return
             }
             var rows = [
-                ["SEGMENT", "FIRST_LSN", "LAST_LSN", "EVENTS", "RECORDS", "DATA", "FILE", "OLDEST", "NEWEST", "STATE"]
+                [
+                    "SEGMENT", "FIRST_LSN", "LAST_LSN", "EVENTS", "RECORDS", "DATA", "FILE", "OLDEST", "NEWEST", "KEY",
+                    "STATE",
+                ]
             ]
             for segment in segments {
                 rows.append([
@@ -115,6 +159,7 @@ extension WALCommand {
                     formatBytes(segment.fileBytes),
                     formatTime(segment.minTimestampNanos),
                     formatTime(segment.maxTimestampNanos),
+                    segment.keyID ?? "-",
                     segment.state.rawValue + Self.damageMark(segment),
                 ])
             }
@@ -147,10 +192,11 @@ extension WALCommand {
         @Option(help: "The free space to leave on the volume (wal.min_free_bytes); default: the running writer's.")
         var minFreeBytes: Int64?
 
+        @OptionGroup var keys: WALKeysOption
         @OptionGroup var output: OutputOptions
 
         func run() async throws {
-            let inspector = try openInspector(self.directory)
+            let inspector = try openInspector(self.directory, keys: self.keys)
             // The writer's own numbers (it records them in wal.settings when it opens), so this
             // agrees with its pressure gauge and /readyz; flags override, defaults come last.
             let recorded = inspector.writerSettings()
@@ -225,6 +271,7 @@ extension WALCommand {
         @Option(help: "Most events to show.")
         var limit: Int?
 
+        @OptionGroup var keys: WALKeysOption
         @OptionGroup var output: OutputOptions
 
         struct EventLine: Encodable {
@@ -243,7 +290,7 @@ extension WALCommand {
         }
 
         func run() async throws {
-            let inspector = try openInspector(self.directory)
+            let inspector = try openInspector(self.directory, keys: self.keys)
             var shown = 0
             let from = LSN(self.from)
             let limit = self.limit ?? .max
@@ -296,10 +343,11 @@ extension WALCommand {
         @Argument(help: "The WAL directory.")
         var directory: String
 
+        @OptionGroup var keys: WALKeysOption
         @OptionGroup var output: OutputOptions
 
         func run() async throws {
-            let inspector = try openInspector(self.directory)
+            let inspector = try openInspector(self.directory, keys: self.keys)
             let report: VerifyReport
             do {
                 report = try inspector.verify()
@@ -345,6 +393,7 @@ extension WALCommand {
         @Flag(help: "Required with --set: moving a cursor forward skips events, backward resends them.")
         var force = false
 
+        @OptionGroup var keys: WALKeysOption
         @OptionGroup var output: OutputOptions
 
         func validate() throws {
@@ -355,7 +404,7 @@ extension WALCommand {
         }
 
         func run() async throws {
-            let inspector = try openInspector(self.directory)
+            let inspector = try openInspector(self.directory, keys: self.keys)
             if let lsn = self.set, let name = self.name {
                 do {
                     let before = try inspector.cursors().first { $0.name == name }

@@ -1,3 +1,4 @@
+import Encryption
 import SluiceCore
 
 /// Settings of one WAL directory.
@@ -34,6 +35,10 @@ public struct WALConfiguration: Sendable {
     /// How often the writer checks that its lock still holds (the lock file and the
     /// directory are the ones it locked; see ``WriterLock``). Default: 1 s.
     public var lockCheckInterval: Duration = .seconds(1)
+    /// `wal.encryption.*`: AES-256-GCM for every record of new segments, with a data key per
+    /// segment wrapped by the configured key; older keys keep older segments readable.
+    /// Default: off.
+    package var encryption = EncryptionConfiguration()
     /// The system calls, replaceable to inject faults in tests.
     public var fileSystem: any WALFileSystem = SystemFileSystem()
     /// Unix time in nanoseconds; injectable so tests control record and segment ages.
@@ -59,6 +64,13 @@ public struct WALConfiguration: Sendable {
             throw WALError(.invalidArgument, "batch and queue limits must be positive")
         }
         try self.budget.validate(segmentBytes: self.segmentBytes)
+        // The key files are read here too, so `sluice config check` finds a missing or
+        // exposed key before a gateway starts.
+        do {
+            _ = try self.encryption.keyring(prefix: "wal.encryption", origin: "wal")
+        } catch {
+            throw WALError(.invalidArgument, error.description)
+        }
     }
 
     var limits: GroupCommitLimits {

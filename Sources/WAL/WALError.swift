@@ -11,7 +11,7 @@ public struct WALError: Error, Sendable, CustomStringConvertible {
     /// What went wrong, as a stable machine-readable code.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Value: String, Hashable, Sendable {
-            case io, diskFull, overloaded, closed, locked, recordTooLarge, invalidArgument
+            case io, diskFull, overloaded, closed, locked, recordTooLarge, invalidArgument, missingKey
             case corruptSegment, notFound, fsyncFailed, timedOut
         }
         private let value: Value
@@ -31,6 +31,8 @@ public struct WALError: Error, Sendable, CustomStringConvertible {
         public static let recordTooLarge = Code(.recordTooLarge)
         /// A caller passed a value the WAL cannot use.
         public static let invalidArgument = Code(.invalidArgument)
+        /// A segment is encrypted under a key that is not configured (`wal.encryption`).
+        public static let missingKey = Code(.missingKey)
         /// A segment's header or structure cannot be read.
         public static let corruptSegment = Code(.corruptSegment)
         /// A file, cursor or LSN does not exist.

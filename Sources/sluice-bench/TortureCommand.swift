@@ -1,4 +1,5 @@
 import ArgumentParser
+import Encryption
 import Foundation
 import Logging
 import Synchronization
@@ -20,10 +21,17 @@ struct TortureCommand: AsyncParsableCommand {
     @Option var round: UInt64 = 0
     @Option var concurrency: Int = 16
     @Option var segmentBytes: Int64 = 1 << 20
+    @Option(help: "encrypt the WAL under this key file (wal.encryption.key_file)") var keyFile: String?
+    @Option(help: "the key's id (wal.encryption.key_id)") var keyID = "torture"
 
     func run() async throws {
         var configuration = WALConfiguration(directory: self.directory)
         configuration.segmentBytes = self.segmentBytes
+        if let keyFile = self.keyFile {
+            configuration.encryption.enabled = true
+            configuration.encryption.keyFile = keyFile
+            configuration.encryption.keyID = self.keyID
+        }
         configuration.budget = DiskBudget(maxBytes: 1 << 40, minFreeBytes: 0)
         var logger = Logger(label: "sluice.torture")
         logger.logLevel = .error

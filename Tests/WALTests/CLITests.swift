@@ -1,3 +1,4 @@
+import Encryption
 import Foundation
 import Testing
 
@@ -109,6 +110,52 @@ import Testing
         let reopened = try await WAL.openAndStart(testConfiguration(directory.path), logger: quietLogger)
         #expect(reopened.cursor("forwarder")?.lsn == LSN(1))
         await reopened.close()
+    }
+
+    @Test func theReadCommandsReadAnEncryptedWALGivenTheGatewaysConfigurationAndNameAMissingKey() async throws {
+        let directory = try TemporaryDirectory()
+        let keyFile = directory.path + "/wal-2026.key"
+        let made = try await ChildProcess.runSluice(["encryption", "new-key", keyFile])
+        #expect(made.status == 0)
+        #expect(try FileManager.default.attributesOfItem(atPath: keyFile)[.posixPermissions] as? Int == 0o600)
+        let again = try await ChildProcess.runSluice(["encryption", "new-key", keyFile])
+        #expect(again.status == 2)
+        #expect(again.standardError.contains("exists already"))
+        var configuration = testConfiguration(directory.path + "/wal")
+        configuration.encryption.enabled = true
+        configuration.encryption.keyFile = keyFile
+        configuration.encryption.keyID = "wal-2026"
+        let wal = try await WAL.openAndStart(configuration, logger: quietLogger)
+        for index in 0..<3 { _ = try await wal.append([Array("{\"n\":\(index)}".utf8)]) }
+        await wal.close()
+        let file = directory.path + "/sluice.yaml"
+        try """
+        wal:
+          directory: \(directory.path)/wal
+          encryption:
+            enabled: true
+            key_file: \(keyFile)
+            key_id: wal-2026
+        """.write(toFile: file, atomically: true, encoding: .utf8)
+
+        let dump = try await ChildProcess.runSluice(["wal", "dump", directory.path + "/wal", "--config", file])
+        #expect(dump.status == 0, "\(dump.standardError)")
+        #expect(
+            dump.standardOutput.split(separator: "\n").map { $0.split(separator: "\t").last } == [
+                "{\"n\":0}", "{\"n\":1}", "{\"n\":2}",
+            ]
+        )
+        let verify = try await ChildProcess.runSluice(["wal", "verify", directory.path + "/wal", "--config", file])
+        #expect(verify.status == 0, "\(verify.standardOutput)")
+        let ls = try await ChildProcess.runSluice(["wal", "ls", directory.path + "/wal", "--config", file])
+        #expect(ls.standardOutput.contains(" wal-2026 "))
+
+        for command in ["dump", "verify", "stat", "ls"] {
+            let without = try await ChildProcess.runSluice(["wal", command, directory.path + "/wal"])
+            #expect(without.status == 2, "\(command)")
+            #expect(without.standardError.contains("encrypted under key 'wal-2026', which is not configured"))
+            #expect(without.standardError.contains("--config"))
+        }
     }
 
     @Test func benchReportsThroughputLatencyAndTheRawCeiling() async throws {

@@ -40,7 +40,7 @@ import Testing
             logger: quietLogger
         )
         writer.tag = 7
-        let name = try writer.create(firstLSN: LSN(42), now: 1_000)
+        let name = try writer.create(firstLSN: LSN(42), now: 1_000).name
         #expect(name == SegmentName.make(LSN(42)))
         #expect(writer.isOpen)
         let batch = try Self.batch(event("hello"), at: LSN(42), now: 1_000)

@@ -1,3 +1,4 @@
+import Encryption
 import Foundation
 import Logging
 import Synchronization
@@ -26,9 +27,9 @@ let quietLogger: Logger = {
 func event(_ text: String) -> [UInt8] { Array(text.utf8) }
 
 /// Every event in the WAL directory, by LSN, read with the operator's inspector.
-func allEvents(in directory: String) throws -> [LSN: [UInt8]] {
+func allEvents(in directory: String, keyring: Keyring? = nil) throws -> [LSN: [UInt8]] {
     var events: [LSN: [UInt8]] = [:]
-    try WALInspector(directory: directory).records(from: .zero) { item in
+    try WALInspector(directory: directory, keyring: keyring).records(from: .zero) { item in
         if case .record(let record, _, _) = item {
             for (index, event) in record.events.enumerated() { events[record.lsn + UInt64(index)] = event }
         }

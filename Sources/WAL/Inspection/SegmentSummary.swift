@@ -37,6 +37,8 @@ public struct SegmentSummary: Sendable, Equatable, Codable {
     /// Set when a sealed segment's footer is unreadable. Every frame before it was read and
     /// is intact; the segment is treated as unsealed (scanned rather than summarised).
     public var footerDamage: String? = nil
+    /// The id of the key its records are encrypted under (`wal.encryption`); nil in the clear.
+    public var keyID: String? = nil
 
     public var events: UInt64 { self.nextLSN - self.firstLSN }
 }

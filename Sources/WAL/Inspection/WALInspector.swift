@@ -1,3 +1,5 @@
+import Encryption
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,9 +13,17 @@ import Glibc
 public struct WALInspector: Sendable {
     public let directory: String
     private let fileSystem: any WALFileSystem
+    /// The `wal.encryption` keys: what reads the records of encrypted segments.
+    let keyring: Keyring?
 
     /// - Throws: ``WALError/Code/notFound`` when `directory` does not exist or holds no WAL.
     public init(directory: String, fileSystem: any WALFileSystem = SystemFileSystem()) throws {
+        try self.init(directory: directory, fileSystem: fileSystem, keyring: nil)
+    }
+
+    /// - Parameter keyring: the keys of `wal.encryption`, to read encrypted segments' records.
+    package init(directory: String, fileSystem: any WALFileSystem = SystemFileSystem(), keyring: Keyring?) throws {
+        self.keyring = keyring
         guard fileSystem.fileExists(directory) else {
             throw WALError(.notFound, "\(directory) does not exist")
         }
@@ -34,6 +44,22 @@ public struct WALInspector: Sendable {
             .sorted()
     }
 
+    /// The ids of keys that encrypted segments here were written under and that this
+    /// inspector was not given, with the first segment of each: what an operator must add
+    /// before records can be read.
+    package func missingKeys() throws -> [(keyID: String, segment: String)] {
+        var missing: [(keyID: String, segment: String)] = []
+        for name in try self.segmentNames() {
+            let reader = try SegmentReader(path: self.directory + "/" + name, fileSystem: self.fileSystem)
+            defer { reader.close() }
+            guard let id = (try? reader.header())?.keyBlock?.keyID else { continue }
+            if (try? self.keyring?.key(id)) == nil && !missing.contains(where: { $0.keyID == id }) {
+                missing.append((id, name))
+            }
+        }
+        return missing
+    }
+
     /// The segments, oldest first. Sealed segments are summarised from their footers unless
     /// `deep`; the others are scanned.
     public func segments(deep: Bool = false) throws -> [SegmentSummary] {
@@ -43,6 +69,7 @@ public struct WALInspector: Sendable {
             var summary = try SegmentScan.summarize(
                 path: self.directory + "/" + name,
                 fileSystem: self.fileSystem,
+                keyring: self.keyring,
                 deep: deep
             ).summary
             if index == names.count - 1 && summary.state == .unsealed && summary.headerDamage == nil
@@ -107,9 +134,13 @@ public struct WALInspector: Sendable {
         guard let startIndex = segments.lastIndex(where: { $0.firstLSN <= from }) ?? (segments.isEmpty ? nil : 0)
         else { return }
         for segment in segments[startIndex...] where segment.nextLSN > from || segment.state == .active {
-            var reader = try SegmentReader(path: self.directory + "/" + segment.name, fileSystem: self.fileSystem)
+            var reader = try SegmentReader(
+                path: self.directory + "/" + segment.name,
+                fileSystem: self.fileSystem,
+                keyring: self.keyring
+            )
             defer { reader.close() }
-            var offset = Int64(SegmentHeader.size)
+            var offset = reader.dataStart
             var expected = segment.firstLSN
             scan: while true {
                 let (item, next) = try reader.next(at: offset, expected: expected)
@@ -207,6 +238,7 @@ public struct WALInspector: Sendable {
                 summary = try SegmentScan.summarize(
                     path: self.directory + "/" + name,
                     fileSystem: self.fileSystem,
+                    keyring: self.keyring,
                     deep: true
                 )
                 .summary

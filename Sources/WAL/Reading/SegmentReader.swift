@@ -1,3 +1,5 @@
+import Encryption
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -44,8 +46,18 @@ struct SegmentReader {
     /// How far the current read may trust the file: the limit of the `next` call under way.
     private var readEnd: Int64 = .max
     private let maxPayload: Int
+    /// Where the first frame starts: after the header, which is longer for an encrypted
+    /// segment (or where it would start, when the header is damaged).
+    private(set) var dataStart = Int64(SegmentHeader.size)
+    /// The segment's data key, when its records are encrypted.
+    private var cipher: RecordCipher?
+    /// Why the encrypted records cannot be read (the key is not configured); thrown by
+    /// ``next(at:expected:limit:)``, so that what needs no key (the footer) still reads.
+    private var cipherError: WALError?
 
-    init(path: String, fileSystem: any WALFileSystem, maxPayload: Int = 512 << 20) throws {
+    /// - Parameter keyring: the `wal.encryption` keys, needed to read an encrypted segment's
+    ///   records.
+    init(path: String, fileSystem: any WALFileSystem, keyring: Keyring? = nil, maxPayload: Int = 512 << 20) throws {
         self.path = path
         self.name = String(path.split(separator: "/").last ?? Substring(path))
         self.fileSystem = fileSystem
@@ -56,6 +68,16 @@ struct SegmentReader {
         } catch {
             fileSystem.close(self.fd)
             throw error
+        }
+        // A damaged header is the scan's to report; frames are then looked for where an
+        // unencrypted segment's start.
+        if let header = try? self.header() {
+            self.dataStart = Int64(header.dataStart)
+            do {
+                self.cipher = try RecordCipher.forSegment(header, keyring: keyring, name: self.name)
+            } catch {
+                self.cipherError = error
+            }
         }
     }
 
@@ -85,7 +107,7 @@ struct SegmentReader {
     }
 
     func header() throws -> SegmentHeader {
-        var bytes = [UInt8](repeating: 0, count: SegmentHeader.size)
+        var bytes = [UInt8](repeating: 0, count: SegmentHeader.maximumSize)
         let count = try bytes.withUnsafeMutableBytes {
             try self.fileSystem.pread(self.fd, into: $0, at: 0, path: self.path)
         }
@@ -119,6 +141,7 @@ struct SegmentReader {
     ///   - expected: the LSN the next record should start at.
     ///   - limit: do not read at or past this offset (the durable end of an active segment).
     mutating func next(at offset: Int64, expected: LSN, limit: Int64? = nil) throws -> (Item, Int64) {
+        if let error = self.cipherError { throw error }
         let end = min(limit ?? self.fileSize, self.fileSize)
         self.readEnd = end
         guard offset + Int64(FrameHeader.size) <= end else {
@@ -143,17 +166,24 @@ struct SegmentReader {
                     reason: "LSN jumps from \(expected) to \(header.lsn)"
                 )
                 return (.damaged(damage), offset)
-            } else if let events = EventPayload.decode(payload, expectedCount: Int(header.eventCount)) {
-                let record = WALRecord(
-                    lsn: header.lsn,
-                    timestampNanos: header.timestampNanos,
-                    events: events,
-                    frameLength: header.frameLength,
-                    writerTag: header.writerTag
-                )
-                return (.record(record), offset + Int64(header.frameLength))
             } else {
-                problem = "event lengths do not match the event count"
+                switch self.events(of: payload, header: header, at: offset) {
+                case .events(let events):
+                    let record = WALRecord(
+                        lsn: header.lsn,
+                        timestampNanos: header.timestampNanos,
+                        events: events,
+                        frameLength: header.frameLength,
+                        writerTag: header.writerTag
+                    )
+                    return (.record(record), offset + Int64(header.frameLength))
+                case .unauthentic(let damage):
+                    // The frame is intact (its CRCs hold) but not what was sealed here: skip
+                    // exactly it, whose length is trustworthy, and report its LSNs as lost.
+                    return (.damaged(damage), offset + Int64(header.frameLength))
+                case .malformed:
+                    problem = "event lengths do not match the event count"
+                }
             }
         case .zeros:
             guard let (resume, header) = try self.findFrame(after: offset, end: end, minimumLSN: expected) else {
@@ -198,6 +228,34 @@ struct SegmentReader {
             reason: problem
         )
         return (.damaged(damage), resume)
+    }
+
+    private enum Events {
+        case events([[UInt8]])
+        case unauthentic(Damage)
+        case malformed
+    }
+
+    /// A data frame's events, decrypted first when the segment is encrypted.
+    private func events(of payload: ArraySlice<UInt8>, header: FrameHeader, at offset: Int64) -> Events {
+        guard let cipher = self.cipher else {
+            return EventPayload.decode(payload, expectedCount: Int(header.eventCount)).map(Events.events) ?? .malformed
+        }
+        guard let plain = cipher.open(payload, header: header) else {
+            return .unauthentic(
+                Damage(
+                    segment: self.name,
+                    startOffset: offset,
+                    endOffset: offset + Int64(header.frameLength),
+                    firstLostLSN: header.lsn,
+                    resumeLSN: header.nextLSN,
+                    reason:
+                        "record fails authentication under key '\(cipher.keyID)': altered, moved from another "
+                        + "position, or written under another key"
+                )
+            )
+        }
+        return EventPayload.decode(plain, expectedCount: Int(header.eventCount)).map(Events.events) ?? .malformed
     }
 
     private enum Frame {

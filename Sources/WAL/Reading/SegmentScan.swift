@@ -1,3 +1,5 @@
+import Encryption
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,10 +20,11 @@ enum SegmentScan {
     static func summarize(
         path: String,
         fileSystem: any WALFileSystem,
+        keyring: Keyring? = nil,
         deep: Bool = false,
         onRecord: ((WALRecord) -> Void)? = nil
     ) throws -> Result {
-        var reader = try SegmentReader(path: path, fileSystem: fileSystem)
+        var reader = try SegmentReader(path: path, fileSystem: fileSystem, keyring: keyring)
         defer { reader.close() }
         let header: SegmentHeader
         var headerDamage: Damage?
@@ -54,7 +57,8 @@ enum SegmentScan {
                 state: .sealed,
                 damage: headerDamage.map { [$0] } ?? [],
                 tornTail: nil,
-                headerDamage: headerDamage?.reason
+                headerDamage: headerDamage?.reason,
+                keyID: header.keyBlock?.keyID
             )
             return Result(summary: summary, header: header, end: .footer(footer))
         }
@@ -63,16 +67,17 @@ enum SegmentScan {
             firstLSN: header.firstLSN,
             nextLSN: header.firstLSN,
             records: 0,
-            dataEnd: Int64(SegmentHeader.size),
+            dataEnd: reader.dataStart,
             fileBytes: reader.fileSize,
             minTimestampNanos: nil,
             maxTimestampNanos: nil,
             state: .unsealed,
             damage: headerDamage.map { [$0] } ?? [],
             tornTail: nil,
-            headerDamage: headerDamage?.reason
+            headerDamage: headerDamage?.reason,
+            keyID: header.keyBlock?.keyID
         )
-        var offset = Int64(SegmentHeader.size)
+        var offset = reader.dataStart
         var expected = header.firstLSN
         // One writer run appends after the previous one, so each tag forms one stretch; a tag
         // that comes back after another means two writers appended at the same time.

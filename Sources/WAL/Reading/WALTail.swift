@@ -157,10 +157,11 @@ public final class WALTail: @unchecked Sendable {
         }
         self.reader = try SegmentReader(
             path: self.wal.segmentDirectory + "/" + segment.name,
-            fileSystem: self.wal.configuration.fileSystem
+            fileSystem: self.wal.configuration.fileSystem,
+            keyring: self.wal.keyring
         )
         self.segmentFirstLSN = segment.firstLSN
-        self.offset = Int64(SegmentHeader.size)
+        self.offset = self.reader?.dataStart ?? Int64(SegmentHeader.size)
         self.expected = segment.firstLSN
         return segment
     }

@@ -39,7 +39,14 @@ struct Catalog: Equatable {
     /// A new segment `name` starting at `firstLSN` is durable; the previous active segment is
     /// sealed (trimmed to its data and footer) when `sealed`, and left unsealed otherwise (it
     /// was broken: scanned at the next start-up).
-    mutating func rolled(sealed: Bool, name: String, firstLSN: LSN, fileBytes: Int64) {
+    mutating func rolled(
+        sealed: Bool,
+        name: String,
+        firstLSN: LSN,
+        fileBytes: Int64,
+        dataStart: Int64 = Int64(SegmentHeader.size),
+        keyID: String? = nil
+    ) {
         if let index = self.segments.firstIndex(where: { $0.state == .active }) {
             self.segments[index].state = sealed ? .sealed : .unsealed
             if sealed {
@@ -52,13 +59,14 @@ struct Catalog: Equatable {
                 firstLSN: firstLSN,
                 nextLSN: firstLSN,
                 records: 0,
-                dataEnd: Int64(SegmentHeader.size),
+                dataEnd: dataStart,
                 fileBytes: fileBytes,
                 minTimestampNanos: nil,
                 maxTimestampNanos: nil,
                 state: .active,
                 damage: [],
-                tornTail: nil
+                tornTail: nil,
+                keyID: keyID
             )
         )
         if self.durableNextLSN < firstLSN { self.durableNextLSN = firstLSN }

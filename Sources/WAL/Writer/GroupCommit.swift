@@ -26,6 +26,10 @@ struct GroupCommit<Item> {
         var maxTimestampNanos: UInt64
         /// A write or fsync failed here: never write to it again, never seal it.
         var broken: Bool
+        /// Written under another `wal.encryption` setting than this run's (encrypted or not,
+        /// another key): sealed and replaced before the first append, so that what is appended
+        /// from now on is protected as configured.
+        var retired = false
 
         var footer: SegmentFooter {
             SegmentFooter(
@@ -195,6 +199,7 @@ struct GroupCommit<Item> {
     }
 
     private func mustRoll(_ segment: ActiveSegment, before head: Queued, now: UInt64) -> Bool {
+        if segment.retired { return true }
         let capacity = self.limits.segmentBytes - Int64(SegmentFooter.frameLength)
         if segment.dataEnd + Int64(head.frameLength) > capacity { return true }
         if let maxAge = self.limits.segmentMaxAgeNanos, segment.records > 0,
@@ -276,12 +281,12 @@ struct GroupCommit<Item> {
     }
 
     /// The new segment is created, preallocated, and its header durable.
-    mutating func rolled(firstLSN: LSN, now: UInt64) {
+    mutating func rolled(firstLSN: LSN, now: UInt64, dataStart: Int64 = Int64(SegmentHeader.size)) {
         precondition(firstLSN == self.nextLSN, "rolled to \(firstLSN) but the next LSN is \(self.nextLSN)")
         self.segment = ActiveSegment(
             firstLSN: firstLSN,
             nextLSN: firstLSN,
-            dataEnd: Int64(SegmentHeader.size),
+            dataEnd: dataStart,
             records: 0,
             createdNanos: now,
             minTimestampNanos: 0,

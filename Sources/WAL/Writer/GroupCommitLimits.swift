@@ -15,6 +15,6 @@ struct GroupCommitLimits: Sendable, Equatable {
 
     /// The largest frame that fits a segment beside its header and footer.
     static func frameCapacity(segmentBytes: Int64) -> Int {
-        Int(segmentBytes) - SegmentHeader.size - SegmentFooter.frameLength
+        Int(segmentBytes) - SegmentHeader.maximumSize - SegmentFooter.frameLength
     }
 }

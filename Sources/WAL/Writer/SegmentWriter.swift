@@ -1,4 +1,5 @@
 import Dispatch
+import Encryption
 import Logging
 import Synchronization
 
@@ -33,6 +34,10 @@ final class SegmentWriter: @unchecked Sendable {
     /// The active segment's descriptor; -1 when none is open.
     private(set) var fd: Int32 = -1
     private(set) var path = ""
+    /// The `wal.encryption` keys; new segments are encrypted when it has a current key.
+    let keyring: Keyring?
+    /// The active segment's data key, when its records are encrypted.
+    private(set) var cipher: RecordCipher?
     private var buffer: [UInt8] = []
     /// This run's writer tag, stamped into every frame (see ``FrameHeader/writerTag``).
     var tag: UInt16 = 1
@@ -45,7 +50,9 @@ final class SegmentWriter: @unchecked Sendable {
     private let spare = Mutex<SpareState>(.none)
     private let preparer = DispatchQueue(label: "sluice.wal.segment-preparer")
 
-    init(fileSystem: any WALFileSystem, directory: String, segmentBytes: Int64, logger: Logger) {
+    init(fileSystem: any WALFileSystem, directory: String, segmentBytes: Int64, keyring: Keyring? = nil, logger: Logger)
+    {
+        self.keyring = keyring
         self.fileSystem = fileSystem
         self.directory = directory
         self.segmentBytes = segmentBytes
@@ -60,10 +67,16 @@ final class SegmentWriter: @unchecked Sendable {
         if self.fileSystem.fileExists(path) { try? self.fileSystem.unlink(path) }
     }
 
-    /// Makes `fd` (recovery reopened and locked it) the active segment.
-    func adopt(fd: Int32, path: String) {
+    /// Bytes a frame adds to its payload: the authentication tag when new segments are
+    /// encrypted.
+    var payloadOverhead: Int { self.keyring?.current == nil ? 0 : Sealing.tagBytes }
+
+    /// Makes `fd` (recovery reopened and locked it) the active segment, whose records are
+    /// sealed under `cipher` when it is encrypted.
+    func adopt(fd: Int32, path: String, cipher: RecordCipher?) {
         self.fd = fd
         self.path = path
+        self.cipher = cipher
     }
 
     /// Closes the active segment, after an `fdatasync` when `sync` (a tidy close: every
@@ -73,12 +86,13 @@ final class SegmentWriter: @unchecked Sendable {
         if sync { try? self.fileSystem.fdatasync(self.fd, path: self.path) }
         self.fileSystem.close(self.fd)
         self.fd = -1
+        self.cipher = nil
     }
 
     /// Encodes `batch` into frames and writes them at its offset of the active segment. Not
     /// durable until ``sync()``.
     func write(_ batch: GroupCommit<WAL.PendingAppend>.Batch) throws {
-        let buffer = self.encode(batch)
+        let buffer = try self.encode(batch)
         try buffer.withUnsafeBytes { try self.fileSystem.pwrite(self.fd, $0, at: batch.offset, path: self.path) }
     }
 
@@ -87,13 +101,13 @@ final class SegmentWriter: @unchecked Sendable {
         try self.fileSystem.fdatasync(self.fd, path: self.path)
     }
 
-    private func encode(_ batch: GroupCommit<WAL.PendingAppend>.Batch) -> [UInt8] {
+    private func encode(_ batch: GroupCommit<WAL.PendingAppend>.Batch) throws -> [UInt8] {
         var buffer = self.buffer
         buffer.removeAll(keepingCapacity: true)
         buffer.reserveCapacity(batch.length)
         for record in batch.records {
-            let payload = record.item.payload
-            let header = FrameHeader(
+            var payload = record.item.payload
+            var header = FrameHeader(
                 payloadLength: UInt32(payload.count),
                 payloadCRC: record.item.payloadCRC,
                 lsn: record.lsn,
@@ -102,6 +116,18 @@ final class SegmentWriter: @unchecked Sendable {
                 type: .data,
                 writerTag: self.tag
             )
+            if let cipher = self.cipher {
+                // The header's LSN, time, count and tag are bound in (and give the nonce); its
+                // length and CRC then describe the sealed bytes, which is what a reader checks
+                // for torn writes before it decrypts.
+                do {
+                    payload = try cipher.seal(payload, header: header)
+                } catch {
+                    throw WALError(.io, "encrypting the record at LSN \(record.lsn) failed")
+                }
+                header.payloadLength = UInt32(payload.count)
+                header.payloadCRC = CRC32C.checksum(payload)
+            }
             let start = buffer.count
             buffer.append(contentsOf: repeatElement(0, count: FrameHeader.size))
             buffer.withUnsafeMutableBytes { raw in
@@ -125,8 +151,9 @@ final class SegmentWriter: @unchecked Sendable {
 
     /// Creates the segment starting at `firstLSN` (from the spare when one is ready),
     /// preallocated, with its header and directory entry durable, and makes it the active one.
-    /// Returns its name. On failure nothing is left behind and no segment is open.
-    func create(firstLSN: LSN, now: UInt64) throws -> String {
+    /// Returns its name and where its frames start (after a longer header when it is
+    /// encrypted). On failure nothing is left behind and no segment is open.
+    func create(firstLSN: LSN, now: UInt64) throws -> (name: String, dataStart: Int64) {
         let name = SegmentName.make(firstLSN)
         let path = self.directory + "/" + name
         var created = false
@@ -145,15 +172,28 @@ final class SegmentWriter: @unchecked Sendable {
             self.fd = fd
             self.path = path
             try self.fileSystem.tryLock(fd, path: path)
+            let writerID = UInt64.random(in: 1...UInt64.max)
+            let encryption: (RecordCipher, SegmentHeader.KeyBlock)?
+            do {
+                encryption = try RecordCipher.forNewSegment(
+                    keyring: self.keyring,
+                    firstLSN: firstLSN,
+                    writerID: writerID
+                )
+            } catch {
+                throw WALError(.io, "making the data key of \(name) failed")
+            }
             let header = SegmentHeader(
                 firstLSN: firstLSN,
                 createdNanos: now,
-                writerID: UInt64.random(in: 1...UInt64.max)
+                writerID: writerID,
+                keyBlock: encryption?.1
             )
             try header.encoded().withUnsafeBytes { try self.fileSystem.pwrite(fd, $0, at: 0, path: path) }
             try self.fileSystem.fdatasync(fd, path: path)
             try self.fileSystem.syncDirectory(self.directory)
-            return name
+            self.cipher = encryption?.0
+            return (name, Int64(header.dataStart))
         } catch {
             self.closeSegment()
             if created { try? self.fileSystem.unlink(path) }

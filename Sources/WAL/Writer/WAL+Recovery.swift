@@ -1,3 +1,4 @@
+import Encryption
 import Logging
 import Synchronization
 
@@ -20,6 +21,7 @@ extension WAL {
     static func recover(
         configuration: WALConfiguration,
         writer: SegmentWriter,
+        keyring: Keyring?,
         report: inout RecoveryReport,
         logger: Logger
     ) throws -> Recovered {
@@ -31,7 +33,7 @@ extension WAL {
             .map(\.0)
         let scans = try names.map { name in
             let path = directory + "/" + name
-            let scan = try SegmentScan.summarize(path: path, fileSystem: fileSystem)
+            let scan = try SegmentScan.summarize(path: path, fileSystem: fileSystem, keyring: keyring)
             // The one fact the plan needs beyond the scan, read only for the case that asks it.
             var allZeros: Bool?
             if scan.summary.headerDamage != nil && scan.summary.records == 0 {
@@ -86,8 +88,15 @@ extension WAL {
         var active: GroupCommit<PendingAppend>.ActiveSegment?
         if let reopen = plan.active {
             let path = directory + "/" + reopen.name
+            let header: SegmentHeader
+            do {
+                let reader = try SegmentReader(path: path, fileSystem: fileSystem)
+                defer { reader.close() }
+                header = try reader.header()
+            }
+            let cipher = try RecordCipher.forSegment(header, keyring: keyring, name: reopen.name)
             let fd = try fileSystem.open(path, flags: O_RDWR, mode: 0)
-            writer.adopt(fd: fd, path: path)
+            writer.adopt(fd: fd, path: path, cipher: cipher)
             try fileSystem.tryLock(fd, path: path)
             if let torn = reopen.tornTail {
                 try fileSystem.truncate(fd, to: torn.offset, path: path)
@@ -119,8 +128,18 @@ extension WAL {
                 createdNanos: reopen.createdNanos,
                 minTimestampNanos: summary.minTimestampNanos ?? 0,
                 maxTimestampNanos: summary.maxTimestampNanos ?? 0,
-                broken: false
+                broken: false,
+                retired: cipher?.keyID != keyring?.current?.id
             )
+            if cipher?.keyID != keyring?.current?.id {
+                logger.info(
+                    "wal.segment_retired",
+                    metadata: [
+                        "wal.segment": "\(reopen.name)",
+                        "wal.reason": "written under another wal.encryption setting; sealed before the next append",
+                    ]
+                )
+            }
         }
         return Recovered(
             segments: segments,

@@ -1,5 +1,6 @@
 import CoreMetrics
 import Dispatch
+import Encryption
 import Logging
 import ServiceLifecycle
 import SluiceCore
@@ -56,6 +57,9 @@ public final class WAL: Service, Sendable {
 
     public let configuration: WALConfiguration
     public let recovery: RecoveryReport
+    /// The `wal.encryption` keys: new segments are encrypted under its current key, and
+    /// segments written under any of its keys are readable.
+    package let keyring: Keyring?
     let logger: Logger
     let fileSystem: any WALFileSystem
     let state: Mutex<GroupCommit<PendingAppend>>
@@ -145,6 +149,12 @@ public final class WAL: Service, Sendable {
 
     private init(configuration: WALConfiguration, logger: Logger) throws {
         try configuration.validate()
+        let keyring: Keyring?
+        do {
+            keyring = try configuration.encryption.keyring(prefix: "wal.encryption", origin: "wal")
+        } catch {
+            throw WALError(.invalidArgument, error.description)
+        }
         let started = configuration.monotonicClock()
         let fileSystem = configuration.fileSystem
         let directory = configuration.directory
@@ -156,6 +166,7 @@ public final class WAL: Service, Sendable {
             fileSystem: fileSystem,
             directory: directory,
             segmentBytes: configuration.segmentBytes,
+            keyring: keyring,
             logger: logger
         )
         writer.removeLeftoverSpare()
@@ -164,6 +175,7 @@ public final class WAL: Service, Sendable {
             let recovered = try Self.recover(
                 configuration: configuration,
                 writer: writer,
+                keyring: keyring,
                 report: &report,
                 logger: logger
             )
@@ -184,6 +196,7 @@ public final class WAL: Service, Sendable {
             let nextLSN = max(recovered.nextLSN, highestCursor)
             report.durationNanos = configuration.monotonicClock() &- started
             self.recovery = report
+            self.keyring = keyring
             self.configuration = configuration
             self.logger = logger
             self.fileSystem = fileSystem
@@ -369,7 +382,7 @@ public final class WAL: Service, Sendable {
         }
         let payload = EventPayload.encode(events)
         let pending = PendingAppend(payload: payload, payloadCRC: CRC32C.checksum(payload), completion: completion)
-        let frameLength = alignedTo8(FrameHeader.size + payload.count)
+        let frameLength = alignedTo8(FrameHeader.size + payload.count + self.writer.payloadOverhead)
         let enqueuedAt = self.configuration.monotonicClock()
         let result = self.state.withLock {
             $0.enqueue(pending, frameLength: frameLength, eventCount: UInt32(events.count), enqueuedAt: enqueuedAt)
@@ -533,8 +546,9 @@ public final class WAL: Service, Sendable {
             self.writer.closeSegment()
         }
         let name = SegmentName.make(firstLSN)
+        let dataStart: Int64
         do {
-            _ = try self.writer.create(firstLSN: firstLSN, now: now)
+            dataStart = try self.writer.create(firstLSN: firstLSN, now: now).dataStart
         } catch {
             let walError = (error as? WALError) ?? WALError(.io, "creating \(name) failed")
             self.metrics.ioErrors("create_segment").increment()
@@ -569,10 +583,18 @@ public final class WAL: Service, Sendable {
             self.writer.failedRolls = 0
             self.writer.failedRollsUnlogged = 0
         }
-        self.state.withLock { $0.rolled(firstLSN: firstLSN, now: now) }
+        self.state.withLock { $0.rolled(firstLSN: firstLSN, now: now, dataStart: dataStart) }
+        let keyID = self.writer.cipher?.keyID
         let segmentBytes = self.configuration.segmentBytes
         self.shared.withLock {
-            $0.catalog.rolled(sealed: sealing != nil, name: name, firstLSN: firstLSN, fileBytes: segmentBytes)
+            $0.catalog.rolled(
+                sealed: sealing != nil,
+                name: name,
+                firstLSN: firstLSN,
+                fileBytes: segmentBytes,
+                dataStart: dataStart,
+                keyID: keyID
+            )
         }
         self.logger.debug("wal.segment_created", metadata: ["wal.segment": "\(name)"])
         self.refreshPressure()
