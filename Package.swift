@@ -69,7 +69,10 @@ let package = Package(
         // A small Swift layer over librdkafka: producer with a poll thread, mock cluster, errors.
         .target(
             name: "Kafka",
-            dependencies: ["SluiceCore", "Crdkafka", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "SluiceCore", "Crdkafka", .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ],
             swiftSettings: strict
         ),
         // Drains the WAL into Kafka and moves the WAL cursor over what Kafka acknowledged.

@@ -25,6 +25,7 @@ func makeHandle(
         }
     }
     rd_kafka_conf_set_log_cb(conf, forwardLibrdkafkaLog)
+    let oauthBearer = KafkaOAuthBearer.prepare(conf, properties: properties)
     prepare(conf)
     guard let handle = rd_kafka_new(type, conf, &errorBuffer, errorBuffer.count) else {
         // rd_kafka_new frees the configuration only on success.
@@ -34,6 +35,14 @@ func makeHandle(
             "creating the client: "
                 + String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         )
+    }
+    if oauthBearer {
+        do throws(KafkaError) {
+            try KafkaOAuthBearer.start(handle)
+        } catch {
+            rd_kafka_destroy(handle)
+            throw error
+        }
     }
     return handle
 }

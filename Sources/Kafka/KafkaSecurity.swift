@@ -38,10 +38,88 @@ public struct KafkaSecurity: Sendable, Equatable {
     public var saslUsername: String?
     /// File holding the SASL password (mode 0600).
     public var saslPasswordFile: String?
+    /// OAUTHBEARER: the OAuth 2.0 token endpoint Sluice gets tokens from with the
+    /// client-credentials grant (the built-in server's `/oauth/token`, Keycloak, Entra ID, …).
+    public var oauthTokenEndpoint: String?
+    public var oauthClientID: String?
+    /// File holding the client secret (mode 0600).
+    public var oauthClientSecretFile: String?
+    /// Scopes to ask for, space-separated; nil: the client's default.
+    public var oauthScope: String?
+    /// PEM CAs the token endpoint's certificate must chain to; nil: the system's.
+    public var oauthCAFile: String?
 
     public init() {}
 
-    static let mechanisms = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+    /// The named settings over `raw`, refusing a property set both ways and a weakening asked
+    /// for by a raw property without `allow_insecure`.
+    private static func merge(
+        _ named: [String: (key: String, value: String)],
+        into raw: [String: String],
+        allowInsecure: Bool
+    ) throws(KafkaError) -> [String: String] {
+        func refuse(_ message: String) -> KafkaError { KafkaError(.invalidArgument, message) }
+        var merged = raw
+        for (property, entry) in named {
+            if let other = raw[property], other != entry.value {
+                throw refuse("\(entry.key) and kafka.properties.\(property) both set it: keep one")
+            }
+            merged[property] = entry.value
+        }
+        // Weakening is refused whichever way it was asked for.
+        let verificationOff = merged["enable.ssl.certificate.verification"]?.lowercased() == "false"
+        let hostnameOff = merged["ssl.endpoint.identification.algorithm"]?.lowercased() == "none"
+        if (verificationOff || hostnameOff) && !allowInsecure {
+            throw refuse(
+                verificationOff
+                    ? "kafka.properties.enable.ssl.certificate.verification=false turns off broker certificate checks: set kafka.security.allow_insecure to mean it"
+                    : "turning off the broker host name check (kafka.security.verify_hostname=false or ssl.endpoint.identification.algorithm=none) needs kafka.security.allow_insecure"
+            )
+        }
+        try Self.librarySupports(merged)
+        return merged
+    }
+
+    /// OAUTHBEARER needs the token endpoint and its client, a bearer token is not sent over
+    /// plaintext unasked, and librdkafka's own OIDC (missing from Debian's build) is not asked
+    /// for behind Sluice's back.
+    private func checkOAuthBearer() throws(KafkaError) {
+        func refuse(_ message: String) -> KafkaError { KafkaError(.invalidArgument, message) }
+        guard let endpoint = self.oauthTokenEndpoint, self.oauthClientID != nil,
+            let secretFile = self.oauthClientSecretFile
+        else {
+            throw refuse(
+                "SASL OAUTHBEARER needs kafka.security.sasl.oauthbearer.token_endpoint, .client_id and .client_secret_file"
+            )
+        }
+        guard endpoint.hasPrefix("https://") || (endpoint.hasPrefix("http://") && self.allowInsecure) else {
+            throw refuse(
+                "kafka.security.sasl.oauthbearer.token_endpoint must be an https:// URL (http:// sends the client secret in clear: set kafka.security.allow_insecure to mean it)"
+            )
+        }
+        do {
+            try SecretFile.ownerOnly(
+                secretFile,
+                key: "kafka.security.sasl.oauthbearer.client_secret_file",
+                origin: "kafka"
+            )
+        } catch {
+            throw refuse(error.description)
+        }
+        if self.securityProtocol == .saslPlaintext && !self.allowInsecure {
+            throw refuse(
+                "SASL OAUTHBEARER over sasl_plaintext sends the bearer token in clear: use sasl_ssl, or set kafka.security.allow_insecure"
+            )
+        }
+    }
+
+    static let mechanisms = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+
+    /// The OAUTHBEARER client, when that is the mechanism; its secret is read (and its file
+    /// checked) by ``properties(merging:)``.
+    public var usesOAuthBearer: Bool {
+        self.securityProtocol.usesSASL && self.saslMechanism?.uppercased() == "OAUTHBEARER"
+    }
 
     /// `raw` (the `kafka.properties.*` passed through) with the named settings added, after
     /// refusing what would weaken the connection unasked, a property set both ways, a key file
@@ -90,6 +168,9 @@ public struct KafkaSecurity: Sendable, Equatable {
         let saslKeys: [(String, String?)] = [
             ("kafka.security.sasl.mechanism", self.saslMechanism), ("kafka.security.sasl.username", self.saslUsername),
             ("kafka.security.sasl.password_file", self.saslPasswordFile),
+            ("kafka.security.sasl.oauthbearer.token_endpoint", self.oauthTokenEndpoint),
+            ("kafka.security.sasl.oauthbearer.client_id", self.oauthClientID),
+            ("kafka.security.sasl.oauthbearer.client_secret_file", self.oauthClientSecretFile),
         ]
         if !self.securityProtocol.usesSASL, let (key, _) = saslKeys.first(where: { $0.1 != nil }) {
             throw refuse("\(key) needs kafka.security.protocol sasl_plaintext or sasl_ssl")
@@ -102,8 +183,13 @@ public struct KafkaSecurity: Sendable, Equatable {
             }
             guard Self.mechanisms.contains(mechanism) else {
                 throw refuse(
-                    "kafka.security.sasl.mechanism \(mechanism) is not one Sluice drives: \(Self.mechanisms.joined(separator: ", ")) (OAUTHBEARER needs Sluice's token refresh, not built yet)"
+                    "kafka.security.sasl.mechanism \(mechanism) is not one Sluice drives: \(Self.mechanisms.joined(separator: ", "))"
                 )
+            }
+            if mechanism == "OAUTHBEARER" {
+                try self.checkOAuthBearer()
+                set("sasl.mechanisms", mechanism, from: "kafka.security.sasl.mechanism")
+                return try Self.merge(named, into: raw, allowInsecure: self.allowInsecure)
             }
             guard let username = self.saslUsername, let file = self.saslPasswordFile else {
                 throw refuse(
@@ -124,25 +210,7 @@ public struct KafkaSecurity: Sendable, Equatable {
             set("sasl.username", username, from: "kafka.security.sasl.username")
             set("sasl.password", password, from: "kafka.security.sasl.password_file")
         }
-        var merged = raw
-        for (property, entry) in named {
-            if let other = raw[property], other != entry.value {
-                throw refuse("\(entry.key) and kafka.properties.\(property) both set it: keep one")
-            }
-            merged[property] = entry.value
-        }
-        // Weakening is refused whichever way it was asked for.
-        let verificationOff = merged["enable.ssl.certificate.verification"]?.lowercased() == "false"
-        let hostnameOff = merged["ssl.endpoint.identification.algorithm"]?.lowercased() == "none"
-        if (verificationOff || hostnameOff) && !self.allowInsecure {
-            throw refuse(
-                verificationOff
-                    ? "kafka.properties.enable.ssl.certificate.verification=false turns off broker certificate checks: set kafka.security.allow_insecure to mean it"
-                    : "turning off the broker host name check (kafka.security.verify_hostname=false or ssl.endpoint.identification.algorithm=none) needs kafka.security.allow_insecure"
-            )
-        }
-        try Self.librarySupports(merged)
-        return merged
+        return try Self.merge(named, into: raw, allowInsecure: self.allowInsecure)
     }
 
     /// Whether this librdkafka accepts the security properties (Debian's 2.0.2 is built with

@@ -29,12 +29,33 @@ extension KafkaSecurity {
             \.allowInsecure,
             help: "consent to no verification, or a SASL password over plaintext"
         ),
-        .string("kafka.security.sasl.mechanism", \.saslMechanism, help: "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+        .string(
+            "kafka.security.sasl.mechanism",
+            \.saslMechanism,
+            help: "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER"
+        ),
         .string("kafka.security.sasl.username", \.saslUsername, help: "SASL user name"),
         .string(
             "kafka.security.sasl.password_file",
             \.saslPasswordFile,
             help: "file holding the SASL password (mode 0600)"
+        ),
+        .string(
+            "kafka.security.sasl.oauthbearer.token_endpoint",
+            \.oauthTokenEndpoint,
+            help: "OAUTHBEARER: the OAuth 2.0 token endpoint (client credentials)"
+        ),
+        .string("kafka.security.sasl.oauthbearer.client_id", \.oauthClientID, help: "OAUTHBEARER: the client id"),
+        .string(
+            "kafka.security.sasl.oauthbearer.client_secret_file",
+            \.oauthClientSecretFile,
+            help: "OAUTHBEARER: file holding the client secret (mode 0600)"
+        ),
+        .string("kafka.security.sasl.oauthbearer.scope", \.oauthScope, help: "OAUTHBEARER: scopes to ask for"),
+        .string(
+            "kafka.security.sasl.oauthbearer.ca_file",
+            \.oauthCAFile,
+            help: "OAUTHBEARER: PEM CAs for the token endpoint"
         ),
     ]
 }

@@ -262,65 +262,20 @@ extension OAuthCommand {
                 printError("sluice: the secret file \(self.secretFile) is empty")
                 throw ExitCode(2)
             }
-            var tls = TLSConfiguration.makeClientConfiguration()
-            tls.minimumTLSVersion = .tlsv12
-            if let caFile = self.caFile {
-                do {
-                    tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
-                } catch {
-                    printError("sluice: cannot read CA certificates from \(caFile): \(error)")
-                    throw ExitCode(2)
-                }
-            }
-            var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
-            // One request from a script: a refused certificate or connection is reported at
-            // once, not retried until the connect timeout.
-            configuration.connectionPool.retryConnectionEstablishment = false
-            let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-            let outcome: Result<(status: UInt, body: [UInt8]), any Error>
+            let grant = ClientCredentialsGrant(
+                endpoint: endpoint,
+                clientID: self.client,
+                secret: secret,
+                scopes: self.scopes,
+                caFile: self.caFile
+            )
             do {
-                var request = HTTPClientRequest(url: endpoint)
-                request.method = .POST
-                request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
-                request.headers.add(name: "Accept", value: "application/json")
-                // RFC 6749 §2.3.1: id and secret are form-urlencoded before Base64.
-                let credentials = Self.formEncode(self.client) + ":" + Self.formEncode(secret)
-                request.headers.add(
-                    name: "Authorization",
-                    value: "Basic " + Data(credentials.utf8).base64EncodedString()
-                )
-                var form = "grant_type=client_credentials"
-                if !self.scopes.isEmpty { form += "&scope=" + Self.formEncode(self.scopes.joined(separator: " ")) }
-                request.body = .bytes(ByteBuffer(string: form))
-                let response = try await client.execute(request, timeout: .seconds(Int64(self.timeout)))
-                let body = try await response.body.collect(upTo: 1 << 20)
-                outcome = .success((response.status.code, Array(body.readableBytesView)))
+                print(try await grant.fetch(timeout: .seconds(self.timeout)).accessToken)
             } catch {
-                outcome = .failure(error)
-            }
-            try? await client.shutdown()
-            let status: UInt
-            let body: [UInt8]
-            switch outcome {
-            case .success(let answer):
-                status = answer.status
-                body = answer.body
-            case .failure(let error):
-                printError("sluice: the token request to \(endpoint) failed: \(error)")
+                printError("sluice: \(error)")
+                if case .unreadableCA = error { throw ExitCode(2) }
                 throw ExitCode(1)
             }
-            let document = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any]
-            if status == 200, let token = document?["access_token"] as? String, !token.isEmpty {
-                print(token)
-                return
-            }
-            if let error = document?["error"] as? String {
-                let description = (document?["error_description"] as? String).map { ": \($0)" } ?? ""
-                printError("sluice: the authorization server refused (HTTP \(status)): \(error)\(description)")
-            } else {
-                printError("sluice: unexpected answer from \(endpoint): HTTP \(status)")
-            }
-            throw ExitCode(1)
         }
 
         /// `https://host` → `https://host/oauth/token`; a URL with a path is used as it is.
@@ -330,14 +285,6 @@ extension OAuthCommand {
             else { return nil }
             if components.path.isEmpty || components.path == "/" { components.path = "/oauth/token" }
             return components.string
-        }
-
-        /// Percent-encodes all but the unreserved characters (RFC 3986 §2.3).
-        static func formEncode(_ text: String) -> String {
-            let allowed = CharacterSet(
-                charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
-            )
-            return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
         }
     }
 }

@@ -392,6 +392,7 @@ enum SettingsLoader {
         } catch {
             throw SettingsError(description: error.message)
         }
+        settings.kafkaSecurity.registerOAuthBearerSource()
         return settings
     }
 

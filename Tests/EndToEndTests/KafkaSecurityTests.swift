@@ -112,16 +112,47 @@ import Testing
     }
 
     @Test func mechanismsSluiceCannotDriveAndMissingPiecesAreNamed() throws {
+        let gssapi = self.refusal([
+            "SLUICE_KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "SLUICE_KAFKA_SECURITY_SASL_MECHANISM": "GSSAPI",
+        ])
+        #expect(gssapi?.contains("GSSAPI is not one Sluice drives") == true, "\(gssapi ?? "accepted")")
         let oauth = self.refusal([
             "SLUICE_KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "SLUICE_KAFKA_SECURITY_SASL_MECHANISM": "OAUTHBEARER",
         ])
-        #expect(oauth?.contains("OAUTHBEARER") == true)
+        #expect(oauth?.contains("OAUTHBEARER needs kafka.security.sasl.oauthbearer.token_endpoint") == true)
         let noMechanism = self.refusal(["SLUICE_KAFKA_SECURITY_PROTOCOL": "sasl_ssl"])
         #expect(noMechanism?.contains("kafka.security.sasl.mechanism") == true)
         let tlsWithoutProtocol = self.refusal(["SLUICE_KAFKA_SECURITY_CA_FILE": "/etc/ssl/ca.pem"])
         #expect(tlsWithoutProtocol?.contains("needs kafka.security.protocol ssl") == true)
         let badProtocol = self.refusal(["SLUICE_KAFKA_SECURITY_PROTOCOL": "tls"])
         #expect(badProtocol?.contains("plaintext, ssl, sasl_plaintext or sasl_ssl") == true)
+    }
+
+    @Test func oauthBearerRefusesACleartextTokenOrSecretAndAnOpenSecretFile() throws {
+        let directory = try TemporaryDirectory()
+        let secret = try self.file(directory, "client.secret", Self.password)
+        let open = try self.file(directory, "open.secret", Self.password, mode: 0o644)
+        let base = [
+            "SLUICE_KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "SLUICE_KAFKA_SECURITY_SASL_MECHANISM": "OAUTHBEARER",
+            "SLUICE_KAFKA_SECURITY_SASL_OAUTHBEARER_TOKEN_ENDPOINT": "https://idp.example.com/oauth/token",
+            "SLUICE_KAFKA_SECURITY_SASL_OAUTHBEARER_CLIENT_ID": "sluice-forwarder",
+            "SLUICE_KAFKA_SECURITY_SASL_OAUTHBEARER_CLIENT_SECRET_FILE": secret,
+        ]
+        let properties = try self.load(base).kafkaProperties
+        #expect(properties["sasl.mechanisms"] == "OAUTHBEARER")
+        #expect(!properties.values.contains(Self.password))
+
+        let http = self.refusal(
+            base.merging(["SLUICE_KAFKA_SECURITY_SASL_OAUTHBEARER_TOKEN_ENDPOINT": "http://idp.example.com/t"]) { $1 }
+        )
+        #expect(http?.contains("must be an https:// URL") == true, "\(http ?? "accepted")")
+        let plaintext = self.refusal(base.merging(["SLUICE_KAFKA_SECURITY_PROTOCOL": "sasl_plaintext"]) { $1 })
+        #expect(plaintext?.contains("sends the bearer token in clear") == true, "\(plaintext ?? "accepted")")
+        let exposed = self.refusal(
+            base.merging(["SLUICE_KAFKA_SECURITY_SASL_OAUTHBEARER_CLIENT_SECRET_FILE": open]) { $1 }
+        )
+        #expect(exposed?.contains("chmod 600") == true, "\(exposed ?? "accepted")")
+        #expect(exposed?.contains(Self.password) == false)
     }
 
     /// The properties are ones this librdkafka takes: a client is made with them (it connects

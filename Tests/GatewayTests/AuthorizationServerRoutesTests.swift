@@ -235,6 +235,55 @@ private let form: [HTTPField.Name: String] = [.contentType: "application/x-www-f
     }
 }
 
+/// SASL/OAUTHBEARER as a Sluice role uses it: the forwarder's Kafka client gets its token from
+/// the built-in server's token endpoint through the refresh Sluice drives (Debian's librdkafka
+/// has no OIDC of its own). The mock cluster speaks no SASL, so what is shown is the refresh:
+/// the token set for the client's principal, and a refused secret reported without the secret.
+@Suite(.timeLimit(.minutes(2))) struct KafkaOAuthBearerRefreshTests {
+    @Test func theForwardersKafkaClientGetsItsTokenFromTheBuiltInServerAndReportsARefusal() async throws {
+        let fixture = try AuthorizationServerApp()
+        try await fixture.application().test(.live) { client in
+            let port = try #require(client.port)
+            for (secret, expectation) in [
+                (fixture.secret, "kafka.oauthbearer_token_set"), ("slc_not-the-secret", "invalid_client"),
+            ] {
+                let secretFile = fixture.directory.path + "/kafka-client.secret"
+                try? FileManager.default.removeItem(atPath: secretFile)
+                try Data((secret + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
+                try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: secretFile)
+                let config = fixture.directory.path + "/sluice.yaml"
+                try Data(
+                    """
+                    kafka:
+                      bootstrap_servers: 127.0.0.1:9
+                      security:
+                        protocol: sasl_plaintext
+                        allow_insecure: true   # the test's token endpoint and broker are plain http/tcp
+                        sasl:
+                          mechanism: OAUTHBEARER
+                          oauthbearer:
+                            token_endpoint: http://127.0.0.1:\(port)/oauth/token
+                            client_id: shop
+                            client_secret_file: \(secretFile)
+                    """.utf8
+                ).write(to: URL(fileURLWithPath: config))
+                let forwarder = try SluiceProcess([
+                    "forwarder", "--config", config, "--wal-dir", fixture.directory.path + "/wal",
+                ])
+                let line = try await forwarder.line(containing: expectation, timeout: .seconds(30))
+                if secret == fixture.secret {
+                    #expect(line.contains("\"kafka.principal\":\"shop\""), "\(line)")
+                } else {
+                    #expect(line.contains("kafka.oauthbearer_refresh_failed"), "\(line)")
+                }
+                _ = try await forwarder.stop()
+                #expect(!forwarder.standardOutput.contains(secret))
+                #expect(!forwarder.standardError.contains(secret))
+            }
+        }
+    }
+}
+
 /// Waits for the exit, then for each named stream's last line: a pipe's final bytes can be
 /// read after the exit has been seen.
 private func finish(_ process: SluiceProcess, _ streams: [SluiceProcess.Stream]) async throws -> Int32 {
