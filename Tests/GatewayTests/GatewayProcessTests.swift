@@ -59,6 +59,52 @@ func dumpedEventIDs(_ walDirectory: String) async throws -> Set<String> {
 }
 
 @Suite(.serialized, .timeLimit(.minutes(5))) struct GatewayProcessTests {
+    /// `wal.encryption` set through the environment, as a deployment would: a killed gateway
+    /// loses no acknowledged event, nothing is on disk in the clear, and the operator's dump
+    /// reads the events with the same keys and refuses without them.
+    @Test func anEncryptingGatewayKeepsEveryAcknowledgedEventAndNothingInTheClear() async throws {
+        let directory = try TemporaryDirectory()
+        let wal = directory.path + "/wal"
+        let keyFile = directory.path + "/wal.key"
+        let made = try await ChildProcess.runSluice(["encryption", "new-key", keyFile])
+        #expect(made.status == 0)
+        let keys = [
+            "SLUICE_WAL_ENCRYPTION_ENABLED": "true", "SLUICE_WAL_ENCRYPTION_KEY_FILE": keyFile,
+            "SLUICE_WAL_ENCRYPTION_KEY_ID": "gw-1",
+        ]
+        let gateway = try await GatewayProcess(walDirectory: wal, environment: keys)
+        let load = SteadyLoad(target: gateway.url, action: "encrypted_crash_test")
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await load.run(workers: 4, batch: 1...3) }
+            try? await waitUntil(timeout: .seconds(15)) { load.acknowledgedCount >= 50 }
+            gateway.signal(SIGKILL)
+            _ = try? await gateway.waitForExit()
+            load.stop()
+        }
+        #expect(load.acknowledgedCount >= 50)
+
+        let segments = try FileManager.default.contentsOfDirectory(atPath: wal).filter { $0.hasSuffix(".wal") }
+        for name in segments {
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: wal + "/" + name))
+            #expect(bytes.range(of: Data("encrypted_crash_test".utf8)) == nil, "\(name) holds plaintext")
+        }
+        let dump = try await ChildProcess.runSluice(["wal", "dump", wal, "--json"], environment: keys)
+        #expect(dump.status == 0, "\(dump.standardError)")
+        var ids: Set<String> = []
+        for line in dump.standardOutput.split(separator: "\n") {
+            let record = try JSONParser.parse(Array(line.utf8))
+            guard case .string(let event) = record["event"] else { continue }
+            if case .string(let id) = try JSONParser.parse(Array(event.utf8))["event_id"] { ids.insert(id) }
+        }
+        #expect(
+            load.acknowledged.isSubset(of: ids),
+            "\(load.acknowledged.subtracting(ids).count) acknowledged events lost"
+        )
+        let without = try await ChildProcess.runSluice(["wal", "dump", wal])
+        #expect(without.status == 2)
+        #expect(without.standardError.contains("encrypted under key 'gw-1'"))
+    }
+
     @Test func everyEventThatGot202SurvivesSIGKILL() async throws {
         let directory = try TemporaryDirectory()
         let wal = directory.path + "/wal"
