@@ -155,7 +155,8 @@ let package = Package(
         .target(
             name: "Loader",
             dependencies: [
-                "SluiceCore", "Kafka", "ClickHouse", "EventModel",
+                "SluiceCore", "Kafka", "ClickHouse", "EventModel", "Encryption",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
