@@ -272,6 +272,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            exclude: ["chdb_run.py"],
             swiftSettings: strict
         ),
         // The pipeline as it is deployed: sluice processes, the mock cluster, real ClickHouse.

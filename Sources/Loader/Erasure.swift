@@ -106,7 +106,7 @@ package struct ErasureKey: Sendable {
     }
 
     /// HMAC-SHA256 of the user id's UTF-8 bytes.
-    package func hash(_ userID: some ContiguousBytes) -> [UInt8] {
+    package func hash(_ userID: [UInt8]) -> [UInt8] {
         Array(HMAC<SHA256>.authenticationCode(for: userID, using: self.key))
     }
 
@@ -334,7 +334,7 @@ public struct UserErasure: Sendable {
             throw LoaderError(
                 .erasureFailed,
                 message: "the erasure did not complete (running it again is safe)",
-                cause: error as? any Error & Sendable
+                cause: error
             )
         }
     }

@@ -1,6 +1,8 @@
 import ClickHouse
+import CoreMetrics
 import Logging
 import SluiceCore
+import Synchronization
 
 /// What a loader does beside loading: checking its routes against the server, keeping the
 /// erasure record current, and retention on servers without table TTL.

@@ -27,7 +27,8 @@ struct ChDBTests {
             "OPTIMIZE TABLE sluice.events FINAL",
             "SELECT event_id FROM sluice.events ORDER BY event_id",
         ])
-        try #require(results.allSatisfy(\.ok), "\(results)")
+        let failed = results.filter { !$0.ok }
+        try #require(failed.isEmpty, "\(results)")
         #expect(results[2].text.contains("TTL toDateTime(timestamp) + toIntervalDay(400)"), "\(results[2].text)")
         #expect(results[2].text.contains("storage_policy = \\'default\\'"), "\(results[2].text)")
         #expect(results[2].text.contains("non_replicated_deduplication_window = 1000"))
@@ -53,7 +54,8 @@ struct ChDBTests {
             "SELECT storage_policy FROM system.tables WHERE database = 'sluice' AND name = 'events'",
             "SELECT is_encrypted FROM system.disks WHERE name = 'sluice_encrypted'",
         ])
-        try #require(results.allSatisfy(\.ok), "\(results)")
+        let failed = results.filter { !$0.ok }
+        try #require(failed.isEmpty, "\(results)")
         #expect(results[3].text == marker + "\n")
         #expect(results[4].text == "encrypted\n")
         #expect(results[5].text == "1\n")
@@ -77,7 +79,8 @@ struct ChDBTests {
             "INSERT INTO sluice.erasures (key_id, user_hash, erased_at, status, rows_removed, tables) VALUES ('k', 'h', now(), 'recorded', 0, '')",
             "SELECT DISTINCT key_id, user_hash FROM sluice.erasures",
         ])
-        try #require(results.allSatisfy(\.ok), "\(results)")
+        let failed = results.filter { !$0.ok }
+        try #require(failed.isEmpty, "\(results)")
         #expect(results[3].text == "k\th\n")
     }
 }

@@ -154,7 +154,8 @@ import Testing
         #expect(noKey?.message.contains("loader.erasure.key_file") == true)
         // Nothing was recorded: no table was even made.
         let client = ClickHouseClient(ClickHouseConfiguration(url: server.httpURL), logger: quietLogger)
-        #expect(try await client.query("EXISTS TABLE sluice.erasures FORMAT TabSeparated") == "0\n")
+        let exists = try await client.query("EXISTS TABLE sluice.erasures FORMAT TabSeparated")
+        #expect(exists == "0\n")
         try await client.shutdown()
 
         server.kill()

@@ -2,6 +2,7 @@ import ClickHouse
 import Foundation
 import Kafka
 import LocalClickHouse
+import Logging
 import ServiceLifecycle
 import TestSupport
 import Testing
