@@ -101,7 +101,8 @@ package struct ErasureKey: Sendable {
 
     package init(_ key: SymmetricKey) {
         self.key = key
-        self.id = Self.hex(HMAC<SHA256>.authenticationCode(for: Array("sluice erasure key id".utf8), using: key))
+        self.id =
+            Self.hex(HMAC<SHA256>.authenticationCode(for: Array("sluice erasure key id".utf8), using: key))
             .prefix(16).description
     }
 

@@ -29,7 +29,10 @@ struct EraseCommand: AsyncParsableCommand {
     @Option(help: "ClickHouse HTTP(S) URL, e.g. http://127.0.0.1:8123.")
     var clickhouseUrl: String?
 
-    @Option(help: "How long to wait between recording and deleting (default: twice loader.erasure.refresh plus loader.batch_age).")
+    @Option(
+        help:
+            "How long to wait between recording and deleting (default: twice loader.erasure.refresh plus loader.batch_age)."
+    )
     var settle: String?
 
     @Flag(help: "Print the report as one JSON object.")

@@ -3,8 +3,8 @@ import ClickHouse
 import EventModel
 import Foundation
 import Kafka
-import LocalClickHouse
 import Loader
+import LocalClickHouse
 import Logging
 import ServiceLifecycle
 import SluiceCommands
@@ -361,7 +361,9 @@ struct LoaderTLSBenchCommand: AsyncParsableCommand {
                     await group.triggerGracefulShutdown()
                     try await running.value
                     try await clickHouse.execute("DROP TABLE \(route.table)")
-                    print("  round \(round + 1) \(name):\(name == "http" ? " " : "") \(String(format: "%.0f", rate)) rows/s")
+                    print(
+                        "  round \(round + 1) \(name):\(name == "http" ? " " : "") \(String(format: "%.0f", rate)) rows/s"
+                    )
                     best[name] = max(best[name] ?? 0, rate)
                 }
             }

@@ -14,8 +14,8 @@ struct SluiceBench: AsyncParsableCommand {
         commandName: "sluice-bench",
         abstract: "Benchmarks of the Sluice pipeline (docs/performance.md).",
         subcommands: [
-            GatewayBaselineCommand.self, ForwarderBenchCommand.self, LoaderBenchCommand.self, LoaderTLSBenchCommand.self,
-            PipelineBenchCommand.self, TortureCommand.self,
+            GatewayBaselineCommand.self, ForwarderBenchCommand.self, LoaderBenchCommand.self,
+            LoaderTLSBenchCommand.self, PipelineBenchCommand.self, TortureCommand.self,
         ]
     )
 

@@ -30,7 +30,10 @@ struct ClickHouseClientCertificateTests {
         try await with.shutdown()
         #expect(answer == "with a certificate\n")
 
-        let without = ClickHouseClient(ClickHouseConfiguration(url: url, caFile: server.certificateFile), logger: logger)
+        let without = ClickHouseClient(
+            ClickHouseConfiguration(url: url, caFile: server.certificateFile),
+            logger: logger
+        )
         let refusal = await #expect(throws: ClickHouseError.self) { try await without.query("SELECT 1") }
         try await without.shutdown()
         #expect(refusal?.kind == .transport, "\(String(describing: refusal))")

@@ -1,7 +1,7 @@
 import ClickHouse
 import Foundation
-import LocalClickHouse
 import Loader
+import LocalClickHouse
 import TestSupport
 import Testing
 
@@ -29,9 +29,14 @@ import Testing
         var rows = ""
         for n in 0..<30 {
             let user = n % 3 == 0 ? "o'hara@example.org" : "bob"
-            rows += #"{"event_id":"e\#(n)","action":"click","user_id":"\#(user)","timestamp":"2026-11-30 10:00:00","received_at":"2026-11-30 10:00:00"}"# + "\n"
+            rows +=
+                #"{"event_id":"e\#(n)","action":"click","user_id":"\#(user)","timestamp":"2026-11-30 10:00:00","received_at":"2026-11-30 10:00:00"}"#
+                + "\n"
         }
-        try await analyst.client.insert("INSERT INTO sluice.events (event_id, action, user_id, timestamp, received_at) FORMAT JSONEachRow", body: Array(rows.utf8))
+        try await analyst.client.insert(
+            "INSERT INTO sluice.events (event_id, action, user_id, timestamp, received_at) FORMAT JSONEachRow",
+            body: Array(rows.utf8)
+        )
 
         let directory = try TemporaryDirectory()
         let keyFile = directory.path + "/erasure.key"
@@ -65,7 +70,9 @@ import Testing
         #expect(lines.contains("  sluice.events: 10 row(s) removed"), "\(lines)")
         #expect(lines.contains("  shop.orders: skipped (no user column)"), "\(lines)")
         #expect(!erase.standardOutput.contains("o'hara"), "the report does not repeat the id")
-        #expect(try await analyst.number("SELECT count() FROM sluice.events WHERE user_id = 'o\\'hara@example.org'") == 0)
+        #expect(
+            try await analyst.number("SELECT count() FROM sluice.events WHERE user_id = 'o\\'hara@example.org'") == 0
+        )
         #expect(try await analyst.number("SELECT count() FROM sluice.events") == 20)
 
         // Again, as JSON: nothing left to remove, and that is no error.
@@ -73,13 +80,22 @@ import Testing
             ["erase", "--config", config, "--user-id", "o'hara@example.org", "--settle", "0s", "--json"]
         )
         #expect(again.status == 0, "\(again.standardError)")
-        #expect(again.standardOutput.contains(#""rows_removed":0,"tables":[{"table":"sluice.events","rows_removed":0}"#), "\(again.standardOutput)")
+        #expect(
+            again.standardOutput.contains(#""rows_removed":0,"tables":[{"table":"sluice.events","rows_removed":0}"#),
+            "\(again.standardOutput)"
+        )
 
         let cases: [([String], Int32, String)] = [
             (["--user-id", ""], 2, "sluice: erase: the user id is empty"),
-            (["--user-id", "bob", "--table", "shop.nothing"], 2, "sluice: erase: table shop.nothing is not a routed table (routed: sluice.events, shop.orders)"),
+            (
+                ["--user-id", "bob", "--table", "shop.nothing"], 2,
+                "sluice: erase: table shop.nothing is not a routed table (routed: sluice.events, shop.orders)"
+            ),
             (["--user-id", "bob", "--settle", "soon"], 2, "--settle = 'soon' is invalid"),
-            (["--user-id", "bob", "--clickhouse-url", "http://127.0.0.1:\(try freeLoopbackPorts(1)[0])"], 1, "cannot reach ClickHouse"),
+            (
+                ["--user-id", "bob", "--clickhouse-url", "http://127.0.0.1:\(try freeLoopbackPorts(1)[0])"], 1,
+                "cannot reach ClickHouse"
+            ),
         ]
         for (arguments, status, message) in cases {
             let run = try await ChildProcess.runSluice(["erase", "--config", config, "--settle", "0s"] + arguments)

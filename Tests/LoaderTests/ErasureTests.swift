@@ -97,7 +97,9 @@ import Testing
             #expect(pipeline.loader.messagesErased == 50)
             #expect(try await pipeline.scalar("SELECT count() FROM sluice.events WHERE user_id = 'alice'") == 0)
             #expect(
-                try await pipeline.scalar("SELECT uniqExact(event_id) FROM sluice.events WHERE user_id = 'bob@example.org'")
+                try await pipeline.scalar(
+                    "SELECT uniqExact(event_id) FROM sluice.events WHERE user_id = 'bob@example.org'"
+                )
                     == 150
             )
         }
@@ -115,11 +117,16 @@ import Testing
             )
             erasure.settle = .zero
             let report = try await erasure.erase(userID: "alice")
-            #expect(report.tables == [.init(table: "sluice.events", rowsRemoved: 0, skipped: "the table does not exist yet")])
+            #expect(
+                report.tables == [
+                    .init(table: "sluice.events", rowsRemoved: 0, skipped: "the table does not exist yet")
+                ]
+            )
 
             // No key at all, then another key: both would let alice's events back in.
             for key in [nil, Self.key()] {
-                pipeline.configuration.erasure = key.map { ErasureConfiguration(keyBytes: $0) } ?? ErasureConfiguration()
+                pipeline.configuration.erasure =
+                    key.map { ErasureConfiguration(keyBytes: $0) } ?? ErasureConfiguration()
                 pipeline.startLoader()
                 let refusal = await #expect(throws: LoaderError.self) { try await pipeline.task.value }
                 #expect(refusal?.code == .invalidConfiguration)

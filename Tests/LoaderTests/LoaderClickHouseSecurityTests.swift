@@ -43,12 +43,15 @@ import Testing
         defer { producer.close() }
         func send(_ range: Range<Int>) async throws {
             let before = delivered.value
-            for n in range { try producer.send(topic: "events", key: Array("k\(n % 5)".utf8), value: eventJSON(n), id: UInt64(n)) }
+            for n in range {
+                try producer.send(topic: "events", key: Array("k\(n % 5)".utf8), value: eventJSON(n), id: UInt64(n))
+            }
             try await waitUntil(timeout: .seconds(30)) { delivered.value == before + range.count }
         }
         let analyst = ClickHouseClient(ClickHouseConfiguration(url: server.httpURL), logger: quietLogger)
         func count(_ sql: String) async throws -> Int {
-            Int(try await analyst.query(sql + " FORMAT TabSeparated").trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+            Int(try await analyst.query(sql + " FORMAT TabSeparated").trimmingCharacters(in: .whitespacesAndNewlines))
+                ?? -1
         }
         func committed() async throws -> Int64 {
             let probe = try KafkaConsumer(properties: [
@@ -73,7 +76,9 @@ import Testing
 
         // The server's certificate changes to one of another issuer: the loader's CA is wrong now.
         try await offPool { server.kill() }
-        for file in ["server.crt", "server.key"] { try FileManager.default.removeItem(atPath: server.directory + "/" + file) }
+        for file in ["server.crt", "server.key"] {
+            try FileManager.default.removeItem(atPath: server.directory + "/" + file)
+        }
         let reissue = try await ChildProcess.run(
             "openssl",
             [
@@ -135,8 +140,10 @@ import Testing
         producer.close()
         let analyst = ClickHouseClient(ClickHouseConfiguration(url: server.httpURL), logger: quietLogger)
         func loaded() async -> Int {
-            Int((try? await analyst.query("SELECT count() FROM sluice.events FORMAT TabSeparated"))?
-                .trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+            Int(
+                (try? await analyst.query("SELECT count() FROM sluice.events FORMAT TabSeparated"))?
+                    .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            ) ?? 0
         }
         func loader(_ file: String) throws -> SluiceProcess {
             try SluiceProcess(
@@ -150,10 +157,14 @@ import Testing
 
         let wrong = try loader(try passwordFile("wrong", "not-the-password"))
         try await waitUntil(timeout: .seconds(30), pollEvery: .milliseconds(100)) {
-            wrong.standardOutput.contains("loader.clickhouse_unavailable") || wrong.standardError.contains("loader.clickhouse_unavailable")
+            wrong.standardOutput.contains("loader.clickhouse_unavailable")
+                || wrong.standardError.contains("loader.clickhouse_unavailable")
         }
         let output = wrong.standardOutput + wrong.standardError
-        #expect(output.contains("sluice") && (output.contains("password") || output.contains("Authentication")), "\(output.suffix(2000))")
+        #expect(
+            output.contains("sluice") && (output.contains("password") || output.contains("Authentication")),
+            "\(output.suffix(2000))"
+        )
         _ = try await wrong.stop(SIGTERM)
         #expect(await loaded() == 0)
 

@@ -23,7 +23,10 @@ import Testing
         #expect(route.ttl == .seconds(400 * 86_400))
         let old = route.createTable(on: Self.v18)
         #expect(!old.contains("TTL") && !old.contains("SETTINGS"))
-        #expect(route.unsupported(on: Self.v18)?.contains("storage_policy 'encrypted', which needs ClickHouse 19.15.0") == true)
+        #expect(
+            route.unsupported(on: Self.v18)?.contains("storage_policy 'encrypted', which needs ClickHouse 19.15.0")
+                == true
+        )
         #expect(route.createTable(on: Self.v19_6).hasSuffix("TTL toDateTime(`timestamp`) + INTERVAL 400 DAY"))
         #expect(route.unsupported(on: Self.v23) == nil)
         #expect(
@@ -56,7 +59,11 @@ import Testing
         let now: Int64 = 1_796_083_200
         let ttl = Duration.seconds(400 * 86_400)  // back to 2025-10-27
         #expect(
-            RetentionSweep.expired(["202001", "202509", "202510", "202511", "202612", "bogus", "202613"], ttl: ttl, nowSeconds: now)
+            RetentionSweep.expired(
+                ["202001", "202509", "202510", "202511", "202612", "bogus", "202613"],
+                ttl: ttl,
+                nowSeconds: now
+            )
                 == ["202001", "202509"]
         )
         #expect(RetentionSweep.days(1970, 1, 1) == 0)
@@ -86,7 +93,11 @@ import Testing
             let warning = try #require(logs.entries.first { $0.message == "loader.ttl_unsupported" })
             #expect(warning.metadata["fallback"]?.description.contains("drops whole months") == true)
             #expect(
-                Set(logs.entries.filter { $0.message == "loader.retention_dropped" }.compactMap { $0.metadata["partition"]?.description })
+                Set(
+                    logs.entries.filter { $0.message == "loader.retention_dropped" }.compactMap {
+                        $0.metadata["partition"]?.description
+                    }
+                )
                     == ["202001", "202002"]
             )
             await group.triggerGracefulShutdown()
