@@ -402,17 +402,17 @@ public struct UserErasure: Sendable {
         clickHouse: ClickHouseClient,
         progress: @Sendable (String) -> Void
     ) async throws -> Int {
-        let condition = "`\(column)` = \(Self.literal(userID))"
+        let statements = Self.statements(route: route, column: column, userID: userID)
         var removed = 0
         for pass in 1...3 {
-            let before = try await Self.scalar(clickHouse, "SELECT count() FROM \(route.table) WHERE \(condition)")
+            let before = try await Self.scalar(clickHouse, statements.count)
             if before == 0 { return removed }
             if pass > 1 {
                 progress("\(route.table): \(before) row(s) arrived after the delete; deleting again")
             }
-            try await clickHouse.execute("ALTER TABLE \(route.table) DELETE WHERE \(condition)")
-            try await self.awaitMutations(route: route, clickHouse: clickHouse)
-            let after = try await Self.scalar(clickHouse, "SELECT count() FROM \(route.table) WHERE \(condition)")
+            try await clickHouse.execute(statements.delete)
+            try await self.awaitMutations(route: route, query: statements.pendingMutations, clickHouse: clickHouse)
+            let after = try await Self.scalar(clickHouse, statements.count)
             removed += max(0, before - after)
             if after == 0 { return removed }
         }
@@ -425,10 +425,8 @@ public struct UserErasure: Sendable {
 
     /// Waits until the table has no unfinished mutation (`system.mutations.is_done`): the
     /// delete is asynchronous on every version, and `mutations_sync` exists only from 19.x.
-    private func awaitMutations(route: LoaderRoute, clickHouse: ClickHouseClient) async throws {
+    private func awaitMutations(route: LoaderRoute, query: String, clickHouse: ClickHouseClient) async throws {
         let deadline = ContinuousClock.now + self.mutationTimeout
-        let query =
-            "SELECT count() FROM system.mutations WHERE database = '\(route.database)' AND table = '\(route.tableName)' AND is_done = 0"
         while try await Self.scalar(clickHouse, query) > 0 {
             guard ContinuousClock.now < deadline else {
                 throw LoaderError(
@@ -439,6 +437,22 @@ public struct UserErasure: Sendable {
             }
             try await Task.sleep(for: .milliseconds(100))
         }
+    }
+
+    /// The SQL of one table's erasure: count the user's rows, delete them, count the table's
+    /// unfinished mutations. Plain SQL that 18.16 and current releases both take (ChDBTests).
+    static func statements(
+        route: LoaderRoute,
+        column: String,
+        userID: String
+    ) -> (count: String, delete: String, pendingMutations: String) {
+        let condition = "`\(column)` = \(Self.literal(userID))"
+        return (
+            "SELECT count() FROM \(route.table) WHERE \(condition)",
+            "ALTER TABLE \(route.table) DELETE WHERE \(condition)",
+            "SELECT count() FROM system.mutations WHERE database = '\(route.database)'"
+                + " AND table = '\(route.tableName)' AND is_done = 0"
+        )
     }
 
     static func scalar(_ clickHouse: ClickHouseClient, _ sql: String) async throws -> Int {

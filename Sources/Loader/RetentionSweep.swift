@@ -25,16 +25,23 @@ package enum RetentionSweep {
         nowSeconds: Int64 = Int64(Date().timeIntervalSince1970)
     ) async throws(ClickHouseError) -> [String] {
         guard let ttl = route.ttl else { return [] }
-        let text = try await clickHouse.query(
-            "SELECT DISTINCT partition FROM system.parts WHERE database = '\(route.database)'"
-                + " AND table = '\(route.tableName)' AND active FORMAT TabSeparated"
-        )
+        let text = try await clickHouse.query(Self.partitionsQuery(route) + " FORMAT TabSeparated")
         let partitions = text.split(separator: "\n").map { String($0) }
         let expired = Self.expired(partitions, ttl: ttl, nowSeconds: nowSeconds)
         for partition in expired {
-            try await clickHouse.execute("ALTER TABLE \(route.table) DROP PARTITION \(partition)")
+            try await clickHouse.execute(Self.drop(partition, of: route))
         }
         return expired
+    }
+
+    /// The table's partitions that hold data.
+    static func partitionsQuery(_ route: LoaderRoute) -> String {
+        "SELECT DISTINCT partition FROM system.parts WHERE database = '\(route.database)'"
+            + " AND table = '\(route.tableName)' AND active"
+    }
+
+    static func drop(_ partition: String, of route: LoaderRoute) -> String {
+        "ALTER TABLE \(route.table) DROP PARTITION \(partition)"
     }
 
     /// Days from 1970-01-01 to a civil date (proleptic Gregorian; H. Hinnant's algorithm).

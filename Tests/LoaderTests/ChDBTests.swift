@@ -71,6 +71,36 @@ struct ChDBTests {
         #expect(files.contains { $0.contains("sluice_encrypted/") }, "\(files)")
     }
 
+    /// What `sluice erase` and the retention sweep send, on current ClickHouse (18.16 runs them
+    /// in ErasureTests and RetentionTests).
+    @Test func theEraseAndSweepStatementsWorkAsGenerated() async throws {
+        let chdb = try ChDB()
+        let version = try await chdb.version()
+        let route = LoaderRoute.events
+        let erase = UserErasure.statements(route: route, column: "user_id", userID: "o'hara\\1")
+        let results = try await chdb.run([
+            "CREATE DATABASE IF NOT EXISTS sluice",
+            route.createTable(on: version),
+            "INSERT INTO sluice.events (event_id, action, user_id, timestamp, received_at) VALUES "
+                + "('a', 'a', 'o\\'hara\\\\1', now(), now()), ('b', 'a', 'bob', now(), now()),"
+                + " ('c', 'a', 'carol', '2020-01-05 00:00:00', now())",
+            erase.count,
+            erase.delete,
+            erase.pendingMutations,
+            erase.count,
+            RetentionSweep.partitionsQuery(route) + " ORDER BY partition",
+            RetentionSweep.drop("202001", of: route),
+            "SELECT event_id FROM sluice.events",
+        ])
+        let failed = results.filter { !$0.ok }
+        try #require(failed.isEmpty, "\(results)")
+        #expect(results[3].text == "1\n")
+        #expect(Int(results[5].text.dropLast()) != nil, "\(results[5].text)")
+        #expect(results[6].text == "0\n")
+        #expect(results[7].text.hasPrefix("202001\n"), "\(results[7].text)")
+        #expect(results[9].text == "b\n")
+    }
+
     @Test func theErasureRecordTableIsCreatedAsGenerated() async throws {
         let chdb = try ChDB()
         let erasure = ErasureConfiguration(keyBytes: Array(repeating: 1, count: 32))
