@@ -84,8 +84,10 @@ extension Loader {
             } catch let error as LoaderError {
                 self.logger.error("loader.erasure_unusable", metadata: ["error": "\(error)"])
                 return error
-            } catch {
+            } catch where !Task.isCancelled {
                 self.logger.warning("loader.erasure_refresh_failed", metadata: ["error": "\(error)"])
+            } catch {
+                break  // shutting down: the request was cancelled
             }
             if !sweeps.isEmpty && ContinuousClock.now >= nextSweep {
                 nextSweep = ContinuousClock.now + .seconds(3600)

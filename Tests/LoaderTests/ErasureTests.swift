@@ -137,6 +137,28 @@ import Testing
         }
     }
 
+    /// An erasure under another key reaches a running loader at its next refresh: it stops
+    /// rather than load events it can no longer tell apart.
+    @Test func aRunningLoaderStopsWhenAnErasureUnderAnotherKeyAppears() async throws {
+        try await LoadPipeline.with(partitions: 1) { pipeline in
+            pipeline.configuration.erasure = ErasureConfiguration(keyBytes: Self.key(), refresh: .milliseconds(200))
+            pipeline.startLoader()
+            try await pipeline.send(Self.events(alice: 10, bob: 10))
+            try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(100)) {
+                pipeline.loader.rowsInserted == 20
+            }
+            var other = pipeline.configuration
+            other.erasure = ErasureConfiguration(keyBytes: Self.key())
+            var erasure = UserErasure(configuration: other, logger: quietLogger)
+            erasure.settle = .zero
+            _ = try await erasure.erase(userID: "alice")
+            let stop = await #expect(throws: LoaderError.self) { try await pipeline.task.value }
+            #expect(stop?.code == .invalidConfiguration)
+            #expect(stop?.message.contains("this loader's key is") == true)
+            pipeline.task = nil
+        }
+    }
+
     @Test func badInputIsRefusedBeforeAnythingChanges() async throws {
         let server = try await ClickHouseServer.start()
         defer { server.stop() }
