@@ -84,7 +84,7 @@ extension Loader {
             } catch let error as LoaderError {
                 self.logger.error("loader.erasure_unusable", metadata: ["error": "\(error)"])
                 return error
-            } catch where !Task.isCancelled {
+            } catch  where !Task.isCancelled {
                 self.logger.warning("loader.erasure_refresh_failed", metadata: ["error": "\(error)"])
             } catch {
                 break  // shutting down: the request was cancelled

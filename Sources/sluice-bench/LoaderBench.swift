@@ -340,7 +340,7 @@ struct LoaderTLSBenchCommand: AsyncParsableCommand {
         let clickHouse = ClickHouseClient(ClickHouseConfiguration(url: server.httpURL), logger: quiet)
         try await withShutdown(clickHouse) {
             try await clickHouse.execute("CREATE DATABASE IF NOT EXISTS sluice_bench")
-            var best: [String: Double] = [:]
+            var rates: [String: [Double]] = [:]
             for round in 0..<self.rounds {
                 for (name, url, ca) in [("http", server.httpURL, nil), ("https", httpsURL, caFile)] {
                     var route = LoaderRoute.events
@@ -364,17 +364,25 @@ struct LoaderTLSBenchCommand: AsyncParsableCommand {
                     print(
                         "  round \(round + 1) \(name):\(name == "http" ? " " : "") \(String(format: "%.0f", rate)) rows/s"
                     )
-                    best[name] = max(best[name] ?? 0, rate)
+                    rates[name, default: []].append(rate)
                 }
             }
-            let http = best["http"] ?? 0
-            let https = best["https"] ?? 0
+            func median(_ values: [Double]) -> Double {
+                let sorted = values.sorted()
+                guard !sorted.isEmpty else { return 0 }
+                return sorted.count % 2 == 1
+                    ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+            }
+            let http = rates["http"]?.max() ?? 0
+            let https = rates["https"]?.max() ?? 0
+            let httpMedian = median(rates["http"] ?? [])
+            let httpsMedian = median(rates["https"] ?? [])
             print(
                 """
-                loader over HTTPS against HTTP: \(self.events) events, \(self.partitions) partitions, ClickHouse \(try await clickHouse.serverVersion()), best of \(self.rounds) round(s)
-                  HTTP:   \(String(format: "%.0f", http)) rows/s
-                  HTTPS:  \(String(format: "%.0f", https)) rows/s (TLS 1.2+, certificate verified against clickhouse.ca_file)
-                  ratio HTTPS / HTTP: \(String(format: "%.2f", https / max(http, 1)))x
+                loader over HTTPS against HTTP: \(self.events) events, \(self.partitions) partitions, ClickHouse \(try await clickHouse.serverVersion()), \(self.rounds) round(s) each
+                  HTTP:   best \(String(format: "%.0f", http)) rows/s, median \(String(format: "%.0f", httpMedian))
+                  HTTPS:  best \(String(format: "%.0f", https)) rows/s, median \(String(format: "%.0f", httpsMedian)) (TLS 1.2+, certificate verified against clickhouse.ca_file)
+                  ratio HTTPS / HTTP: \(String(format: "%.2f", https / max(http, 1)))x best, \(String(format: "%.2f", httpsMedian / max(httpMedian, 1)))x median
                 """
             )
         }
