@@ -158,7 +158,8 @@ let package = Package(
         .target(
             name: "Loader",
             dependencies: [
-                "SluiceCore", "Kafka", "ClickHouse", "EventModel",
+                "SluiceCore", "Kafka", "ClickHouse", "EventModel", "Encryption",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -275,6 +276,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            exclude: ["chdb_run.py"],
             swiftSettings: strict
         ),
         // The pipeline as it is deployed: sluice processes, the mock cluster, real ClickHouse.

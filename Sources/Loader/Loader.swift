@@ -25,17 +25,20 @@ import Synchronization
 /// The rules live in ``LoaderStateMachine``; this class performs its actions (Kafka, ClickHouse,
 /// encoding) as child tasks of one task group and feeds their results back to it.
 public final class Loader: Service, Sendable {
-    private let configuration: LoaderConfiguration
-    private let logger: Logger
-    private let metrics = LoaderMetrics()
+    let configuration: LoaderConfiguration
+    let logger: Logger
+    let metrics = LoaderMetrics()
     private let insertedRows = Atomic<Int>(0)
     private let deadLettered = Atomic<Int>(0)
     private let chosenFormats = Mutex<[String: InsertFormat]>([:])
     private let assignedPartitions = Atomic<Int>(0)
+    let erasures: ErasureList
+    let erasedMessages = Atomic<Int>(0)
 
     public init(configuration: LoaderConfiguration, logger: Logger = Logger(label: "sluice.loader")) {
         self.configuration = configuration
         self.logger = logger
+        self.erasures = ErasureList(configuration: configuration.erasure)
     }
 
     /// librdkafka consumer properties the loader sets unless configured otherwise.
@@ -56,6 +59,8 @@ public final class Loader: Service, Sendable {
     public var messagesDeadLettered: Int { self.deadLettered.load(ordering: .relaxed) }
     /// Partitions assigned to this loader now (0 until it has joined its group).
     public var partitionsAssigned: Int { self.assignedPartitions.load(ordering: .relaxed) }
+    /// Messages of erased users dropped so far (this process).
+    public var messagesErased: Int { self.erasedMessages.load(ordering: .relaxed) }
     /// The insert format of each route (by topic), once the loader has checked its tables.
     public var insertFormats: [String: InsertFormat] { self.chosenFormats.withLock { $0 } }
 
@@ -71,7 +76,7 @@ public final class Loader: Service, Sendable {
     }
 
     private func run(with clickHouse: ClickHouseClient) async throws {
-        guard let (version, formats) = await self.prepareTables(clickHouse) else { return }
+        guard let (version, formats) = try await self.prepareTables(clickHouse) else { return }
         self.chosenFormats.withLock { $0 = formats }
         var properties = Self.consumerDefaults.merging(self.configuration.kafkaProperties) { $1 }
         properties["group.id"] = self.configuration.groupID
@@ -104,21 +109,26 @@ public final class Loader: Service, Sendable {
             version: version,
             formats: formats
         )
-        await session.run()
+        let failure = await self.runMaintained({ await session.run() }, clickHouse: clickHouse, version: version)
         await consumer.close()
         await producer.close(flushTimeout: .seconds(10))
         self.logger.info("loader.stopped", metadata: ["rows": "\(self.rowsInserted)"])
+        if let failure { throw failure }
     }
 
-    /// Creates databases and tables when missing and chooses each route's insert format,
-    /// retrying until ClickHouse answers; nil on shutdown.
+    /// Creates databases and tables when missing, chooses each route's insert format and reads
+    /// the erasure record, retrying until ClickHouse answers; nil on shutdown.
+    ///
+    /// - Throws: ``LoaderError`` when a route cannot work on this server (a storage policy
+    ///   before 19.15) or the erasure record cannot be applied: retrying would not help.
     private func prepareTables(
         _ clickHouse: ClickHouseClient
-    ) async -> (ClickHouseVersion, [String: InsertFormat])? {
+    ) async throws(LoaderError) -> (ClickHouseVersion, [String: InsertFormat])? {
         var backoff = Backoff(initial: self.configuration.retryInitial, maximum: self.configuration.retryMax)
         while !Task.isCancelledOrShuttingDownGracefully {
             do {
                 let version = try await clickHouse.serverVersion()
+                try self.checkRoutes(on: version)
                 for database in Set(self.configuration.routes.map(\.database)) {
                     try await clickHouse.execute("CREATE DATABASE IF NOT EXISTS \(database)")
                 }
@@ -139,7 +149,10 @@ public final class Loader: Service, Sendable {
                         )
                     }
                 }
+                try await self.prepareErasures(clickHouse)
                 return (version, formats)
+            } catch let error as LoaderError {
+                throw error
             } catch {
                 self.logger.warning("loader.clickhouse_unavailable", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: backoff.next())
@@ -248,9 +261,15 @@ public final class Loader: Service, Sendable {
                 case .encode(let request):
                     self.metrics.batchSize.record(request.messages.count)
                     let encoder = self.encoder(request.topic)
+                    let erasures = self.loader.erasures.snapshot
                     group.addTask {
                         // Validation: what cannot become a row goes to the dead-letter topic.
-                        let (rows, invalid) = await Self.encode(request.messages, with: encoder)
+                        let (rows, invalid, erased) = await Self.encode(
+                            request.messages,
+                            with: encoder,
+                            erasures: erasures
+                        )
+                        if erased > 0 { self.loader.droppedErased(erased, route: encoder.route) }
                         return .encoded(request.id, rows, invalid)
                     }
                 case .insert(let request):
@@ -365,34 +384,45 @@ public final class Loader: Service, Sendable {
         /// Encoding is the loader's main CPU cost: slices of the batch are encoded on every core.
         static func encode(
             _ messages: ArraySlice<ConsumedMessage>,
-            with encoder: RowEncoder
-        ) async -> (rows: EncodedRows, rejected: [DeadLetter]) {
+            with encoder: RowEncoder,
+            erasures: ErasureList.Snapshot? = nil
+        ) async -> (rows: EncodedRows, rejected: [DeadLetter], erased: Int) {
             let slices = max(1, min(ProcessInfo.processInfo.activeProcessorCount, messages.count / 500))
             let size = (messages.count + slices - 1) / slices
-            let parts = await withTaskGroup(of: (Int, EncodedRows, [DeadLetter]).self) { group in
+            let parts = await withTaskGroup(of: (Int, EncodedRows, [DeadLetter], Int).self) { group in
                 for slice in 0..<slices {
                     let start = messages.startIndex + min(messages.count, slice * size)
                     let part = messages[start..<messages.startIndex + min(messages.count, (slice + 1) * size)]
                     group.addTask {
                         var rows = EncodedRows()
                         var rejected: [DeadLetter] = []
+                        var erased = 0
                         var scratch = RowEncoder.Scratch()
                         rows.reserve(part.count, bytes: part.reduce(0) { $0 + $1.value.count })
                         for index in part.indices {
                             do throws(LoaderError) {
-                                let received = try part[index].value.withUnsafeBufferPointer {
+                                let start = rows.body.count
+                                let (received, isErased) = try part[index].value.withUnsafeBufferPointer {
                                     value throws(LoaderError) in
-                                    try encoder.encode(value, into: &rows.body, scratch: &scratch)
+                                    let received = try encoder.encode(value, into: &rows.body, scratch: &scratch)
+                                    guard let erasures else { return (received, false) }
+                                    return (received, encoder.isErased(value, scratch: &scratch, erasures: erasures))
+                                }
+                                if isErased {
+                                    // An erased user's event: no row; its offset is committed with the batch.
+                                    rows.body.removeSubrange(start...)
+                                    erased += 1
+                                    continue
                                 }
                                 rows.appended(source: index - messages.startIndex, receivedAtMillis: received)
                             } catch {
                                 rejected.append(DeadLetter(message: part[index], reason: error.description))
                             }
                         }
-                        return (slice, rows, rejected)
+                        return (slice, rows, rejected, erased)
                     }
                 }
-                var parts: [(Int, EncodedRows, [DeadLetter])] = []
+                var parts: [(Int, EncodedRows, [DeadLetter], Int)] = []
                 for await part in group { parts.append(part) }
                 return parts.sorted { $0.0 < $1.0 }
             }
@@ -402,7 +432,7 @@ public final class Loader: Service, Sendable {
                 for part in parts { rows.append(contentsOf: part.1) }
             }
             rows.source = messages
-            return (rows, parts.flatMap { $0.2 })
+            return (rows, parts.flatMap { $0.2 }, parts.reduce(0) { $0 + $1.3 })
         }
     }
 
@@ -466,4 +496,5 @@ struct LoaderMetrics: Sendable {
     let commitLatency = Timer(label: "sluice_loader_commit_duration_seconds")
     let ingestDelay = Timer(label: "sluice_loader_ingest_to_insert_seconds")
     let batchSize = Recorder(label: "sluice_loader_batch_rows", aggregate: true)
+    let erased = Counter(label: "sluice_loader_erased_messages_total")
 }

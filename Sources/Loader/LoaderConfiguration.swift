@@ -9,6 +9,8 @@ public struct LoaderConfiguration: Sendable {
     public var groupID = "sluice-loader"
     /// Topics → tables. Default: `events` → `sluice.events`.
     public var routes: [LoaderRoute] = [.events]
+    /// Erased users: where their record lives and the key of their hashed ids.
+    public var erasure = ErasureConfiguration()
     /// A batch is inserted when it reaches this many rows… Default: 20,000.
     public var batchRows = 20_000
     /// … or this many bytes of rows… Default: 16 MiB.

@@ -17,6 +17,7 @@ public struct LoaderError: Error, Sendable, CustomStringConvertible {
             case notJSON, notAnObject, missingField, wrongKind, outOfRange
             case invalidConfiguration, invalidRoute
             case groupIsActive, invalidTarget
+            case erasureFailed
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -39,6 +40,9 @@ public struct LoaderError: Error, Sendable, CustomStringConvertible {
         public static let groupIsActive = Code(.groupIsActive)
         /// An offset reset names a partition or an offset the topic does not have.
         public static let invalidTarget = Code(.invalidTarget)
+        /// `sluice erase` could not finish: ClickHouse refused or did not answer (running it
+        /// again is safe).
+        public static let erasureFailed = Code(.erasureFailed)
 
         public var description: String { self.value.rawValue }
     }

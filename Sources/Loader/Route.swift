@@ -60,11 +60,26 @@ public struct LoaderRoute: Sendable, Equatable {
     public var orderBy: [String]
     /// Where messages that fail validation or that the table rejects go. Default: `<topic>.dlq`.
     public var deadLetterTopic: String
+    /// The column holding the user id, which `sluice erase` deletes by and the loader checks
+    /// against the erasure record. Default: `user_id` when the route has that column; nil: the
+    /// route's rows name no user, and erasure skips its table (and says so).
+    public var userColumn: String?
+    /// How long rows are kept, by ``timeColumn`` (`ttl: 400d`): a table TTL on ClickHouse 19.6
+    /// and later; on older servers the loader drops whole months past it
+    /// (``RetentionSweep``). nil: kept for ever.
+    public var ttl: Duration?
+    /// The ClickHouse storage policy new tables are created on (`storage_policy: encrypted`,
+    /// see ops/clickhouse/README.md); nil: the server's default. Needs ClickHouse 19.15.
+    public var storagePolicy: String?
 
     /// `DateTime64` exists from ClickHouse 20.1 on.
     static let dateTime64Since = ClickHouseVersion(major: 20, minor: 1, patch: 0)
     /// `insert_deduplication_token` (with `non_replicated_deduplication_window`) from 22.2 on.
     static let dedupTokenSince = ClickHouseVersion(major: 22, minor: 2, patch: 0)
+    /// Table `TTL` from 19.6 on.
+    package static let ttlSince = ClickHouseVersion(major: 19, minor: 6, patch: 0)
+    /// The `storage_policy` table setting from 19.15 on (encrypted disks from 21.9).
+    package static let storagePolicySince = ClickHouseVersion(major: 19, minor: 15, patch: 0)
 
     public init(
         topic: String,
@@ -73,7 +88,10 @@ public struct LoaderRoute: Sendable, Equatable {
         dedupColumn: String = "event_id",
         timeColumn: String = "timestamp",
         orderBy: [String]? = nil,
-        deadLetterTopic: String? = nil
+        deadLetterTopic: String? = nil,
+        userColumn: String? = nil,
+        ttl: Duration? = nil,
+        storagePolicy: String? = nil
     ) {
         self.topic = topic
         self.table = table
@@ -82,6 +100,9 @@ public struct LoaderRoute: Sendable, Equatable {
         self.timeColumn = timeColumn
         self.orderBy = orderBy ?? [dedupColumn]
         self.deadLetterTopic = deadLetterTopic ?? topic + ".dlq"
+        self.userColumn = userColumn ?? (columns.contains { $0.name == "user_id" } ? "user_id" : nil)
+        self.ttl = ttl
+        self.storagePolicy = storagePolicy
     }
 
     /// The normalized event the gateway writes, column for column.
@@ -144,7 +165,63 @@ public struct LoaderRoute: Sendable, Equatable {
         if let missing = self.orderBy.first(where: { !names.contains($0) }) {
             return "order_by names '\(missing)', which is not a column of the route"
         }
+        if let user = self.userColumn, !names.contains(user) {
+            return "user_column '\(user)' is not a column of the route"
+        }
+        if let ttl = self.ttl, ttl < .seconds(86_400) {
+            return "ttl of route \(self.topic) must be at least 1d (rows are dropped by day or by month)"
+        }
+        if let policy = self.storagePolicy, !Self.isIdentifier(policy) {
+            return "storage_policy '\(policy)' must be made of letters, digits and underscores"
+        }
         return nil
+    }
+
+    /// Why this route cannot have its table on a server of `version`, if so: a storage policy
+    /// on a server that has none. Refused rather than ignored: a route that asks for an
+    /// encrypted disk must not quietly get a plain one.
+    public func unsupported(on version: ClickHouseVersion) -> String? {
+        guard let policy = self.storagePolicy, version < Self.storagePolicySince else { return nil }
+        return "route \(self.topic) sets storage_policy '\(policy)', which needs ClickHouse \(Self.storagePolicySince)"
+            + " or later (this server is \(version)); remove the option or upgrade the server"
+    }
+
+    /// The route keys beyond the table's shape, for the configuration reader.
+    package static let optionKeys = ["user_column", "ttl", "storage_policy"]
+
+    /// Sets one of ``optionKeys`` from its configuration text.
+    package mutating func applyOption(_ name: String, _ text: String) throws(LoaderError) {
+        switch name {
+        case "user_column": self.userColumn = text
+        case "storage_policy": self.storagePolicy = text
+        case "ttl":
+            guard let ttl = Self.parseTTL(text) else {
+                throw LoaderError(
+                    .invalidRoute,
+                    message: "ttl '\(text)' of route \(self.topic) must be a duration such as 400d or 720h"
+                )
+            }
+            self.ttl = ttl
+        default:
+            throw LoaderError(.invalidRoute, message: "unknown route option '\(name)'")
+        }
+    }
+
+    /// `400d`, `720h`, `3600s`: a whole number of days, hours or seconds.
+    static func parseTTL(_ text: String) -> Duration? {
+        let units: [(Character, Int64)] = [("d", 86_400), ("h", 3_600), ("s", 1)]
+        guard let last = text.last, let scale = units.first(where: { $0.0 == last })?.1,
+            let count = Int64(text.dropLast()), count > 0, count < 1_000_000_000 / scale
+        else { return nil }
+        return .seconds(count * scale)
+    }
+
+    /// The `TTL` clause: whole days as `DAY`, anything else in seconds.
+    var ttlClause: String? {
+        guard let ttl = self.ttl else { return nil }
+        let seconds = ttl.components.seconds
+        let interval = seconds % 86_400 == 0 ? "\(seconds / 86_400) DAY" : "\(seconds) SECOND"
+        return "TTL toDateTime(`\(self.timeColumn)`) + INTERVAL \(interval)"
     }
 
     static func isIdentifier(_ text: String) -> Bool {
@@ -169,9 +246,13 @@ public struct LoaderRoute: Sendable, Equatable {
             PARTITION BY toYYYYMM(`\(self.timeColumn)`)
             ORDER BY (\(self.orderBy.map { "`\($0)`" }.joined(separator: ", ")))
             """
-        if version >= Self.dedupTokenSince {
-            sql += "\nSETTINGS non_replicated_deduplication_window = 1000"
+        if version >= Self.ttlSince, let ttl = self.ttlClause { sql += "\n" + ttl }
+        var settings: [String] = []
+        if version >= Self.dedupTokenSince { settings.append("non_replicated_deduplication_window = 1000") }
+        if version >= Self.storagePolicySince, let policy = self.storagePolicy {
+            settings.append("storage_policy = '\(policy)'")
         }
+        if !settings.isEmpty { sql += "\nSETTINGS " + settings.joined(separator: ", ") }
         return sql
     }
 

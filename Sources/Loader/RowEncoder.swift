@@ -44,6 +44,8 @@ public struct RowEncoder: Sendable {
     /// column reads it already).
     private let keys: [Range<Int>]
     private let receivedAtKey: Int
+    /// The key of the route's user field, for erasure (``isErased(_:scratch:erasures:)``).
+    let userKey: Int?
     /// Why a column's default cannot be encoded, if so; read only when a message lacks the field.
     private let fallbackErrors: [LoaderError?]
 
@@ -100,6 +102,7 @@ public struct RowEncoder: Sendable {
             fallbackErrors.append(fallbackError)
         }
         self.receivedAtKey = key("received_at")
+        self.userKey = route.columns.first { $0.name == route.userColumn }.map { key($0.field) }
         self.plans = plans
         self.constants = constants
         self.keys = keys

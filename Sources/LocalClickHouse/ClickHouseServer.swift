@@ -37,6 +37,8 @@ public final class ClickHouseServer: @unchecked Sendable {
     public let directory: String
     /// Whether ``stop()`` removes ``directory``.
     private let temporary: Bool
+    /// The CA whose client certificates the HTTPS port requires; nil: none required.
+    private var clientCA: String?
     /// The server's `display_name`, which it sends in every response: a `/ping` answered by
     /// another server that took the port meanwhile does not count.
     private let displayName = "sluice-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
@@ -66,14 +68,20 @@ public final class ClickHouseServer: @unchecked Sendable {
 
     /// Starts a server and waits until `GET /ping` answers `Ok.` (at most 60 s). `users` adds
     /// users by name with plaintext passwords, reachable from 127.0.0.1. `tls` adds an HTTPS
-    /// port with a fresh self-signed certificate (made with the `openssl` command). On a port
-    /// taken between choosing and binding it, starts again on other ports; any other failure
-    /// throws an error with the tail of the server's log.
-    public static func start(users: [String: String] = [:], tls: Bool = false) async throws -> ClickHouseServer {
+    /// port with a fresh self-signed certificate (made with the `openssl` command);
+    /// `clientCA` (a PEM file) makes that port require a client certificate issued by it
+    /// (`verificationMode strict`). On a port taken between choosing and binding it, starts
+    /// again on other ports; any other failure throws an error with the tail of the server's log.
+    public static func start(
+        users: [String: String] = [:],
+        tls: Bool = false,
+        clientCA: String? = nil
+    ) async throws -> ClickHouseServer {
         var lastError: (any Error)?
         for _ in 0..<5 {
             let directory = try makeTemporaryDirectory()
             let server = ClickHouseServer(directory: directory, ports: try freeLoopbackPorts(tls ? 4 : 3))
+            server.clientCA = clientCA
             do {
                 if tls { try await offPool { try makeCertificate(in: directory) } }
                 try server.writeConfiguration(users: users)
@@ -272,6 +280,10 @@ public final class ClickHouseServer: @unchecked Sendable {
     /// The `https_port` and `openSSL` elements of `config.xml`, or nothing.
     private var tlsConfiguration: String {
         guard let port = self.httpsPort else { return "" }
+        let verification =
+            self.clientCA.map {
+                "<verificationMode>strict</verificationMode>\n                <caConfig>\($0)</caConfig>"
+            } ?? "<verificationMode>none</verificationMode>"
         return """
 
                 <https_port>\(port)</https_port>
@@ -279,7 +291,7 @@ public final class ClickHouseServer: @unchecked Sendable {
                     <server>
                         <certificateFile>\(self.directory)/server.crt</certificateFile>
                         <privateKeyFile>\(self.directory)/server.key</privateKeyFile>
-                        <verificationMode>none</verificationMode>
+                        \(verification)
                         <loadDefaultCAFile>false</loadDefaultCAFile>
                         <disableProtocols>sslv2,sslv3</disableProtocols>
                     </server>

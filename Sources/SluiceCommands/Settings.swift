@@ -102,6 +102,7 @@ struct Settings {
             var time = "timestamp"
             var orderBy: [String]?
             var deadLetter: String?
+            var options: [(String, SettingValue)] = []
             var columnOrder: [String] = []
             var columns: [String: [String: SettingValue]] = [:]
             for (path, value) in entries[topic]! {
@@ -112,6 +113,7 @@ struct Settings {
                 case "time_column": time = value.text
                 case "order_by": orderBy = value.items
                 case "dead_letter_topic": deadLetter = value.text
+                case let option where LoaderRoute.optionKeys.contains(option): options.append((option, value))
                 case "columns":
                     guard path.count == 3 else {
                         throw SettingsError(
@@ -124,7 +126,7 @@ struct Settings {
                 default:
                     throw SettingsError(
                         description:
-                            "\(where_): unknown route key '\(path[0])' (expected table, columns, dedup_column, time_column, order_by, dead_letter_topic)"
+                            "\(where_): unknown route key '\(path[0])' (expected table, columns, dedup_column, time_column, order_by, dead_letter_topic, \(LoaderRoute.optionKeys.joined(separator: ", ")))"
                     )
                 }
             }
@@ -166,7 +168,7 @@ struct Settings {
                     )
                 )
             }
-            return LoaderRoute(
+            var route = LoaderRoute(
                 topic: topic,
                 table: table,
                 columns: loaderColumns.isEmpty ? LoaderRoute.eventColumns : loaderColumns,
@@ -175,6 +177,12 @@ struct Settings {
                 orderBy: orderBy ?? (loaderColumns.isEmpty ? ["action", "event_id"] : nil),
                 deadLetterTopic: deadLetter
             )
+            for (option, value) in options {
+                do { try route.applyOption(option, value.text) } catch {
+                    throw SettingsError(description: "\(value.origin): loader.routes.\(topic).\(option): \(error)")
+                }
+            }
+            return route
         }
     }
 
@@ -240,6 +248,7 @@ enum SettingsLoader {
         + ForwarderConfiguration.keys.map { $0.lifted(\Settings.forwarder) }
         + ClickHouseConfiguration.keys.map { $0.lifted(\Settings.loader.clickHouse) }
         + LoaderConfiguration.keys.map { $0.lifted(\Settings.loader) } + [routesKey]
+        + ErasureConfiguration.keys.map { $0.lifted(\Settings.loader.erasure) }
         + processKeys
         + AuthSettings.keys.map { $0.lifted(\Settings.auth) }
 

@@ -4,6 +4,7 @@ import EventModel
 import Foundation
 import Kafka
 import Loader
+import LocalClickHouse
 import Logging
 import ServiceLifecycle
 import SluiceCommands
@@ -279,6 +280,112 @@ struct LoaderBenchCommand: AsyncParsableCommand {
 
     static func seconds(_ duration: Duration) -> Double {
         duration.seconds
+    }
+}
+
+/// `sluice-bench loader-tls` (figure B7): the loader's rows/s into one ClickHouse over HTTPS
+/// against over HTTP, in one sitting. Starts Debian's clickhouse-server with an HTTPS port (a
+/// fresh self-signed certificate, trusted through `clickhouse.ca_file`) and the mock Kafka;
+/// loads the same messages alternately over each, each time with a new group and table, and
+/// compares the best round of each.
+struct LoaderTLSBenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loader-tls",
+        abstract: "Measure the loader's rows/s over HTTPS against HTTP into the same ClickHouse."
+    )
+
+    @Option(help: "Events to load per round.")
+    var events: Int = 500_000
+
+    @Option(help: "Partitions of the topic.")
+    var partitions: Int = 64
+
+    @Option(help: "Rounds; each loads the events once over HTTP and once over HTTPS.")
+    var rounds: Int = 2
+
+    func validate() throws {
+        guard self.events > 0, self.partitions > 0, self.rounds > 0 else {
+            throw ValidationError("--events, --partitions and --rounds must be positive")
+        }
+    }
+
+    func run() async throws {
+        var quiet = Logger(label: "sluice.bench")
+        quiet.logLevel = .error
+        let server = try await ClickHouseServer.start(tls: true)
+        defer { server.stop() }
+        guard let httpsURL = server.httpsURL, let caFile = server.certificateFile else {
+            printError("sluice: the server has no HTTPS port")
+            throw ExitCode.failure
+        }
+        let cluster = try await DevKafka.start(topics: ["events:\(self.partitions)"], sluice: siblingSluice())
+        defer { cluster.process.signal(SIGTERM) }
+        let delivered = BenchTally()
+        let producer = try KafkaProducer(
+            properties: ["bootstrap.servers": cluster.bootstrapServers, "linger.ms": "20", "compression.type": "lz4"],
+            onDelivery: { reports in delivered.add(reports.count) }
+        )
+        for n in 0..<self.events {
+            try await LoaderBenchCommand.send(
+                producer,
+                topic: "events",
+                key: "user-\(n % 1000)",
+                value: LoaderBenchCommand.event(n),
+                id: n
+            )
+        }
+        while delivered.value < self.events { try await Task.sleep(for: .milliseconds(20)) }
+        producer.close()
+
+        let clickHouse = ClickHouseClient(ClickHouseConfiguration(url: server.httpURL), logger: quiet)
+        try await withShutdown(clickHouse) {
+            try await clickHouse.execute("CREATE DATABASE IF NOT EXISTS sluice_bench")
+            var rates: [String: [Double]] = [:]
+            for round in 0..<self.rounds {
+                for (name, url, ca) in [("http", server.httpURL, nil), ("https", httpsURL, caFile)] {
+                    var route = LoaderRoute.events
+                    route.table = "sluice_bench.events_\(name)_\(round)"
+                    var configuration = LoaderConfiguration(
+                        kafkaProperties: ["bootstrap.servers": cluster.bootstrapServers],
+                        clickHouse: ClickHouseConfiguration(url: url, caFile: ca)
+                    )
+                    configuration.groupID = "bench-tls-\(name)-\(round)-\(getpid())"
+                    configuration.routes = [route]
+                    let loader = Loader(configuration: configuration, logger: quiet)
+                    let group = ServiceGroup(services: [loader], logger: quiet)
+                    let running = Task { try await group.run() }
+                    while loader.partitionsAssigned == 0 { try await Task.sleep(for: .milliseconds(5)) }
+                    let joined = ContinuousClock.now
+                    while loader.rowsInserted < self.events { try await Task.sleep(for: .milliseconds(20)) }
+                    let rate = Double(self.events) / LoaderBenchCommand.seconds(ContinuousClock.now - joined)
+                    await group.triggerGracefulShutdown()
+                    try await running.value
+                    try await clickHouse.execute("DROP TABLE \(route.table)")
+                    print(
+                        "  round \(round + 1) \(name):\(name == "http" ? " " : "") \(String(format: "%.0f", rate)) rows/s"
+                    )
+                    rates[name, default: []].append(rate)
+                }
+            }
+            func median(_ values: [Double]) -> Double {
+                let sorted = values.sorted()
+                guard !sorted.isEmpty else { return 0 }
+                return sorted.count % 2 == 1
+                    ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+            }
+            let http = rates["http"]?.max() ?? 0
+            let https = rates["https"]?.max() ?? 0
+            let httpMedian = median(rates["http"] ?? [])
+            let httpsMedian = median(rates["https"] ?? [])
+            print(
+                """
+                loader over HTTPS against HTTP: \(self.events) events, \(self.partitions) partitions, ClickHouse \(try await clickHouse.serverVersion()), \(self.rounds) round(s) each
+                  HTTP:   best \(String(format: "%.0f", http)) rows/s, median \(String(format: "%.0f", httpMedian))
+                  HTTPS:  best \(String(format: "%.0f", https)) rows/s, median \(String(format: "%.0f", httpsMedian)) (TLS 1.2+, certificate verified against clickhouse.ca_file)
+                  ratio HTTPS / HTTP: \(String(format: "%.2f", https / max(http, 1)))x best, \(String(format: "%.2f", httpsMedian / max(httpMedian, 1)))x median
+                """
+            )
+        }
     }
 }
 

@@ -141,10 +141,13 @@ import WAL
         let passwordFile = secrets.path + "/password"
         try Data("secret\n".utf8).write(to: URL(fileURLWithPath: passwordFile))
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: passwordFile)
+        let keyFile = secrets.path + "/erasure.key"
+        try Data(String(repeating: "ab", count: 32).utf8).write(to: URL(fileURLWithPath: keyFile))
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: keyFile)
         let samples = [
             "gateway.admin_listen": "127.0.0.1:9090", "metrics.listen": "127.0.0.1:9464",
             "auth.api_keys.postgres_url": "postgres://sluice@db/sluice",
-            "clickhouse.password_file": passwordFile,
+            "clickhouse.password_file": passwordFile, "loader.erasure.key_file": keyFile,
         ]
         for key in SettingsLoader.keys where !key.isWildcard {
             #expect(key.environmentName == "SLUICE_" + key.path.uppercased().replacingOccurrences(of: ".", with: "_"))
