@@ -69,20 +69,41 @@ public final class ChildProcess: Sendable {
             process.standardInput = pipe
             self.input = pipe.fileHandleForWriting
         }
-        for (pipe, sink) in [(out, self.output), (err, self.errors)] {
-            pipe.fileHandleForReading.readabilityHandler = { handle in
-                let data = handle.availableData
-                if data.isEmpty {
-                    handle.readabilityHandler = nil
-                    sink.closed.store(true, ordering: .releasing)
-                } else {
-                    sink.bytes.withLock { $0 += data }
-                }
-            }
-        }
         self.process = process
         self.commandLine = ([path] + arguments).joined(separator: " ")
         try process.run()
+        for (pipe, sink) in [(out, self.output), (err, self.errors)] {
+            Self.drain(pipe.fileHandleForReading, into: sink)
+        }
+    }
+
+    /// Reads `handle` to its end on a thread of its own, with blocking reads.
+    ///
+    /// Not `readabilityHandler`: on Linux, tearing its dispatch read source down while other
+    /// sources come and go is a use-after-free in libdispatch's epoll bookkeeping
+    /// (swift-corelibs-libdispatch#949) that crashed this test process in
+    /// `_dispatch_event_loop_drain` when many children ran at once. A blocking read registers
+    /// nothing with libdispatch; the thread ends at end of file (when the child and any
+    /// grandchild holding the pipe are gone).
+    private static func drain(_ handle: FileHandle, into sink: Collected) {
+        let thread = Thread {
+            let descriptor = handle.fileDescriptor
+            var buffer = [UInt8](repeating: 0, count: 64 << 10)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress, $0.count) }
+                if count > 0 {
+                    sink.bytes.withLock { $0 += buffer[0..<count] }
+                } else if count < 0 && errno == EINTR {
+                    continue
+                } else {
+                    break
+                }
+            }
+            try? handle.close()
+            sink.closed.store(true, ordering: .releasing)
+        }
+        thread.name = "child-output"
+        thread.start()
     }
 
     deinit {
