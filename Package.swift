@@ -49,6 +49,15 @@ let package = Package(
             dependencies: ["SluiceCore", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
+        // Debian's liblz4 (liblz4-dev): events are compressed before they are encrypted.
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        // The Kafka payload envelope: LZ4, then AES-256-GCM under a per-topic-hour data key
+        // derived from a `kafka.encryption` key; sealed by the forwarder, opened by the loader.
+        .target(
+            name: "KafkaEnvelope",
+            dependencies: ["Encryption", "CLZ4", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
         .target(
             name: "WAL",
             dependencies: [
@@ -76,7 +85,7 @@ let package = Package(
         .target(
             name: "Forwarder",
             dependencies: [
-                "SluiceCore", "WAL", "Kafka", "EventModel",
+                "SluiceCore", "WAL", "Kafka", "EventModel", "Encryption", "KafkaEnvelope",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -155,7 +164,7 @@ let package = Package(
         .target(
             name: "Loader",
             dependencies: [
-                "SluiceCore", "Kafka", "ClickHouse", "EventModel",
+                "SluiceCore", "Kafka", "ClickHouse", "EventModel", "Encryption", "KafkaEnvelope",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -171,7 +180,7 @@ let package = Package(
             name: "SluiceCommands",
             dependencies: [
                 "SluiceCore", "WAL", "Gateway", "Telemetry", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
-                "LocalClickHouse", "Auth",
+                "LocalClickHouse", "Auth", "Encryption",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -190,7 +199,7 @@ let package = Package(
             name: "sluice-bench",
             dependencies: [
                 "SluiceCommands", "WAL", "Gateway", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
-                "LocalClickHouse", "SluiceTestKit",
+                "LocalClickHouse", "SluiceTestKit", "Encryption",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -267,7 +276,8 @@ let package = Package(
         .testTarget(
             name: "LoaderTests",
             dependencies: [
-                "Loader", "Kafka", "ClickHouse", "EventModel", "TestSupport", "LocalClickHouse",
+                "Loader", "Kafka", "ClickHouse", "EventModel", "TestSupport", "LocalClickHouse", "Encryption",
+                "KafkaEnvelope",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -277,7 +287,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "Kafka", "ClickHouse", "LocalClickHouse", "TestSupport", "SluiceCommands",
+                "Kafka", "ClickHouse", "LocalClickHouse", "TestSupport", "SluiceCommands", "Encryption",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -289,8 +299,10 @@ let package = Package(
         .testTarget(
             name: "ForwarderTests",
             dependencies: [
-                "Forwarder", "Kafka", "WAL", "EventModel", "TestSupport",
+                "Forwarder", "Kafka", "WAL", "EventModel", "TestSupport", "Encryption", "KafkaEnvelope",
+                "LocalClickHouse",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict

@@ -71,6 +71,7 @@ public final class Loader: Service, Sendable {
     }
 
     private func run(with clickHouse: ClickHouseClient) async throws {
+        let decryption = PayloadDecryption(keyring: try self.configuration.encryptionKeyring())
         guard let (version, formats) = await self.prepareTables(clickHouse) else { return }
         self.chosenFormats.withLock { $0 = formats }
         var properties = Self.consumerDefaults.merging(self.configuration.kafkaProperties) { $1 }
@@ -101,6 +102,7 @@ public final class Loader: Service, Sendable {
             clickHouse: clickHouse,
             producer: producer,
             deadLetters: deadLetters,
+            decryption: decryption,
             version: version,
             formats: formats
         )
@@ -166,6 +168,7 @@ public final class Loader: Service, Sendable {
         let consumer: KafkaConsumer
         let producer: KafkaProducer
         let deadLetters: DeadLetterSender
+        let decryption: PayloadDecryption
         /// Each route's encoder, by topic; it carries the route.
         let encoders: [String: RowEncoder]
         let inserter: RowInserter
@@ -176,6 +179,7 @@ public final class Loader: Service, Sendable {
             clickHouse: ClickHouseClient,
             producer: KafkaProducer,
             deadLetters: DeadLetterSender,
+            decryption: PayloadDecryption,
             version: ClickHouseVersion,
             formats: [String: InsertFormat]
         ) {
@@ -183,6 +187,7 @@ public final class Loader: Service, Sendable {
             self.consumer = consumer
             self.producer = producer
             self.deadLetters = deadLetters
+            self.decryption = decryption
             self.inserter = RowInserter(loader: loader, clickHouse: clickHouse, version: version)
             self.encoders = Dictionary(
                 uniqueKeysWithValues: loader.configuration.routes.map {
@@ -248,9 +253,14 @@ public final class Loader: Service, Sendable {
                 case .encode(let request):
                     self.metrics.batchSize.record(request.messages.count)
                     let encoder = self.encoder(request.topic)
+                    let decryption = self.decryption
                     group.addTask {
                         // Validation: what cannot become a row goes to the dead-letter topic.
-                        let (rows, invalid) = await Self.encode(request.messages, with: encoder)
+                        let (rows, invalid) = await Self.encode(
+                            request.messages,
+                            with: encoder,
+                            decryption: decryption
+                        )
                         return .encoded(request.id, rows, invalid)
                     }
                 case .insert(let request):
@@ -365,7 +375,8 @@ public final class Loader: Service, Sendable {
         /// Encoding is the loader's main CPU cost: slices of the batch are encoded on every core.
         static func encode(
             _ messages: ArraySlice<ConsumedMessage>,
-            with encoder: RowEncoder
+            with encoder: RowEncoder,
+            decryption: PayloadDecryption
         ) async -> (rows: EncodedRows, rejected: [DeadLetter]) {
             let slices = max(1, min(ProcessInfo.processInfo.activeProcessorCount, messages.count / 500))
             let size = (messages.count + slices - 1) / slices
@@ -379,8 +390,15 @@ public final class Loader: Service, Sendable {
                         var scratch = RowEncoder.Scratch()
                         rows.reserve(part.count, bytes: part.reduce(0) { $0 + $1.value.count })
                         for index in part.indices {
+                            let event: [UInt8]
+                            switch decryption.open(part[index]) {
+                            case .event(let opened): event = opened
+                            case .rejected(let letter):
+                                rejected.append(letter)
+                                continue
+                            }
                             do throws(LoaderError) {
-                                let received = try part[index].value.withUnsafeBufferPointer {
+                                let received = try event.withUnsafeBufferPointer {
                                     value throws(LoaderError) in
                                     try encoder.encode(value, into: &rows.body, scratch: &scratch)
                                 }
