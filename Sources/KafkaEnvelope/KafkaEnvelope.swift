@@ -147,7 +147,12 @@ package final class PayloadSealer: Sendable {
             )
         }
         let body = Self.compress(event)
-        let box = try AES.GCM.seal(body, using: dataKey.key, nonce: AES.GCM.Nonce(), authenticating: dataKey.additionalData)
+        let box = try AES.GCM.seal(
+            body,
+            using: dataKey.key,
+            nonce: AES.GCM.Nonce(),
+            authenticating: dataKey.additionalData
+        )
         // `combined` is nonce ‖ ciphertext ‖ tag, the envelope's layout after the hour.
         let sealed = box.combined ?? Data()
         return [UInt8](unsafeUninitializedCapacity: KafkaEnvelope.hourBytes + sealed.count) { buffer, count in
@@ -300,7 +305,8 @@ package final class PayloadOpener: Sendable {
             guard length > 0, length <= KafkaEnvelope.maximumEventBytes else {
                 throw EnvelopeError(
                     kind: .malformed,
-                    message: "payload envelope declares \(length) bytes (1 to \(KafkaEnvelope.maximumEventBytes) expected)"
+                    message:
+                        "payload envelope declares \(length) bytes (1 to \(KafkaEnvelope.maximumEventBytes) expected)"
                 )
             }
             let event = bytes.withUnsafeBufferPointer { source in

@@ -35,7 +35,8 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
     @Option(
         help: ArgumentHelp(
             "Also drain the same WAL with payload encryption (kafka.encryption) on, this many times, alternating with plain drains.",
-            discussion: "Each drain starts from its own cursor at LSN 0 and sends to its own topic; the ratio is the median sealed rate over the median plain one."
+            discussion:
+                "Each drain starts from its own cursor at LSN 0 and sends to its own topic; the ratio is the median sealed rate over the median plain one."
         )
     )
     var encryptionRounds = 0
@@ -51,7 +52,8 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
         // (`sluice dev-kafka`), so this process's resident memory is the forwarder's alone.
         let drains = (0..<self.encryptionRounds).flatMap { ["plain\($0)", "sealed\($0)"] }
         let cluster = try await DevKafka.start(
-            topics: ["events:\(self.partitions)", "kcat:\(self.partitions)"] + drains.map { "\($0):\(self.partitions)" },
+            topics: ["events:\(self.partitions)", "kcat:\(self.partitions)"]
+                + drains.map { "\($0):\(self.partitions)" },
             sluice: siblingSluice()
         )
         defer { cluster.process.signal(SIGTERM) }
@@ -179,7 +181,9 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
                     drain.routing = TopicRouting(defaultTopic: drain.cursorName)
                     if sealed { drain.encryption = encryption }
                     let seconds = try await Self.drain(wal, drain, to: end, logger: quiet)
-                    if sealed { sealedRates.append(Double(self.events) / seconds) } else {
+                    if sealed {
+                        sealedRates.append(Double(self.events) / seconds)
+                    } else {
                         plainRates.append(Double(self.events) / seconds)
                     }
                 }

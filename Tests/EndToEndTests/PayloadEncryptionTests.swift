@@ -154,10 +154,16 @@ import Testing
             ),
         ]
         for (environment, message) in cases {
-            let check = try await ChildProcess.runSluice(["config", "check"], environment: base.merging(environment) { $1 })
+            let check = try await ChildProcess.runSluice(
+                ["config", "check"],
+                environment: base.merging(environment) { $1 }
+            )
             #expect(check.status == 2)
             #expect(check.standardError.contains("sluice: loader: \(message)\n"), "\(check.standardError)")
-            let forwarder = try await ChildProcess.runSluice(["forwarder"], environment: base.merging(environment) { $1 })
+            let forwarder = try await ChildProcess.runSluice(
+                ["forwarder"],
+                environment: base.merging(environment) { $1 }
+            )
             #expect(forwarder.status == 2)
             #expect(forwarder.standardError.hasSuffix("sluice: \(message)\n"), "\(forwarder.standardError)")
             let gateway = try await ChildProcess.runSluice(

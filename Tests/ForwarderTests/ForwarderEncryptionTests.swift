@@ -188,7 +188,10 @@ func readTopic(_ bootstrap: String, _ topic: String, count: Int) async throws ->
         chmod(try keys.path("k1"), 0o644)
         readable.enabled = true
         let cases: [(EncryptionConfiguration, String)] = [
-            (enabledOnly, "configuration: kafka.encryption.enabled needs kafka.encryption.key_file and kafka.encryption.key_id"),
+            (
+                enabledOnly,
+                "configuration: kafka.encryption.enabled needs kafka.encryption.key_file and kafka.encryption.key_id"
+            ),
             (readable, "kafka.encryption.key_file"),
         ]
         for (encryption, message) in cases {

@@ -10,7 +10,10 @@ import Testing
 
 extension LoadPipeline {
     /// Sends `messages` (value and headers) and waits until Kafka has them all.
-    func send(_ messages: [(value: [UInt8], headers: [(name: String, value: [UInt8])])], topic: String = "events")
+    func send(
+        _ messages: [(value: [UInt8], headers: [(name: String, value: [UInt8])])],
+        topic: String = "events"
+    )
         async throws
     {
         let before = self.delivered.value
@@ -73,7 +76,11 @@ extension LoadPipeline {
             }
             try await pipeline.waitUntilCommitted(900)
             #expect(pipeline.loader.messagesDeadLettered == 0)
-            #expect(try await pipeline.scalar("SELECT count() FROM sluice.events WHERE page LIKE 'https://shop.example/p/%'") == 900)
+            #expect(
+                try await pipeline.scalar(
+                    "SELECT count() FROM sluice.events WHERE page LIKE 'https://shop.example/p/%'"
+                ) == 900
+            )
         }
     }
 
@@ -109,8 +116,10 @@ extension LoadPipeline {
                 ]?.count == 20
             )
             #expect(
-                reasons["payload envelope failed authentication under key 'k1' (altered, or moved from another topic than events)"]?
-                    .count == 1
+                reasons[
+                    "payload envelope failed authentication under key 'k1' (altered, or moved from another topic than events)"
+                ]?
+                .count == 1
             )
             // Still sealed: the same bytes as sent, the envelope headers kept.
             let sentValues = Set((missing + [altered]).map(\.value))
@@ -147,7 +156,13 @@ extension LoadPipeline {
             try await pipeline.waitUntilCommitted(10)
             #expect(await pipeline.distinctIDs() == 5)
             let dead = try await pipeline.deadLetters(5)
-            #expect(dead.allSatisfy { String(decoding: $0.header("dlq_reason") ?? [], as: UTF8.self).hasPrefix("encryption key 'k1' is not configured") })
+            #expect(
+                dead.allSatisfy {
+                    String(decoding: $0.header("dlq_reason") ?? [], as: UTF8.self).hasPrefix(
+                        "encryption key 'k1' is not configured"
+                    )
+                }
+            )
         }
     }
 
@@ -162,21 +177,24 @@ extension LoadPipeline {
         #expect {
             try configuration.validate()
         } throws: {
-            "\($0)" == "configuration: kafka.encryption.enabled needs kafka.encryption.key_file and kafka.encryption.key_id"
+            "\($0)"
+                == "configuration: kafka.encryption.enabled needs kafka.encryption.key_file and kafka.encryption.key_id"
         }
         configuration.encryption = try keys.configuration(current: "k1")
         configuration.encryption.keyID = "no spaces"
         #expect {
             try configuration.validate()
         } throws: {
-            "\($0)" == "configuration: key id 'no spaces' under kafka.encryption must be 1 to 64 letters, digits, '.', '_' or '-'"
+            "\($0)"
+                == "configuration: key id 'no spaces' under kafka.encryption must be 1 to 64 letters, digits, '.', '_' or '-'"
         }
         configuration.encryption = try keys.configuration(current: "k1")
         configuration.encryption.previousKeys["k1"] = try keys.path("k1")
         #expect {
             try configuration.validate()
         } throws: {
-            "\($0)" == "configuration: key id 'k1' is both kafka.encryption.key_id and one of kafka.encryption.previous_keys"
+            "\($0)"
+                == "configuration: key id 'k1' is both kafka.encryption.key_id and one of kafka.encryption.previous_keys"
         }
         configuration.encryption = try keys.configuration(current: "k1")
         try configuration.validate()

@@ -41,13 +41,24 @@ struct KeyFiles {
 }
 
 /// A sealed message's value and headers, as the forwarder sends them.
-func sealed(_ event: [UInt8], by sealer: PayloadSealer, topic: String = "events", hour: UInt32? = nil) throws -> (
+func sealed(
+    _ event: [UInt8],
+    by sealer: PayloadSealer,
+    topic: String = "events",
+    hour: UInt32? = nil
+) throws -> (
     value: [UInt8], headers: [(name: String, value: [UInt8])]
 ) {
     let value = try event.withUnsafeBytes {
         try sealer.seal($0, topic: topic, hour: hour ?? KafkaEnvelope.currentHour())
     }
-    return (value, [("content_type", Array("application/json".utf8)), ("sluice-enc", Array("v1".utf8)), ("sluice-kid", sealer.keyIDBytes)])
+    return (
+        value,
+        [
+            ("content_type", Array("application/json".utf8)), ("sluice-enc", Array("v1".utf8)),
+            ("sluice-kid", sealer.keyIDBytes),
+        ]
+    )
 }
 
 /// The envelope alone: what it hides, what it binds, what it refuses, with the reasons the
@@ -75,7 +86,10 @@ func sealed(_ event: [UInt8], by sealer: PayloadSealer, topic: String = "events"
 
     @Test func aValueWithoutTheEnvelopeHeaderIsTheEventItself() throws {
         let opener = PayloadOpener(keyring: nil)
-        #expect(try opener.open(eventJSON(1), headers: [("content_type", Array("application/json".utf8))], topic: "events") == nil)
+        #expect(
+            try opener.open(eventJSON(1), headers: [("content_type", Array("application/json".utf8))], topic: "events")
+                == nil
+        )
     }
 
     @Test func everyByteIsAuthenticatedAndTheTopicAndKeyIDAreBound() throws {
