@@ -51,11 +51,14 @@ let package = Package(
         ),
         // Debian's liblz4 (liblz4-dev): events are compressed before they are encrypted.
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        // Debian's OpenSSL libcrypto (libssl-dev): AES-GCM with a cipher context kept per data
+        // key (swift-crypto's one-shot API sets the key up again for every message).
+        .systemLibrary(name: "COpenSSLCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // The Kafka payload envelope: LZ4, then AES-256-GCM under a per-topic-hour data key
         // derived from a `kafka.encryption` key; sealed by the forwarder, opened by the loader.
         .target(
             name: "KafkaEnvelope",
-            dependencies: ["Encryption", "CLZ4", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["Encryption", "CLZ4", "COpenSSLCrypto", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         .target(
