@@ -282,6 +282,7 @@ let package = Package(
                 "Loader", "Kafka", "ClickHouse", "EventModel", "TestSupport", "LocalClickHouse", "Encryption",
                 "KafkaEnvelope",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict

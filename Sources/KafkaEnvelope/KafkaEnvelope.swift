@@ -63,7 +63,7 @@ package enum KafkaEnvelope {
         return UInt32(clamping: now.tv_sec / 3600)
     }
 
-    static func dataKey(_ key: SymmetricKey, topic: String, hour: UInt32) -> SymmetricKey {
+    package static func dataKey(_ key: SymmetricKey, topic: String, hour: UInt32) -> SymmetricKey {
         var info = Array(topic.utf8)
         info.append(0)
         Self.appendBigEndian(hour, to: &info)
@@ -75,7 +75,7 @@ package enum KafkaEnvelope {
         )
     }
 
-    static func additionalData(keyID: String, topic: String, hour: UInt32) -> [UInt8] {
+    package static func additionalData(keyID: String, topic: String, hour: UInt32) -> [UInt8] {
         var bytes = Array("\(Self.versionHeader):\(Self.version)\u{0}\(Self.keyIDHeader):\(keyID)\u{0}".utf8)
         bytes += Array(topic.utf8)
         bytes.append(0)

@@ -1,3 +1,4 @@
+import Crypto
 import Encryption
 import Foundation
 import KafkaEnvelope
@@ -82,6 +83,36 @@ func sealed(
         // A fresh nonce each time: the same event never seals to the same bytes.
         let same = eventJSON(7)
         #expect(try sealed(same, by: sealer).value != sealed(same, by: sealer).value)
+    }
+
+    /// The envelope is standard AES-256-GCM: swift-crypto (BoringSSL) opens what the sealer
+    /// (OpenSSL) sealed, given the documented key derivation, layout and additional data.
+    @Test func anotherAESGCMImplementationOpensTheEnvelopeAsDocumented() throws {
+        let sealer = try self.keys.sealer("k1")
+        let key = try #require(try self.keys.keyring(current: "k1")).key("k1")
+        let event = eventJSON(11)
+        let hour = KafkaEnvelope.currentHour()
+        let (value, _) = try sealed(event, by: sealer, hour: hour)
+        #expect(Array(value[0..<4]) == [24, 16, 8, 0].map { UInt8(truncatingIfNeeded: hour >> $0) })
+        let dataKey = HKDF<SHA256>.deriveKey(
+            inputKeyMaterial: key,
+            salt: Array("sluice-kafka-v1".utf8),
+            info: Array("events".utf8) + [0] + Array(value[0..<4]),
+            outputByteCount: 32
+        )
+        let additionalData =
+            Array("sluice-enc:v1\u{0}sluice-kid:k1\u{0}events\u{0}".utf8) + Array(value[0..<4])
+        #expect(KafkaEnvelope.additionalData(keyID: "k1", topic: "events", hour: hour) == additionalData)
+        let body = try AES.GCM.open(
+            AES.GCM.SealedBox(combined: value[4...]),
+            using: dataKey,
+            authenticating: additionalData
+        )
+        let bytes = Array(body)
+        let length = Int(bytes[1]) << 24 | Int(bytes[2]) << 16 | Int(bytes[3]) << 8 | Int(bytes[4])
+        #expect(length == event.count)
+        #expect(bytes[0] == 1)  // LZ4: a normalized event compresses
+        #expect(bytes.count < event.count)
     }
 
     @Test func aValueWithoutTheEnvelopeHeaderIsTheEventItself() throws {
