@@ -202,7 +202,7 @@ let package = Package(
             name: "sluice-bench",
             dependencies: [
                 "SluiceCommands", "WAL", "Gateway", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
-                "LocalClickHouse", "SluiceTestKit", "Encryption",
+                "LocalClickHouse", "SluiceTestKit", "Encryption", "KafkaEnvelope",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -4,6 +4,7 @@ import EventModel
 import Forwarder
 import Foundation
 import Kafka
+import KafkaEnvelope
 import Logging
 import ServiceLifecycle
 import SluiceCommands
@@ -167,6 +168,7 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
         // Payload encryption off and on, alternating, each from LSN 0 to the end.
         var plainRates: [Double] = []
         var sealedRates: [Double] = []
+        var sealNanoseconds = Double.nan
         if self.encryptionRounds > 0 {
             let keyFile = root + "/bench.key"
             try Keyring.writeNewKeyFile(keyFile)
@@ -174,6 +176,21 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
             encryption.enabled = true
             encryption.keyFile = keyFile
             encryption.keyID = "bench"
+            // The envelope alone, on one thread: what sealing costs per event, apart from Kafka.
+            if let keyring = try encryption.keyring(prefix: "kafka.encryption"),
+                let sealer = PayloadSealer(keyring: keyring)
+            {
+                let sample = Array(try await wal.tail(from: .zero).next(maxRecords: 1).first?.events.first ?? [])
+                let hour = KafkaEnvelope.currentHour()
+                let count = 200_000
+                var bytes = 0
+                let start = ContinuousClock.now
+                for _ in 0..<count {
+                    bytes += try sample.withUnsafeBytes { try sealer.seal($0, topic: "events", hour: hour).count }
+                }
+                sealNanoseconds = Self.seconds(ContinuousClock.now - start) * 1e9 / Double(count)
+                print("  one sealed event: \(bytes / count) B for \(sample.count) B")
+            }
             for round in 0..<self.encryptionRounds {
                 for sealed in round % 2 == 0 ? [false, true] : [true, false] {
                     var drain = forwarding
@@ -221,6 +238,7 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
                 off: \(rates(plainRates)); median \(String(format: "%.0f", plain)) msg/s, \(String(format: "%.1f", plain * Double(averageBytes) / 1e6)) MB/s of events
                 on:  \(rates(sealedRates)); median \(String(format: "%.0f", sealed)) msg/s, \(String(format: "%.1f", sealed * Double(averageBytes) / 1e6)) MB/s of events
                 ratio on / off: \(String(format: "%.2f", sealed / plain))x
+                sealing alone (LZ4, AES-256-GCM, nonce), one thread: \(String(format: "%.0f", sealNanoseconds)) ns per event
             """
         )
     }
