@@ -142,6 +142,11 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
         if let value = ProcessInfo.processInfo.environment["BENCH_IN_FLIGHT"].flatMap(Int.init) {
             forwarding.maxInFlightEvents = value
         }
+        // BENCH_COMPRESSION=none: the producer's batch compression off for every drain, to tell
+        // how much of the encryption's cost is the bytes it leaves uncompressed.
+        if let value = ProcessInfo.processInfo.environment["BENCH_COMPRESSION"] {
+            forwarding.kafkaProperties["compression.type"] = value
+        }
         let forwarder = Forwarder(wal: wal, configuration: forwarding, logger: quiet)
         let group = ServiceGroup(services: [forwarder], logger: quiet)
         let forwarderStart = ContinuousClock.now
