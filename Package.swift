@@ -49,6 +49,18 @@ let package = Package(
             dependencies: ["SluiceCore", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
+        // Debian's liblz4 (liblz4-dev): events are compressed before they are encrypted.
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        // Debian's OpenSSL libcrypto (libssl-dev): AES-GCM with a cipher context kept per data
+        // key (swift-crypto's one-shot API sets the key up again for every message).
+        .systemLibrary(name: "COpenSSLCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        // The Kafka payload envelope: LZ4, then AES-256-GCM under a per-topic-hour data key
+        // derived from a `kafka.encryption` key; sealed by the forwarder, opened by the loader.
+        .target(
+            name: "KafkaEnvelope",
+            dependencies: ["Encryption", "CLZ4", "COpenSSLCrypto", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
         .target(
             name: "WAL",
             dependencies: [
@@ -79,7 +91,7 @@ let package = Package(
         .target(
             name: "Forwarder",
             dependencies: [
-                "SluiceCore", "WAL", "Kafka", "EventModel",
+                "SluiceCore", "WAL", "Kafka", "EventModel", "Encryption", "KafkaEnvelope",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -158,7 +170,7 @@ let package = Package(
         .target(
             name: "Loader",
             dependencies: [
-                "SluiceCore", "Kafka", "ClickHouse", "EventModel", "Encryption",
+                "SluiceCore", "Kafka", "ClickHouse", "EventModel", "Encryption", "KafkaEnvelope",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -175,8 +187,7 @@ let package = Package(
             name: "SluiceCommands",
             dependencies: [
                 "SluiceCore", "WAL", "Gateway", "Telemetry", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
-                "Encryption",
-                "LocalClickHouse", "Auth",
+                "LocalClickHouse", "Auth", "Encryption",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -195,7 +206,7 @@ let package = Package(
             name: "sluice-bench",
             dependencies: [
                 "SluiceCommands", "WAL", "Gateway", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
-                "LocalClickHouse", "SluiceTestKit", "Encryption",
+                "LocalClickHouse", "SluiceTestKit", "Encryption", "KafkaEnvelope",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -272,8 +283,10 @@ let package = Package(
         .testTarget(
             name: "LoaderTests",
             dependencies: [
-                "Loader", "Kafka", "ClickHouse", "EventModel", "TestSupport", "LocalClickHouse",
+                "Loader", "Kafka", "ClickHouse", "EventModel", "TestSupport", "LocalClickHouse", "Encryption",
+                "KafkaEnvelope",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             exclude: ["chdb_run.py"],
@@ -283,7 +296,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "Kafka", "ClickHouse", "LocalClickHouse", "TestSupport", "SluiceCommands",
+                "Kafka", "ClickHouse", "LocalClickHouse", "TestSupport", "SluiceCommands", "Encryption",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -295,8 +308,10 @@ let package = Package(
         .testTarget(
             name: "ForwarderTests",
             dependencies: [
-                "Forwarder", "Kafka", "WAL", "EventModel", "TestSupport",
+                "Forwarder", "Kafka", "WAL", "EventModel", "TestSupport", "Encryption", "KafkaEnvelope",
+                "LocalClickHouse",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict

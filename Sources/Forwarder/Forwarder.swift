@@ -1,16 +1,20 @@
 import CoreMetrics
+import Encryption
 import EventModel
 import Kafka
+import KafkaEnvelope
 import Logging
 import Metrics
 import ServiceLifecycle
+import SluiceCore
 import Synchronization
 import WAL
 
 /// Drains the WAL into Kafka: one message per event (``ForwardedMessage``: value = the
 /// normalized event JSON, key = `user_id`, headers `content_type`, `schema_version`, `wal_lsn`,
 /// `event_id`, `gateway_id`), then moves its WAL cursor over the contiguous prefix Kafka
-/// acknowledged.
+/// acknowledged. With a current `kafka.encryption` key the value is sealed in a
+/// ``KafkaEnvelope`` (two more headers, `sluice-enc` and `sluice-kid`).
 ///
 /// At least once: after a crash it resends from the persisted cursor, so Kafka may hold a
 /// duplicate (deduplicated downstream by `event_id`), never a gap. While Kafka is down the
@@ -42,7 +46,11 @@ public final class Forwarder: Service, Sendable {
     /// (logged when that starts and when it ends, not every commit interval: a WAL that lost
     /// its lock refuses them for good).
     private let commits = Mutex<(lag: ForwarderLag, failed: Int)>((ForwarderLag(), 0))
-    private let metrics = ForwarderMetrics()
+    private let metrics: ForwarderMetrics
+    /// Seals values when `kafka.encryption` has a current key; nil sends them as they are.
+    private let sealer: PayloadSealer?
+    /// Why the payload keys could not be read: ``run()`` throws it before sending anything.
+    private let keyError: ConfigurationError?
 
     public convenience init(
         wal: WAL,
@@ -54,11 +62,26 @@ public final class Forwarder: Service, Sendable {
         }
     }
 
-    init(wal: WAL, configuration: ForwarderConfiguration, logger: Logger, makeProducer: @escaping ProducerFactory) {
+    /// - Parameter metricsFactory: nil for the global `MetricsSystem` (tests pass their own).
+    init(
+        wal: WAL,
+        configuration: ForwarderConfiguration,
+        logger: Logger,
+        metricsFactory: (any MetricsFactory)? = nil,
+        makeProducer: @escaping ProducerFactory
+    ) {
         self.wal = wal
         self.configuration = configuration
         self.logger = logger
         self.makeProducer = makeProducer
+        self.metrics = ForwarderMetrics(factory: metricsFactory ?? MetricsSystem.factory)
+        do throws(ConfigurationError) {
+            self.sealer = try configuration.encryptionKeyring().flatMap { PayloadSealer(keyring: $0) }
+            self.keyError = nil
+        } catch {
+            self.sealer = nil
+            self.keyError = error
+        }
         self.state = Mutex(Machine(policy: .init(maxInFlightEvents: configuration.maxInFlightEvents)))
         self.deadLetters = DeadLetterFile(
             walDirectory: wal.configuration.directory,
@@ -77,6 +100,8 @@ public final class Forwarder: Service, Sendable {
     var deadLetterPath: String { self.deadLetters.path }
 
     public func run() async throws {
+        // Never send plaintext because the keys could not be read.
+        if let keyError = self.keyError { throw keyError }
         await self.deadLetters.prepare()
         try await withGracefulShutdownHandler {
             try await withTaskCancellationHandler {
@@ -118,6 +143,10 @@ public final class Forwarder: Service, Sendable {
 
     private func runPass(_ generation: Int, from start: LSN) async throws {
         var properties = ForwarderConfiguration.producerDefaults
+        if self.sealer != nil {
+            // Ciphertext does not compress: the envelope compresses before it encrypts.
+            properties["compression.type"] = "none"
+        }
         properties.merge(self.configuration.kafkaProperties) { $1 }
         let producer: KafkaProducer
         do {
@@ -245,7 +274,7 @@ public final class Forwarder: Service, Sendable {
     /// into the event's own bytes (librdkafka copies those), and the value is not copied at
     /// all: the delivery tracker holds every sent event until its delivery report has been
     /// handled (and a new pass starts only after the old producer was closed), so the bytes
-    /// outlive librdkafka's use.
+    /// outlive librdkafka's use. A sealed value is a new array: librdkafka copies that one.
     private func trySend(_ event: [UInt8], lsn: LSN, producer: KafkaProducer) -> KafkaError? {
         let message = ForwardedMessage(of: event)
         let routing = self.configuration.routing
@@ -253,23 +282,36 @@ public final class Forwarder: Service, Sendable {
             routing.topicsByAction.isEmpty ? routing.defaultTopic : routing.topic(for: message.routingAction(in: event))
         let topic = producer.topic(topicName)
         return event.withUnsafeBytes { raw -> KafkaError? in
-            var headers = KafkaHeaders(capacity: ForwardedMessage.maxHeaders)
+            var headers = KafkaHeaders(capacity: ForwardedMessage.maxHeaders + 2)
             message.forEachHeader(in: raw, walLSN: lsn.rawValue) { name, value in headers.add(name, value) }
-            do throws(KafkaError) {
-                try message.withKey(in: raw) { (key: UnsafeRawBufferPointer?) throws(KafkaError) in
-                    try producer.send(
-                        topic: topic,
-                        key: key,
-                        value: raw,
-                        valueOutlivesDelivery: true,
-                        headers: &headers,
-                        id: lsn.rawValue
-                    )
+            func produce(_ value: UnsafeRawBufferPointer, outlivesDelivery: Bool) -> KafkaError? {
+                do throws(KafkaError) {
+                    try message.withKey(in: raw) { (key: UnsafeRawBufferPointer?) throws(KafkaError) in
+                        try producer.send(
+                            topic: topic,
+                            key: key,
+                            value: value,
+                            valueOutlivesDelivery: outlivesDelivery,
+                            headers: &headers,
+                            id: lsn.rawValue
+                        )
+                    }
+                    return nil
+                } catch {
+                    return error
                 }
-                return nil
-            } catch {
-                return error
             }
+            guard let sealer = self.sealer else { return produce(raw, outlivesDelivery: true) }
+            let sealed: [UInt8]
+            do {
+                sealed = try sealer.seal(raw, topic: topicName, hour: KafkaEnvelope.currentHour())
+            } catch {
+                // Neither retriable nor permanent: sent again after a pause, never as plaintext.
+                return KafkaError(.failed, "sealing the payload envelope: \(error)")
+            }
+            headers.add("sluice-enc", "v1")
+            sealer.keyIDBytes.withUnsafeBytes { headers.add(KafkaEnvelope.keyIDHeader, $0) }
+            return sealed.withUnsafeBytes { produce($0, outlivesDelivery: false) }
         }
     }
 
@@ -321,6 +363,7 @@ public final class Forwarder: Service, Sendable {
 
     /// Client-level errors, on the poll thread. A fatal one ends the pass.
     private func producerError(_ error: KafkaError) {
+        self.metrics.kafkaError(error)
         guard error.isFatal else {
             self.logger.warning("forwarder.kafka_error", metadata: ["error": "\(error)"])
             return
@@ -393,15 +436,59 @@ public struct ForwarderLag: Sendable, Equatable, CustomStringConvertible {
 }
 
 struct ForwarderMetrics: Sendable {
-    let produced = Counter(label: "sluice_forwarder_produced_messages_total")
-    let delivered = Counter(label: "sluice_forwarder_delivered_messages_total")
-    let retried = Counter(label: "sluice_forwarder_retried_messages_total")
-    let deadLettered = Counter(label: "sluice_forwarder_dead_lettered_messages_total")
-    let restarts = Counter(label: "sluice_forwarder_producer_restarts_total")
-    let failed = Counter(label: "sluice_forwarder_failed_deliveries_total")
-    let latency = Timer(label: "sluice_forwarder_delivery_latency_seconds")
-    let lagEvents = Gauge(label: "sluice_forwarder_wal_lag_events")
-    let lagBytes = Gauge(label: "sluice_forwarder_wal_lag_bytes")
-    let oldestAge = Gauge(label: "sluice_forwarder_oldest_unforwarded_age_seconds")
-    let inFlight = Gauge(label: "sluice_forwarder_in_flight_messages")
+    let factory: any MetricsFactory
+    let produced: Counter
+    let delivered: Counter
+    let retried: Counter
+    let deadLettered: Counter
+    let restarts: Counter
+    let failed: Counter
+    let latency: Timer
+    let lagEvents: Gauge
+    let lagBytes: Gauge
+    let oldestAge: Gauge
+    let inFlight: Gauge
+
+    init(factory: any MetricsFactory) {
+        self.factory = factory
+        self.produced = Counter(label: "sluice_forwarder_produced_messages_total", factory: factory)
+        self.delivered = Counter(label: "sluice_forwarder_delivered_messages_total", factory: factory)
+        self.retried = Counter(label: "sluice_forwarder_retried_messages_total", factory: factory)
+        self.deadLettered = Counter(label: "sluice_forwarder_dead_lettered_messages_total", factory: factory)
+        self.restarts = Counter(label: "sluice_forwarder_producer_restarts_total", factory: factory)
+        self.failed = Counter(label: "sluice_forwarder_failed_deliveries_total", factory: factory)
+        self.latency = Timer(label: "sluice_forwarder_delivery_latency_seconds", factory: factory)
+        self.lagEvents = Gauge(label: "sluice_forwarder_wal_lag_events", factory: factory)
+        self.lagBytes = Gauge(label: "sluice_forwarder_wal_lag_bytes", factory: factory)
+        self.oldestAge = Gauge(label: "sluice_forwarder_oldest_unforwarded_age_seconds", factory: factory)
+        self.inFlight = Gauge(label: "sluice_forwarder_in_flight_messages", factory: factory)
+    }
+
+    /// Counts a client-level error by kind: a TLS or authentication failure, a broker that
+    /// cannot be reached, … (`sluice_forwarder_kafka_errors_total{kind}`). While the brokers
+    /// are unreachable or untrusted nothing is acknowledged and the cursor stays where it is;
+    /// this counter is what says why.
+    func kafkaError(_ error: KafkaError) {
+        Counter(
+            label: "sluice_forwarder_kafka_errors_total",
+            dimensions: [("kind", Self.kind(of: error))],
+            factory: self.factory
+        ).increment()
+    }
+
+    /// The `kind` label: a fixed set, so an unexpected error cannot make new series.
+    static func kind(of error: KafkaError) -> String {
+        if error.isFatal { return "fatal" }
+        switch error.code {
+        case .ssl: return "tls"
+        case .authentication: return "authentication"
+        case .transport: return "transport"
+        case .allBrokersDown: return "all_brokers_down"
+        case .resolve: return "resolve"
+        case .timedOut, .messageTimedOut, .requestTimedOut: return "timeout"
+        case .topicAuthorizationFailed, .clusterAuthorizationFailed, .transactionalIDAuthorizationFailed:
+            return "authorization"
+        default: return "other"
+        }
+    }
 }

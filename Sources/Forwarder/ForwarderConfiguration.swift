@@ -1,3 +1,4 @@
+import Encryption
 import SluiceCore
 
 /// Where each event goes: a topic per `action`, else the default topic.
@@ -29,6 +30,9 @@ public struct ForwarderConfiguration: Sendable {
     public var maxInFlightEvents = 100_000
     /// How often the cursor is persisted. Default: 200 ms.
     public var commitInterval: Duration = .milliseconds(200)
+    /// `kafka.encryption.*`: with a current key, every value is sealed in a payload envelope
+    /// (``KafkaEnvelope``) before it reaches Kafka. Off by default.
+    package var encryption = EncryptionConfiguration()
 
     public init(kafkaProperties: [String: String]) { self.kafkaProperties = kafkaProperties }
 
@@ -61,4 +65,17 @@ extension ForwarderConfiguration {
             help: "events sent and unacknowledged at most"
         ),
     ]
+}
+
+extension ForwarderConfiguration {
+    /// Where the payload keys are configured.
+    package static let encryptionPrefix = "kafka.encryption"
+
+    /// The payload keys, read from their files: nil when `kafka.encryption` is not configured.
+    /// Refuses what ``EncryptionConfiguration/keyring(prefix:origin:)`` refuses (encryption
+    /// without a key, a key file others may read…): call it at start-up, before anything is
+    /// sent, so a mistake stops the process with the key's name instead of sending plaintext.
+    package func encryptionKeyring() throws(ConfigurationError) -> Keyring? {
+        try self.encryption.keyring(prefix: Self.encryptionPrefix)
+    }
 }

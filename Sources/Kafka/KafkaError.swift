@@ -46,6 +46,13 @@ public struct KafkaError: Error, Sendable, CustomStringConvertible {
         public static let invalidArgument = Code(RD_KAFKA_RESP_ERR__INVALID_ARG)
         /// A local failure without a more precise code (a handle could not be created).
         public static let failed = Code(RD_KAFKA_RESP_ERR__FAIL)
+        /// A TLS failure: the broker's certificate is not trusted (wrong CA, wrong host name),
+        /// or the handshake failed.
+        public static let ssl = Code(RD_KAFKA_RESP_ERR__SSL)
+        /// SASL authentication failed.
+        public static let authentication = Code(RD_KAFKA_RESP_ERR__AUTHENTICATION)
+        /// A broker's host name does not resolve.
+        public static let resolve = Code(RD_KAFKA_RESP_ERR__RESOLVE)
 
         // MARK: Sent by a broker
 

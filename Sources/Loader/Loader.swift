@@ -76,6 +76,7 @@ public final class Loader: Service, Sendable {
     }
 
     private func run(with clickHouse: ClickHouseClient) async throws {
+        let decryption = PayloadDecryption(keyring: try self.configuration.encryptionKeyring())
         guard let (version, formats) = try await self.prepareTables(clickHouse) else { return }
         self.chosenFormats.withLock { $0 = formats }
         var properties = Self.consumerDefaults.merging(self.configuration.kafkaProperties) { $1 }
@@ -106,6 +107,7 @@ public final class Loader: Service, Sendable {
             clickHouse: clickHouse,
             producer: producer,
             deadLetters: deadLetters,
+            decryption: decryption,
             version: version,
             formats: formats
         )
@@ -179,6 +181,7 @@ public final class Loader: Service, Sendable {
         let consumer: KafkaConsumer
         let producer: KafkaProducer
         let deadLetters: DeadLetterSender
+        let decryption: PayloadDecryption
         /// Each route's encoder, by topic; it carries the route.
         let encoders: [String: RowEncoder]
         let inserter: RowInserter
@@ -189,6 +192,7 @@ public final class Loader: Service, Sendable {
             clickHouse: ClickHouseClient,
             producer: KafkaProducer,
             deadLetters: DeadLetterSender,
+            decryption: PayloadDecryption,
             version: ClickHouseVersion,
             formats: [String: InsertFormat]
         ) {
@@ -196,6 +200,7 @@ public final class Loader: Service, Sendable {
             self.consumer = consumer
             self.producer = producer
             self.deadLetters = deadLetters
+            self.decryption = decryption
             self.inserter = RowInserter(loader: loader, clickHouse: clickHouse, version: version)
             self.encoders = Dictionary(
                 uniqueKeysWithValues: loader.configuration.routes.map {
@@ -262,11 +267,13 @@ public final class Loader: Service, Sendable {
                     self.metrics.batchSize.record(request.messages.count)
                     let encoder = self.encoder(request.topic)
                     let erasures = self.loader.erasures.snapshot
+                    let decryption = self.decryption
                     group.addTask {
                         // Validation: what cannot become a row goes to the dead-letter topic.
                         let (rows, invalid, erased) = await Self.encode(
                             request.messages,
                             with: encoder,
+                            decryption: decryption,
                             erasures: erasures
                         )
                         if erased > 0 { self.loader.droppedErased(erased, route: encoder.route) }
@@ -385,6 +392,7 @@ public final class Loader: Service, Sendable {
         static func encode(
             _ messages: ArraySlice<ConsumedMessage>,
             with encoder: RowEncoder,
+            decryption: PayloadDecryption,
             erasures: ErasureList.Snapshot? = nil
         ) async -> (rows: EncodedRows, rejected: [DeadLetter], erased: Int) {
             let slices = max(1, min(ProcessInfo.processInfo.activeProcessorCount, messages.count / 500))
@@ -400,9 +408,16 @@ public final class Loader: Service, Sendable {
                         var scratch = RowEncoder.Scratch()
                         rows.reserve(part.count, bytes: part.reduce(0) { $0 + $1.value.count })
                         for index in part.indices {
+                            let event: [UInt8]
+                            switch decryption.open(part[index]) {
+                            case .event(let opened): event = opened
+                            case .rejected(let letter):
+                                rejected.append(letter)
+                                continue
+                            }
                             do throws(LoaderError) {
                                 let start = rows.body.count
-                                let (received, isErased) = try part[index].value.withUnsafeBufferPointer {
+                                let (received, isErased) = try event.withUnsafeBufferPointer {
                                     value throws(LoaderError) in
                                     let received = try encoder.encode(value, into: &rows.body, scratch: &scratch)
                                     guard let erasures else { return (received, false) }

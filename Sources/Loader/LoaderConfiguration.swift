@@ -1,4 +1,5 @@
 import ClickHouse
+import Encryption
 
 /// Settings of the Kafka → ClickHouse loader.
 public struct LoaderConfiguration: Sendable {
@@ -28,6 +29,9 @@ public struct LoaderConfiguration: Sendable {
     /// Called after each confirmed insert with the ingest-to-insert delay of each row that
     /// carries `received_at` (milliseconds): for benchmarks; the histogram metric has the same.
     public var insertObserver: (@Sendable ([Int64]) -> Void)?
+    /// `kafka.encryption.*`: the keys that open the payload envelopes the forwarder sealed
+    /// (``PayloadDecryption``). Unsealed messages load without any.
+    package var encryption = EncryptionConfiguration()
 
     public init(kafkaProperties: [String: String], clickHouse: ClickHouseConfiguration) {
         self.kafkaProperties = kafkaProperties
@@ -35,7 +39,7 @@ public struct LoaderConfiguration: Sendable {
     }
 
     /// Checks that the settings can work: every route (``LoaderRoute/validate()``), one route
-    /// per topic, batches of at least one row and 1 KiB.
+    /// per topic, batches of at least one row and 1 KiB, readable `kafka.encryption` keys.
     ///
     /// - Throws: ``LoaderError`` with code ``LoaderError/Code/invalidRoute`` or
     ///   ``LoaderError/Code/invalidConfiguration`` and what is wrong.
@@ -51,5 +55,6 @@ public struct LoaderConfiguration: Sendable {
         if self.batchBytes < 1024 {
             throw LoaderError(.invalidConfiguration, message: "loader.batch_bytes must be at least 1024")
         }
+        _ = try self.encryptionKeyring()
     }
 }

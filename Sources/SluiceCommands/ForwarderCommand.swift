@@ -30,6 +30,10 @@ struct ForwarderCommand: AsyncParsableCommand {
             printError("sluice: no Kafka to forward to: give --kafka-bootstrap or kafka.bootstrap_servers")
             throw ExitCode(2)
         }
+        do { _ = try forwarding.encryptionKeyring() } catch {
+            printError("sluice: \(error)")
+            throw ExitCode(2)
+        }
         let registry = Telemetry.bootstrap(logLevel: settings.logLevel)
         let wal = try await settings.openWAL()
         let logger = Logger(label: "sluice.forwarder")

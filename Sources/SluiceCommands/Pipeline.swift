@@ -55,6 +55,11 @@ struct PipelineProcess {
             )
             log = injected
         } else {
+            // Unreadable payload keys stop the start: never forward plaintext by mistake.
+            do { _ = try settings.forwarderConfiguration?.encryptionKeyring() } catch {
+                printError("sluice: \(error)")
+                throw ExitCode(2)
+            }
             let wal = try await settings.openWAL()
             if let forwarding = settings.forwarderConfiguration {
                 services.append(

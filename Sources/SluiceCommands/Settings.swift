@@ -1,4 +1,5 @@
 import ClickHouse
+import Encryption
 import EventModel
 import Forwarder
 import Foundation
@@ -36,6 +37,8 @@ struct Settings {
     var kafkaProperties: [String: String] = [:]
     /// `kafka.security.*`: merged into ``kafkaProperties`` once everything is read.
     var kafkaSecurity = KafkaSecurity()
+    /// `kafka.encryption.*`: the payload envelope's keys, for the forwarder and the loader.
+    var kafkaEncryption = EncryptionConfiguration()
     /// Where the API keys live: a JSON file (one gateway) or a PostgreSQL URL (a fleet); nil: neither set.
     var apiKeys: (file: String?, postgresURL: String?) = (nil, nil)
     /// Every key set by the file, the environment or a flag: its path, its value (secrets
@@ -77,6 +80,7 @@ struct Settings {
         guard let properties = self.kafkaClientProperties else { return nil }
         var configuration = self.loader
         configuration.kafkaProperties = properties
+        configuration.encryption = self.kafkaEncryption
         configuration.retryMax = max(configuration.retryMax, configuration.retryInitial)
         configuration.routes = try self.loaderRoutes()
         do { try configuration.validate() } catch { throw SettingsError(description: "loader: \(error)") }
@@ -190,6 +194,7 @@ struct Settings {
         guard let properties = self.kafkaClientProperties else { return nil }
         var configuration = self.forwarder
         configuration.kafkaProperties = properties
+        configuration.encryption = self.kafkaEncryption
         return configuration
     }
 
@@ -245,6 +250,7 @@ enum SettingsLoader {
         + WALConfiguration.keys.map { $0.lifted(\Settings.wal) }
         + kafkaKeys
         + KafkaSecurity.keys.map { $0.lifted(\Settings.kafkaSecurity) }
+        + EncryptionConfiguration.keys(prefix: "kafka.encryption").map { $0.lifted(\Settings.kafkaEncryption) }
         + ForwarderConfiguration.keys.map { $0.lifted(\Settings.forwarder) }
         + ClickHouseConfiguration.keys.map { $0.lifted(\Settings.loader.clickHouse) }
         + LoaderConfiguration.keys.map { $0.lifted(\Settings.loader) } + [routesKey]

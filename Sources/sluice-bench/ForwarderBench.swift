@@ -1,8 +1,10 @@
 import ArgumentParser
+import Encryption
 import EventModel
 import Forwarder
 import Foundation
 import Kafka
+import KafkaEnvelope
 import Logging
 import ServiceLifecycle
 import SluiceCommands
@@ -31,6 +33,15 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
     @Flag(help: "Skip kcat (and its input file): for long resident-memory runs over large backlogs.")
     var skipKcat = false
 
+    @Option(
+        help: ArgumentHelp(
+            "Also drain the same WAL with payload encryption (kafka.encryption) on, this many times, alternating with plain drains.",
+            discussion:
+                "Each drain starts from its own cursor at LSN 0 and sends to its own topic; the ratio is the median sealed rate over the median plain one."
+        )
+    )
+    var encryptionRounds = 0
+
     func run() async throws {
         let root = self.directory + "/sluice-forwarder-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -40,8 +51,10 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
 
         // The mock cluster keeps every message in memory: it runs as its own process
         // (`sluice dev-kafka`), so this process's resident memory is the forwarder's alone.
+        let drains = (0..<self.encryptionRounds).flatMap { ["plain\($0)", "sealed\($0)"] }
         let cluster = try await DevKafka.start(
-            topics: ["events:\(self.partitions)", "kcat:\(self.partitions)"],
+            topics: ["events:\(self.partitions)", "kcat:\(self.partitions)"]
+                + drains.map { "\($0):\(self.partitions)" },
             sluice: siblingSluice()
         )
         defer { cluster.process.signal(SIGTERM) }
@@ -94,6 +107,9 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
             }
         }
         if !batch.isEmpty { _ = try await wal.append(batch) }
+        // Every drain's cursor exists from the start, so that no drain lets the WAL delete
+        // segments another one has still to read.
+        for name in drains { _ = try await wal.openCursor(name, at: .zero) }
         try input.write(contentsOf: lines)
         lines = Data()
         try input.close()
@@ -126,6 +142,11 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
         if let value = ProcessInfo.processInfo.environment["BENCH_IN_FLIGHT"].flatMap(Int.init) {
             forwarding.maxInFlightEvents = value
         }
+        // BENCH_COMPRESSION=none: the producer's batch compression off for every drain, to tell
+        // how much of the encryption's cost is the bytes it leaves uncompressed.
+        if let value = ProcessInfo.processInfo.environment["BENCH_COMPRESSION"] {
+            forwarding.kafkaProperties["compression.type"] = value
+        }
         let forwarder = Forwarder(wal: wal, configuration: forwarding, logger: quiet)
         let group = ServiceGroup(services: [forwarder], logger: quiet)
         let forwarderStart = ContinuousClock.now
@@ -148,6 +169,48 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
         let forwarderSeconds = Self.seconds(ContinuousClock.now - forwarderStart)
         await group.triggerGracefulShutdown()
         try await running.value
+
+        // Payload encryption off and on, alternating, each from LSN 0 to the end.
+        var plainRates: [Double] = []
+        var sealedRates: [Double] = []
+        var sealNanoseconds = Double.nan
+        if self.encryptionRounds > 0 {
+            let keyFile = root + "/bench.key"
+            try Keyring.writeNewKeyFile(keyFile)
+            var encryption = EncryptionConfiguration()
+            encryption.enabled = true
+            encryption.keyFile = keyFile
+            encryption.keyID = "bench"
+            // The envelope alone, on one thread: what sealing costs per event, apart from Kafka.
+            if let keyring = try encryption.keyring(prefix: "kafka.encryption"),
+                let sealer = PayloadSealer(keyring: keyring)
+            {
+                let sample = Array(try await wal.tail(from: .zero).next(maxRecords: 1).first?.events.first ?? [])
+                let hour = KafkaEnvelope.currentHour()
+                let count = 200_000
+                var bytes = 0
+                let start = ContinuousClock.now
+                for _ in 0..<count {
+                    bytes += try sample.withUnsafeBytes { try sealer.seal($0, topic: "events", hour: hour).count }
+                }
+                sealNanoseconds = Self.seconds(ContinuousClock.now - start) * 1e9 / Double(count)
+                print("  one sealed event: \(bytes / count) B for \(sample.count) B")
+            }
+            for round in 0..<self.encryptionRounds {
+                for sealed in round % 2 == 0 ? [false, true] : [true, false] {
+                    var drain = forwarding
+                    drain.cursorName = (sealed ? "sealed" : "plain") + "\(round)"
+                    drain.routing = TopicRouting(defaultTopic: drain.cursorName)
+                    if sealed { drain.encryption = encryption }
+                    let seconds = try await Self.drain(wal, drain, to: end, logger: quiet)
+                    if sealed {
+                        sealedRates.append(Double(self.events) / seconds)
+                    } else {
+                        plainRates.append(Double(self.events) / seconds)
+                    }
+                }
+            }
+        }
         await wal.close()
 
         let counter = try KafkaProducer(
@@ -170,6 +233,44 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
               … at each tenth of the drain (MiB):     \(samples.map { String($0 >> 20) }.joined(separator: " "))
             """
         )
+        guard !plainRates.isEmpty else { return }
+        let plain = Self.median(plainRates)
+        let sealed = Self.median(sealedRates)
+        func rates(_ values: [Double]) -> String { values.map { String(format: "%.0f", $0) }.joined(separator: ", ") }
+        print(
+            """
+              payload encryption, \(self.encryptionRounds) round(s) alternating (msg/s of each drain):
+                off: \(rates(plainRates)); median \(String(format: "%.0f", plain)) msg/s, \(String(format: "%.1f", plain * Double(averageBytes) / 1e6)) MB/s of events
+                on:  \(rates(sealedRates)); median \(String(format: "%.0f", sealed)) msg/s, \(String(format: "%.1f", sealed * Double(averageBytes) / 1e6)) MB/s of events
+                ratio on / off: \(String(format: "%.2f", sealed / plain))x
+                sealing alone (LZ4, AES-256-GCM, nonce), one thread: \(String(format: "%.0f", sealNanoseconds)) ns per event
+            """
+        )
+    }
+
+    /// Runs a forwarder with `configuration` until its cursor reaches `end`; the seconds taken.
+    static func drain(
+        _ wal: WAL,
+        _ configuration: ForwarderConfiguration,
+        to end: LSN,
+        logger: Logger
+    ) async throws -> Double {
+        let forwarder = Forwarder(wal: wal, configuration: configuration, logger: logger)
+        let group = ServiceGroup(services: [forwarder], logger: logger)
+        let start = ContinuousClock.now
+        let running = Task { try await group.run() }
+        while (wal.cursor(configuration.cursorName)?.lsn ?? .zero) < end {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let seconds = Self.seconds(ContinuousClock.now - start)
+        await group.triggerGracefulShutdown()
+        try await running.value
+        return seconds
+    }
+
+    static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        return sorted.isEmpty ? .nan : sorted[sorted.count / 2]
     }
 
     static func seconds(_ duration: Duration) -> Double {
