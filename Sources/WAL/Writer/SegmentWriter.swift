@@ -18,6 +18,10 @@ import Glibc
 /// is filled on its own queue and its state guarded by a mutex.
 final class SegmentWriter: @unchecked Sendable {
     static let spareName = "next-segment.spare"
+    /// Batches smaller than this are sealed on the writer thread: AES-GCM runs at gigabytes
+    /// per second with VAES, so handing a small batch to other threads costs more (wake-ups,
+    /// the appenders' CPU) than it saves.
+    static let parallelSealingBytes = 1 << 20
 
     /// The next segment, zero-filled ahead of time by a background thread.
     ///
@@ -164,7 +168,8 @@ final class SegmentWriter: @unchecked Sendable {
             return (bytes, CRC32C.checksum(bytes))
         }
         var results = [(bytes: [UInt8], crc: UInt32)?](repeating: nil, count: payloads.count)
-        if payloads.count < 4 {
+        let totalBytes = payloads.reduce(0) { $0 + $1.count }
+        if payloads.count < 4 || totalBytes < Self.parallelSealingBytes {
             for index in payloads.indices { results[index] = sealOne(index) }
         } else {
             results.withUnsafeMutableBufferPointer { slots in
