@@ -46,7 +46,7 @@ let package = Package(
         // WAL's records and the Kafka payload envelopes (docs/security.md, "At rest").
         .target(
             name: "Encryption",
-            dependencies: ["SluiceCore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["SluiceCore", "COpenSSLCrypto", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         // Debian's liblz4 (liblz4-dev): events are compressed before they are encrypted.

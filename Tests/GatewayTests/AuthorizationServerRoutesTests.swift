@@ -245,7 +245,8 @@ private let form: [HTTPField.Name: String] = [.contentType: "application/x-www-f
         try await fixture.application().test(.live) { client in
             let port = try #require(client.port)
             for (secret, expectation) in [
-                (fixture.secret, "kafka.oauthbearer_token_set"), ("slc_not-the-secret", "invalid_client"),
+                (fixture.secret, "kafka.oauthbearer_token_set"),
+                ("slc_not-the-secret", "kafka.oauthbearer_refresh_failed"),
             ] {
                 let secretFile = fixture.directory.path + "/kafka-client.secret"
                 try? FileManager.default.removeItem(atPath: secretFile)
@@ -274,7 +275,7 @@ private let form: [HTTPField.Name: String] = [.contentType: "application/x-www-f
                 if secret == fixture.secret {
                     #expect(line.contains("\"kafka.principal\":\"shop\""), "\(line)")
                 } else {
-                    #expect(line.contains("kafka.oauthbearer_refresh_failed"), "\(line)")
+                    #expect(line.contains("invalid_client"), "\(line)")
                 }
                 _ = try await forwarder.stop()
                 #expect(!forwarder.standardOutput.contains(secret))

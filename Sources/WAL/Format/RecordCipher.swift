@@ -12,11 +12,15 @@ import Encryption
 /// a header edited with its CRC recomputed, fails authentication and is reported as damage.
 struct RecordCipher: Sendable {
     let keyID: String
-    private let key: SymmetricKey
+    /// OpenSSL contexts with the data key set up once: swift-crypto's one-shot seal expands
+    /// the key and precomputes GHASH for every record.
+    private let sealer: GCMContextPool
+    private let opener: GCMContextPool
 
     init(keyID: String, key: SymmetricKey) {
         self.keyID = keyID
-        self.key = key
+        self.sealer = GCMContextPool(key: key, encrypting: true)
+        self.opener = GCMContextPool(key: key, encrypting: false)
     }
 
     /// A fresh data key for the segment starting at `firstLSN`, wrapped by the ring's current
@@ -73,8 +77,14 @@ struct RecordCipher: Sendable {
         }
     }
 
-    static func nonce(_ header: FrameHeader) -> AES.GCM.Nonce {
-        Sealing.nonce(counter: header.lsn.rawValue, prefix: UInt32(header.writerTag))
+    /// The writer tag (4 bytes) and the LSN (8 bytes), big-endian.
+    static func nonce(_ header: FrameHeader) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 12)
+        let tag = UInt32(header.writerTag)
+        for index in 0..<4 { bytes[index] = UInt8(truncatingIfNeeded: tag >> (24 - 8 * index)) }
+        let lsn = header.lsn.rawValue
+        for index in 0..<8 { bytes[4 + index] = UInt8(truncatingIfNeeded: lsn >> (56 - 8 * index)) }
+        return bytes
     }
 
     static func binding(_ header: FrameHeader) -> [UInt8] {
@@ -83,14 +93,44 @@ struct RecordCipher: Sendable {
         return Array(bytes[16..<40])
     }
 
-    /// `payload` sealed for the frame `header` describes (its length and CRC are not bound:
-    /// they describe the sealed bytes).
-    func seal(_ payload: [UInt8], header: FrameHeader) throws -> [UInt8] {
-        try Sealing.seal(payload, key: self.key, nonce: Self.nonce(header), binding: Self.binding(header))
+    /// Writes `payload` sealed for the frame `header` describes to `output`: `payload.count`
+    /// + 16 bytes (its length and CRC are not bound: they describe the sealed bytes). False
+    /// when OpenSSL fails.
+    func seal(_ payload: UnsafeRawBufferPointer, header: FrameHeader, into output: UnsafeMutablePointer<UInt8>) -> Bool
+    {
+        let nonce = Self.nonce(header)
+        let binding = Self.binding(header)
+        return self.sealer.withContext { context in
+            nonce.withUnsafeBufferPointer { nonce in
+                context.seal(nonce: nonce.baseAddress!, additionalData: binding, plaintext: payload, into: output)
+            }
+        } ?? false
     }
 
     /// The payload of a sealed frame, or nil when it fails authentication.
     func open(_ sealed: ArraySlice<UInt8>, header: FrameHeader) -> [UInt8]? {
-        try? Sealing.open(sealed, key: self.key, nonce: Self.nonce(header), binding: Self.binding(header))
+        guard sealed.count >= Sealing.tagBytes else { return nil }
+        let nonce = Self.nonce(header)
+        let binding = Self.binding(header)
+        let count = sealed.count - Sealing.tagBytes
+        var plain = [UInt8](repeating: 0, count: max(count, 1))
+        let opened = sealed.withUnsafeBufferPointer { bytes in
+            plain.withUnsafeMutableBufferPointer { output in
+                nonce.withUnsafeBufferPointer { nonce in
+                    self.opener.withContext { context in
+                        context.open(
+                            nonce: nonce.baseAddress!,
+                            additionalData: binding,
+                            ciphertext: UnsafeBufferPointer(rebasing: bytes[0..<count]),
+                            tag: bytes.baseAddress! + count,
+                            into: output.baseAddress!
+                        )
+                    }
+                }
+            }
+        }
+        guard opened == true else { return nil }
+        plain.removeLast(plain.count - count)
+        return plain
     }
 }

@@ -18,10 +18,6 @@ import Glibc
 /// is filled on its own queue and its state guarded by a mutex.
 final class SegmentWriter: @unchecked Sendable {
     static let spareName = "next-segment.spare"
-    /// Batches smaller than this are sealed on the writer thread: AES-GCM runs at gigabytes
-    /// per second with VAES, so handing a small batch to other threads costs more (wake-ups,
-    /// the appenders' CPU) than it saves.
-    static let parallelSealingBytes = 1 << 20
 
     /// The next segment, zero-filled ahead of time by a background thread.
     ///
@@ -109,10 +105,10 @@ final class SegmentWriter: @unchecked Sendable {
         var buffer = self.buffer
         buffer.removeAll(keepingCapacity: true)
         buffer.reserveCapacity(batch.length)
-        let sealed = try self.cipher.map { try self.seal(batch, with: $0) }
-        for (index, record) in batch.records.enumerated() {
+        for record in batch.records {
+            let payload = record.item.payload
             var header = FrameHeader(
-                payloadLength: UInt32(record.item.payload.count),
+                payloadLength: UInt32(payload.count),
                 payloadCRC: record.item.payloadCRC,
                 lsn: record.lsn,
                 timestampNanos: batch.timestampNanos,
@@ -120,70 +116,39 @@ final class SegmentWriter: @unchecked Sendable {
                 type: .data,
                 writerTag: self.tag
             )
-            if let sealed {
-                header.payloadLength = UInt32(sealed[index].bytes.count)
-                header.payloadCRC = sealed[index].crc
-            }
-            let payload = sealed?[index].bytes ?? record.item.payload
             let start = buffer.count
-            buffer.append(contentsOf: repeatElement(0, count: FrameHeader.size))
-            buffer.withUnsafeMutableBytes { raw in
-                header.write(into: UnsafeMutableRawBufferPointer(rebasing: raw[start..<start + FrameHeader.size]))
+            guard let cipher = self.cipher else {
+                buffer.append(contentsOf: repeatElement(0, count: FrameHeader.size))
+                buffer.withUnsafeMutableBytes { raw in
+                    header.write(into: UnsafeMutableRawBufferPointer(rebasing: raw[start..<start + FrameHeader.size]))
+                }
+                buffer.append(contentsOf: payload)
+                buffer.append(
+                    contentsOf: repeatElement(0, count: record.frameLength - FrameHeader.size - payload.count)
+                )
+                continue
             }
-            buffer.append(contentsOf: payload)
-            buffer.append(contentsOf: repeatElement(0, count: record.frameLength - FrameHeader.size - payload.count))
+            // Sealed straight into the frame. The header's LSN, time, count and tag are bound
+            // in (and give the nonce); its length and CRC then describe the sealed bytes, which
+            // is what a reader checks for torn writes before it decrypts.
+            let sealedCount = payload.count + Sealing.tagBytes
+            buffer.append(contentsOf: repeatElement(0, count: record.frameLength))
+            let sealed = buffer.withUnsafeMutableBytes { raw -> Bool in
+                let body = raw.baseAddress!.advanced(by: start + FrameHeader.size).assumingMemoryBound(to: UInt8.self)
+                guard payload.withUnsafeBytes({ cipher.seal($0, header: header, into: body) }) else { return false }
+                header.payloadLength = UInt32(sealedCount)
+                header.payloadCRC = CRC32C.checksum(
+                    UnsafeRawBufferPointer(
+                        rebasing: raw[start + FrameHeader.size..<start + FrameHeader.size + sealedCount]
+                    )
+                )
+                header.write(into: UnsafeMutableRawBufferPointer(rebasing: raw[start..<start + FrameHeader.size]))
+                return true
+            }
+            guard sealed else { throw WALError(.io, "encrypting the record at LSN \(record.lsn) failed") }
         }
         self.buffer = buffer
         return buffer
-    }
-
-    /// Every record of `batch` sealed for its frame, with the CRC32C of the sealed bytes.
-    ///
-    /// The header's LSN, time, count and tag are bound in (and give the nonce); the frame's
-    /// length and CRC then describe the sealed bytes, which is what a reader checks for torn
-    /// writes before it decrypts. Sealing is the writer thread's one CPU-heavy step (a few
-    /// microseconds per 4 KiB record), so a batch of several records is sealed on every core:
-    /// the appenders are waiting for this batch anyway.
-    private func seal(
-        _ batch: GroupCommit<WAL.PendingAppend>.Batch,
-        with cipher: RecordCipher
-    ) throws -> [(
-        bytes: [UInt8], crc: UInt32
-    )] {
-        let payloads = batch.records.map(\.item.payload)
-        let lsns = batch.records.map(\.lsn)
-        let counts = batch.records.map(\.eventCount)
-        let (timestamp, tag) = (batch.timestampNanos, self.tag)
-        let sealOne: @Sendable (Int) -> (bytes: [UInt8], crc: UInt32)? = { index in
-            let header = FrameHeader(
-                payloadLength: 0,
-                payloadCRC: 0,
-                lsn: lsns[index],
-                timestampNanos: timestamp,
-                eventCount: counts[index],
-                type: .data,
-                writerTag: tag
-            )
-            guard let bytes = try? cipher.seal(payloads[index], header: header) else { return nil }
-            return (bytes, CRC32C.checksum(bytes))
-        }
-        var results = [(bytes: [UInt8], crc: UInt32)?](repeating: nil, count: payloads.count)
-        let totalBytes = payloads.reduce(0) { $0 + $1.count }
-        if payloads.count < 4 || totalBytes < Self.parallelSealingBytes {
-            for index in payloads.indices { results[index] = sealOne(index) }
-        } else {
-            results.withUnsafeMutableBufferPointer { slots in
-                // Each iteration writes only its own slot.
-                nonisolated(unsafe) let target = slots.baseAddress!
-                DispatchQueue.concurrentPerform(iterations: payloads.count) { index in
-                    target[index] = sealOne(index)
-                }
-            }
-        }
-        return try results.enumerated().map { index, result in
-            guard let result else { throw WALError(.io, "encrypting the record at LSN \(lsns[index]) failed") }
-            return result
-        }
     }
 
     /// Writes the footer of the active segment and trims the preallocated space. A failure
