@@ -105,9 +105,14 @@ final class SegmentWriter: @unchecked Sendable {
         var buffer = self.buffer
         buffer.removeAll(keepingCapacity: true)
         buffer.reserveCapacity(batch.length)
+        if let cipher = self.cipher {
+            try self.seal(batch, with: cipher, into: &buffer)
+            self.buffer = buffer
+            return buffer
+        }
         for record in batch.records {
             let payload = record.item.payload
-            var header = FrameHeader(
+            let header = FrameHeader(
                 payloadLength: UInt32(payload.count),
                 payloadCRC: record.item.payloadCRC,
                 lsn: record.lsn,
@@ -117,38 +122,80 @@ final class SegmentWriter: @unchecked Sendable {
                 writerTag: self.tag
             )
             let start = buffer.count
-            guard let cipher = self.cipher else {
-                buffer.append(contentsOf: repeatElement(0, count: FrameHeader.size))
-                buffer.withUnsafeMutableBytes { raw in
-                    header.write(into: UnsafeMutableRawBufferPointer(rebasing: raw[start..<start + FrameHeader.size]))
-                }
-                buffer.append(contentsOf: payload)
-                buffer.append(
-                    contentsOf: repeatElement(0, count: record.frameLength - FrameHeader.size - payload.count)
-                )
-                continue
-            }
-            // Sealed straight into the frame. The header's LSN, time, count and tag are bound
-            // in (and give the nonce); its length and CRC then describe the sealed bytes, which
-            // is what a reader checks for torn writes before it decrypts.
-            let sealedCount = payload.count + Sealing.tagBytes
-            buffer.append(contentsOf: repeatElement(0, count: record.frameLength))
-            let sealed = buffer.withUnsafeMutableBytes { raw -> Bool in
-                let body = raw.baseAddress!.advanced(by: start + FrameHeader.size).assumingMemoryBound(to: UInt8.self)
-                guard payload.withUnsafeBytes({ cipher.seal($0, header: header, into: body) }) else { return false }
-                header.payloadLength = UInt32(sealedCount)
-                header.payloadCRC = CRC32C.checksum(
-                    UnsafeRawBufferPointer(
-                        rebasing: raw[start + FrameHeader.size..<start + FrameHeader.size + sealedCount]
-                    )
-                )
+            buffer.append(contentsOf: repeatElement(0, count: FrameHeader.size))
+            buffer.withUnsafeMutableBytes { raw in
                 header.write(into: UnsafeMutableRawBufferPointer(rebasing: raw[start..<start + FrameHeader.size]))
-                return true
             }
-            guard sealed else { throw WALError(.io, "encrypting the record at LSN \(record.lsn) failed") }
+            buffer.append(contentsOf: payload)
+            buffer.append(contentsOf: repeatElement(0, count: record.frameLength - FrameHeader.size - payload.count))
         }
         self.buffer = buffer
         return buffer
+    }
+
+    /// Batches of at least this many payload bytes are sealed on every core: AES-GCM and the
+    /// CRC are the writer thread's serial work, and the appenders wait for this batch anyway.
+    static let parallelSealingBytes = 256 << 10
+
+    /// Every record of `batch` sealed straight into its frame in `buffer`.
+    ///
+    /// The header's LSN, time, count and tag are bound in (and give the nonce); the frame's
+    /// length and CRC then describe the sealed bytes, which is what a reader checks for torn
+    /// writes before it decrypts. Each record touches only its own frame, so a large batch is
+    /// sealed on every core.
+    private func seal(
+        _ batch: GroupCommit<WAL.PendingAppend>.Batch,
+        with cipher: RecordCipher,
+        into buffer: inout [UInt8]
+    ) throws {
+        let records = batch.records
+        var starts: [Int] = []
+        starts.reserveCapacity(records.count)
+        var total = 0
+        var payloadBytes = 0
+        for record in records {
+            starts.append(total)
+            total += record.frameLength
+            payloadBytes += record.item.payload.count
+        }
+        buffer.append(contentsOf: repeatElement(0, count: total))
+        let offsets = starts
+        let (timestamp, tag) = (batch.timestampNanos, self.tag)
+        let payloads = records.map(\.item.payload)
+        let lsns = records.map(\.lsn)
+        let counts = records.map(\.eventCount)
+        let failed = Atomic<Int>(-1)
+        buffer.withUnsafeMutableBytes { raw in
+            nonisolated(unsafe) let base = raw.baseAddress!
+            let sealOne: @Sendable (Int) -> Void = { index in
+                var header = FrameHeader(
+                    payloadLength: 0,
+                    payloadCRC: 0,
+                    lsn: lsns[index],
+                    timestampNanos: timestamp,
+                    eventCount: counts[index],
+                    type: .data,
+                    writerTag: tag
+                )
+                let frame = base + offsets[index]
+                let body = (frame + FrameHeader.size).assumingMemoryBound(to: UInt8.self)
+                let sealedCount = payloads[index].count + Sealing.tagBytes
+                guard payloads[index].withUnsafeBytes({ cipher.seal($0, header: header, into: body) }) else {
+                    failed.store(index, ordering: .relaxed)
+                    return
+                }
+                header.payloadLength = UInt32(sealedCount)
+                header.payloadCRC = CRC32C.checksum(UnsafeRawBufferPointer(start: body, count: sealedCount))
+                header.write(into: UnsafeMutableRawBufferPointer(start: frame, count: FrameHeader.size))
+            }
+            if records.count < 2 || payloadBytes < Self.parallelSealingBytes {
+                for index in records.indices { sealOne(index) }
+            } else {
+                DispatchQueue.concurrentPerform(iterations: records.count, execute: sealOne)
+            }
+        }
+        let index = failed.load(ordering: .relaxed)
+        guard index < 0 else { throw WALError(.io, "encrypting the record at LSN \(lsns[index]) failed") }
     }
 
     /// Writes the footer of the active segment and trims the preallocated space. A failure

@@ -381,8 +381,14 @@ public final class WAL: Service, Sendable {
             return
         }
         let payload = EventPayload.encode(events)
-        let pending = PendingAppend(payload: payload, payloadCRC: CRC32C.checksum(payload), completion: completion)
-        let frameLength = alignedTo8(FrameHeader.size + payload.count + self.writer.payloadOverhead)
+        // Sealed records get their CRC from the writer, over the sealed bytes.
+        let overhead = self.writer.payloadOverhead
+        let pending = PendingAppend(
+            payload: payload,
+            payloadCRC: overhead == 0 ? CRC32C.checksum(payload) : 0,
+            completion: completion
+        )
+        let frameLength = alignedTo8(FrameHeader.size + payload.count + overhead)
         let enqueuedAt = self.configuration.monotonicClock()
         let result = self.state.withLock {
             $0.enqueue(pending, frameLength: frameLength, eventCount: UInt32(events.count), enqueuedAt: enqueuedAt)
