@@ -10,8 +10,8 @@ import Testing
 /// The Kafka TLS keys against a real TLS server. The mock cluster speaks no TLS, so the
 /// broker is `openssl s_server` with a certificate from `sluice tls self-signed`: a handshake
 /// it completes proves the client trusted it (Kafka's protocol then fails, which is fine);
-/// one it refuses shows in the client's errors as a verification failure. (Still to do for
-/// issue 13: the same through the forwarder, with its cursor held and a metric.)
+/// one it refuses shows in the client's errors as a verification failure. The same through
+/// the forwarder, with its cursor held and the failure counted, is ForwarderTLSTests.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct KafkaTLSTests {
     struct Broker {
         let directory: TemporaryDirectory
