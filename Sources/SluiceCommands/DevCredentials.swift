@@ -107,6 +107,12 @@ struct DevCredentials {
         )
     }
 
+    /// The variables ``writeEnv(url:)`` exports: a shell that sourced them still runs every
+    /// `sluice` command (they are not settings, and not refused as unknown ones).
+    static let environmentNames: Set<String> = [
+        "SLUICE_URL", "SLUICE_KEY", "SLUICE_BROWSER_KEY", "SLUICE_CLIENT_ID", "SLUICE_CLIENT_SECRET",
+    ]
+
     /// `<state>/env`: the variables the README tour uses, for `source`. Mode 0600.
     func writeEnv(url: String) throws {
         let text = """

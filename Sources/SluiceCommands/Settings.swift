@@ -394,7 +394,7 @@ enum SettingsLoader {
         if let unknown = environment.keys.filter({
             $0.hasPrefix("SLUICE_") && !$0.hasPrefix("SLUICE_BIN") && !$0.hasPrefix("SLUICE_TEST")
                 && !$0.hasPrefix("SLUICE_CRASH")
-                && !$0.hasPrefix(self.kafkaPropertyPrefix)
+                && !$0.hasPrefix(self.kafkaPropertyPrefix) && !DevCredentials.environmentNames.contains($0)
         })
         .sorted().first(where: { name in !self.keys.contains { $0.environmentName == name } }) {
             throw SettingsError(description: "environment \(unknown) is not a Sluice setting")

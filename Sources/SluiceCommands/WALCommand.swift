@@ -36,7 +36,11 @@ struct WALKeysOption: ParsableArguments {
     func keyring() throws -> Keyring? {
         let settings: Settings
         do {
-            settings = try SettingsLoader.load(file: self.config)
+            // Only the keys' own variables: an operator's shell may hold other SLUICE_ ones
+            // (`source ./data/dev/env` sets SLUICE_URL, SLUICE_KEY, …) that a read-only tool
+            // has no business refusing.
+            let environment = ProcessInfo.processInfo.environment.filter { $0.key.hasPrefix("SLUICE_WAL_ENCRYPTION_") }
+            settings = try SettingsLoader.load(file: self.config, environment: environment)
         } catch let error as SettingsError {
             printError("sluice: \(error.description)")
             throw ExitStatus.unusable

@@ -154,6 +154,16 @@ import Testing
         )
         #expect(refused == 2)
         #expect(message.contains("environment SLUICE_LOADER_BATCH_AEG is not a Sluice setting"))
+
+        // The development credentials `sluice dev` writes for `source` are not settings, and a
+        // shell that sourced them (the README tour) still runs every command.
+        let (sourced, sourcedOutput) = try await self.run(
+            ["config", "check"],
+            environment: [
+                "SLUICE_URL": "https://127.0.0.1:8080", "SLUICE_KEY": "slk_test_x", "SLUICE_CLIENT_ID": "dev",
+            ]
+        )
+        #expect(sourced == 0, "\(sourcedOutput)")
     }
 
     @Test func propertiesThatWouldWeakenTheDeliveryGuaranteeAreRefused() async throws {

@@ -149,6 +149,16 @@ import Testing
         #expect(verify.status == 0, "\(verify.standardOutput)")
         let ls = try await ChildProcess.runSluice(["wal", "ls", directory.path + "/wal", "--config", file])
         #expect(ls.standardOutput.contains(" wal-2026 "))
+        // The keys from the environment, in a shell that also holds other SLUICE_ variables
+        // (the README tour sources ./data/dev/env): read, not refused.
+        let fromEnvironment = try await ChildProcess.runSluice(
+            ["wal", "stat", directory.path + "/wal"],
+            environment: [
+                "SLUICE_WAL_ENCRYPTION_KEY_FILE": keyFile, "SLUICE_WAL_ENCRYPTION_KEY_ID": "wal-2026",
+                "SLUICE_URL": "https://127.0.0.1:8080", "SLUICE_KEY": "slk_test_not-a-setting",
+            ]
+        )
+        #expect(fromEnvironment.status == 0, "\(fromEnvironment.standardError)")
 
         for command in ["dump", "verify", "stat", "ls"] {
             let without = try await ChildProcess.runSluice(["wal", command, directory.path + "/wal"])
