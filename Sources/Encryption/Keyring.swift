@@ -59,7 +59,7 @@ package struct Keyring: Sendable {
         -> SymmetricKey
     {
         let text = try SecretFile.read(path, key: key, origin: origin)
-        guard let bytes = Self.bytes(hex: text), bytes.count == 32 else {
+        guard let bytes = Hex.decode(text), bytes.count == 32 else {
             throw ConfigurationError(
                 description:
                     "\(origin): \(key) = '\(path)': is not a key (64 hexadecimal digits, 32 random bytes; "
@@ -73,7 +73,7 @@ package struct Keyring: Sendable {
     /// overwriting a key would make everything written under it unreadable.
     package static func writeNewKeyFile(_ path: String) throws(ConfigurationError) {
         let key = SymmetricKey(size: .bits256)
-        let hex = key.withUnsafeBytes { bytes in bytes.map { Self.hexDigits(of: $0) }.joined() } + "\n"
+        let hex = key.withUnsafeBytes { Hex.encode($0) } + "\n"
         let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else {
             let reason =
@@ -89,32 +89,6 @@ package struct Keyring: Sendable {
         }
     }
 
-    private static func hexDigits(of byte: UInt8) -> String {
-        let digits = Array("0123456789abcdef")
-        return String([digits[Int(byte >> 4)], digits[Int(byte & 0xF)]])
-    }
-
-    private static func bytes(hex: String) -> [UInt8]? {
-        let text = Array(hex.utf8)
-        guard text.count % 2 == 0 else { return nil }
-        func value(_ byte: UInt8) -> UInt8? {
-            switch byte {
-            case 0x30...0x39: byte - 0x30
-            case 0x41...0x46: byte - 0x41 + 10
-            case 0x61...0x66: byte - 0x61 + 10
-            default: nil
-            }
-        }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(text.count / 2)
-        var index = 0
-        while index < text.count {
-            guard let high = value(text[index]), let low = value(text[index + 1]) else { return nil }
-            bytes.append(high << 4 | low)
-            index += 2
-        }
-        return bytes
-    }
 }
 
 /// Data written under a key the reader was not given.

@@ -51,11 +51,17 @@ package enum Sealing {
     /// segment has its own key) and a prefix that tells apart the runs that may count the same
     /// numbers again (a WAL writer run's tag).
     package static func nonce(counter: UInt64, prefix: UInt32 = 0) -> AES.GCM.Nonce {
+        // A 12-byte array always makes a nonce.
+        (try? AES.GCM.Nonce(data: Self.nonceBytes(counter: counter, prefix: prefix))) ?? AES.GCM.Nonce()
+    }
+
+    /// The 12 bytes of ``nonce(counter:prefix:)``: the prefix (4 bytes) and the counter (8),
+    /// big-endian, for ciphers that take the nonce as bytes.
+    package static func nonceBytes(counter: UInt64, prefix: UInt32 = 0) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 12)
         for index in 0..<4 { bytes[index] = UInt8(truncatingIfNeeded: prefix >> (24 - 8 * index)) }
         for index in 0..<8 { bytes[4 + index] = UInt8(truncatingIfNeeded: counter >> (56 - 8 * index)) }
-        // A 12-byte array always makes a nonce.
-        return (try? AES.GCM.Nonce(data: bytes)) ?? AES.GCM.Nonce()
+        return bytes
     }
 
     /// `plaintext` sealed under `key`: ciphertext followed by the tag (the nonce is not

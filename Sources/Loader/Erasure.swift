@@ -102,7 +102,7 @@ package struct ErasureKey: Sendable {
     package init(_ key: SymmetricKey) {
         self.key = key
         self.id =
-            Self.hex(HMAC<SHA256>.authenticationCode(for: Array("sluice erasure key id".utf8), using: key))
+            Hex.encode(HMAC<SHA256>.authenticationCode(for: Array("sluice erasure key id".utf8), using: key))
             .prefix(16).description
     }
 
@@ -111,34 +111,6 @@ package struct ErasureKey: Sendable {
         Array(HMAC<SHA256>.authenticationCode(for: userID, using: self.key))
     }
 
-    package static func hex(_ bytes: some Sequence<UInt8>) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var text: [UInt8] = []
-        for byte in bytes { text += [digits[Int(byte >> 4)], digits[Int(byte & 0x0F)]] }
-        return String(decoding: text, as: UTF8.self)
-    }
-
-    static func bytes(hex: Substring) -> [UInt8]? {
-        let utf8 = Array(hex.utf8)
-        guard utf8.count % 2 == 0 else { return nil }
-        func nibble(_ c: UInt8) -> UInt8? {
-            switch c {
-            case 0x30...0x39: c - 0x30
-            case 0x61...0x66: c - 0x61 + 10
-            case 0x41...0x46: c - 0x41 + 10
-            default: nil
-            }
-        }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(utf8.count / 2)
-        var index = 0
-        while index < utf8.count {
-            guard let high = nibble(utf8[index]), let low = nibble(utf8[index + 1]) else { return nil }
-            bytes.append(high << 4 | low)
-            index += 2
-        }
-        return bytes
-    }
 }
 
 /// The erased users a loader knows of: read at start and every ``ErasureConfiguration/refresh``.
@@ -188,7 +160,7 @@ final class ErasureList: Sendable {
         let key = self.configuration.key.map(ErasureKey.init)
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: "\t", omittingEmptySubsequences: false)
-            guard fields.count == 2, let hash = ErasureKey.bytes(hex: fields[1]), hash.count == 32 else { continue }
+            guard fields.count == 2, let hash = Hex.decode(fields[1]), hash.count == 32 else { continue }
             guard let key, fields[0] == key.id else {
                 foreign.insert(fields[0])
                 continue
@@ -314,7 +286,7 @@ public struct UserErasure: Sendable {
             routes = routes.filter { tables.contains($0.table) }
         }
         let key = ErasureKey(rawKey)
-        let hash = ErasureKey.hex(key.hash(Array(userID.utf8)))
+        let hash = Hex.encode(key.hash(Array(userID.utf8)))
         let record = "\(key.id):\(hash.prefix(16))"
         let clickHouse = ClickHouseClient(self.configuration.clickHouse, logger: self.logger)
         do {

@@ -79,12 +79,7 @@ struct RecordCipher: Sendable {
 
     /// The writer tag (4 bytes) and the LSN (8 bytes), big-endian.
     static func nonce(_ header: FrameHeader) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: 12)
-        let tag = UInt32(header.writerTag)
-        for index in 0..<4 { bytes[index] = UInt8(truncatingIfNeeded: tag >> (24 - 8 * index)) }
-        let lsn = header.lsn.rawValue
-        for index in 0..<8 { bytes[4 + index] = UInt8(truncatingIfNeeded: lsn >> (56 - 8 * index)) }
-        return bytes
+        Sealing.nonceBytes(counter: header.lsn.rawValue, prefix: UInt32(header.writerTag))
     }
 
     static func binding(_ header: FrameHeader) -> [UInt8] {
