@@ -19,6 +19,8 @@ import Synchronization
 public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
     public let pollInterval: Duration
     public let lastUsedFlushInterval: Duration
+    /// How long one call may take before it fails and the gateway serves from its last good copy.
+    public let answerTimeout: Duration
     /// The URL with its password replaced by `***`.
     public let redactedURL: String
     private let configuration: PostgresConnection.Configuration
@@ -35,7 +37,8 @@ public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
         table: String = "sluice_api_keys",
         logger: Logger = Logger(label: "sluice.auth.keys"),
         pollInterval: Duration = .seconds(1),
-        lastUsedFlushInterval: Duration = .seconds(60)
+        lastUsedFlushInterval: Duration = .seconds(60),
+        answerTimeout: Duration = .seconds(5)
     ) throws(KeyStoreError) {
         guard table.utf8.first.map({ !(48...57).contains($0) }) == true,
             table.utf8.allSatisfy({ (97...122).contains($0) || (48...57).contains($0) || $0 == 95 })
@@ -47,6 +50,7 @@ public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
         self.logger = logger
         self.pollInterval = pollInterval
         self.lastUsedFlushInterval = lastUsedFlushInterval
+        self.answerTimeout = answerTimeout
     }
 
     // MARK: Gateway side
@@ -307,7 +311,7 @@ public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
         }
     }
 
-    /// Fails a call that hangs after 5 s — and returns then, without waiting for it: a query
+    /// Fails a call that hangs past `answerTimeout` (5 s by default) — and returns then, without waiting for it: a query
     /// on a server that stopped mid-answer may not return for as long as TCP takes to notice,
     /// and a structured wait (a task group) would hold the poll loop, and so the recovery
     /// after the server is back, for all that time. The stuck call is cancelled and, when it
@@ -321,10 +325,10 @@ public final class PostgresKeyStore: APIKeyLookup, APIKeyAdministration {
             outcome.waiting.withLock { $0 = continuation }
             let work = Task { try await body() }
             let timer = Task {
-                guard (try? await Task.sleep(for: .seconds(5))) != nil else { return }
+                guard (try? await Task.sleep(for: self.answerTimeout)) != nil else { return }
                 guard let waiting = outcome.take() else { return }
                 // Said at once: the gateway must know it serves from its last good copy.
-                let error = KeyStoreError(.database, "PostgreSQL did not answer within 5 s")
+                let error = KeyStoreError(.database, "PostgreSQL did not answer within \(self.answerTimeout)")
                 self.markReachable(false, error: error)
                 work.cancel()
                 waiting.resume(throwing: error)

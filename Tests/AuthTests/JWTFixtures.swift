@@ -185,12 +185,15 @@ final class JWTTestEnvironment: Sendable {
     /// The JWKS path of `tenant`.
     func jwksPath(_ tenant: String = "idp") -> String { "/\(tenant)/jwks" }
 
-    /// The configuration of `tenant`, fetching its JWKS by URL and trusting the test CA.
+    /// The configuration of `tenant`, fetching its JWKS by URL and trusting the test CA. The
+    /// fetch limit is 30 s unless `policy` says otherwise: these suites start beside hundreds of
+    /// others on two cores, where a TLS handshake and an answer can take longer than the 5 s
+    /// default, and a fetch that times out would fail the test for a reason it does not test.
     func configuration(
         _ tenant: String = "idp",
         algorithms: [String] = ["RS256", "ES256", "EdDSA"],
         acceptedTypes: [String] = ["at+jwt", "application/at+jwt"],
-        policy: JWKSPolicy = JWKSPolicy()
+        policy: JWKSPolicy = JWKSPolicy(timeout: .seconds(30))
     ) -> IssuerConfiguration {
         var jwks = policy
         jwks.caFile = self.server.caFile

@@ -14,8 +14,9 @@ struct KeyStorePostgresTests {
 
     @Test func aKeyRevokedThroughOneGatewayIsRefusedByAnotherWithinFiveSeconds() async throws {
         let server = try await LocalPostgres.start()
-        let first = try PostgresKeyStore(url: server.url)
-        let second = try PostgresKeyStore(url: server.url)
+        // A generous answer limit: the suite starts beside hundreds of others on two cores.
+        let first = try PostgresKeyStore(url: server.url, answerTimeout: .seconds(30))
+        let second = try PostgresKeyStore(url: server.url, answerTimeout: .seconds(30))
         let firstLoop = Task { try await first.run() }
         let secondLoop = Task { try await second.run() }
         defer {
@@ -49,8 +50,9 @@ struct KeyStorePostgresTests {
     @Test func whilePostgresIsDownTheLastGoodCopyServesAndItCatchesUpAfter() async throws {
         let server = try await LocalPostgres.start()
         let logs = CapturedLogs()
-        let admin = try PostgresKeyStore(url: server.url)
-        let gateway = try PostgresKeyStore(url: server.url, logger: logs.logger, pollInterval: .milliseconds(200))
+        let admin = try PostgresKeyStore(url: server.url, answerTimeout: .seconds(30))
+        let gateway = try PostgresKeyStore(
+            url: server.url, logger: logs.logger, pollInterval: .milliseconds(200), answerTimeout: .seconds(15))
         let good = try await admin.create(NewAPIKey(name: "good", kind: .secret), now: Date())
         #expect(await gateway.reload())
         let loop = Task { try await gateway.run() }
@@ -58,7 +60,7 @@ struct KeyStorePostgresTests {
         #expect(self.authenticates(gateway, good.key))
 
         try await server.stop()
-        // A poll that hangs is cut off after 5 s; a loaded CI machine may need a few polls more.
+        // A poll that hangs is cut off after 15 s; a loaded CI machine may need a few polls more.
         try await waitUntil(timeout: .seconds(30)) { gateway.isReachable == false }
         try await Task.sleep(for: .seconds(1))  // several failed polls: still one log line
         #expect(self.authenticates(gateway, good.key), "the last good copy keeps serving")
@@ -79,7 +81,7 @@ struct KeyStorePostgresTests {
 
     @Test func lastUseIsWrittenToTheTableByTheFlush() async throws {
         let server = try await LocalPostgres.start()
-        let store = try PostgresKeyStore(url: server.url)
+        let store = try PostgresKeyStore(url: server.url, answerTimeout: .seconds(30))
         let issued = try await store.create(NewAPIKey(name: "web", kind: .secret), now: Date())
         let used = Date(timeIntervalSince1970: 1_900_000_000)
         store.noteUsed(id: issued.record.id, at: used)
