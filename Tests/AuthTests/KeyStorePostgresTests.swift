@@ -52,7 +52,11 @@ struct KeyStorePostgresTests {
         let logs = CapturedLogs()
         let admin = try PostgresKeyStore(url: server.url, answerTimeout: .seconds(30))
         let gateway = try PostgresKeyStore(
-            url: server.url, logger: logs.logger, pollInterval: .milliseconds(200), answerTimeout: .seconds(15))
+            url: server.url,
+            logger: logs.logger,
+            pollInterval: .milliseconds(200),
+            answerTimeout: .seconds(15)
+        )
         let good = try await admin.create(NewAPIKey(name: "good", kind: .secret), now: Date())
         #expect(await gateway.reload())
         let loop = Task { try await gateway.run() }
