@@ -15,7 +15,7 @@ let gatewayRoutes: [String: [HTTPRequest.Method]] = [
     // The built-in authorization server's, when it is on.
     "/oauth/token": [.post], "/.well-known/oauth-authorization-server": [.get, .head],
     "/.well-known/jwks.json": [.get, .head],
-]
+].merging(SegmentRoutes.paths.mapValues { _ in [.post] }) { first, _ in first }
 
 /// The API listener's routes: without the operational paths when the admin listener has them.
 func gatewayRoutes(_ configuration: GatewayConfiguration) -> [String: [HTTPRequest.Method]] {
@@ -91,6 +91,9 @@ func buildGatewayRouter(
         try await ingest.events(request, context: context, batch: true)
     }
     router.get("/v1/pixel") { request, context in try await ingest.pixel(request, context: context) }
+    for (path, type) in SegmentRoutes.paths {
+        router.post(RouterPath(path)) { request, context in try await ingest.segment(request, context: context, type: type) }
+    }
     router.head("/v1/pixel") { request, context in try await ingest.pixel(request, context: context, store: false) }
     // With an admin listener (gateway.admin_listen) these are served there, and 404 here.
     if configuration.adminHost == nil {
