@@ -221,17 +221,23 @@ package enum SegmentMapping {
         // policy, gateway.client_ip); the rest of the context is kept as sent.
         context.removeAll { $0.0 == "ip" || $0.0 == "userAgent" }
 
+        // Kept under "$segment", so checked here: a field that is stored must be what its
+        // name says.
+        let kept: [(String, Bool)]
         switch type {
-        case .page, .screen:
-            for key in ["name", "category"] {
-                if case .string(let text)? = member(key) { extra.append((key, .string(text))) }
+        case .page, .screen: kept = [("name", false), ("category", false)]
+        case .group: kept = [("groupId", true)]
+        case .alias: kept = [("previousId", true)]
+        case .track, .identify: kept = []
+        }
+        for (key, mayBeInteger) in kept {
+            switch member(key) {
+            case nil: continue
+            case .string(let text)?: extra.append((key, .string(text)))
+            case .number(let text)? where mayBeInteger && !text.contains(".") && !text.lowercased().contains("e"):
+                extra.append((key, .string(text)))
+            case let other?: fail(key, "must be a string\(mayBeInteger ? " (or an integer)" : ""), not \(other.typeName)")
             }
-        case .group:
-            if let group = member("groupId") { extra.append(("groupId", group)) }
-        case .alias:
-            if let previous = member("previousId") { extra.append(("previousId", previous)) }
-        case .track, .identify:
-            break
         }
         if !context.isEmpty { extra.append(("context", .object(context))) }
         properties.append((Self.reservedProperty, .object(extra)))
