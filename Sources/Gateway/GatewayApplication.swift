@@ -9,13 +9,17 @@ import WAL
 
 /// The gateway's paths and the methods each takes: 405 answers list them in `Allow`. Every
 /// GET route also answers HEAD.
-let gatewayRoutes: [String: [HTTPRequest.Method]] = [
-    "/v1/events": [.post], "/v1/events/batch": [.post], "/v1/pixel": [.get, .head],
-    "/healthz": [.get, .head], "/readyz": [.get, .head], "/metrics": [.get, .head],
-    // The built-in authorization server's, when it is on.
-    "/oauth/token": [.post], "/.well-known/oauth-authorization-server": [.get, .head],
-    "/.well-known/jwks.json": [.get, .head],
-].merging(SegmentRoutes.paths.mapValues { _ in [.post] }) { first, _ in first }
+let gatewayRoutes: [String: [HTTPRequest.Method]] = {
+    var routes: [String: [HTTPRequest.Method]] = [
+        "/v1/events": [.post], "/v1/events/batch": [.post], "/v1/pixel": [.get, .head],
+        "/healthz": [.get, .head], "/readyz": [.get, .head], "/metrics": [.get, .head],
+        // The built-in authorization server's, when it is on.
+        "/oauth/token": [.post], "/.well-known/oauth-authorization-server": [.get, .head],
+        "/.well-known/jwks.json": [.get, .head],
+    ]
+    for path in SegmentRoutes.paths.keys { routes[path] = [.post] }
+    return routes
+}()
 
 /// The API listener's routes: without the operational paths when the admin listener has them.
 func gatewayRoutes(_ configuration: GatewayConfiguration) -> [String: [HTTPRequest.Method]] {

@@ -76,11 +76,8 @@ package enum SegmentMapping {
             type = fixedType
         } else {
             guard case .string(let name) = member("type") ?? .null, let known = SegmentType(rawValue: name) else {
-                fail(
-                    "type",
-                    "must be one of \(SegmentType.allCases.map(\.rawValue).joined(separator: ", "))"
-                        + (member("type").map { " (got \($0.typeName == "string" ? "'\(Self.text($0) ?? "")'" : $0.typeName))" } ?? "")
-                )
+                let got = member("type").map { Self.text($0).map { " (got '\($0)')" } ?? " (got \($0.typeName))" } ?? ""
+                fail("type", "must be one of \(SegmentType.allCases.map(\.rawValue).joined(separator: ", "))" + got)
                 return .failure(EventErrors(errors))
             }
             type = known

@@ -111,13 +111,13 @@ package final class UserAgentClassifier: Sendable {
     static func classifyUncached(_ userAgent: String) -> UserAgentClass {
         let text = Self.asciiLowercased(userAgent)
         guard !text.isEmpty else { return UserAgentClass(browser: "Other", os: "Other", device: "other", isBot: false) }
-        let os = Self.systems.first { $0.tokens.contains(where: text.contains) }?.name ?? "Other"
+        let os = Self.systems.first { $0.tokens.contains { text.contains($0) } }?.name ?? "Other"
         if let bot = Self.bots.first(where: { text.contains($0.token) }) {
             return UserAgentClass(browser: bot.name, os: os, device: "bot", isBot: true)
         }
         // Safari is named only when a WebKit browser says so (`Version/… Safari/`); an app's
         // web view that sends neither stays `Other`.
-        var browser = Self.browsers.first { $0.tokens.contains(where: text.contains) }?.name ?? "Other"
+        var browser = Self.browsers.first { $0.tokens.contains { text.contains($0) } }?.name ?? "Other"
         if browser == "Safari" && !(text.contains("version/") && text.contains("safari/")) { browser = "Other" }
         return UserAgentClass(browser: browser, os: os, device: Self.device(text, os: os), isBot: false)
     }

@@ -42,7 +42,8 @@ import Testing
     }
 
     static func body(_ text: String, gzip: Bool = true) throws -> ByteBuffer {
-        gzip ? try buffer(text).compress(with: .gzip()) : buffer(text)
+        var plain = buffer(text)
+        return gzip ? try plain.compress(with: .gzip()) : plain
     }
 
     static let iPhone =
