@@ -96,7 +96,9 @@ func buildGatewayRouter(
     }
     router.get("/v1/pixel") { request, context in try await ingest.pixel(request, context: context) }
     for (path, type) in SegmentRoutes.paths {
-        router.post(RouterPath(path)) { request, context in try await ingest.segment(request, context: context, type: type) }
+        router.post(RouterPath(path)) { request, context in
+            try await ingest.segment(request, context: context, type: type)
+        }
     }
     router.head("/v1/pixel") { request, context in try await ingest.pixel(request, context: context, store: false) }
     // With an admin listener (gateway.admin_listen) these are served there, and 404 here.

@@ -236,7 +236,7 @@ struct Ingest: Sendable {
     }
 
     func origin(_ request: Request, context: IngestRequestContext) -> RequestOrigin {
-        RequestOrigin(
+        var origin = RequestOrigin(
             receivedAtMillis: Timestamp.nowMillis(),
             // Before the WAL: what is stored travels on to Kafka, ClickHouse and every replay.
             clientIP: self.configuration.clientIPPolicy.apply(to: context.clientIP),
@@ -248,6 +248,8 @@ struct Ingest: Sendable {
             gatewayID: self.configuration.gatewayID,
             source: context.grant.flatMap { $0.principal.kind == .anonymous ? nil : $0.principal.description }
         )
+        origin.classifyUserAgent()
+        return origin
     }
 
     /// Reads the body up to the limit and undoes `Content-Encoding`, applying the limit to the

@@ -26,7 +26,8 @@ extension Ingest {
     /// the SDKs retry only 429 and 5xx, so a 4xx would make them drop the valid ones too, and
     /// sending the invalid ones again cannot help. A request with no valid message is a 4xx.
     func segment(_ request: Request, context: IngestRequestContext, type: SegmentType?) async throws -> Response {
-        guard let format = BodyFormat(contentType: request.headers[.contentType]), format == .json || format == .textJSON
+        guard let format = BodyFormat(contentType: request.headers[.contentType]),
+            format == .json || format == .textJSON
         else {
             throw Problem(
                 .unsupportedMediaType,
@@ -55,7 +56,8 @@ extension Ingest {
             switch root["context"] {
             case .object(let members)?: batchContext = members
             case nil, .null?: break
-            case let other?: throw Problem(.malformed, "the batch's context must be a JSON object, not \(other.typeName)")
+            case let other?:
+                throw Problem(.malformed, "the batch's context must be a JSON object, not \(other.typeName)")
             }
         } else {
             messages = [(root, "")]
@@ -104,7 +106,8 @@ extension Ingest {
                     errors.append(
                         FieldError(
                             pointer: pointer + "/messageId",
-                            detail: "repeats the messageId of message \(earlier) in this request; every message needs its own"
+                            detail:
+                                "repeats the messageId of message \(earlier) in this request; every message needs its own"
                         )
                     )
                     continue
@@ -164,15 +167,28 @@ extension Ingest {
         ) {
         case .success(let value): mapped = value
         case .failure(let failure):
-            return .failure(EventErrors(failure.errors.map { FieldError(pointer: pointer + $0.pointer, detail: $0.detail, limit: $0.limit) }))
+            return .failure(
+                EventErrors(
+                    failure.errors.map { FieldError(pointer: pointer + $0.pointer, detail: $0.detail, limit: $0.limit) }
+                )
+            )
         }
         var origin = requestOrigin
         if let ip = mapped.clientIP { origin.clientIP = clientIPPolicy.apply(to: ip) }
-        if let agent = mapped.userAgent { origin.userAgent = agent.truncatedUTF8(maxBytes: limits.maxUserAgentBytes) }
+        if let agent = mapped.userAgent {
+            origin.userAgent = agent.truncatedUTF8(maxBytes: limits.maxUserAgentBytes)
+            origin.classifyUserAgent()
+        } else {
+            // The request's user agent is the SDK's (analytics-python/2.4.0): stored as on every
+            // route, but it says nothing about the visitor's browser or device.
+            (origin.browser, origin.os, origin.device, origin.isBot) = (nil, nil, nil, nil)
+        }
         switch Event.validate(mapped.event, pointer: "", origin: origin, limits: limits) {
         case .success(let event): return .success((event, origin))
         case .failure(let failure):
-            return .failure(EventErrors(failure.errors.map { Self.segmentPointer($0, mapped: mapped, pointer: pointer) }))
+            return .failure(
+                EventErrors(failure.errors.map { Self.segmentPointer($0, mapped: mapped, pointer: pointer) })
+            )
         }
     }
 

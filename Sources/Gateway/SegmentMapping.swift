@@ -61,7 +61,9 @@ package enum SegmentMapping {
     ) -> Result<SegmentMappedMessage, EventErrors> {
         guard case .object(let members) = message else {
             return .failure(
-                EventErrors([FieldError(pointer: "", detail: "a message must be a JSON object, not \(message.typeName)")])
+                EventErrors([
+                    FieldError(pointer: "", detail: "a message must be a JSON object, not \(message.typeName)")
+                ])
             )
         }
         var errors: [FieldError] = []
@@ -233,7 +235,8 @@ package enum SegmentMapping {
             case .string(let text)?: extra.append((key, .string(text)))
             case .number(let text)? where mayBeInteger && !text.contains(".") && !text.lowercased().contains("e"):
                 extra.append((key, .string(text)))
-            case let other?: fail(key, "must be a string\(mayBeInteger ? " (or an integer)" : ""), not \(other.typeName)")
+            case let other?:
+                fail(key, "must be a string\(mayBeInteger ? " (or an integer)" : ""), not \(other.typeName)")
             }
         }
         if !context.isEmpty { extra.append(("context", .object(context))) }

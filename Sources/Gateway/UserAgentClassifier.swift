@@ -1,3 +1,4 @@
+import EventModel
 import Synchronization
 
 /// What a `User-Agent` string says about the visitor: browser family, operating system,
@@ -145,5 +146,18 @@ package final class UserAgentClassifier: Sendable {
         var bytes = Array(text.utf8)
         for index in bytes.indices where (0x41...0x5A).contains(bytes[index]) { bytes[index] += 0x20 }
         return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+extension RequestOrigin {
+    /// Sets ``browser``, ``os``, ``device`` and ``isBot`` from ``userAgent``; all nil when
+    /// there is none.
+    mutating func classifyUserAgent(with classifier: UserAgentClassifier = .shared) {
+        guard let agent = self.userAgent, !agent.isEmpty else {
+            (self.browser, self.os, self.device, self.isBot) = (nil, nil, nil, nil)
+            return
+        }
+        let found = classifier.classify(agent)
+        (self.browser, self.os, self.device, self.isBot) = (found.browser, found.os, found.device, found.isBot)
     }
 }

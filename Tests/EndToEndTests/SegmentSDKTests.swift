@@ -93,7 +93,9 @@ import Testing
                 return wanted.isSubset(of: loaded)
             }
         } catch {
-            Issue.record("missing \(wanted.subtracting(loaded).count) events\nloader: \(loader.standardOutput.suffix(3000))")
+            Issue.record(
+                "missing \(wanted.subtracting(loaded).count) events\nloader: \(loader.standardOutput.suffix(3000))"
+            )
         }
         #expect(loaded == wanted, "not sent by the SDKs: \(loaded.subtracting(wanted).prefix(5))")
         let rows = try await analyst.rows(
@@ -113,7 +115,10 @@ import Testing
             #expect(cells[3] == (sent.anonymousId ?? ""))
             // ClickHouse 18.16 stores seconds; the SDK's clock was an hour slow.
             let stored = try #require(Int64(cells[4]))
-            #expect(abs(stored - sent.timestamp_ms / 1000) <= 30, "\(sent.messageId): \(stored) vs \(sent.timestamp_ms)")
+            #expect(
+                abs(stored - sent.timestamp_ms / 1000) <= 30,
+                "\(sent.messageId): \(stored) vs \(sent.timestamp_ms)"
+            )
             if let page = sent.page { #expect(cells[5] == page) }
             if sent.page != nil { #expect(cells[6] == "mobile" && cells[7] == "0", "\(row)") }
         }

@@ -89,6 +89,8 @@ import Testing
         // The visitor's address and browser from the context, not the SDK's.
         #expect(track["client_ip"] == .string("203.0.113.7"))
         #expect(track["user_agent"] == .string(Self.iPhone))
+        #expect(track["browser"] == .string("Safari") && track["os"] == .string("iOS"))
+        #expect(track["device"] == .string("mobile") && track["is_bot"] == .bool(false))
         #expect(track["properties"]?["total"] == .number("42.5"))
         #expect(track["properties"]?["$segment"]?["event"] == .string("Order Completed"))
         #expect(track["properties"]?["$segment"]?["context"]?["library"]?["name"] == .string("analytics-python"))
@@ -105,6 +107,7 @@ import Testing
         #expect(page["properties"]?["$segment"]?["name"] == .string("Pricing"))
         // Without context.userAgent the request's (the SDK's) is stored, as for any request.
         #expect(page["user_agent"] == .string("analytics-python/2.4.0"))
+        #expect(page["browser"] == nil && page["device"] == nil && page["is_bot"] == nil)
 
         #expect(identify["action"] == .string("identify"))
         #expect(identify["event_id"] == .string("a1b2c3d4-0000-4000-8000-000000000001"))

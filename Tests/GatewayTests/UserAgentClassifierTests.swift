@@ -1,4 +1,8 @@
+import EventModel
 import Gateway
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
 import Testing
 
 @Suite struct UserAgentClassifierTests {
@@ -129,5 +133,36 @@ import Testing
         }
         #expect(classifier.cachedCount <= UserAgentClassifier.cacheLimit)
         #expect(classifier.classify(agent).browser == "Chrome")
+    }
+
+    @Test func theGatewayStoresTheClassificationWithEveryEvent() async throws {
+        let gateway = try await TestGateway.make()
+        try await gateway.test { client in
+            for agent in [
+                "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", Self.table[0].agent,
+            ] {
+                let response = try await client.execute(
+                    uri: "/v1/events",
+                    method: .post,
+                    headers: headers([.contentType: "application/json", .userAgent: agent]),
+                    body: buffer(#"{"action":"page_view","anonymous_id":"a1"}"#)
+                )
+                #expect(response.status == .accepted, "\(response.text)")
+            }
+            let none = try await client.execute(
+                uri: "/v1/events",
+                method: .post,
+                headers: headers([.contentType: "application/json"]),
+                body: buffer(#"{"action":"page_view","anonymous_id":"a1"}"#)
+            )
+            #expect(none.status == .accepted)
+        }
+        let events = try gateway.storedEvents()
+        try #require(events.count == 3)
+        #expect(events[0]["is_bot"] == .bool(true) && events[0]["device"] == .string("bot"))
+        #expect(events[0]["browser"] == .string("Googlebot"))
+        #expect(events[1]["is_bot"] == .bool(false) && events[1]["browser"] == .string("Chrome"))
+        #expect(events[1]["os"] == .string("Windows") && events[1]["device"] == .string("desktop"))
+        #expect(events[2]["browser"] == nil && events[2]["is_bot"] == nil)
     }
 }
