@@ -1,3 +1,5 @@
+import Auth
+import CoreMetrics
 import EventModel
 import HTTPTypes
 import Hummingbird
