@@ -56,8 +56,7 @@ package final class UserAgentClassifier: Sendable {
         return result
     }
 
-    /// Robots and tools, as lower-case substrings, with the name reported as `browser`. Named
-    /// ones first; the generic words (`bot`, `crawler`, `spider`) catch the long tail.
+    /// Robots and tools, as lower-case substrings, with the name reported as `browser`.
     static let bots: [(token: String, name: String)] = [
         ("googlebot", "Googlebot"), ("adsbot-google", "Googlebot"), ("mediapartners-google", "Googlebot"),
         ("google-inspectiontool", "Googlebot"), ("bingbot", "Bingbot"), ("bingpreview", "Bingbot"),
@@ -77,9 +76,12 @@ package final class UserAgentClassifier: Sendable {
         ("java/", "Java"), ("libwww-perl", "libwww-perl"), ("node-fetch", "node-fetch"), ("axios/", "axios"),
         ("undici", "undici"), ("scrapy", "Scrapy"), ("httpie", "HTTPie"), ("postmanruntime", "PostmanRuntime"),
         ("insomnia", "Insomnia"), ("k6/", "k6"), ("jmeter", "JMeter"),
-        ("bot", "Other bot"), ("crawler", "Other bot"), ("spider", "Other bot"), ("crawl", "Other bot"),
-        ("scraper", "Other bot"), ("monitor", "Other bot"), ("headless", "Other bot"),
     ]
+
+    /// Words that mark the long tail of robots, trusted only where a browser would not have
+    /// them: in a user agent that does not start `Mozilla/`, or that says `compatible;` or links
+    /// its robot page (`+http`). A phone named "CUBOT" in a browser's user agent is a person.
+    static let botWords = ["bot", "crawler", "spider", "crawl", "scraper", "monitor", "headless"]
 
     /// Browser families, checked in order: many browsers also claim `Chrome/` and `Safari/`,
     /// so the specific ones come first.
@@ -115,6 +117,11 @@ package final class UserAgentClassifier: Sendable {
         let os = Self.systems.first { $0.tokens.contains { text.contains($0) } }?.name ?? "Other"
         if let bot = Self.bots.first(where: { text.contains($0.token) }) {
             return UserAgentClass(browser: bot.name, os: os, device: "bot", isBot: true)
+        }
+        if !text.hasPrefix("mozilla/") || text.contains("compatible;") || text.contains("+http"),
+            Self.botWords.contains(where: { text.contains($0) })
+        {
+            return UserAgentClass(browser: "Other bot", os: os, device: "bot", isBot: true)
         }
         // Safari is named only when a WebKit browser says so (`Version/… Safari/`); an app's
         // web view that sends neither stays `Other`.

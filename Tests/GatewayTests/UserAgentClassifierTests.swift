@@ -111,6 +111,12 @@ import Testing
         ("Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)", "AhrefsBot", "Other", "bot", true),
         ("Mozilla/5.0 (compatible; UptimeRobot/2.0; http://www.uptimerobot.com/)", "UptimeRobot", "Other", "bot", true),
         ("SomeNewCrawler/0.1 (+https://example.com/crawler)", "Other bot", "Other", "bot", true),
+        ("Mozilla/5.0 (compatible; NewSpider/1.0)", "Other bot", "Other", "bot", true),
+        // A phone whose model name holds "bot", in a browser's user agent: a person.
+        (
+            "Mozilla/5.0 (Linux; Android 9; CUBOT P30) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
+            "Chrome", "Android", "mobile", false
+        ),
         ("", "Other", "Other", "other", false),
         ("analytics-python/2.4.0", "Other", "Other", "other", false),
     ]
