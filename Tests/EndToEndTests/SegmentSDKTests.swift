@@ -100,14 +100,16 @@ import Testing
         #expect(loaded == wanted, "not sent by the SDKs: \(loaded.subtracting(wanted).prefix(5))")
         let rows = try await analyst.rows(
             """
-            SELECT event_id, action, user_id, anonymous_id, toUnixTimestamp(timestamp), page, device, is_bot, count()
-            FROM sluice.events FINAL GROUP BY event_id, action, user_id, anonymous_id, timestamp, page, device, is_bot
+            SELECT event_id, action, user_id, anonymous_id, toUnixTimestamp(timestamp), page, device, is_bot, count(),
+                toUnixTimestamp(sent_at)
+            FROM sluice.events FINAL
+            GROUP BY event_id, action, user_id, anonymous_id, timestamp, page, device, is_bot, sent_at
             """
         )
         #expect(rows.count == wanted.count)
         for row in rows {
             let cells = row.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-            try #require(cells.count == 9, "\(row)")
+            try #require(cells.count == 10, "\(row)")
             guard let sent = expected[cells[0]] else { continue }
             #expect(cells[8] == "1", "\(cells[0]) is stored \(cells[8]) times")
             #expect(cells[1] == sent.action)
@@ -119,6 +121,9 @@ import Testing
                 abs(stored - sent.timestamp_ms / 1000) <= 30,
                 "\(sent.messageId): \(stored) vs \(sent.timestamp_ms)"
             )
+            // sent_at is stored as the SDK sent it: by its clock, an hour slow.
+            let sentAt = try #require(Int64(cells[9]))
+            #expect(abs(sentAt - (sent.timestamp_ms / 1000 - 3600)) <= 60, "\(sent.messageId): sent_at \(sentAt)")
             if let page = sent.page { #expect(cells[5] == page) }
             if sent.page != nil { #expect(cells[6] == "mobile" && cells[7] == "0", "\(row)") }
         }

@@ -292,6 +292,33 @@ import Testing
         #expect(try gateway.storedEvents().map { $0["action"] } == [.string("ok")])
     }
 
+    @Test func theGatewaysBodyAndBatchLimitsHold() async throws {
+        let gateway = try await TestGateway.make(authentication: Self.authentication) {
+            $0.maxBodyBytes = 4096
+            $0.maxBatchEvents = 2
+        }
+        try await gateway.test { client in
+            let message = #"{"type":"track","event":"x","userId":"u"}"#
+            let three = try await client.execute(
+                uri: "/v1/batch",
+                method: .post,
+                headers: Self.sdkHeaders(),
+                body: try Self.body(#"{"batch":[\#(message),\#(message),\#(message)]}"#)
+            )
+            #expect(three.status == .contentTooLarge)
+            // Small on the wire, over the limit inflated.
+            let padding = String(repeating: " ", count: 8192)
+            let inflated = try await client.execute(
+                uri: "/v1/track",
+                method: .post,
+                headers: Self.sdkHeaders(),
+                body: try Self.body(#"{"event":"x","userId":"u"\#(padding)}"#)
+            )
+            #expect(inflated.status == .contentTooLarge)
+        }
+        #expect(try gateway.storedEvents().isEmpty)
+    }
+
     @Test func aPublishableKeyCannotClaimAnotherClientAddress() async throws {
         let gateway = try await TestGateway.make(authentication: Self.authentication)
         try await gateway.test { client in
