@@ -319,6 +319,29 @@ import Testing
         #expect(try gateway.storedEvents().isEmpty)
     }
 
+    /// The SDKs retry 429 (after Retry-After) and drop other 4xx: a key over its event budget
+    /// must get a 429 and have nothing stored.
+    @Test func aKeyOverItsEventBudgetGets429AndNothingIsStored() async throws {
+        var authentication = Self.authentication
+        authentication.rateLimits = PrincipalRateLimits(
+            defaults: [.secretKey: RateLimit(count: 2, windowSeconds: 3600)],
+            cost: .events
+        )
+        let gateway = try await TestGateway.make(authentication: authentication)
+        try await gateway.test { client in
+            let message = #"{"type":"track","event":"x","userId":"u"}"#
+            let response = try await client.execute(
+                uri: "/v1/batch",
+                method: .post,
+                headers: Self.sdkHeaders(),
+                body: try Self.body(#"{"batch":[\#(message),\#(message),\#(message)]}"#)
+            )
+            #expect(response.status == .tooManyRequests)
+            #expect(response.headers[.retryAfter] != nil)
+        }
+        #expect(try gateway.storedEvents().isEmpty)
+    }
+
     @Test func aPublishableKeyCannotClaimAnotherClientAddress() async throws {
         let gateway = try await TestGateway.make(authentication: Self.authentication)
         try await gateway.test { client in
