@@ -105,7 +105,8 @@ package enum SegmentMapping {
                 event.append(("event_id", .string(Self.derivedEventID(messageID: text, source: source))))
                 extra.append(("messageId", .string(text)))
                 sources["event_id"] = "/messageId"
-            default: fail("messageId", "must be a non-empty string, not \(id.typeName)")
+            case .string: fail("messageId", "must not be empty; omit it and the gateway assigns an id")
+            default: fail("messageId", "must be a string, not \(id.typeName)")
             }
         }
 
