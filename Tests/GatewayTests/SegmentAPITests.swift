@@ -357,6 +357,43 @@ import Testing
         #expect(event["client_ip"] != .string("198.51.100.9"))
     }
 
+    @Test func theBatchContextAndSentAtApplyToMessagesWithoutTheirOwn() async throws {
+        let gateway = try await TestGateway.make(authentication: Self.authentication)
+        try await gateway.test { client in
+            let response = try await client.execute(
+                uri: "/v1/batch",
+                method: .post,
+                headers: Self.sdkHeaders(),
+                body: try Self.body(
+                    """
+                    {"batch":[
+                      {"type":"track","event":"a","userId":"u"},
+                      {"type":"track","event":"b","userId":"u","context":{"page":{"url":"https://own.example/"}},
+                       "sentAt":"2026-01-01T00:00:00Z"}
+                     ],
+                     "context":{"page":{"url":"https://batch.example/"},"locale":"de-DE"},"sentAt":\(Timestamp.nowMillis())}
+                    """
+                )
+            )
+            #expect(response.status == .ok, "\(response.text)")
+            let late = try await client.execute(
+                uri: "/v1/batch",
+                method: .post,
+                headers: Self.sdkHeaders(),
+                body: try Self.body(#"{"batch":[{"type":"track","event":"c","userId":"u"}],"sentAt":"soon"}"#)
+            )
+            #expect(late.status == .unprocessableContent)
+            // The batch's sentAt is at the root of the body, not in the message.
+            #expect(late.text.contains(#""pointer":"/sentAt""#), "\(late.text)")
+        }
+        let events = try gateway.storedEvents()
+        try #require(events.count == 2)
+        #expect(events[0]["page"] == .string("https://batch.example/"))
+        #expect(events[0]["properties"]?["$segment"]?["context"]?["locale"] == .string("de-DE"))
+        #expect(events[1]["page"] == .string("https://own.example/"))
+        #expect(events[1]["sent_at"] == .string("2026-01-01T00:00:00.000Z"))
+    }
+
     @Test(arguments: [
         ("Order Completed", "order_completed"), ("signed_up", "signed_up"), ("Signed Up!", "signed_up"),
         ("  Added to Cart  ", "added_to_cart"), ("404 Seen", "e_404_seen"), ("Checkout Step 2.b", "checkout_step_2.b"),
