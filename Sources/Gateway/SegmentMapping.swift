@@ -284,18 +284,7 @@ package enum SegmentMapping {
         input += Array((source ?? "").utf8)
         input.append(0x0A)
         input += Array(messageID.utf8)
-        var bytes = Array(SHA256.hash(data: input).prefix(16))
-        bytes[6] = 0x80 | (bytes[6] & 0x0F)
-        bytes[8] = 0x80 | (bytes[8] & 0x3F)
-        let hex = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(36)
-        for (index, byte) in bytes.enumerated() {
-            if index == 4 || index == 6 || index == 8 || index == 10 { out.append(0x2D) }
-            out.append(hex[Int(byte >> 4)])
-            out.append(hex[Int(byte & 0x0F)])
-        }
-        return String(decoding: out, as: UTF8.self)
+        return UUIDText.format(Array(SHA256.hash(data: input)), version: 8)
     }
 
     private static func text(_ value: JSONValue) -> String? {
