@@ -3,10 +3,10 @@
 
 extension TrackerScript {
     /// The first 12 hex digits of the SHA-256 of ``minified``: the versioned URL's name.
-    static let version = "52216e8d5079"
+    package static let version = "52216e8d5079"
 
     /// The minified script.
-    static let minified = #"""
+    package static let minified = #"""
 (()=>{'use strict';const w=window,d=document,n=navigator;let ls;try{ls=w.localStorage;}catch(e){}
 const tag=d.currentScript;if(!tag||!tag.dataset.key||w.__sluice)return;w.__sluice=1;const cfg=tag.dataset;const QUEUE='sluice.q',VISITOR='sluice.v',SESSION='sluice.s',WAIT='sluice.w',CONSENT='sluice.c';const CAP=1000,TTL=7*864e5,BATCH=10,DELAY=2e3,IDLE=18e5,SEEN_MS=1e3;let base=cfg.endpoint||new URL(tag.src).origin;if(base.endsWith('/'))base=base.slice(0,-1);const url=base+'/v1/events/batch?key='+encodeURIComponent(cfg.key);const dnt=cfg.respectDnt!=='false'&&(n.doNotTrack==='1'||w.doNotTrack==='1'||n.globalPrivacyControl===true);const get=(k)=>{try{return JSON.parse(ls.getItem(k));}catch(e){return null;}};const put=(k,v)=>{try{v==null?ls.removeItem(k):ls.setItem(k,JSON.stringify(v));}catch(e){}};const warned={};const warn=(why,text)=>{if(!warned[why]){warned[why]=1;console.warn('sluice: '+text);}};const consented=()=>{const c=get(CONSENT);return c==null?cfg.consent!=='pending':c;};const on=()=>!dnt&&consented();const uuid=()=>{const b=crypto.getRandomValues(new Uint8Array(16));let t=Date.now();for(let i=5;i>=0;i--){b[i]=t%256;t=Math.floor(t/256);}
 b[6]=b[6]&15|112;b[8]=b[8]&63|128;const h=Array.from(b,(x)=>(x+256).toString(16).slice(1)).join('');return h.slice(0,8)+'-'+h.slice(8,12)+'-'+h.slice(12,16)+'-'+h.slice(16,20)+'-'+h.slice(20);};const visitor=()=>{let v=get(VISITOR);if(!v)put(VISITOR,v=uuid());return v;};const session=()=>{const now=Date.now();let s=get(SESSION);if(!s||now-s.t>IDLE)s={id:uuid()};s.t=now;put(SESSION,s);return s.id;};let mem=[],busy=new Set(),alive=new Set(),timer=0,due=0,failures=0,trusty=true;const load=()=>{const q=get(QUEUE);return Array.isArray(q)?q:mem;};const save=(q)=>{const old=Date.now()-TTL;q=q.filter((e)=>e.t>old);if(q.length>CAP){warn('cap','queue full: dropped the '+(q.length-CAP)+' oldest events');q=q.slice(-CAP);}
@@ -23,7 +23,7 @@ const api=(cmd,value)=>{if(cmd!=='consent')return;const was=on();put(CONSENT,!!v
 """#
 
     /// ``minified``, gzipped (level 9, no name, no time), base64.
-    static let gzippedBase64 = """
+    package static let gzippedBase64 = """
 H4sIAAAAAAACA41YUVfjuhF+51eEh8Y2ESZhL1war9jD3aWn9LCw3bC3p+VwOMZWiC6OFSwlIU3y3/uNLNsJC20f4EQjaWY0882n
 kX0/4KdLb6pFS5tCJsaLEpVr05rzucxTNWcpT1UyHYvcsJzn8Uw+xkYVUSZMK9ORKRbLTPN5mKkkzgaYiR9FtE5ik4x8ESzXO6U6
 Ez/yNEymRQFFg6SQExPJob8L+WpF/8M0NrEWJnwSi9VqHt7f62wqExEUwkyLPGokvOdcTIaPfGOnk/79x/mPc+6Va8Nnj/1+Mbi4

@@ -20,7 +20,7 @@ package enum TrackerScript {
     package static let gzipped = [UInt8](
         Data(base64Encoded: gzippedBase64, options: .ignoreUnknownCharacters) ?? Data()
     )
-    static let etag = "\"\(version)\""
+    package static let etag = "\"\(version)\""
 
     /// The answer to `GET`/`HEAD` of either URL: 304 when `If-None-Match` names this version,
     /// gzip when the client accepts it.

@@ -33,12 +33,25 @@ PROXY = "http://127.0.0.1:%d" % CONFIG["proxy_port"]
 RETRY_AFTER = 2
 
 
-def page(title, body, endpoint=None):
+# Counts the events the page hands to navigator.sendBeacon (in localStorage, which outlives the
+# page), so that the unload scenario can tell the beacon from a keepalive fetch.
+COUNT_BEACONS = """<script>(function () {
+  var send = navigator.sendBeacon.bind(navigator);
+  navigator.sendBeacon = function (url, body) {
+    var ok = send(url, body);
+    if (ok) localStorage.setItem('test.beaconed', String(Number(localStorage.getItem('test.beaconed') || 0)
+      + JSON.parse(body).length));
+    return ok;
+  };
+})();</script>"""
+
+
+def page(title, body, endpoint=None, head=""):
     extra = ' data-endpoint="%s"' % endpoint if endpoint else ""
     return """<!doctype html><html><head><meta charset="utf-8"><title>%s</title>
 <style>body{margin:0;font:16px sans-serif} .gap{height:1400px} .obj{height:200px;background:#ddd;margin:0}</style>
-<script src="%s/sluice.js" data-key="%s"%s defer></script></head><body>%s</body></html>""" % (
-        title, GATEWAY, KEY, extra, body)
+%s<script src="%s/sluice.js" data-key="%s"%s defer></script></head><body>%s</body></html>""" % (
+        title, head, GATEWAY, KEY, extra, body)
 
 
 def objects(names):
@@ -54,7 +67,7 @@ PAGES = {
     "/blank.html": "<!doctype html><title>blank</title>",
     "/five.html": page("five", objects(["obj-a", "obj-b", "obj-c", "obj-d", "obj-e"])),
     "/offline.html": page("offline", objects(["off-a", "off-b"])),
-    "/unload.html": page("unload", objects(["unl-a", "unl-b", "unl-c"])),
+    "/unload.html": page("unload", objects(["unl-a", "unl-b", "unl-c"]), head=COUNT_BEACONS),
     "/retry.html": page("retry", objects(["ret-a", "ret-b"]), endpoint=PROXY),
     "/refused.html": page("refused", objects(["bad-a", "ok-b"]), endpoint=PROXY),
     "/other.html": page("other", objects(["oth-a"])),
@@ -265,10 +278,12 @@ def unload(run):
         run.click(name)
     queued = run.queue()
     d.get(FIXTURE + "/blank.html")  # pagehide: well inside the 2 s batching delay
-    left = d.execute_script("return JSON.parse(localStorage.getItem('sluice.q') || '[]').length")
+    left = run.queue()
+    beaconed = int(d.execute_script("return localStorage.getItem('test.beaconed') || '0'"))
     time.sleep(1)
     console, requests = run.drain_logs()
-    return {"queued_before_leaving": queued, "left_in_queue": left, "console": console, "requests": requests}
+    return {"queued_before_leaving": queued, "left_in_queue": left, "beaconed": beaconed, "console": console,
+            "requests": requests}
 
 
 def retry(run):
