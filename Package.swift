@@ -309,7 +309,8 @@ let package = Package(
         .testTarget(
             name: "BrowserTests",
             dependencies: [
-                "ClickHouse", "Kafka", "LocalClickHouse", "TestSupport", .product(name: "Logging", package: "swift-log"),
+                "ClickHouse", "Kafka", "LocalClickHouse", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
             ],
             // Run by BrowserTests with Debian's python3 and python3-selenium.
             exclude: ["browser_scenarios.py"],

@@ -3,7 +3,7 @@
 
 extension TrackerScript {
     /// The first 12 hex digits of the SHA-256 of ``minified``: the versioned URL's name.
-    package static let version = "52216e8d5079"
+    package static let version = "b87a0fc1060b"
 
     /// The minified script.
     package static let minified = #"""
@@ -12,56 +12,56 @@ const tag=d.currentScript;if(!tag||!tag.dataset.key||w.__sluice)return;w.__sluic
 b[6]=b[6]&15|112;b[8]=b[8]&63|128;const h=Array.from(b,(x)=>(x+256).toString(16).slice(1)).join('');return h.slice(0,8)+'-'+h.slice(8,12)+'-'+h.slice(12,16)+'-'+h.slice(16,20)+'-'+h.slice(20);};const visitor=()=>{let v=get(VISITOR);if(!v)put(VISITOR,v=uuid());return v;};const session=()=>{const now=Date.now();let s=get(SESSION);if(!s||now-s.t>IDLE)s={id:uuid()};s.t=now;put(SESSION,s);return s.id;};let mem=[],busy=new Set(),alive=new Set(),timer=0,due=0,failures=0,trusty=true;const load=()=>{const q=get(QUEUE);return Array.isArray(q)?q:mem;};const save=(q)=>{const old=Date.now()-TTL;q=q.filter((e)=>e.t>old);if(q.length>CAP){warn('cap','queue full: dropped the '+(q.length-CAP)+' oldest events');q=q.slice(-CAP);}
 mem=q;put(QUEUE,q);};const forget=(ids)=>save(load().filter((e)=>!ids.has(e.e.event_id)));const schedule=(ms)=>{ms=Math.max(ms,(get(WAIT)||0)-Date.now(),0);if(timer&&due<=Date.now()+ms)return;clearTimeout(timer);due=Date.now()+ms;timer=setTimeout(()=>{timer=0;flush();},ms);};const body=(list)=>{const at=new Date().toISOString();return JSON.stringify(list.map((e)=>Object.assign({},e.e,{sent_at:at})));};function flush(){if(!on())return;const wait=(get(WAIT)||0)-Date.now();if(wait>0)return schedule(wait);const list=load().filter((e)=>!busy.has(e.e.event_id)).slice(0,BATCH);if(!list.length)return;const ids=new Set(list.map((e)=>e.e.event_id));ids.forEach((i)=>busy.add(i));const text=body(list),keep=text.length<6e4;if(keep)ids.forEach((i)=>alive.add(i));const done=(retry,after)=>{ids.forEach((i)=>{busy.delete(i);alive.delete(i);});if(retry){trusty=false;const ms=Math.max(Math.min(6e4,1e3*2**failures++)*(0.5+Math.random()/2),after*1e3||0);put(WAIT,after?Date.now()+ms:null);return schedule(ms);}
 failures=0;trusty=true;put(WAIT,null);forget(ids);if(load().some((e)=>!busy.has(e.e.event_id)))schedule(0);};fetch(url,{method:'POST',body:text,keepalive:keep,credentials:'omit',headers:{'Content-Type':'text/plain'},}).then((r)=>{const s=r.status;if(s===408||s===429||s>=500)return done(1,parseFloat(r.headers.get('Retry-After')));if(s>=300&&s!==207)warn(s,'the gateway refused '+list.length+' events with '+s+'; they are dropped (not retried)');if(s===207)warn(s,'the gateway refused some events as invalid; see the answer of POST /v1/events/batch');done(0);},()=>done(1));}
-const leave=()=>{if(!on())return;const q=load();if(!q.length||!trusty||n.onLine===false||(get(WAIT)||0)>Date.now())return;const sent=new Set(alive);for(let i=0;i<q.length;i+=BATCH*5){const part=q.slice(i,i+BATCH*5).filter((e)=>!busy.has(e.e.event_id));if(part.length&&n.sendBeacon&&n.sendBeacon(url,body(part)))part.forEach((e)=>sent.add(e.e.event_id));}
+const leave=(gone)=>{if(!on())return;const q=load();if(!q.length||!trusty||n.onLine===false||(get(WAIT)||0)>Date.now())return;const sent=new Set(gone?alive:[]);for(let i=0;i<q.length;i+=BATCH*5){const part=q.slice(i,i+BATCH*5).filter((e)=>!busy.has(e.e.event_id));if(part.length&&n.sendBeacon&&n.sendBeacon(url,body(part)))part.forEach((e)=>sent.add(e.e.event_id));}
 forget(sent);};let page=location.href,ref=d.referrer,seen=new Set();const props=(el)=>{const p={};let any=0;for(const k in el.dataset){if(k.indexOf('sluiceProp')===0&&k.length>10){let name='';for(const c of k.slice(10))name+=c>='A'&&c<='Z'?'_'+c.toLowerCase():c;p[name.slice(1)]=el.dataset[k];any=1;}}
 return any?p:undefined;};const track=(action,el)=>{if(!on())return;const e={event_id:uuid(),action,anonymous_id:visitor(),session_id:session(),page,timestamp:new Date().toISOString(),};if(ref)e.referrer=ref;if(el){e.object=el.dataset.sluiceObject;const p=props(el);if(p)e.properties=p;}
-const q=load();q.push({e,t:Date.now()});save(q);schedule(q.length-busy.size>=BATCH?0:DELAY);};const timers=new Map();const io=w.IntersectionObserver&&new IntersectionObserver((entries)=>{for(const x of entries){const el=x.target;clearTimeout(timers.get(el));timers.delete(el);if(x.isIntersecting&&x.intersectionRatio>=0.5){timers.set(el,setTimeout(()=>{timers.delete(el);const o=el.dataset.sluiceObject;if(o&&!seen.has(o)){seen.add(o);track('view',el);}},SEEN_MS));}}},{threshold:0.5});const observe=(root)=>{if(!io||root.nodeType!==1)return;if(root.matches('[data-sluice-object]'))io.observe(root);root.querySelectorAll('[data-sluice-object]').forEach((el)=>io.observe(el));};const pageView=()=>{if(io){io.disconnect();timers.forEach(clearTimeout);timers.clear();}
+const q=load();q.push({e,t:Date.now()});save(q);schedule(q.length-busy.size>=BATCH?0:DELAY);};const timers=new Map();const io=w.IntersectionObserver&&new IntersectionObserver((entries)=>{for(const x of entries){const el=x.target;clearTimeout(timers.get(el));timers.delete(el);if(x.isIntersecting&&x.intersectionRatio>=0.5){timers.set(el,setTimeout(()=>{timers.delete(el);const o=el.dataset.sluiceObject;if(o&&el.isConnected&&!seen.has(o)){seen.add(o);track('view',el);}},SEEN_MS));}}},{threshold:0.5});const observe=(root)=>{if(!io||root.nodeType!==1)return;if(root.matches('[data-sluice-object]'))io.observe(root);root.querySelectorAll('[data-sluice-object]').forEach((el)=>io.observe(el));};const pageView=()=>{if(io){io.disconnect();timers.forEach(clearTimeout);timers.clear();}
 seen=new Set();track('page_view');observe(d.documentElement);};const moved=()=>{if(location.href===page)return;ref=page;page=location.href;pageView();};for(const m of['pushState','replaceState']){const f=history[m];history[m]=function(){const r=f.apply(this,arguments);moved();return r;};}
-w.addEventListener('popstate',moved);d.addEventListener('click',(e)=>{const el=e.target.closest&&e.target.closest('[data-sluice-object]');if(el)track('click',el);},true);w.addEventListener('pagehide',leave);d.addEventListener('visibilitychange',()=>{if(d.visibilityState==='hidden')leave();});w.addEventListener('offline',()=>{trusty=false;});w.addEventListener('online',()=>{failures=0;flush();});if(w.MutationObserver){new MutationObserver((list)=>list.forEach((m)=>m.addedNodes.forEach(observe))).observe(d.documentElement,{childList:true,subtree:true});}
+w.addEventListener('popstate',moved);d.addEventListener('click',(e)=>{const el=e.target.closest&&e.target.closest('[data-sluice-object]');if(el)track('click',el);},true);w.addEventListener('pagehide',()=>leave(1));d.addEventListener('visibilitychange',()=>{if(d.visibilityState==='hidden')leave(0);});w.addEventListener('offline',()=>{trusty=false;});w.addEventListener('online',()=>{failures=0;flush();});if(w.MutationObserver){new MutationObserver((list)=>list.forEach((m)=>m.addedNodes.forEach(observe))).observe(d.documentElement,{childList:true,subtree:true});}
 const api=(cmd,value)=>{if(cmd!=='consent')return;const was=on();put(CONSENT,!!value);if(value){if(!was&&on())pageView();return flush();}
 [QUEUE,VISITOR,SESSION,WAIT].forEach((k)=>put(k,null));mem=[];};const early=(w.sluice&&w.sluice.q)||[];w.sluice=api;early.forEach((a)=>api.apply(null,a));pageView();flush();})();
 """#
 
     /// ``minified``, gzipped (level 9, no name, no time), base64.
     package static let gzippedBase64 = """
-H4sIAAAAAAACA41YUVfjuhF+51eEh8Y2ESZhL1war9jD3aWn9LCw3bC3p+VwOMZWiC6OFSwlIU3y3/uNLNsJC20f4EQjaWY0882n
-kX0/4KdLb6pFS5tCJsaLEpVr05rzucxTNWcpT1UyHYvcsJzn8Uw+xkYVUSZMK9ORKRbLTPN5mKkkzgaYiR9FtE5ik4x8ESzXO6U6
+H4sIAAAAAAACA41YUVfjuhF+51eEh8Y2Ed6EvXBpvILD3aWn9LCw3bC3p+VwOMZWiC6OFSwlIU3y3/uNLNsJC20f4EQjaWY0882n
+kX0/4CdLb6pFS5tCJsaLEpVr05rzucxTNWcpT1UyHYvcsJzn8Uw+xkYVUSZMK9ORKRbLTPN5mKkkzgaYiR9FtE5ik4x8ESzXO6U6
 Ez/yNEymRQFFg6SQExPJob8L+WpF/8M0NrEWJnwSi9VqHt7f62wqExEUwkyLPGokvOdcTIaPfGOnk/79x/mPc+6Va8Nnj/1+Mbi4
-uf5ei2YeG5wPBhfXV7VIe+wfZxc39Xjusc/XV4Pzq0aUVIH5fPaN97rdLru5ueS/7p0c/yKO2G9nN5//CjH7cn559k9+KD6wiy+X
-57x3gsnB+fnV/dcB74kPNmwP8JbD+VDk6UTJ3KxWuZi3fny/9Ok4ukiCUBXyUeYUIlpNK/U/pBn53oEXBFaBlesMvvldtt8LnHvT
-IrNTHe9g1jsQM4RbHzxQOj4hstzriDxRqfjx/eKzGk9UjnmffMFkpSLNjXWvEHoiEvMlN7uce8M408Jrt/08TNWVMjdFnDxxTPQ8
-ytfPsjx8zNRDnH0r5CxOFp9VbgqVYdYUU1HZehSG+0+EQUJSmevW3wbXV+EkLrTwMx1iyYURY6wKNoDllubTLIvWa6dtMiVtbFbp
-m3FOCz5BSyHGaiacoj4EulLLrDlCf/4ohwt/tmWn1j2Pi1ykfLk55v58tGBGvBiySHguV91CfBcsNwYOtCoDuCD1Haz6La9jtzdn
-oP9ICkzZ0nRCjij4DpNB5A6fuONRstw2ytQEaMFZvH4SVUpVbrXtIrXtdm3Br0EzlVvmHnhSLCZGUey/x6CB8e9xNhXatzgFYk/O
-iiJe+L1jxIogbfiX2IgwV3PoHKrCJ6HkR5E85d1I7u8Hy4dbecfNnw6PjiPDv8ZmFA4zhZXmACKcf+fh9viO079272jV6x1GD7cn
-JDi5ax9/WPUOT5yzI26Nh8NCjf0H5r/Ab/+lQ1pCowY2j+SZK45eEIR/oMp8z6sDN6oL5yToePtepxKcsN7htqR3yKBrW3TMDrvb
-IozrWM+kluDBMp4Uh5lNnqOhwNLeLABUKxGbcUqAH9T+zWplWmgtXfZcchDkzWiTBW0tOFYrLWgUoJrv69CcEhMFmi9l2i/trCOI
-OaYj8sJtY7o2r0OZwgPSPBZjfnvHHqZ6wSn5A9gJWJzJmdgYGzkWBe+ydCrwfxjLbArywE+UujYLW/HuQJmKt6D2bF23pF3bL/Mr
-dQmy5+DTcx9+NDGJYRziWofK0o2I7IOYo2f+HA5lZkTho4r5qUAcsMzG5jnMRP5oRqeg8rJIfS+JJx7znqdiKlpD1FS/lRZqMhFp
-y4wEirTetE+bOh7ZFDBdEiyQRQZLLNgVwDOF7tlG2J6OPTcQQYVY4pOphm90Hp/i4gdbPu9iOhzF2gf/h9bQvUyDoCpanYxEOs0Q
-ijFpWY51WVbj+AUS5lNc6VYLVqtusN/Eh3VtFGzO2m2k7ONG8DrQ5W7cJBNxcYNVCkewq4OIEry1OCpTDzKtVtrcOkBEw2yqRwDp
-mkFvffwHlS64n0ltmhzGxuKJlPtUxxeDa1fKNSxe8TTtx2EnZbCuH/7AXRXGKJfH3F+uGULGlsRz97Hpx2ZNgVtHw2meGBRUy3lm
-SVvlqL3q1I7cJdLzXgQpfLTitBtUFeNyYcVVgshB/lZeqZreSGxNSrabKMvYHrJE3raHwEZdgNuR2FYaEYiAt/MY95kvMW+tx2mK
-QeUpXUGcslImhT0JMeEkdKY/HotfyB2SBz8ptGzwSmOKzoL78LhYsHiIo9sL8vXOpfUlFWAaAUFUamrGaxsEqyVYOi6xfYizsgn5
-8gd4Hr4ytFp7h3t7FRN1OsGe3w2POnZRYW80Pzg4DErf9rCcUmyLlRJeij9tIb1PV21DkVXCLa53GsqLNimv1lfuLcveVj2dy0FD
-q7H478AIamv2mhkK6k3Q6LHlWJiRSvvet+vBjccog31Km02gDWaffrGkECmUSYSu76mxNB4biTgVhe4vPWrMMLl/s5gIr+/R/oNJ
-FsvcW7M1SnEkct8vmkrVvEAVxmaq6RAaDd0v3ZPVyv44/DN+nPKjbl0ZBAS/x2w39xec2PhF6GxTd+F73ym7+2cUcI9qlHSe8g/d
-brut0c0cdn8NLEVr5hEV4/Uh5vGiVYghHi0pqHmjRMDLJSG35miWMac7XkQMvmjFhagp3c+VaRGqpEgDL6iO8b9MUaIq/bFuyXyG
-EKcR7mhhb4k413NRtNSwRelove6/YcgGg3LIiCXL0BAtuUcSCJdutqqX/JmWnh2dWGqobiR6P1nMUcut8kuJyuNlmaxW2xx22iB6
-WzHxZE0nFjibbRw6uI+VtUh2uOWnvaPAAQK5NfXtJ5nsVPP/F+vRWUiD099u52jN8/Q3EUP79shi3tIUbQBY7L6aUcgKHcRS0Ssj
-KNGy+GhB4JqbCd6qnB6udCOEI+SZ4Q/vVPwXeKkWDKnNmz6nemUARpr7ImtqYkLvAlIZ5wu69hC6cuIJMGmJrHqj2vvmKcTLWrxc
-D6tXwDco9AIkDZh/qpqTXjew3WMejwX3vA2dCUHsqWpGu0FASzo8OeXeGR5oyUfu/cv75N17nQQX6aUCKD/DuB/gQTC5pcV1a3zH
-G99un+4icr+Ht8iOq16MP036U7g7BKzS+gY39qHnx/YuZWUk3oas4MsqDa77ZG5XnKt8MVZTTVOuacas63hJ6H5CSJmyXSaIZzzp
-v9cpsHV5XwwDUeeQ4wdJ4eRShMq2CRunDssUlO1DlWBuU0xbLDqhjQSiMBIUP6nrtS7H53BC3cQSPvabEsPtZVs7NH41gddtpK0G
-Lf8tTsty+tTt228HTZdke6jykv+Ku71Cn1R8Hl6AskGoNpDXD1oUM+rlaOlbMyiNnMjOtokNjl4IR9WMA7LI+EtoYiqVNxrAkrIR
-liByY3dXu0i9oGlvHMgf221INhz6TpWGF2EI7nAKtFXI3mwgt9S7Vv/d1MG8ard3qWIty6ggWNoBsYGCwwRZ35tJMfcIsUB59WWG
-+AGjpQEF6BE6+z48XNcmyyiim1GqfudLtVrRGJlOBd2cuKp6FfIJgzQ3JtrHq9m7JY/3S3f3Swje4bKTKnTKS92R3YVHSLEY4OAJ
-CuIsy97bvkF8VH8bymyC6m8iKJ3fcej6XpEKLKTCVGosyKHLr7NZadzMfD1phdTL77xiRRdZMnRvwxtElSdpWH08PM/E2FGv693U
-rPrGYXuhDRYGE5KyKpwkoXH0M19H1el82xjV0B4D2rceFeUAnYrA064Q6GkSUQ7vKrgP+QjdgyoWt+O7qPnJq2eCXy0s+DCMJ5Ns
-4RssYygQeyo0cvYczSOlgB/rnTmh7px47xJKRY4a9CaglNIZuwXdwBuLEhDzk8fsXdaUpHAliRwokKJpt19L3gOJYz6XIqfdop+V
-n+He9BRBHckUntqO5G1PibEfZCbNIhnF+SMWV7lMw2bOxpu+CEIfWlAvsBp929q/ZVoNhxluGqdsq+V/b0e+sWGjD6+fnuVzLfw6
-NfEmKQZLy6yvpH71LLVdZV1hY0jGZFykVyj4plIc0NGLhO9ini2TkcxScrlPQWd6+mAKIexg3bR/8URyPxmnbEYf21wwMaZveu6b
-nff6mao5gdQ+NNzXQba7W+6nY5e/3JdJ3W7b+3mjZhxo61jt3JbfKqovU9W3Ieog75pw0AdbMvlUPmxQBPYzUV3bIIoML/y5Y+h2
-u/oVPqMPxcJqzHHmyK5ulMf0pJxIV25kgMUwseF1k1r82/kPTlL/oMMYAAA=
+uf5ei2YeG5wPBhfXV7VIe+wfZxc39Xjusc/XV4Pzq0aUVIH5fPaN97rdLru5ueS/7h0f/SIO2W9nN5//CjH7cn559k9+ID6yiy+X
+57x3jMnB+fnV/dcB74mPNmwP8JbD+VDk6UTJ3KxWuZi3fny/9Ok4ukiCUBXyUeYUIlpNK/U/pBn53gcvCKwCK9cZfPO7bL8XOPem
+RWanOt6HWe+DmCHc+sMDpeMUkeVeR+SJSsWP7xef1Xiicsz75AsmKxVpbqx7hdATkZgvudnl3BvGmRZeu+3nYaqulLkp4uSJY6Ln
+Ub5+luXhY6Ye4uxbIWdxsvisclOoDLOmmIrK1qMw3H8iDBKSyly3/ja4vgoncaGFn+kQSy6MGGNVsAEstzSfZlm0XjttkylpY7NK
+34xzWnAKLYUYq5lwivoQ6Eots+YI/fmjHC782ZadWvc8LnKR8uXmmPvz0YIZ8WLIIuG5XHUL8V2w3Bg40KoM4ILUd7Dqt7yO3d6c
+gf4jKTBlS9MJOaLgO0wGkTt84o5HyXLbKFMToAVn8fpJVClVudW2i9S227UFvwbNVG6Ze+BJsZgYRbH/HoMGxr/H2VRo3+IUiD0+
+K4p44feOECuCtOFfYiPCXM2hc6gKn4SSH0byhHcjub8fLB9u5R03fzo4PIoM/xqbUTjMFFaaDxDh/DsPt0d3nP61e4erXu8gerg9
+JsHxXfvo46p3cOycHXFrPBwWauw/MP8FfvsvHdISGjWweSTPXHH0giD8A1Xme14duFFdOMdBx9v3OpXgmPUOtiW9AwZd26IjdtDd
+FmFcx3omtQQPlvGkOMxs8hwNBZb2ZgGgWonYjFMC/KD2b1Yr00Jr6bLnkoMgb0abLGhrwbFaaUGjANV8X4fmhJgo0Hwp035pZx1B
+zDEdkRduG9O1eR3KFB6Q5rEY89s79jDVC07JH8BOwOJMzsTG2MixKHiXpVOB/8NYZlOQB36i1LVZ2Ip3B8pUvAW1Z+u6Je3afplf
+qUuQPQenz3340cQkhnGIax0qSzcisg9ijp75cziUmRGFjyrmJwJxwDIbm+cwE/mjGZ2Ayssi9b0knnjMe56KqWgNUVP9VlqoyUSk
+LTMSKNJ60z5t6nhkU8B0SbBAFhkssWBXAM8UumcbYXs69txABBViiU+mGr7ReXyKix9s+byL6XAUax/8H1pD9zINgqpodTIS6TRD
+KMakZTnWZVmN4xdImE9xpVstWK26wX4TH9a1UbA5a7eRsk8bwetAl7txk0zExQ1WKRzBrg4iSvDW4qhMPci0Wmlz6wARDbOpHgGk
+awa99fEfVLrgfia1aXIYG4snUu5THV8Mrl0p17B4xdO0H4edlMG6fvgDd1UYo1wec3+5ZggZWxLP3cemH5s1BW4dDad5YlBQLeeZ
+JW2Vo/aqUztyl0jPexGk8NGKk25QVYzLhRVXCSIH+Vt5pWp6I7E1Kdluoixje8gSedseAht1AW5HYltpRCAC3s5j3Ge+xLy1Hqcp
+BpWndAVxykqZFPYkxIST0Jn+dCR+IXdIHvyk0LLBK40pOgvuw+NiweIhjm4vyNc7l9aXVIBpBARRqakZr20QrJZg6bjE9iHOyibk
+yx/gefjK0GrtHeztVUzU6QR7fjc87NhFhb3R/ODDQVD6tofllGJbrJTwUny6hfQ+XbUNRVYJt7jeaSgv2qS8Wl+5tyx7W/V0LgcN
+rcbivwMjqK3Za2YoqDdBo8eWY2FGKu17364HNx6jDPYpbTaBNph9+sWSQqRQJhG6vqfG0nhsJOJUFLq/9Kgxw+T+zWIivL5H+z9M
+sljm3pqtUYojkft+0VSq5gWqMDZTTYfQaOh+6R6vVvbHwZ/x44QfduvKICD4PWa7ub/gxMYvQmebugvf+07Z3T+jgHtUo6TzhH/s
+dtttjW7moPtrYClaM4+oGK8PMY8XrUIM8WhJQc0bJQJeLgm5NUezjDnd8SJi8EUrLkRN6X6uTItQJUUaeEF1jP9lihJV6Y91S+Yz
+hDiNcEcLe0vEuZ6LoqWGLUpH63X/DUM2GJRDRixZhoZoyT2SQLh0sz1CXvWTP1PTs6MUSw/VrURvKIs7artVfilRfbwsldVqm8dO
+GlRvKyaurCmFfDgtEXR7t9nSoZv7VFmNZIdbrto7DBw4kGdT34SSyU41/38xIJ2JNDj97XaONj1PfxMxtG+PLP4tZdEGAMfuq9mF
+rNCBLC29MoJyLQuRFgSu0Zng3crpEUu3QzhCzhn+8GbFf4FXa8GQ5rzpeaoXByCluS+ypj4m9EYglXG+oCsQoSsnngCZlsiq96q9
+e55CvLLFy/WwehF8g0IvQPKA/6eqUel1A9tJ5vFYcM/b0JkQ3J6qxrQbBLSkw5MT7p3hsZZ84t6/vFPv3uskuFQvFQD6Gcb9AI+D
+yS0trtvkO974dvt0F5H7PbxLdlwlY3w66U/h7hDwSuvb3NhHnx/be5WVkXgbuoIvqzS4TpS5XXGu8sVYTTVNuQYas677JaH7CSFl
+ynacIKHxpP9e18DW5d0xDESdQ44fJIWTSxEq2zJsnDosU1C2ElWCuU0xbbHohDYSiMJI0P2krt26LJ/DCXUWS/jYb0oNN5lt89AE
+1mRet5S2GrT8tzgpy+m027ffEZqOyfZT5YX/Ffd8hT6p+Dy8AH2DXG0grx+0KGbU19HSt2ZQGjkRn20ZGxy9EI6qGQdkkfGX0MRU
+Km80gyV9IyxB5Mbu3naRekED3ziQP7bbkGw49J0qDa/DENzhFGirkL3ZTG6pd23/u6mDedVuY1Zq3G45RCJtt3epgi3rqCBY2gGx
+g8IBCMK+N5Ni7hGCgfrqqw3xBUZLA0rQI3T9fXi8rl0oo4pOR6n6G4BUqxWNkflU0K2Ka6xXVQJhkubGdCXgRe3d0gn2S/f3S0je
+4SKUKnTKS92R3YUHSrEYIBAJCuQsy97bvkGEVI8bymzC6u8lKKXfcejyQQbXpAIrqTCVOinj5tfZrTRuIqGetELq83desaSLLBm6
+t+ENosqTNKw+LJ5nYuyo2PV1alZ9/7B90gYrgxlJWRVOktA4+pm/o+p0vm2aaqiPAfVbj4p0gC5G4NlXCPQ7iSiHdxX8h3yEzkIV
+i9vxXdT85NUTwq8WFnwYxpNJtvANljEUjD0Vmjx7juYBU8CP9c6cUHdOPHgJpSJHTXoTUEzpjN2CTuGNRQmI+slj9m5rSlS4EkUO
+FEjSAPevJO+BxDGhS5HTbtHPyk90b3qKoI5kCk8pPbZjsT3MWw4TkT/ITJpFMorzR7eHUpqGzZwNO300hFp0qV5QKu3a9v8tF9Rw
+mOEGctq2ngXv7cg3Nmz06vXztHzShV+nJt4ky2BpGfeV1K+errbzrCttDMmYjIv0CoXfVIwDPHqU8F3ss2UykllKLvcp+ExPH0wh
+hB2smxYxnkjuJ+OUzeiDnIsmxvTdz33X814/ZTUnsNrHiPuCyHZ3y/107PKX+3qp2217b2/UjgNvHaud2/J7RvX1qvp+RB3mXRMO
++qhLJp/Kxw+KwX5KqmschJEtOIJewrLdrn6Fz+hTsbAac5w5sqsb5TE9OyfSlR0ZYDFMbHjdpBb/dv4DQaMkqOcYAAA=
 """
 }

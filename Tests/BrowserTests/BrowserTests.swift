@@ -158,7 +158,9 @@ struct BrowserTests {
         let retryCounts = try await counts("retry.html", atLeast: ["page_view": 1, "click": 3])
         #expect(retryCounts["page_view"] == 1)
         #expect(retryCounts["click"] == 3)
-        #expect(try await Set(analyst.rows("SELECT event_id FROM sluice.events WHERE \(page("retry.html"))")) == retried)
+        #expect(
+            try await Set(analyst.rows("SELECT event_id FROM sluice.events WHERE \(page("retry.html"))")) == retried
+        )
 
         // 5. A 400 is dropped, not retried; the tracker goes on.
         let refused = report.scenario("refused")
@@ -170,7 +172,11 @@ struct BrowserTests {
         #expect(Report.console(refused).contains { $0.contains("refused") && $0.contains("400") })
         let refusedCounts = try await counts("refused.html", atLeast: ["page_view": 1, "click": 1])
         #expect(refusedCounts["click"] == 1)
-        #expect(try await analyst.rows("SELECT object FROM sluice.events WHERE \(page("refused.html")) AND action = 'click'") == ["ok-b"])
+        #expect(
+            try await analyst.rows(
+                "SELECT object FROM sluice.events WHERE \(page("refused.html")) AND action = 'click'"
+            ) == ["ok-b"]
+        )
 
         // 6. A page on an origin the gateway does not allow: refused (403), said once, not stored.
         let other = report.scenario("other_origin")

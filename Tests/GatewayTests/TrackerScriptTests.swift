@@ -40,7 +40,11 @@ import Testing
             #expect(gzipped.body.readableBytes == TrackerScript.gzipped.count)
             let etag = try #require(gzipped.headers[.eTag])
 
-            let plain = try await client.execute(uri: "/sluice.js", method: .get, headers: headers([.acceptEncoding: "gzip;q=0"]))
+            let plain = try await client.execute(
+                uri: "/sluice.js",
+                method: .get,
+                headers: headers([.acceptEncoding: "gzip;q=0"])
+            )
             #expect(plain.headers[.contentEncoding] == nil)
             #expect(String(buffer: plain.body) == TrackerScript.minified)
             #expect(plain.headers[.eTag] == etag)

@@ -106,13 +106,14 @@
     }, () => done(1));
   }
 
-  // When the page goes away: what is queued goes by sendBeacon (text/plain: no preflight),
-  // unless the last send failed or the browser is offline; then it stays for the next page.
-  const leave = () => {
+  // When the page hides or goes away: what is queued goes by sendBeacon (text/plain: no
+  // preflight), unless the last send failed or the browser is offline; then it stays for the
+  // next page. Only a page that goes away leaves its keepalive fetches to the browser.
+  const leave = (gone) => {
     if (!on()) return;
     const q = load();
     if (!q.length || !trusty || n.onLine === false || (get(WAIT) || 0) > Date.now()) return;
-    const sent = new Set(alive);
+    const sent = new Set(gone ? alive : []);
     for (let i = 0; i < q.length; i += BATCH * 5) {
       const part = q.slice(i, i + BATCH * 5).filter((e) => !busy.has(e.e.event_id));
       if (part.length && n.sendBeacon && n.sendBeacon(url, body(part))) part.forEach((e) => sent.add(e.e.event_id));
@@ -161,7 +162,7 @@
         timers.set(el, setTimeout(() => {
           timers.delete(el);
           const o = el.dataset.sluiceObject;
-          if (o && !seen.has(o)) { seen.add(o); track('view', el); }
+          if (o && el.isConnected && !seen.has(o)) { seen.add(o); track('view', el); }
         }, SEEN_MS));
       }
     }
@@ -193,8 +194,8 @@
     const el = e.target.closest && e.target.closest('[data-sluice-object]');
     if (el) track('click', el);
   }, true);
-  w.addEventListener('pagehide', leave);
-  d.addEventListener('visibilitychange', () => { if (d.visibilityState === 'hidden') leave(); });
+  w.addEventListener('pagehide', () => leave(1));
+  d.addEventListener('visibilitychange', () => { if (d.visibilityState === 'hidden') leave(0); });
   w.addEventListener('offline', () => { trusty = false; });
   w.addEventListener('online', () => { failures = 0; flush(); });
   if (w.MutationObserver) {
