@@ -3,7 +3,7 @@
 
 extension TrackerScript {
     /// The first 12 hex digits of the SHA-256 of ``minified``: the versioned URL's name.
-    package static let version = "b87a0fc1060b"
+    package static let version = "d08be21868d5"
 
     /// The minified script.
     package static let minified = #"""
@@ -62,6 +62,6 @@ i9vxXdT85NUTwq8WFnwYxpNJtvANljEUjD0Vmjx7juYBU8CP9c6cUHdOPHgJpSJHTXoTUEzpjN2CTuGN
 FEjSAPevJO+BxDGhS5HTbtHPyk90b3qKoI5kCk8pPbZjsT3MWw4TkT/ITJpFMorzR7eHUpqGzZwNO300hFp0qV5QKu3a9v8tF9Rw
 mOEGctq2ngXv7cg3Nmz06vXztHzShV+nJt4ky2BpGfeV1K+errbzrCttDMmYjIv0CoXfVIwDPHqU8F3ss2UykllKLvcp+ExPH0wh
 hB2smxYxnkjuJ+OUzeiDnIsmxvTdz33X814/ZTUnsNrHiPuCyHZ3y/107PKX+3qp2217b2/UjgNvHaud2/J7RvX1qvp+RB3mXRMO
-+qhLJp/Kxw+KwX5KqmschJEtOIJewrLdrn6Fz+hTsbAac5w5sqsb5TE9OyfSlR0ZYDFMbHjdpBb/dv4DQaMkqOcYAAA=
++qhLJp/Kxw+KwX5KqmschJEtOIJewrLdrn6Fz+hTsbAac5w5sqsb5TE9OyfSlR0ZYDFMbHjdpBb//gOBZBZM5hgAAA==
 """
 }

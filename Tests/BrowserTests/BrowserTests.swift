@@ -12,23 +12,19 @@ import Testing
 /// carry the events into a real ClickHouse. The assertions are on ClickHouse's rows and on the
 /// gateway's WAL, which holds every accepted copy of an event: a duplicate the tracker sent
 /// shows there even where ClickHouse's deduplication would hide it.
-@Suite(
-    .serialized,
-    .timeLimit(.minutes(10)),
-    .enabled(if: BrowserTests.browserMissing == nil, "\(BrowserTests.browserMissing ?? "")")
-)
-struct BrowserTests {
-    /// Why the browser tests cannot run here (scripts/setup installs what they need), or nil.
-    static let browserMissing: String? = {
-        for (path, package) in [
-            ("/usr/bin/chromium", "chromium"), ("/usr/bin/chromedriver", "chromium-driver"),
-            ("/usr/lib/python3/dist-packages/selenium", "python3-selenium"),
-        ] where !FileManager.default.fileExists(atPath: path) {
-            return "\(path) is missing: run scripts/setup (apt package \(package))"
-        }
-        return nil
-    }()
+/// Why the browser tests cannot run here (scripts/setup installs what they need), or nil.
+let browserMissing: String? = {
+    for (path, package) in [
+        ("/usr/bin/chromium", "chromium"), ("/usr/bin/chromedriver", "chromium-driver"),
+        ("/usr/lib/python3/dist-packages/selenium", "python3-selenium"),
+    ] where !FileManager.default.fileExists(atPath: path) {
+        return "\(path) is missing: run scripts/setup (apt package \(package))"
+    }
+    return nil
+}()
 
+@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: browserMissing == nil, "\(browserMissing ?? "")"))
+struct BrowserTests {
     @Test func theTrackerDeliversViewsClicksOfflineQueuesBeaconsAndRetriesExactlyOnce() async throws {
         let cluster = try KafkaMockCluster(brokers: 3)
         try cluster.createTopic("events", partitions: 3)
