@@ -2,7 +2,8 @@
 /// that loads the tracker from this gateway, so that a newcomer can scroll and click and see
 /// the events arrive. The publishable key comes from the address (`/demo?key=slp_…`, which
 /// `sluice dev` prints), so the page holds no credential of its own; the key must be bound to
-/// the gateway's own origin.
+/// the gateway's own origin. The page takes the key out of the address before the tracker
+/// loads, so that events do not carry it in `page`.
 enum DemoPage {
     static let html = #"""
         <!doctype html>
@@ -11,6 +12,7 @@ enum DemoPage {
         <meta charset="utf-8">
         <meta name="viewport" content="width=device-width, initial-scale=1">
         <title>Sluice tracker demo</title>
+        <link rel="icon" href="data:,">
         <style>
         body { font: 16px/1.5 system-ui, sans-serif; margin: 0 auto; max-width: 44rem; padding: 1rem; color: #222; }
         .banner { background: #e8f0fe; border-radius: 8px; padding: 2rem; margin: 1rem 0; }
@@ -43,15 +45,19 @@ enum DemoPage {
         <div id="status">loading…</div>
         <script>
         (function () {
-          var key = new URLSearchParams(location.search).get('key');
+          // The key leaves the address (and so every event's page) at once; a reload finds it
+          // in sessionStorage.
+          var key = new URLSearchParams(location.search).get('key') || sessionStorage.getItem('sluice-demo-key');
           if (!key) { document.getElementById('nokey').hidden = false; return; }
+          sessionStorage.setItem('sluice-demo-key', key);
+          history.replaceState(null, '', location.pathname);
           var s = document.createElement('script');
           s.src = '/sluice.js'; s.dataset.key = key; s.defer = true;
           document.head.appendChild(s);
           document.getElementById('spa').addEventListener('click', function (e) {
             e.preventDefault();
             var n = (Number(new URLSearchParams(location.search).get('page')) || 1) + 1;
-            history.pushState({}, '', '?key=' + encodeURIComponent(key) + '&page=' + n);
+            history.pushState({}, '', '?page=' + n);
           });
           setInterval(function () {
             var q = JSON.parse(localStorage.getItem('sluice.q') || '[]');
