@@ -20,7 +20,8 @@ package enum TrackerScript {
     package static let gzipped = [UInt8](
         Data(base64Encoded: gzippedBase64, options: .ignoreUnknownCharacters) ?? Data()
     )
-    package static let etag = "\"\(version)\""
+    /// Weak (RFC 9110 §8.8.3): the gzipped and the plain body are the same script, not the same bytes.
+    package static let etag = "W/\"\(version)\""
 
     /// The answer to `GET`/`HEAD` of either URL: 304 when `If-None-Match` names this version,
     /// gzip when the client accepts it.
@@ -34,9 +35,12 @@ package enum TrackerScript {
             .accessControlAllowOrigin: "*",
             .xContentTypeOptions: "nosniff",
         ]
+        // If-None-Match compares weakly: `"v"` and `W/"v"` both match.
         if let tags = request.headers[.ifNoneMatch],
-            tags.split(separator: ",").contains(where: { $0.trimmingCharacters(in: .whitespaces) == Self.etag })
-                || tags.trimmingCharacters(in: .whitespaces) == "*"
+            tags.split(separator: ",").contains(where: {
+                let tag = $0.trimmingCharacters(in: .whitespaces)
+                return tag == "*" || tag == Self.etag || "W/" + tag == Self.etag
+            })
         {
             return Response(status: .notModified, headers: headers)
         }

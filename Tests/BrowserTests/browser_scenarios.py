@@ -215,6 +215,12 @@ class Run:
     def scroll_top(self):
         self.driver.execute_script("window.scrollTo(0, 0)")
 
+    def settle(self):
+        """Until two frames were rendered: the IntersectionObserver has seen the scroll, so the
+        time in view counts from here even on a loaded machine."""
+        self.driver.execute_async_script(
+            "var done = arguments[arguments.length - 1]; requestAnimationFrame(() => requestAnimationFrame(done))")
+
     def click(self, element_id):
         self.driver.find_element(By.ID, element_id).click()
 
@@ -224,16 +230,21 @@ def five_objects(run):
     run.fresh()
     d = run.driver
     d.get(FIXTURE + "/five.html")
+    run.settle()
     run.scroll_to("obj-a")
+    run.settle()
     time.sleep(1.5)
     run.click("obj-a")
     run.scroll_to("obj-b")
+    run.settle()
     time.sleep(1.5)
     run.click("obj-b")
     run.click("obj-b")
     run.scroll_to("obj-c")
+    run.settle()
     time.sleep(0.3)
     run.scroll_top()
+    run.settle()
     time.sleep(2.5)  # past the batching delay, so a late view would have been sent too
     sent = run.wait_sent()
     console, requests = run.drain_logs()

@@ -56,6 +56,19 @@ import Testing
             )
             #expect(revalidated.status == .notModified)
             #expect(revalidated.body.readableBytes == 0)
+            // If-None-Match compares weakly (RFC 9110 §13.1.2): the strong form matches too.
+            let strong = try await client.execute(
+                uri: "/sluice.js",
+                method: .get,
+                headers: headers([.ifNoneMatch: "\"other\", \"\(TrackerScript.version)\""])
+            )
+            #expect(strong.status == .notModified)
+            let stale = try await client.execute(
+                uri: "/sluice.js",
+                method: .get,
+                headers: headers([.ifNoneMatch: "\"x\""])
+            )
+            #expect(stale.status == .ok)
             let head = try await client.execute(uri: "/sluice.js", method: .head)
             #expect(head.headers[.contentLength] != nil)
         }
