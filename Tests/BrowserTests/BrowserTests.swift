@@ -72,7 +72,8 @@ struct BrowserTests {
         try #require(browser.status == 0, "browser_scenarios.py: \(browser.standardError.suffix(4000))")
         let report = try Report(json: browser.standardOutput)
         print("browser: \(report.text("user_agent") ?? "?")")
-        for name in ["five_objects", "offline", "unload", "retry", "refused", "other_origin"] {
+        let scenarios = ["five_objects", "offline", "unload", "retry", "refused", "other_origin", "spa", "privacy"]
+        for name in scenarios {
             let scenario = report.scenario(name)
             #expect(scenario["error"] == nil, "\(name): \(scenario["error"] ?? "")")
             // No scenario, not even the refused ones, may show a CORS failure in the console.
@@ -115,9 +116,10 @@ struct BrowserTests {
             try await analyst.rows(
                 """
                 SELECT uniqExact(event_id), uniqExact(session_id), uniqExact(anonymous_id), countIf(session_id = ''),
-                    countIf(anonymous_id = '') FROM sluice.events WHERE \(page("five.html"))
+                    countIf(anonymous_id = ''), countIf(user_id != ''), countIf(toUnixTimestamp(sent_at) = 0)
+                FROM sluice.events WHERE \(page("five.html"))
                 """
-            ) == ["6\t1\t1\t0\t0"]
+            ) == ["6\t1\t1\t0\t0\t0\t0"]
         )
         #expect(
             try await analyst.rows(
@@ -179,6 +181,35 @@ struct BrowserTests {
         #expect(Report.console(other).contains { $0.contains("refused") && $0.contains("403") }, "\(other)")
         #expect(try await analyst.number("SELECT count() FROM sluice.events WHERE page LIKE 'http://localhost:%'") == 0)
 
+        // 7. SPA navigation: a page view per new URL (pushState, popstate), none for replaceState
+        // to the same URL; the previous URL is the referrer.
+        _ = try await counts("spa.html", atLeast: ["page_view": 1])
+        let spa = "page LIKE '\(site)/spa.html%' AND action = 'page_view'"
+        try? await waitUntil(timeout: .seconds(30), pollEvery: .milliseconds(250)) {
+            (try? await analyst.number("SELECT uniqExact(event_id) FROM sluice.events WHERE \(spa)")) ?? 0 >= 3
+        }
+        #expect(
+            try await Set(analyst.rows("SELECT page, referrer FROM sluice.events WHERE \(spa)")) == [
+                "\(site)/spa.html\t", "\(site)/spa.html?step=2\t\(site)/spa.html",
+                "\(site)/spa.html\t\(site)/spa.html?step=2",
+            ]
+        )
+        #expect(try await analyst.number("SELECT uniqExact(event_id) FROM sluice.events WHERE \(spa)") == 3)
+
+        // 8. Do-Not-Track: nothing kept or sent. Consent pending: nothing until granted; withdrawn:
+        // the ids erased and nothing more collected.
+        let privacy = report.scenario("privacy")
+        #expect(privacy["dnt_stored"] as? Int == 0, "\(privacy)")
+        #expect(privacy["dnt_requests"] as? Int == 0)
+        #expect(privacy["pending_stored"] as? Int == 0)
+        #expect(privacy["pending_requests"] as? Int == 0)
+        #expect(privacy["visitor_while_consented"] is String)
+        #expect(privacy["stored_after_withdrawal"] as? Int == 0)
+        let consentCounts = try await counts("consent.html", atLeast: ["page_view": 1, "click": 1])
+        #expect(consentCounts["page_view"] == 1)
+        #expect(consentCounts["click"] == 1)  // neither the one before consent nor the one after withdrawal
+        #expect(try await analyst.number("SELECT count() FROM sluice.events WHERE \(page("dnt.html"))") == 0)
+
         // The WAL: every event the browser sent was accepted exactly once (no retry, beacon or
         // reload stored a second copy), and nothing from the refused origin.
         gateway.signal(SIGTERM)
@@ -187,22 +218,29 @@ struct BrowserTests {
         #expect(dump.status == 0, "\(dump.standardError)")
         var copies: [String: Int] = [:]
         var pages: Set<String> = []
+        var described: [String: String] = [:]
         for line in dump.standardOutput.split(separator: "\n") {
             guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                 let event = Report.event(in: object)
             else { continue }
-            if let id = event["event_id"] as? String { copies[id, default: 0] += 1 }
+            if let id = event["event_id"] as? String {
+                copies[id, default: 0] += 1
+                described[id] = "\(event["action"] ?? "?") \(event["object"] ?? "") on \(event["page"] ?? "?")"
+            }
             if let page = event["page"] as? String { pages.insert(page) }
         }
         let stored = try await analyst.number("SELECT uniqExact(event_id) FROM sluice.events")
         #expect(copies.count == stored, "the WAL holds \(copies.count) events, ClickHouse \(stored)")
-        #expect(copies.values.allSatisfy { $0 == 1 }, "duplicates: \(copies.filter { $0.value > 1 })")
+        #expect(
+            copies.values.allSatisfy { $0 == 1 },
+            "duplicates: \(copies.filter { $0.value > 1 }.map { "\(described[$0.key] ?? $0.key) ×\($0.value)" })"
+        )
         #expect(!pages.contains { $0.hasPrefix("http://localhost:") })
         print(
             """
             browser tracker: \(stored) events, each stored once; offline clicks lost \(10 - (offlineCounts["click"] ?? 0)), \
             beacon clicks lost \(3 - (unloadCounts["click"] ?? 0)); scenarios took \
-            \(["five_objects", "offline", "unload", "retry", "refused", "other_origin"].map { "\($0) \(report.scenario($0)["seconds"] ?? "?") s" }.joined(separator: ", "))
+            \(scenarios.map { "\($0) \(report.scenario($0)["seconds"] ?? "?") s" }.joined(separator: ", "))
             """
         )
         loader.signal(SIGTERM)

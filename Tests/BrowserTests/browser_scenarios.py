@@ -46,8 +46,8 @@ COUNT_BEACONS = """<script>(function () {
 })();</script>"""
 
 
-def page(title, body, endpoint=None, head=""):
-    extra = ' data-endpoint="%s"' % endpoint if endpoint else ""
+def page(title, body, endpoint=None, head="", attributes=""):
+    extra = (' data-endpoint="%s"' % endpoint if endpoint else "") + attributes
     return """<!doctype html><html><head><meta charset="utf-8"><title>%s</title>
 <style>body{margin:0;font:16px sans-serif} .gap{height:1400px} .obj{height:200px;background:#ddd;margin:0}</style>
 %s<script src="%s/sluice.js" data-key="%s"%s defer></script></head><body>%s</body></html>""" % (
@@ -71,6 +71,11 @@ PAGES = {
     "/retry.html": page("retry", objects(["ret-a", "ret-b"]), endpoint=PROXY),
     "/refused.html": page("refused", objects(["bad-a", "ok-b"]), endpoint=PROXY),
     "/other.html": page("other", objects(["oth-a"])),
+    "/spa.html": page("spa", objects(["spa-a"])),
+    # The browser's Do-Not-Track setting, as a page sees it.
+    "/dnt.html": page("dnt", objects(["dnt-a"]),
+                      head="<script>Object.defineProperty(navigator, 'doNotTrack', {value: '1'})</script>"),
+    "/consent.html": page("consent", objects(["con-a"]), attributes=' data-consent="pending"'),
 }
 
 
@@ -356,6 +361,57 @@ def other_origin(run):
     return {"sent": sent, "console": console, "requests": requests}
 
 
+def spa(run):
+    """Page views on history changes: pushState to a new URL, replaceState to the same one
+    (nothing), back (popstate)."""
+    run.fresh()
+    d = run.driver
+    d.get(FIXTURE + "/spa.html")
+    run.settle()
+    d.execute_script("history.pushState({}, '', '/spa.html?step=2')")
+    d.execute_script("history.replaceState({}, '', '/spa.html?step=2')")
+    d.execute_script("history.back()")
+    time.sleep(0.5)
+    sent = run.wait_sent()
+    time.sleep(2.5)
+    console, requests = run.drain_logs()
+    return {"sent": sent and run.queue() == 0, "console": console, "requests": requests}
+
+
+def privacy(run):
+    """Do-Not-Track: nothing collected, stored or sent. data-consent="pending": nothing until
+    sluice('consent', true); sluice('consent', false) stops and erases the ids."""
+    run.fresh()
+    d = run.driver
+    d.get(FIXTURE + "/dnt.html")
+    run.scroll_to("dnt-a")
+    run.click("dnt-a")
+    time.sleep(2.5)
+    dnt_stored = d.execute_script("return Object.keys(localStorage).filter(k => k.startsWith('sluice.')).length")
+    _, dnt_requests = run.drain_logs()
+
+    run.fresh()
+    d.get(FIXTURE + "/consent.html")
+    run.scroll_to("con-a")
+    run.click("con-a")  # before consent: not collected
+    time.sleep(2.5)
+    pending_stored = d.execute_script("return Object.keys(localStorage).filter(k => k.startsWith('sluice.')).length")
+    _, pending_requests = run.drain_logs()
+    d.execute_script("sluice('consent', true)")
+    run.click("con-a")
+    sent = run.wait_sent()
+    visitor = d.execute_script("return localStorage.getItem('sluice.v')")
+    d.execute_script("sluice('consent', false)")
+    run.click("con-a")  # after withdrawal: not collected
+    time.sleep(2.5)
+    after = d.execute_script(
+        "return ['sluice.q', 'sluice.v', 'sluice.s'].filter(k => localStorage.getItem(k) !== null).length")
+    console, requests = run.drain_logs()
+    return {"dnt_stored": dnt_stored, "dnt_requests": len(dnt_requests), "pending_stored": pending_stored,
+            "pending_requests": len(pending_requests), "sent": sent, "visitor_while_consented": visitor,
+            "stored_after_withdrawal": after, "requests_after_consent": len(requests), "console": console}
+
+
 def main():
     servers = [serve(Fixture, CONFIG["fixture_port"]), serve(Proxy, CONFIG["proxy_port"])]
     # localhost may resolve to ::1 first; serve it there too when the system has IPv6.
@@ -368,7 +424,7 @@ def main():
     except OSError:
         pass
     scenarios = [("five_objects", five_objects), ("offline", offline), ("unload", unload), ("retry", retry),
-                 ("refused", refused), ("other_origin", other_origin)]
+                 ("refused", refused), ("other_origin", other_origin), ("spa", spa), ("privacy", privacy)]
     only = CONFIG.get("only")
     report = {}
     driver = browser()
