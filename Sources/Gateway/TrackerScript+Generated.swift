@@ -3,7 +3,7 @@
 
 extension TrackerScript {
     /// The first 12 hex digits of the SHA-256 of ``minified``: the versioned URL's name.
-    package static let version = "d08be21868d5"
+    package static let version = "ad3bd0c73625"
 
     /// The minified script.
     package static let minified = #"""
@@ -12,8 +12,8 @@ const tag=d.currentScript;if(!tag||!tag.dataset.key||w.__sluice)return;w.__sluic
 b[6]=b[6]&15|112;b[8]=b[8]&63|128;const h=Array.from(b,(x)=>(x+256).toString(16).slice(1)).join('');return h.slice(0,8)+'-'+h.slice(8,12)+'-'+h.slice(12,16)+'-'+h.slice(16,20)+'-'+h.slice(20);};const visitor=()=>{let v=get(VISITOR);if(!v)put(VISITOR,v=uuid());return v;};const session=()=>{const now=Date.now();let s=get(SESSION);if(!s||now-s.t>IDLE)s={id:uuid()};s.t=now;put(SESSION,s);return s.id;};let mem=[],busy=new Set(),alive=new Set(),timer=0,due=0,failures=0,trusty=true;const load=()=>{const q=get(QUEUE);return Array.isArray(q)?q:mem;};const save=(q)=>{const old=Date.now()-TTL;q=q.filter((e)=>e.t>old);if(q.length>CAP){warn('cap','queue full: dropped the '+(q.length-CAP)+' oldest events');q=q.slice(-CAP);}
 mem=q;put(QUEUE,q);};const forget=(ids)=>save(load().filter((e)=>!ids.has(e.e.event_id)));const schedule=(ms)=>{ms=Math.max(ms,(get(WAIT)||0)-Date.now(),0);if(timer&&due<=Date.now()+ms)return;clearTimeout(timer);due=Date.now()+ms;timer=setTimeout(()=>{timer=0;flush();},ms);};const body=(list)=>{const at=new Date().toISOString();return JSON.stringify(list.map((e)=>Object.assign({},e.e,{sent_at:at})));};function flush(){if(!on())return;const wait=(get(WAIT)||0)-Date.now();if(wait>0)return schedule(wait);const list=load().filter((e)=>!busy.has(e.e.event_id)).slice(0,BATCH);if(!list.length)return;const ids=new Set(list.map((e)=>e.e.event_id));ids.forEach((i)=>busy.add(i));const text=body(list),keep=text.length<6e4;if(keep)ids.forEach((i)=>alive.add(i));const done=(retry,after)=>{ids.forEach((i)=>{busy.delete(i);alive.delete(i);});if(retry){trusty=false;const ms=Math.max(Math.min(6e4,1e3*2**failures++)*(0.5+Math.random()/2),after*1e3||0);put(WAIT,after?Date.now()+ms:null);return schedule(ms);}
 failures=0;trusty=true;put(WAIT,null);forget(ids);if(load().some((e)=>!busy.has(e.e.event_id)))schedule(0);};fetch(url,{method:'POST',body:text,keepalive:keep,credentials:'omit',headers:{'Content-Type':'text/plain'},}).then((r)=>{const s=r.status;if(s===408||s===429||s>=500)return done(1,parseFloat(r.headers.get('Retry-After')));if(s>=300&&s!==207)warn(s,'the gateway refused '+list.length+' events with '+s+'; they are dropped (not retried)');if(s===207)warn(s,'the gateway refused some events as invalid; see the answer of POST /v1/events/batch');done(0);},()=>done(1));}
-const leave=(gone)=>{if(!on())return;const q=load();if(!q.length||!trusty||n.onLine===false||(get(WAIT)||0)>Date.now())return;const sent=new Set(gone?alive:[]);for(let i=0;i<q.length;i+=BATCH*5){const part=q.slice(i,i+BATCH*5).filter((e)=>!busy.has(e.e.event_id));if(part.length&&n.sendBeacon&&n.sendBeacon(url,body(part)))part.forEach((e)=>sent.add(e.e.event_id));}
-forget(sent);};let page=location.href,ref=d.referrer,seen=new Set();const props=(el)=>{const p={};let any=0;for(const k in el.dataset){if(k.indexOf('sluiceProp')===0&&k.length>10){let name='';for(const c of k.slice(10))name+=c>='A'&&c<='Z'?'_'+c.toLowerCase():c;p[name.slice(1)]=el.dataset[k];any=1;}}
+const leave=(gone)=>{if(!on())return;const q=load(),sent=new Set(gone?alive:[]);if(trusty&&n.onLine!==false&&(get(WAIT)||0)<=Date.now()){for(let i=0;i<q.length;i+=BATCH*5){const part=q.slice(i,i+BATCH*5).filter((e)=>!busy.has(e.e.event_id));if(part.length&&n.sendBeacon&&n.sendBeacon(url,body(part)))part.forEach((e)=>sent.add(e.e.event_id));}}
+if(sent.size)forget(sent);};let page=location.href,ref=d.referrer,seen=new Set();const props=(el)=>{const p={};let any=0;for(const k in el.dataset){if(k.indexOf('sluiceProp')===0&&k.length>10){let name='';for(const c of k.slice(10))name+=c>='A'&&c<='Z'?'_'+c.toLowerCase():c;p[name.slice(1)]=el.dataset[k];any=1;}}
 return any?p:undefined;};const track=(action,el)=>{if(!on())return;const e={event_id:uuid(),action,anonymous_id:visitor(),session_id:session(),page,timestamp:new Date().toISOString(),};if(ref)e.referrer=ref;if(el){e.object=el.dataset.sluiceObject;const p=props(el);if(p)e.properties=p;}
 const q=load();q.push({e,t:Date.now()});save(q);schedule(q.length-busy.size>=BATCH?0:DELAY);};const timers=new Map();const io=w.IntersectionObserver&&new IntersectionObserver((entries)=>{for(const x of entries){const el=x.target;clearTimeout(timers.get(el));timers.delete(el);if(x.isIntersecting&&x.intersectionRatio>=0.5){timers.set(el,setTimeout(()=>{timers.delete(el);const o=el.dataset.sluiceObject;if(o&&el.isConnected&&!seen.has(o)){seen.add(o);track('view',el);}},SEEN_MS));}}},{threshold:0.5});const observe=(root)=>{if(!io||root.nodeType!==1)return;if(root.matches('[data-sluice-object]'))io.observe(root);root.querySelectorAll('[data-sluice-object]').forEach((el)=>io.observe(el));};const pageView=()=>{if(io){io.disconnect();timers.forEach(clearTimeout);timers.clear();}
 seen=new Set();track('page_view');observe(d.documentElement);};const moved=()=>{if(location.href===page)return;ref=page;page=location.href;pageView();};for(const m of['pushState','replaceState']){const f=history[m];history[m]=function(){const r=f.apply(this,arguments);moved();return r;};}
@@ -24,44 +24,44 @@ const api=(cmd,value)=>{if(cmd!=='consent')return;const was=on();put(CONSENT,!!v
 
     /// ``minified``, gzipped (level 9, no name, no time), base64.
     package static let gzippedBase64 = """
-H4sIAAAAAAACA41YUVfjuhF+51eEh8Y2Ed6EvXBpvILD3aWn9LCw3bC3p+VwOMZWiC6OFSwlIU3y3/uNLNsJC20f4EQjaWY0882n
-kX0/4CdLb6pFS5tCJsaLEpVr05rzucxTNWcpT1UyHYvcsJzn8Uw+xkYVUSZMK9ORKRbLTPN5mKkkzgaYiR9FtE5ik4x8ESzXO6U6
-Ez/yNEymRQFFg6SQExPJob8L+WpF/8M0NrEWJnwSi9VqHt7f62wqExEUwkyLPGokvOdcTIaPfGOnk/79x/mPc+6Va8Nnj/1+Mbi4
-uf5ei2YeG5wPBhfXV7VIe+wfZxc39Xjusc/XV4Pzq0aUVIH5fPaN97rdLru5ueS/7h0f/SIO2W9nN5//CjH7cn559k9+ID6yiy+X
-57x3jMnB+fnV/dcB74mPNmwP8JbD+VDk6UTJ3KxWuZi3fny/9Ok4ukiCUBXyUeYUIlpNK/U/pBn53gcvCKwCK9cZfPO7bL8XOPem
-RWanOt6HWe+DmCHc+sMDpeMUkeVeR+SJSsWP7xef1Xiicsz75AsmKxVpbqx7hdATkZgvudnl3BvGmRZeu+3nYaqulLkp4uSJY6Ln
-Ub5+luXhY6Ye4uxbIWdxsvisclOoDLOmmIrK1qMw3H8iDBKSyly3/ja4vgoncaGFn+kQSy6MGGNVsAEstzSfZlm0XjttkylpY7NK
-34xzWnAKLYUYq5lwivoQ6Eots+YI/fmjHC782ZadWvc8LnKR8uXmmPvz0YIZ8WLIIuG5XHUL8V2w3Bg40KoM4ILUd7Dqt7yO3d6c
-gf4jKTBlS9MJOaLgO0wGkTt84o5HyXLbKFMToAVn8fpJVClVudW2i9S227UFvwbNVG6Ze+BJsZgYRbH/HoMGxr/H2VRo3+IUiD0+
-K4p44feOECuCtOFfYiPCXM2hc6gKn4SSH0byhHcjub8fLB9u5R03fzo4PIoM/xqbUTjMFFaaDxDh/DsPt0d3nP61e4erXu8gerg9
-JsHxXfvo46p3cOycHXFrPBwWauw/MP8FfvsvHdISGjWweSTPXHH0giD8A1Xme14duFFdOMdBx9v3OpXgmPUOtiW9AwZd26IjdtDd
-FmFcx3omtQQPlvGkOMxs8hwNBZb2ZgGgWonYjFMC/KD2b1Yr00Jr6bLnkoMgb0abLGhrwbFaaUGjANV8X4fmhJgo0Hwp035pZx1B
-zDEdkRduG9O1eR3KFB6Q5rEY89s79jDVC07JH8BOwOJMzsTG2MixKHiXpVOB/8NYZlOQB36i1LVZ2Ip3B8pUvAW1Z+u6Je3afplf
-qUuQPQenz3340cQkhnGIax0qSzcisg9ijp75cziUmRGFjyrmJwJxwDIbm+cwE/mjGZ2Ayssi9b0knnjMe56KqWgNUVP9VlqoyUSk
-LTMSKNJ60z5t6nhkU8B0SbBAFhkssWBXAM8UumcbYXs69txABBViiU+mGr7ReXyKix9s+byL6XAUax/8H1pD9zINgqpodTIS6TRD
-KMakZTnWZVmN4xdImE9xpVstWK26wX4TH9a1UbA5a7eRsk8bwetAl7txk0zExQ1WKRzBrg4iSvDW4qhMPci0Wmlz6wARDbOpHgGk
-awa99fEfVLrgfia1aXIYG4snUu5THV8Mrl0p17B4xdO0H4edlMG6fvgDd1UYo1wec3+5ZggZWxLP3cemH5s1BW4dDad5YlBQLeeZ
-JW2Vo/aqUztyl0jPexGk8NGKk25QVYzLhRVXCSIH+Vt5pWp6I7E1Kdluoixje8gSedseAht1AW5HYltpRCAC3s5j3Ge+xLy1Hqcp
-BpWndAVxykqZFPYkxIST0Jn+dCR+IXdIHvyk0LLBK40pOgvuw+NiweIhjm4vyNc7l9aXVIBpBARRqakZr20QrJZg6bjE9iHOyibk
-yx/gefjK0GrtHeztVUzU6QR7fjc87NhFhb3R/ODDQVD6tofllGJbrJTwUny6hfQ+XbUNRVYJt7jeaSgv2qS8Wl+5tyx7W/V0LgcN
-rcbivwMjqK3Za2YoqDdBo8eWY2FGKu17364HNx6jDPYpbTaBNph9+sWSQqRQJhG6vqfG0nhsJOJUFLq/9Kgxw+T+zWIivL5H+z9M
-sljm3pqtUYojkft+0VSq5gWqMDZTTYfQaOh+6R6vVvbHwZ/x44QfduvKICD4PWa7ub/gxMYvQmebugvf+07Z3T+jgHtUo6TzhH/s
-dtttjW7moPtrYClaM4+oGK8PMY8XrUIM8WhJQc0bJQJeLgm5NUezjDnd8SJi8EUrLkRN6X6uTItQJUUaeEF1jP9lihJV6Y91S+Yz
-hDiNcEcLe0vEuZ6LoqWGLUpH63X/DUM2GJRDRixZhoZoyT2SQLh0sz1CXvWTP1PTs6MUSw/VrURvKIs7artVfilRfbwsldVqm8dO
-GlRvKyaurCmFfDgtEXR7t9nSoZv7VFmNZIdbrto7DBw4kGdT34SSyU41/38xIJ2JNDj97XaONj1PfxMxtG+PLP4tZdEGAMfuq9mF
-rNCBLC29MoJyLQuRFgSu0Zng3crpEUu3QzhCzhn+8GbFf4FXa8GQ5rzpeaoXByCluS+ypj4m9EYglXG+oCsQoSsnngCZlsiq96q9
-e55CvLLFy/WwehF8g0IvQPKA/6eqUel1A9tJ5vFYcM/b0JkQ3J6qxrQbBLSkw5MT7p3hsZZ84t6/vFPv3uskuFQvFQD6Gcb9AI+D
-yS0trtvkO974dvt0F5H7PbxLdlwlY3w66U/h7hDwSuvb3NhHnx/be5WVkXgbuoIvqzS4TpS5XXGu8sVYTTVNuQYas677JaH7CSFl
-ynacIKHxpP9e18DW5d0xDESdQ44fJIWTSxEq2zJsnDosU1C2ElWCuU0xbbHohDYSiMJI0P2krt26LJ/DCXUWS/jYb0oNN5lt89AE
-1mRet5S2GrT8tzgpy+m027ffEZqOyfZT5YX/Ffd8hT6p+Dy8AH2DXG0grx+0KGbU19HSt2ZQGjkRn20ZGxy9EI6qGQdkkfGX0MRU
-Km80gyV9IyxB5Mbu3naRekED3ziQP7bbkGw49J0qDa/DENzhFGirkL3ZTG6pd23/u6mDedVuY1Zq3G45RCJtt3epgi3rqCBY2gGx
-g8IBCMK+N5Ni7hGCgfrqqw3xBUZLA0rQI3T9fXi8rl0oo4pOR6n6G4BUqxWNkflU0K2Ka6xXVQJhkubGdCXgRe3d0gn2S/f3S0je
-4SKUKnTKS92R3YUHSrEYIBAJCuQsy97bvkGEVI8bymzC6u8lKKXfcejyQQbXpAIrqTCVOinj5tfZrTRuIqGetELq83desaSLLBm6
-t+ENosqTNKw+LJ5nYuyo2PV1alZ9/7B90gYrgxlJWRVOktA4+pm/o+p0vm2aaqiPAfVbj4p0gC5G4NlXCPQ7iSiHdxX8h3yEzkIV
-i9vxXdT85NUTwq8WFnwYxpNJtvANljEUjD0Vmjx7juYBU8CP9c6cUHdOPHgJpSJHTXoTUEzpjN2CTuGNRQmI+slj9m5rSlS4EkUO
-FEjSAPevJO+BxDGhS5HTbtHPyk90b3qKoI5kCk8pPbZjsT3MWw4TkT/ITJpFMorzR7eHUpqGzZwNO300hFp0qV5QKu3a9v8tF9Rw
-mOEGctq2ngXv7cg3Nmz06vXztHzShV+nJt4ky2BpGfeV1K+errbzrCttDMmYjIv0CoXfVIwDPHqU8F3ss2UykllKLvcp+ExPH0wh
-hB2smxYxnkjuJ+OUzeiDnIsmxvTdz33X814/ZTUnsNrHiPuCyHZ3y/107PKX+3qp2217b2/UjgNvHaud2/J7RvX1qvp+RB3mXRMO
-+qhLJp/Kxw+KwX5KqmschJEtOIJewrLdrn6Fz+hTsbAac5w5sqsb5TE9OyfSlR0ZYDFMbHjdpBb//gOBZBZM5hgAAA==
+H4sIAAAAAAACA41YUVfjuhF+51eEh8Y2Ed6EvXBpvILD3aWn9LCw3bC3p+VwOMZWiC6OFSwlIU3y3/uNLNsJC20fkmOPpJnRzDef
+Rvb9gJ8svakWLW0KmRgvSlSuTWvO5zJP1ZylPFXJdCxyw3KexzP5GBtVRJkwrUxHplgsM83nYaaSOBtgJH4U0TqJTTLyRbBc75Tq
+TPzI0zCZFgUUDZJCTkwkh/4u5KsV/YdpbGItTPgkFqvVPLy/19lUJiIohJkWedRIeM+5mAwf+cZKJ/37j/Mf59wr54bPHvv9YnBx
+c/29Fs08NjgfDC6ur2qR9tg/zi5u6ve5xz5fXw3OrxpRUgXm89k33ut2u+zm5pL/und89Is4ZL+d3Xz+K8Tsy/nl2T/5gfjILr5c
+nvPeMQYH5+dX918HvCc+2rA9wFsO50ORpxMlc7Na5WLe+vH90qft6CIJQlXIR5lTiGg2zdT/kGbkex+8ILAKrFxn8M3vsv1e4Nyb
+Fpkd6ngfZr0PYoZw6w8PlI5TRJZ7HZEnKhU/vl98VuOJyjHuky8YrFSkubHuFUJPRGK+5GaXc28YZ1p47bafh6m6UuamiJMnjoGe
+R/n6WZaHj5l6iLNvhZzFyeKzyk2hMoyaYioqW4/CcP+JMEhIKnPd+tvg+iqcxIUWfqZDTLkwYoxZwQaw3NR8mmXReu20Taakjc0q
+fTPOacIptBRirGbCKepDoCu1zJoj9OePcrjwZ1t2at3zuMhFypeb79yfjxbMiBdDFgnP5axbiO+C5caLA63KAC5IfQerfsvr2OXN
+HugfSYEpW5pOyBEF32EyiNzmE7c9SpZbRpmaAC3Yi9dPokqpyq22XaS23a4t+DVopnLL3ANPisXEKIr99xg0MP49zqZC+xanQOzx
+WVHEC793hFgRpA3/EhsR5moOnUNV+CSU/DCSJ7wbyf39YPlwK++4+dPB4VFk+NfYjMJhpjDTfIAI+995uD264/TX7h2uer2D6OH2
+mATHd+2jj6vewbFzdsSt8XBYqLH/wPwX+O2/dEhLaNTA5pE8c8XRC4LwD1SZ73l14EZ14RwHHW/f61SCY9Y72Jb0Dhh0bYuO2EF3
+W4T3OtYzqSV4sIwnxWFmk+doKLC0NwsA1UrEZpwS4Ae1f7NamRZaS5c9lxwEeTPaZEFbC47VSgsaBajm+zo0J8REgeZLmfZLO+sI
+Yo7hiLxwy5iuzetQpvCANI/FmN/esYepXnBK/gB2AhZnciY23o0ci4J3WToV+B/GMpuCPPCIUtdmYSvebShT8RbUnq3rlrRr+2V+
+pS5B9hycPvfhRxOTGMYhrnWoLN2IyD6IOXrmz+FQZkYUPqqYnwjEAdNsbJ7DTOSPZnQCKi+L1PeSeOIx73kqpqI1RE31W2mhJhOR
+tsxIoEjrRfu0qOORTQHTJcECWWSwxIKdATxT6J5thO3u2HMDEVSIJT6ZavhG+/EpLn6w5fMuhsNRrH3wf2gN3cs0CKqi1clIpNMM
+oRiTluVYl2U1jl8gYT7FlU61YLXqBvtNfFjXRsHmrN1Gyj5tBK8DXe7ETTIRFzeYpbAFOzuIKMFbk6My9SDTaqbNrQNENMymegSQ
+rhn01tt/UOmC+5nUpslhbCyeSLlPdXwxuHalXMPiFU/Temx2Ugbr+uEPnFVhjHJ5zP3lmiFkbEk8dx+bfmzWFLh1NJzmiUFBtZxn
+lrRVjtqrdu3IXSI970WQwkczTrpBVTEuF1ZcJYgc5G/llarpjcTWpGS7ibKM7SZL5G17CGzUBbgdiW2lEYEIeDuPcZ75EuPWepym
+eKk8pSOIU1bKpLAnISachM70pyPxC7lD8uAnhZYNXmlM0VlwHx4XCxYPsXV7QL5eubS+pAJMIyCISk3N+9oGwWoJlo5LbB/irGxC
+vnwAz8NXhlZr72Bvr2KiTifY87vhYcdOKuyJ5gcfDoLStz1MpxTbYqWEl+LTLaT36ahtKLJKuMX1TkN50Sbl1frKtWXZ26qnfTlo
+aDUW/x0YQW3NHjNDQb0JGj22HAszUmnf+3Y9uPEYZbBPabMJtMHs0xNLCpFCmUTo+p4aS+OxkYhTUej+0qPGDIP7N4uJ8Poerf8w
+yWKZe2u2RimORO77RVOpmheowthMNW1Co6H7pXu8WtmHgz/j4YQfduvKICD4PWa7ub9gx8YvQmebugvf+07Z3T+jgHtUo6TzhH/s
+dtttjW7moPtrYClaM4+oGLcPMY8XrUIMcWlJQc0bJQJeLgm5NUezjDHd8SJi8EUrLkRN6X6uTItQJUUaeEG1jf9lihJV6Y91S+Yz
+hDiNcEYLe0rEuZ6LoqWGLUpH63X/DUM2GJRDRixZhoZoyV2SQLh0sj1CXvWTP1PTs6MURtxWUwCtOS0zfntX8rvFYbudhyq/lLlA
+LG3poIPf4rVN9g+WTe+Gtu1TdehFssMtKe0dBg4FSKipjzzJZKca/7+ojhwkDU4/eYntpL+JGNq33yzQLTfRAiDErqtphKxQJCz/
+vDKyXu9QamlUy3+LwNUfCQLX30xwXeV0d6VDIRwh1Qw/XFXxL3BZLRBmkTetTnXRAJI090XWlMWErgakMs4XdPIhkOXAE5DSEll1
+TbVHzlOIy7V4uR5WF4FvUOgFACFg/1T1J71uYBvIPB4L7nkbOhNC2VPVj3aDgKZ0eHLCvTPc0ZJP3PuXd+rde50EZ+mlAi4/w7gf
+4E4wuaXJdXd8xxvfbp/uInK/R6FzBYz300l/CneHQFFaH+LG3vX82B6nrIzE24gVfFklxTWgzK2Kc5Uvxmqqacj1zRbZtukloXuE
+kDJlG01wz3jSf69ZYOvyyBgGos4hxwNJ4eRShMp2Chu7DssUlB1ElWBuU0xLLFahjQSiMBIsP6lLtqrG6DmcUEOxhI/9pqBwgNnu
+Dr1fzeF1J2lrg4B5UhbXabdvPx80jZJto8pz/iuO9wp9UvF5eAHWBqfaQF4/aFHMqJ2jqW+NoFBy4jvbKTY4eiEcVSMOyCLjL6GJ
+qVTe6AFL1kZYgsi9u+PaReoFfXvjQP7YbkOy4dB3qjRcCkMwiVOgrUL2Zg+5pd51+++mDuZVu41RqXGo5RCJtN3epQq2HKRAcPaF
+uEJhAwRh35tJMfcIwUB99bHGsseaLQ0oQY/Q7Pfh8bp2oYwqGhyl6qu/VKsVvSPzqaDDFIzbqyqBMEljYzoJcJH2bmkH+6X7+yUk
+73D+SRU65aXuyK7CvaRYDBCIBAVylmXvLd+gRarHDWU2YfVnEpTS79h0eQ+Da1KBlVSYSp2UcfPr7FYaN5FQD1ohtfc7r1jSRZYM
+3dvwBlHlSRpW3xPPMzF2VOzaOTWrPnvY9miDlcGMpKwKJ0noPfqZv6Nqd77tlWqojwH1W4+KdIDmReC2Vwi0OYkoX+8q+A/5CA2F
+Kha347uoeeTVzcGvJhZ8GMaTSbbwDaYxFIzdFXo7u4/m3lLAj/XOnFB3Tjx4CaUiR016E1BM6YxdggbhjUkJiPrJY/aka0pUuBJF
+DhRI0gD3ryTvgcQxoUuR027Rz8ovc296iqCOZApPKT22UbGty1sOE5E/yEyaRTKK80e3hlKahs2YDTt9K4RaNKdeUCrt2q7/LRfU
+cJjhBHLatm4D763INxZstOj1rbS8yYVfpybeJMtgaRn3ldSvbqy24awrbQzJmIyL9AqF31SMAzw6lvBd7LNlMpJZSi73KfhMTx9M
+IYR9WTedYTyR3E/GKZvRdzgXTbzT5z73Oc97fYPVnMBq7yDuwyHb3S3X07bLJ/fRUrfb9tzeqB0H3jpWO7flZ4zqo1X12Ygaybsm
+HPQtl0w+lXceFIP9glTXOAgjw+V/7pi73a6ewme0o5hYvXPsObKzG+Ux3TYn0pUdGWAxTGx43aQWf/8BPOKea90YAAA=
 """
 }

@@ -200,6 +200,15 @@ struct BrowserTests {
             ]
         )
         #expect(try await analyst.number("SELECT uniqExact(event_id) FROM sluice.events WHERE \(spa)") == 3)
+        // An object added after load (MutationObserver) counts its view, once.
+        let late = try await counts("spa.html", atLeast: ["view": 1])
+        #expect(late["view"] == 1)
+        #expect(
+            try await analyst.rows(
+                "SELECT DISTINCT object FROM sluice.events WHERE \(page("spa.html")) AND action = 'view'"
+            )
+                == ["late-obj"]
+        )
 
         // 8. Do-Not-Track: nothing kept or sent. Consent pending: nothing until granted; withdrawn:
         // the ids erased and nothing more collected.

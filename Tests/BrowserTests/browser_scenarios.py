@@ -363,7 +363,7 @@ def other_origin(run):
 
 def spa(run):
     """Page views on history changes: pushState to a new URL, replaceState to the same one
-    (nothing), back (popstate)."""
+    (nothing), back (popstate); then an object added to the page later is seen."""
     run.fresh()
     d = run.driver
     d.get(FIXTURE + "/spa.html")
@@ -372,6 +372,13 @@ def spa(run):
     d.execute_script("history.replaceState({}, '', '/spa.html?step=2')")
     d.execute_script("history.back()")
     time.sleep(0.5)
+    # An object rendered after load (as a framework would) is observed too.
+    d.execute_script("document.body.insertAdjacentHTML('beforeend', "
+                     "'<div class=\"gap\"></div><button class=\"obj\" id=\"late\" data-sluice-object=\"late-obj\">late</button>"
+                     "<div class=\"gap\"></div>')")
+    run.scroll_to("late")
+    run.settle()
+    time.sleep(1.5)
     sent = run.wait_sent()
     time.sleep(2.5)
     console, requests = run.drain_logs()

@@ -108,18 +108,18 @@
 
   // When the page hides or goes away: what is queued goes by sendBeacon (text/plain: no
   // preflight), unless the last send failed or the browser is offline; then it stays for the
-  // next page. Only a page that goes away leaves its keepalive fetches to the browser.
+  // next page. A page that goes away leaves its keepalive fetches to the browser, always: the
+  // next page must not send them a second time.
   const leave = (gone) => {
     if (!on()) return;
-    const q = load();
-    if (!q.length || !trusty || n.onLine === false || (get(WAIT) || 0) > Date.now()) return;
-    const sent = new Set(gone ? alive : []);
-    for (let i = 0; i < q.length; i += BATCH * 5) {
-      const part = q.slice(i, i + BATCH * 5).filter((e) => !busy.has(e.e.event_id));
-      if (part.length && n.sendBeacon && n.sendBeacon(url, body(part))) part.forEach((e) => sent.add(e.e.event_id));
+    const q = load(), sent = new Set(gone ? alive : []);
+    if (trusty && n.onLine !== false && (get(WAIT) || 0) <= Date.now()) {
+      for (let i = 0; i < q.length; i += BATCH * 5) {
+        const part = q.slice(i, i + BATCH * 5).filter((e) => !busy.has(e.e.event_id));
+        if (part.length && n.sendBeacon && n.sendBeacon(url, body(part))) part.forEach((e) => sent.add(e.e.event_id));
+      }
     }
-    // Sent by keepalive fetch or beacon: the browser delivers them after the page is gone.
-    forget(sent);
+    if (sent.size) forget(sent);
   };
 
   let page = location.href, ref = d.referrer, seen = new Set();
