@@ -263,6 +263,58 @@ struct BrowserTests {
     }
 }
 
+extension BrowserTests {
+    /// `sluice dev` as a newcomer meets it: the banner's demo address, opened in the browser,
+    /// sends a page view, views and a click through the tracker into dev's ClickHouse, and the
+    /// key has left the address (so no event carries it).
+    @Test func sluiceDevsDemoPageSendsThroughTheTrackerIntoClickHouse() async throws {
+        let state = try TemporaryDirectory()
+        let clickHousePort = try freeLoopbackPorts(1)[0]
+        let dev = try SluiceProcess([
+            "dev", "--listen", "127.0.0.1:0", "--clickhouse-http-port", "\(clickHousePort)", "--state-dir", state.path,
+        ])
+        defer { dev.signal(SIGKILL) }
+        let port = try await dev.listeningPort(timeout: .seconds(90))
+        let line = try await dev.line(containing: "demo page")
+        let address = try #require(
+            line.split(separator: " ").first { $0.hasPrefix("https://") }.map(String.init),
+            "the banner's demo line: \(line)"
+        )
+        #expect(address.hasPrefix("https://127.0.0.1:\(port)/demo?key=slp_"))
+
+        let configuration = try String(
+            decoding: JSONSerialization.data(withJSONObject: ["demo_url": address]),
+            as: UTF8.self
+        )
+        let script = repositoryRoot().appendingPathComponent("Tests/BrowserTests/browser_scenarios.py").path
+        let browser = try await ChildProcess.run("/usr/bin/python3", [script, configuration], timeout: .seconds(120))
+        try #require(browser.status == 0, "browser_scenarios.py: \(browser.standardError.suffix(4000))")
+        let demo = try Report(json: browser.standardOutput).scenario("demo")
+        #expect(demo["sent"] as? Bool == true, "\(demo)")
+        #expect(demo["address"] as? String == "https://127.0.0.1:\(port)/demo?page=2")
+
+        let analyst = Analyst(url: "http://127.0.0.1:\(clickHousePort)")
+        var clicks: [String] = []
+        try? await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            clicks =
+                (try? await analyst.rows(
+                    "SELECT object FROM sluice.events WHERE action = 'click' AND object = 'add-to-cart'"
+                )) ?? []
+            return !clicks.isEmpty
+        }
+        #expect(clicks == ["add-to-cart"])
+        let pages = try await analyst.rows(
+            "SELECT DISTINCT page FROM sluice.events WHERE action = 'page_view' ORDER BY page"
+        )
+        #expect(pages == ["https://127.0.0.1:\(port)/demo", "https://127.0.0.1:\(port)/demo?page=2"])
+        #expect(try await analyst.number("SELECT count() FROM sluice.events WHERE position(page, 'key=') > 0") == 0)
+        #expect(try await analyst.rows("SELECT DISTINCT source FROM sluice.events") == ["pkey:dev-browser"])
+        await analyst.shutdown()
+        dev.signal(SIGINT)
+        #expect(try await dev.waitForExit(timeout: .seconds(60)) == 0)
+    }
+}
+
 /// What browser_scenarios.py printed.
 struct Report {
     let root: [String: Any]

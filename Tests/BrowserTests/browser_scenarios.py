@@ -24,12 +24,12 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 CONFIG = json.loads(sys.argv[1])
-GATEWAY = CONFIG["gateway"]
-KEY = CONFIG["key"]
-FIXTURE = "http://127.0.0.1:%d" % CONFIG["fixture_port"]
+GATEWAY = CONFIG.get("gateway", "")
+KEY = CONFIG.get("key", "")
+FIXTURE = "http://127.0.0.1:%d" % CONFIG.get("fixture_port", 0)
 # The same server under another name: an origin the gateway does not allow.
-OTHER_ORIGIN = "http://localhost:%d" % CONFIG["fixture_port"]
-PROXY = "http://127.0.0.1:%d" % CONFIG["proxy_port"]
+OTHER_ORIGIN = "http://localhost:%d" % CONFIG.get("fixture_port", 0)
+PROXY = "http://127.0.0.1:%d" % CONFIG.get("proxy_port", 0)
 RETRY_AFTER = 2
 
 
@@ -160,8 +160,10 @@ def serve(handler, port, host="127.0.0.1"):
     return server
 
 
-def browser():
+def browser(insecure=False):
     options = webdriver.ChromeOptions()
+    if insecure:  # sluice dev's own test CA
+        options.add_argument("--ignore-certificate-errors")
     options.binary_location = "/usr/bin/chromium"
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      "--window-size=1000,800", "--no-first-run", "--disable-extensions"):
@@ -419,7 +421,29 @@ def privacy(run):
             "stored_after_withdrawal": after, "requests_after_consent": len(requests), "console": console}
 
 
+def demo(url):
+    """sluice dev's /demo page, as a newcomer uses it: load, click, navigate within the page."""
+    driver = browser(insecure=True)
+    try:
+        run = Run(driver)
+        driver.get(url)
+        run.settle()
+        first = run.wait_sent()
+        driver.find_element(By.CSS_SELECTOR, "[data-sluice-object=add-to-cart]").click()
+        driver.find_element(By.ID, "spa").click()
+        time.sleep(2.5)
+        sent = run.wait_sent()
+        console, requests = run.drain_logs()
+        return {"first_sent": first, "sent": sent, "address": driver.current_url, "console": console,
+                "requests": requests}
+    finally:
+        driver.quit()
+
+
 def main():
+    if "demo_url" in CONFIG:
+        print(json.dumps({"demo": demo(CONFIG["demo_url"])}))
+        return
     servers = [serve(Fixture, CONFIG["fixture_port"]), serve(Proxy, CONFIG["proxy_port"])]
     # localhost may resolve to ::1 first; serve it there too when the system has IPv6.
     try:
