@@ -309,9 +309,115 @@ extension BrowserTests {
         #expect(pages == ["https://127.0.0.1:\(port)/demo", "https://127.0.0.1:\(port)/demo?page=2"])
         #expect(try await analyst.number("SELECT count() FROM sluice.events WHERE position(page, 'key=') > 0") == 0)
         #expect(try await analyst.rows("SELECT DISTINCT source FROM sluice.events") == ["pkey:dev-browser"])
+        try await self.theAnalyticsPageShowsWhatClickHouseHolds(dev: dev, state: state, analyst: analyst)
         await analyst.shutdown()
         dev.signal(SIGINT)
         #expect(try await dev.waitForExit(timeout: .seconds(60)) == 0)
+    }
+}
+
+extension BrowserTests {
+    /// The banner's analytics address, opened in Chromium after a back end sent events of a known
+    /// shape: the page's tables (read from the DOM) show what ClickHouse holds — views, clicks
+    /// and CTR per object, page views per page — without bots by default (the demo's headless
+    /// Chromium is one) and with them when asked. The screenshot is kept in
+    /// .build/test-artifacts/analytics-page.png.
+    func theAnalyticsPageShowsWhatClickHouseHolds(
+        dev: SluiceProcess,
+        state: TemporaryDirectory,
+        analyst: Analyst
+    ) async throws {
+        let env = try String(contentsOfFile: state.path + "/env", encoding: .utf8)
+        var variables: [String: String] = [:]
+        for line in env.split(separator: "\n") where line.hasPrefix("export ") {
+            let pair = line.dropFirst("export ".count).split(separator: "=", maxSplits: 1)
+            if pair.count == 2 { variables[String(pair[0])] = String(pair[1]).trimmingCharacters(in: ["'", "\""]) }
+        }
+        let url = try #require(variables["SLUICE_URL"])
+        let key = try #require(variables["SLUICE_KEY"])
+        let ca = try #require(variables["CURL_CA_BUNDLE"])
+        // A shop's back end: views and clicks with known CTRs (25 %, 80 %, 0 %), by anonymous visitors.
+        let shape: [(object: String, views: Int, clicks: Int)] = [("hero", 8, 2), ("signup", 5, 4), ("footer", 3, 0)]
+        var events: [[String: Any]] = [["action": "page_view", "anonymous_id": "v-0", "page": "https://shop.example/"]]
+        for (object, views, clicks) in shape {
+            for index in 0..<views {
+                events.append([
+                    "action": "view", "object": object, "anonymous_id": "v-\(index)", "page": "https://shop.example/",
+                ])
+            }
+            for index in 0..<clicks {
+                events.append([
+                    "action": "click", "object": object, "anonymous_id": "v-\(index)", "page": "https://shop.example/",
+                ])
+            }
+        }
+        let body = String(decoding: try JSONSerialization.data(withJSONObject: events), as: UTF8.self)
+        let post = try await ChildProcess.run(
+            "/usr/bin/curl",
+            [
+                "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca, "-A", "shop-backend python-requests/2.32",
+                "-H", "Authorization: Bearer \(key)", "-H", "Content-Type: application/json", "--data-binary", "@-",
+                url + "/v1/events/batch",
+            ],
+            input: body
+        )
+        #expect(post.standardOutput == "202", "\(post.standardError)")
+        try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            (try? await analyst.number("SELECT count() FROM sluice.events WHERE page = 'https://shop.example/'"))
+                == events.count
+        }
+
+        let line = try await dev.line(containing: "analytics ")
+        let address = try #require(
+            line.split(separator: " ").first { $0.hasPrefix("https://") }.map(String.init),
+            "the banner's analytics line: \(line)"
+        )
+        let artifacts = repositoryRoot().appendingPathComponent(".build/test-artifacts")
+        try FileManager.default.createDirectory(at: artifacts, withIntermediateDirectories: true)
+        let screenshot = artifacts.appendingPathComponent("analytics-page.png").path
+        try? FileManager.default.removeItem(atPath: screenshot)
+        let configuration = String(
+            decoding: try JSONSerialization.data(withJSONObject: ["analytics_url": address, "screenshot": screenshot]),
+            as: UTF8.self
+        )
+        let script = repositoryRoot().appendingPathComponent("Tests/BrowserTests/browser_scenarios.py").path
+        let browser = try await ChildProcess.run("/usr/bin/python3", [script, configuration], timeout: .seconds(120))
+        try #require(browser.status == 0, "browser_scenarios.py: \(browser.standardError.suffix(4000))")
+        let page = try Report(json: browser.standardOutput).scenario("analytics")
+        #expect(page["error"] == nil, "\(page)")
+        #expect(FileManager.default.fileExists(atPath: screenshot), "a screenshot of the page is kept")
+        print("analytics page screenshot: \(screenshot)")
+
+        /// object → "views clicks ctr" as the page shows them, and as ClickHouse's rows say.
+        func shown(_ view: String) -> [String: String] {
+            let objects = (page[view] as? [String: Any])?["objects"] as? [String: [String: String]] ?? [:]
+            return objects.mapValues { "\($0["views"] ?? "?") \($0["clicks"] ?? "?") \($0["ctr"] ?? "?")" }
+        }
+        func stored(bots: Bool) async throws -> [String: String] {
+            let rows = try await analyst.rows(
+                """
+                SELECT object, uniqExactIf(event_id, action = 'view') AS views,
+                    uniqExactIf(event_id, action = 'click') AS clicks
+                FROM sluice.events
+                WHERE object != '' \(bots ? "" : "AND is_bot = 0") AND timestamp >= now() - 86400
+                GROUP BY object HAVING views >= 1
+                """
+            )
+            var table: [String: String] = [:]
+            for row in rows {
+                let parts = row.split(separator: "\t").map(String.init)
+                let (views, clicks) = (Double(parts[1]) ?? 0, Double(parts[2]) ?? 0)
+                table[parts[0]] = "\(parts[1]) \(parts[2]) \(String(format: "%.2f", clicks / views * 100)) %"
+            }
+            return table
+        }
+        #expect(shown("default") == (try await stored(bots: false)))
+        #expect(shown("default")["hero"] == "8 2 25.00 %" && shown("default")["signup"] == "5 4 80.00 %")
+        #expect(shown("with_bots") == (try await stored(bots: true)))
+        #expect(shown("with_bots").count > shown("default").count, "the demo's headless Chromium is a bot")
+        let pages = (page["default"] as? [String: Any])?["pages"] as? [String: [String: String]] ?? [:]
+        #expect(pages["https://shop.example/"]?["page_views"] == "1")
+        #expect((page["default"] as? [String: Any])?["address"] as? String == url + "/analytics", "the key left the address")
     }
 }
 

@@ -440,9 +440,57 @@ def demo(url):
         driver.quit()
 
 
+def analytics(url, screenshot):
+    """sluice dev's /analytics page: what it shows (read from the DOM), by default and with
+    bots included, and a screenshot of it."""
+    driver = browser(insecure=True)
+    try:
+        driver.set_window_size(1200, 1000)
+        driver.get(url)
+
+        def tables(before):
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                updated = driver.execute_script("return document.body.dataset.updated || ''")
+                if updated and updated != before:
+                    break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("the page did not update: %s" % driver.find_element(By.ID, "status").text)
+            read = """
+              var out = {};
+              ['objects', 'pages', 'totals'].forEach(function (table) {
+                out[table] = {};
+                document.querySelectorAll('#' + table + ' tbody tr[data-name]').forEach(function (row) {
+                  var cells = {};
+                  row.querySelectorAll('td[data-column]').forEach(function (td) { cells[td.dataset.column] = td.textContent; });
+                  out[table][row.dataset.name] = cells;
+                });
+              });
+              out.updated = document.body.dataset.updated;
+              out.status = document.getElementById('status').textContent;
+              out.address = location.href;
+              return out;"""
+            return driver.execute_script(read)
+
+        default = tables("")
+        driver.find_element(By.ID, "bots").click()
+        with_bots = tables(default["updated"])
+        driver.find_element(By.ID, "bots").click()
+        tables(with_bots["updated"])
+        driver.save_screenshot(screenshot)
+        console, _ = Run(driver).drain_logs()
+        return {"default": default, "with_bots": with_bots, "console": console}
+    finally:
+        driver.quit()
+
+
 def main():
     if "demo_url" in CONFIG:
         print(json.dumps({"demo": demo(CONFIG["demo_url"])}))
+        return
+    if "analytics_url" in CONFIG:
+        print(json.dumps({"analytics": analytics(CONFIG["analytics_url"], CONFIG["screenshot"])}))
         return
     servers = [serve(Fixture, CONFIG["fixture_port"]), serve(Proxy, CONFIG["proxy_port"])]
     # localhost may resolve to ::1 first; serve it there too when the system has IPv6.
