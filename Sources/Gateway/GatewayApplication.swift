@@ -15,7 +15,7 @@ let gatewayRoutes: [String: [HTTPRequest.Method]] = [
     // The built-in authorization server's, when it is on.
     "/oauth/token": [.post], "/.well-known/oauth-authorization-server": [.get, .head],
     "/.well-known/jwks.json": [.get, .head],
-]
+].merging(StatsRoutes.all) { first, _ in first }
 
 /// The API listener's routes: without the operational paths when the admin listener has them.
 func gatewayRoutes(_ configuration: GatewayConfiguration) -> [String: [HTTPRequest.Method]] {
@@ -33,6 +33,7 @@ public func buildGatewayRouter(
     wal: any EventLog,
     registry: PrometheusCollectorRegistry,
     authentication: GatewayAuthentication = .open,
+    stats: StatsService? = nil,
     logger: Logger
 ) -> Router<IngestRequestContext> {
     buildGatewayRouter(
@@ -41,6 +42,7 @@ public func buildGatewayRouter(
         registry: registry,
         metrics: HTTPMetrics(),
         authentication: authentication,
+        stats: stats,
         logger: logger
     )
 }
@@ -51,6 +53,7 @@ func buildGatewayRouter(
     registry: PrometheusCollectorRegistry,
     metrics: HTTPMetrics,
     authentication: GatewayAuthentication,
+    stats: StatsService? = nil,
     logger: Logger
 ) -> Router<IngestRequestContext> {
     let ingest = Ingest(
@@ -92,6 +95,7 @@ func buildGatewayRouter(
     }
     router.get("/v1/pixel") { request, context in try await ingest.pixel(request, context: context) }
     router.head("/v1/pixel") { request, context in try await ingest.pixel(request, context: context, store: false) }
+    addStatsRoutes(to: router, service: stats, logger: logger)
     // With an admin listener (gateway.admin_listen) these are served there, and 404 here.
     if configuration.adminHost == nil {
         addOperationalRoutes(
@@ -143,6 +147,7 @@ public func buildGatewayApplication(
     wal: any EventLog,
     registry: PrometheusCollectorRegistry,
     authentication: GatewayAuthentication = .open,
+    stats: StatsService? = nil,
     logger: Logger,
     services: [any Service] = [],
     tls: TLSCertificateReloader? = nil,
@@ -156,6 +161,7 @@ public func buildGatewayApplication(
         registry: registry,
         metrics: metrics,
         authentication: authentication,
+        stats: stats,
         logger: logger
     )
     var connectionLimit = configuration.maxConnections

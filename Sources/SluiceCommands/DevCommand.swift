@@ -94,6 +94,7 @@ struct DevCommand: AsyncParsableCommand {
                 SettingValue(text: self.listen, list: nil, origin: "--listen")
             )
             settings.walDirectory = self.stateDir + "/wal"
+            settings.analytics.enabled = true
             // The built-in authorization server's issuer URL names the port: find it first.
             if settings.gateway.port == 0 { settings.gateway.port = try freeLoopbackPorts(1)[0] }
             credentials = try await DevCredentials.prepare(
@@ -208,6 +209,7 @@ struct DevCommand: AsyncParsableCommand {
         let clickHouseURL = clickHouse.httpURL
         let client = clickHouse.clientCommand
         let env = credentials.envFile
+        let statsKey = credentials.statsKey
         return { port in
             let url = "https://\(host):\(port)"
             return """
@@ -215,6 +217,7 @@ struct DevCommand: AsyncParsableCommand {
                 Sluice is running: HTTPS → WAL → Kafka → ClickHouse, all on this host.
 
                   gateway      \(url)/v1/events   (metrics: \(url)/metrics)
+                  analytics    \(url)/analytics#key=\(statsKey)
                   WAL          \(wal)
                   Kafka        \(kafka)   (mock cluster, 3 brokers, in memory)
                   ClickHouse   \(clickHouseURL)   (table \(table), data in \(stateDir)/clickhouse)
