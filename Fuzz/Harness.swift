@@ -102,7 +102,11 @@ enum Harness: String, CaseIterable {
             let parsed = try? JSONParser.parse(normalized)
             check(parsed?["event_id"] == .string(event.eventID), "event_id changed on the way to the WAL")
             check(parsed?["action"] == .string(event.action), "action changed on the way to the WAL")
-            check(parsed?["user_id"] == .string(event.userID), "user_id changed on the way to the WAL")
+            check(parsed?["user_id"] == event.userID.map(JSONValue.string), "user_id changed on the way to the WAL")
+            check(
+                parsed?["anonymous_id"] == event.anonymousID.map(JSONValue.string),
+                "anonymous_id changed on the way to the WAL"
+            )
         }
     }
 

@@ -5,9 +5,16 @@ public struct Event: Sendable, Equatable {
     public var eventID: String
     /// A short identifier such as `page_view` or `click`.
     public var action: String
-    public var userID: String
-    /// When it happened, unix milliseconds (the client's clock, or the receive time).
+    /// The signed-in user; nil for an anonymous visitor, who has ``anonymousID`` instead.
+    public var userID: String?
+    /// A visitor id the client made up (the tracker keeps one in `localStorage`): counts a
+    /// visitor who never signed in. An event has a `user_id`, an `anonymous_id`, or both.
+    public var anonymousID: String?
+    /// When it happened, unix milliseconds: the client's clock corrected by the skew its
+    /// ``sentAtMillis`` shows, or the receive time.
     public var timestampMillis: Int64
+    /// When the client sent it, by the client's clock, unix milliseconds, as sent.
+    public var sentAtMillis: Int64?
     public var page: String?
     public var object: String?
     public var referrer: String?
@@ -20,8 +27,10 @@ public struct Event: Sendable, Equatable {
     public init(
         eventID: String,
         action: String,
-        userID: String,
+        userID: String?,
+        anonymousID: String? = nil,
         timestampMillis: Int64,
+        sentAtMillis: Int64? = nil,
         page: String? = nil,
         object: String? = nil,
         referrer: String? = nil,
@@ -31,7 +40,9 @@ public struct Event: Sendable, Equatable {
         self.eventID = eventID
         self.action = action
         self.userID = userID
+        self.anonymousID = anonymousID
         self.timestampMillis = timestampMillis
+        self.sentAtMillis = sentAtMillis
         self.page = page
         self.object = object
         self.referrer = referrer
@@ -48,19 +59,34 @@ public struct RequestOrigin: Sendable, Equatable {
     public var gatewayID: String
     /// The authenticated client or API key name.
     public var source: String?
+    /// The user agent's browser family, operating system and device class (`desktop`,
+    /// `mobile`, `tablet`, `bot`, `other`), and whether it is a known bot: what the gateway's
+    /// classifier made of ``userAgent``; nil when not classified.
+    public var browser: String?
+    public var os: String?
+    public var device: String?
+    public var isBot: Bool?
 
     public init(
         receivedAtMillis: Int64,
         clientIP: String?,
         userAgent: String?,
         gatewayID: String,
-        source: String? = nil
+        source: String? = nil,
+        browser: String? = nil,
+        os: String? = nil,
+        device: String? = nil,
+        isBot: Bool? = nil
     ) {
         self.receivedAtMillis = receivedAtMillis
         self.clientIP = clientIP
         self.userAgent = userAgent
         self.gatewayID = gatewayID
         self.source = source
+        self.browser = browser
+        self.os = os
+        self.device = device
+        self.isBot = isBot
     }
 }
 
@@ -72,11 +98,11 @@ public struct EventLimits: Sendable, Equatable {
     public var maxFutureMillis: Int64 = 10 * 60 * 1000
     /// How far behind the receive time a timestamp may be. Default: 30 days.
     public var maxPastMillis: Int64 = 30 * 24 * 3600 * 1000
-    /// Longest `user_id`, `object`, `session_id`. Default: 256 bytes.
+    /// Longest `user_id`, `anonymous_id`, `object`, `session_id`. Default: 256 bytes.
     public var maxIdentifierBytes = 256
     /// Longest `page` and `referrer` URL. Default: 4096 bytes.
     public var maxURLBytes = 4096
-    /// Most members in one event object. An event has nine fields, so more is always an error;
+    /// Most members in one event object. An event has eleven fields, so more is always an error;
     /// the limit keeps the answer to a body of 100,000 keys one error, found before any other
     /// work. Default: 64.
     public var maxEventMembers = 64
@@ -114,7 +140,8 @@ public struct EventErrors: Error, Sendable, Equatable {
 
 extension Event {
     static let knownFields: [String] = [
-        "event_id", "action", "user_id", "timestamp", "page", "object", "referrer", "session_id", "properties",
+        "event_id", "action", "user_id", "anonymous_id", "timestamp", "sent_at", "page", "object", "referrer",
+        "session_id", "properties",
     ]
 
     /// Validates a JSON object as an event. Unknown fields are errors: custom data belongs in
@@ -163,14 +190,14 @@ extension Event {
             switch key {
             case "properties":
                 builder.properties(member)
-            case "timestamp":
+            case "timestamp", "sent_at":
                 switch member {
-                case .number(let text): builder.timestamp(epochMillis: text)
-                case .string(let text): builder.timestamp(text: text)
+                case .number(let text): builder.time(key, epochMillis: text)
+                case .string(let text): builder.time(key, text: text)
                 case .null: break
                 default: builder.fail(key, "must be an RFC 3339 string or epoch milliseconds, not \(member.typeName)")
                 }
-            case "user_id":
+            case "user_id", "anonymous_id":
                 switch member {
                 case .string(let text): builder.set(key, text)
                 case .number(let text) where !text.contains(".") && !text.contains("e") && !text.contains("E"):
@@ -218,11 +245,15 @@ extension Event {
                 } catch {
                     builder.fail(key, "is not valid JSON: \(error)")
                 }
-            case "timestamp":
+            case "timestamp", "sent_at":
                 if value.isEmpty { continue }
-                builder.timestamp(text: value)
+                builder.time(key, text: value)
+            case "user_id", "anonymous_id":
+                // An empty column (a CSV of signed-in and anonymous visitors) is an absent
+                // id; ``Builder/finish()`` asks for one of the two.
+                if !value.isEmpty { builder.set(key, value) }
             case _ where Self.knownFields.contains(key):
-                if !value.isEmpty || key == "action" || key == "user_id" { builder.set(key, value) }
+                if !value.isEmpty || key == "action" { builder.set(key, value) }
             default:
                 let property = key.hasPrefix("properties.") ? String(key.dropFirst("properties.".count)) : key
                 guard !property.isEmpty else {
@@ -240,8 +271,9 @@ extension Event {
     ///
     /// - Important: the field order is a contract. ``ForwardedMessage`` finds the Kafka key
     ///   and headers by scanning these bytes, not by parsing them, and relies on `event_id`,
-    ///   `action` and `user_id` coming before `properties` (the first match is the top-level
-    ///   field) and `gateway_id` after it (the last match is). Moving a field across
+    ///   `action`, `user_id` and `anonymous_id` coming before `properties` (the first match
+    ///   before it is the top-level field) and `gateway_id` after it (the last match is), with
+    ///   only string values before `properties`. Moving a field across
     ///   `properties` would let a client's property of the same name become the key, the
     ///   topic or a header; change ``ForwardedMessage`` in the same commit.
     public func normalizedJSON(origin: RequestOrigin) -> [UInt8] {
@@ -249,8 +281,10 @@ extension Event {
         writer.raw("{")
         writer.member("event_id", self.eventID, first: true)
         writer.member("action", self.action)
-        writer.member("user_id", self.userID)
+        if let user = self.userID { writer.member("user_id", user) }
+        if let anonymous = self.anonymousID { writer.member("anonymous_id", anonymous) }
         writer.member("timestamp", Timestamp.format(millis: self.timestampMillis))
+        if let sent = self.sentAtMillis { writer.member("sent_at", Timestamp.format(millis: sent)) }
         writer.member("received_at", Timestamp.format(millis: origin.receivedAtMillis))
         if let page = self.page { writer.member("page", page) }
         if let object = self.object { writer.member("object", object) }
@@ -262,6 +296,10 @@ extension Event {
         }
         if let ip = origin.clientIP { writer.member("client_ip", ip) }
         if let agent = origin.userAgent { writer.member("user_agent", agent) }
+        if let browser = origin.browser { writer.member("browser", browser) }
+        if let os = origin.os { writer.member("os", os) }
+        if let device = origin.device { writer.member("device", device) }
+        if let bot = origin.isBot { writer.raw(bot ? ",\"is_bot\":true" : ",\"is_bot\":false") }
         writer.member("gateway_id", origin.gatewayID)
         if let source = origin.source { writer.member("source", source) }
         writer.raw(",\"schema_version\":\(Self.schemaVersion)}")
@@ -280,7 +318,10 @@ private struct Builder {
     var eventID: String?
     var action: String?
     var userID: String?
+    var anonymousID: String?
+    /// As the client sent them; ``finish()`` corrects the timestamp's skew and checks bounds.
     var timestampMillis: Int64?
+    var sentAtMillis: Int64?
     var page: String?
     var object: String?
     var referrer: String?
@@ -321,12 +362,12 @@ private struct Builder {
                 return
             }
             self.action = value
-        case "user_id":
+        case "user_id", "anonymous_id":
             guard !value.isEmpty, value.utf8.count <= self.limits.maxIdentifierBytes else {
                 self.fail(field, "must be 1-\(self.limits.maxIdentifierBytes) bytes")
                 return
             }
-            self.userID = value
+            if field == "user_id" { self.userID = value } else { self.anonymousID = value }
         case "object", "session_id":
             guard value.utf8.count <= self.limits.maxIdentifierBytes else {
                 self.fail(field, "must be at most \(self.limits.maxIdentifierBytes) bytes")
@@ -352,42 +393,59 @@ private struct Builder {
         }
     }
 
-    /// Epoch milliseconds written as digits (in a string, as flat formats always send them),
-    /// or RFC 3339.
-    mutating func timestamp(text: String) {
+    /// `timestamp` or `sent_at`: epoch milliseconds written as digits (in a string, as flat
+    /// formats always send them), or RFC 3339.
+    mutating func time(_ field: String, text: String) {
         let digits = text.utf8.first == UInt8(ascii: "-") ? text.utf8.dropFirst() : Substring(text).utf8
         if !digits.isEmpty && digits.allSatisfy({ (0x30...0x39).contains($0) }) {
-            self.timestamp(epochMillis: text)
+            self.time(field, epochMillis: text)
+        } else if let millis = Timestamp.parse(text) {
+            self.setTime(field, millis)
         } else {
-            self.timestamp(rfc3339: text)
+            self.fail(field, "must be RFC 3339 (2026-11-22T10:15:30.250Z) or epoch milliseconds")
         }
     }
 
-    mutating func timestamp(rfc3339 text: String) {
-        guard let millis = Timestamp.parse(text) else {
-            self.fail("timestamp", "must be RFC 3339 (2026-11-22T10:15:30.250Z) or epoch milliseconds")
-            return
-        }
-        self.checkBounds(millis)
-    }
-
-    mutating func timestamp(epochMillis text: String) {
+    mutating func time(_ field: String, epochMillis text: String) {
         guard let millis = Int64(text) else {
-            self.fail("timestamp", "a numeric timestamp must be whole epoch milliseconds")
+            self.fail(field, "a numeric \(field) must be whole epoch milliseconds")
             return
         }
-        self.checkBounds(millis)
+        self.setTime(field, millis)
     }
 
-    private mutating func checkBounds(_ millis: Int64) {
-        let received = self.origin.receivedAtMillis
-        if millis > received + self.limits.maxFutureMillis {
-            self.fail("timestamp", "is more than \(self.limits.maxFutureMillis / 1000) s in the future")
-        } else if millis < received - self.limits.maxPastMillis {
-            self.fail("timestamp", "is more than \(self.limits.maxPastMillis / 86_400_000) days in the past")
-        } else {
+    private mutating func setTime(_ field: String, _ millis: Int64) {
+        if field == "timestamp" {
             self.timestampMillis = millis
+        } else if millis < 0 || millis >= Timestamp.maxStoredMillis {
+            // Stored as a ClickHouse DateTime, which ends in 2106.
+            self.fail(field, "must be between 1970 and 2100")
+        } else {
+            self.sentAtMillis = millis
         }
+    }
+
+    /// The timestamp corrected by the client's clock skew: the client's clock ran
+    /// `sent_at − received_at` ahead, so the event happened that much earlier by the
+    /// gateway's clock (Segment's rule). Then it must lie within the bounds around the
+    /// receive time. nil (with an error) when it does not.
+    private mutating func correctedTimestamp() -> Int64? {
+        let received = self.origin.receivedAtMillis
+        guard let raw = self.timestampMillis else { return received }
+        let (skew, skewOverflow) = received.subtractingReportingOverflow(self.sentAtMillis ?? received)
+        let (millis, overflow) = raw.addingReportingOverflow(skew)
+        let corrected = self.sentAtMillis == nil ? "" : " (corrected by the clock skew sent_at shows)"
+        if skewOverflow || overflow || millis > received + self.limits.maxFutureMillis {
+            self.fail("timestamp", "is more than \(self.limits.maxFutureMillis / 1000) s in the future" + corrected)
+        } else if millis < received - self.limits.maxPastMillis {
+            self.fail(
+                "timestamp",
+                "is more than \(self.limits.maxPastMillis / 86_400_000) days in the past" + corrected
+            )
+        } else {
+            return millis
+        }
+        return nil
     }
 
     mutating func properties(_ value: JSONValue) {
@@ -402,13 +460,16 @@ private struct Builder {
         self.properties = (self.properties ?? []) + members
     }
 
-    func finish() -> Result<Event, EventErrors> {
+    mutating func finish() -> Result<Event, EventErrors> {
+        let timestamp = self.correctedTimestamp()
         var errors = self.errors
         if self.action == nil && !errors.contains(where: { $0.pointer.hasSuffix("/action") }) {
             errors.append(FieldError(pointer: self.pointer + "/action", detail: "is required"))
         }
-        if self.userID == nil && !errors.contains(where: { $0.pointer.hasSuffix("/user_id") }) {
-            errors.append(FieldError(pointer: self.pointer + "/user_id", detail: "is required"))
+        if self.userID == nil && self.anonymousID == nil
+            && !errors.contains(where: { $0.pointer.hasSuffix("/user_id") || $0.pointer.hasSuffix("/anonymous_id") })
+        {
+            errors.append(FieldError(pointer: self.pointer + "/user_id", detail: "user_id or anonymous_id is required"))
         }
         var properties: JSONValue?
         if let members = self.properties {
@@ -446,15 +507,17 @@ private struct Builder {
             }
             properties = value
         }
-        guard errors.isEmpty, let action = self.action, let userID = self.userID else {
+        guard errors.isEmpty, let action = self.action, let timestamp else {
             return .failure(EventErrors(errors))
         }
         return .success(
             Event(
                 eventID: self.eventID ?? UUIDText.v7(millis: self.origin.receivedAtMillis),
                 action: action,
-                userID: userID,
-                timestampMillis: self.timestampMillis ?? self.origin.receivedAtMillis,
+                userID: self.userID,
+                anonymousID: self.anonymousID,
+                timestampMillis: timestamp,
+                sentAtMillis: self.sentAtMillis,
                 page: self.page,
                 object: self.object,
                 referrer: self.referrer,

@@ -6,8 +6,8 @@ import Glibc
 /// key, its headers and the field that routes it to a topic.
 ///
 /// - value: the event's bytes exactly as ``Event/normalizedJSON(origin:)`` wrote them;
-/// - key: `user_id`, so one user's events stay in one partition, in order (none when the
-///   event has no `user_id`);
+/// - key: `user_id`, or `anonymous_id` when there is none, so one user's (or visitor's)
+///   events stay in one partition, in order (no key when the event has neither);
 /// - headers, in this order: `content_type` (`application/json`), `schema_version`
 ///   (``Event/schemaVersion``), `wal_lsn` (the event's LSN, decimal), then `event_id` and
 ///   `gateway_id` when the event has them;
@@ -32,6 +32,7 @@ public struct ForwardedMessage: Sendable, Equatable {
     public private(set) var eventID: Field?
     public private(set) var action: Field?
     public private(set) var userID: Field?
+    public private(set) var anonymousID: Field?
     public private(set) var gatewayID: Field?
 
     /// The `content_type` header's value.
@@ -55,6 +56,7 @@ public struct ForwardedMessage: Sendable, Equatable {
             switch key {
             case "action": self.action = decoded
             case "user_id": self.userID = decoded
+            case "anonymous_id": self.anonymousID = decoded
             case "event_id": self.eventID = decoded
             case "gateway_id": self.gatewayID = decoded
             default: break
@@ -69,13 +71,13 @@ public struct ForwardedMessage: Sendable, Equatable {
         self.action.map { Self.text($0, in: event) }
     }
 
-    /// Calls `body` with the key's bytes (nil when the event has no `user_id`), borrowed from
-    /// `event` (the event's own bytes) where possible.
+    /// Calls `body` with the key's bytes (nil when the event has neither `user_id` nor
+    /// `anonymous_id`), borrowed from `event` (the event's own bytes) where possible.
     public func withKey<R, E: Error>(
         in event: UnsafeRawBufferPointer,
         _ body: (UnsafeRawBufferPointer?) throws(E) -> R
     ) throws(E) -> R {
-        guard let user = self.userID else { return try body(nil) }
+        guard let user = self.userID ?? self.anonymousID else { return try body(nil) }
         return try Self.withBytes(user, in: event) { (key: UnsafeRawBufferPointer) throws(E) -> R in try body(key) }
     }
 
@@ -131,13 +133,18 @@ public struct ForwardedMessage: Sendable, Equatable {
     }
 
     /// Finds `"key":"` patterns (inside a JSON string every quote is escaped, so the pattern
-    /// only matches real keys); nil when a value holds an escape, or the event lacks one of
-    /// the fields. ``Event/normalizedJSON(origin:)`` writes `event_id`, `action` and `user_id`
-    /// before `properties` and `gateway_id` after it, so the first (respectively last) match
-    /// is the top-level one, not a nested property of the same name.
+    /// only matches real keys); nil when a value holds an escape, or the event lacks
+    /// `event_id`, `action` or `gateway_id`. ``Event/normalizedJSON(origin:)`` writes
+    /// `event_id`, `action`, `user_id` and `anonymous_id` (string values only) before
+    /// `properties` and `gateway_id` after it: so the first `"properties":` is the top-level
+    /// one, the fields before it are searched only before it — an anonymous event's
+    /// property named `user_id` is not its key — and the last `gateway_id` is the top-level one.
     static func scan(_ bytes: [UInt8]) -> ForwardedMessage? {
-        bytes.withUnsafeBufferPointer { buffer -> ForwardedMessage? in
+        bytes.withUnsafeBufferPointer { whole -> ForwardedMessage? in
+            let propertiesStart = Self.propertiesKey.withUTF8Buffer { Self.firstIndex(of: $0, in: whole) }
+            let head = UnsafeBufferPointer(rebasing: whole[..<(propertiesStart ?? whole.count)])
             func value(_ pattern: StaticString, last: Bool = false) -> Field?? {
+                let buffer = last ? whole : head
                 let found = pattern.withUTF8Buffer { needle in
                     last ? Self.lastIndex(of: needle, in: buffer) : Self.firstIndex(of: needle, in: buffer)
                 }
@@ -151,16 +158,20 @@ public struct ForwardedMessage: Sendable, Equatable {
                 return .some(.range((start + pattern.utf8CodeUnitCount)..<end))
             }
             guard let eventID = value("\"event_id\":\""), let action = value("\"action\":\""),
-                let userID = value("\"user_id\":\""), let gatewayID = value("\"gateway_id\":\"", last: true)
+                let userID = value("\"user_id\":\""), let anonymousID = value("\"anonymous_id\":\""),
+                let gatewayID = value("\"gateway_id\":\"", last: true)
             else { return nil }
             var message = ForwardedMessage()
             message.eventID = eventID
             message.action = action
             message.userID = userID
+            message.anonymousID = anonymousID
             message.gatewayID = gatewayID
             return message
         }
     }
+
+    private static let propertiesKey: StaticString = "\"properties\":"
 
     private static func lastIndex(of pattern: UnsafeBufferPointer<UInt8>, in bytes: UnsafeBufferPointer<UInt8>) -> Int?
     {

@@ -5,6 +5,9 @@ import Glibc
 /// RFC 3339 timestamps to and from unix milliseconds, without Foundation's formatters (they
 /// are slow, and this runs for every event).
 public enum Timestamp {
+    /// 2100-01-01T00:00:00Z: the end of the times stored (a ClickHouse `DateTime` ends in 2106).
+    public static let maxStoredMillis: Int64 = 4_102_444_800_000
+
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; `t`, `z` and a space separator are
     /// accepted too. Fractions beyond milliseconds are truncated.
     public static func parse(_ text: String) -> Int64? {

@@ -138,11 +138,22 @@ public final class Loader: Service, Sendable {
                 for route in self.configuration.routes {
                     try await clickHouse.execute(route.createTable(on: version))
                     formats[route.topic] = self.configuration.format
+                    var columns = try await clickHouse.query(route.tableColumnsQuery)
+                    // A table made by an older Sluice lacks the fields events gained since
+                    // (anonymous_id, sent_at…): added, rather than every insert refused.
+                    let missing = route.missingColumns(tableColumns: columns)
+                    for column in missing {
+                        try await clickHouse.execute(route.addColumn(column, on: version))
+                        self.logger.notice(
+                            "loader.column_added",
+                            metadata: ["table": "\(route.table)", "column": "\(column.name)"]
+                        )
+                    }
+                    if !missing.isEmpty { columns = try await clickHouse.query(route.tableColumnsQuery) }
                     guard self.configuration.format == .rowBinary else { continue }
                     // RowBinary has no field boundaries the server could check: a table made
                     // before with other types would read every row wrongly. JSONEachRow lets
                     // the server convert (or refuse) each value.
-                    let columns = try await clickHouse.query(route.tableColumnsQuery)
                     if let mismatch = route.rowBinaryMismatch(tableColumns: columns, on: version) {
                         formats[route.topic] = .jsonEachRow
                         self.logger.warning(

@@ -12,6 +12,8 @@ public struct LoaderColumn: Sendable, Equatable {
         case int64
         case uint64
         case float64
+        /// `true`/`false` (or 0/1) as a `UInt8` 1/0: ClickHouse's boolean before `Bool` (22.x).
+        case bool
         /// Any JSON value (object, array…), stored as its JSON text.
         case json
     }
@@ -42,6 +44,7 @@ public struct LoaderColumn: Sendable, Equatable {
         case .int64: "Int64"
         case .uint64: "UInt64"
         case .float64: "Float64"
+        case .bool: "UInt8"
         }
     }
 }
@@ -111,8 +114,10 @@ public struct LoaderRoute: Sendable, Equatable {
     public static let eventColumns: [LoaderColumn] = [
         LoaderColumn("event_id", .string, required: true),
         LoaderColumn("action", .string, required: true),
-        LoaderColumn("user_id", .string, required: true),
+        LoaderColumn("user_id", .string),
+        LoaderColumn("anonymous_id", .string),
         LoaderColumn("timestamp", .timestamp, required: true),
+        LoaderColumn("sent_at", .timestamp),
         LoaderColumn("received_at", .timestamp, required: true),
         LoaderColumn("page", .string),
         LoaderColumn("object", .string),
@@ -121,6 +126,10 @@ public struct LoaderRoute: Sendable, Equatable {
         LoaderColumn("properties", .json, defaultValue: "{}"),
         LoaderColumn("client_ip", .string),
         LoaderColumn("user_agent", .string),
+        LoaderColumn("browser", .string),
+        LoaderColumn("os", .string),
+        LoaderColumn("device", .string),
+        LoaderColumn("is_bot", .bool),
         LoaderColumn("gateway_id", .string),
         LoaderColumn("source", .string),
         LoaderColumn("schema_version", .uint64, defaultValue: "1"),
@@ -287,6 +296,30 @@ public struct LoaderRoute: Sendable, Equatable {
     var tableColumnsQuery: String {
         "SELECT name, type FROM system.columns WHERE database = '\(self.database)' AND table = '\(self.tableName)'"
             + " FORMAT JSONEachRow"
+    }
+
+    /// The route's columns the table lacks (`tableColumns`: the answer to
+    /// ``tableColumnsQuery``): a table made by an older Sluice, before the event gained a field.
+    func missingColumns(tableColumns: String) -> [LoaderColumn] {
+        var names: Set<String> = []
+        for line in tableColumns.split(separator: "\n") where !line.isEmpty {
+            if let column = try? JSONParser.parse(Array(line.utf8)), case .string(let name)? = column["name"] {
+                names.insert(name)
+            }
+        }
+        return self.columns.filter { !names.contains($0.name) }
+    }
+
+    /// Adds `column` to the table, with the type's zero (or the column's default) in the rows
+    /// already there. Works on 18.16 and on current releases.
+    func addColumn(_ column: LoaderColumn, on version: ClickHouseVersion) -> String {
+        var sql = "ALTER TABLE \(self.table) ADD COLUMN `\(column.name)` \(column.type(on: version))"
+        if let value = column.defaultValue, column.kind == .string || column.kind == .json {
+            sql += " DEFAULT " + UserErasure.literal(value)
+        } else if let value = column.defaultValue, Double(value) != nil {
+            sql += " DEFAULT \(value)"
+        }
+        return sql
     }
 
     /// Why RowBinary rows of this route cannot go into the table as it is, if so: every column

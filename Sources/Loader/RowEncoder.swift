@@ -411,7 +411,7 @@ public struct RowEncoder: Sendable {
                 case .number: text.withUnsafeBufferPointer { Self.int64($0) }
                 default: nil
                 }
-            guard let millis, millis >= 0, millis < 4_102_444_800_000 else {
+            guard let millis, millis >= 0, millis < Timestamp.maxStoredMillis else {
                 throw .time(Self.excerpt(member.value, of: message))
             }
             switch layout.format {
@@ -421,6 +421,27 @@ public struct RowEncoder: Sendable {
                 output.append(UInt8(ascii: "\""))
                 Timestamp.appendClickHouseText(millis: millis, fraction: layout.millisecondTimes, to: &output)
                 output.append(UInt8(ascii: "\""))
+            }
+        case .bool:
+            text.removeAll(keepingCapacity: true)
+            Self.appendText(of: member, in: message, to: &text)
+            let value: UInt8? =
+                switch member.kind {
+                case .true: 1
+                case .false: 0
+                case .number, .string:
+                    switch String(decoding: text, as: UTF8.self) {
+                    case "1", "true": 1
+                    case "0", "false": 0
+                    default: nil
+                    }
+                default: nil
+                }
+            guard let value else { throw .kind(member.kind, expected: "true, false, 0 or 1") }
+            if layout.format == .rowBinary {
+                output.append(value)
+            } else {
+                output.append(value == 1 ? UInt8(ascii: "1") : UInt8(ascii: "0"))
             }
         case .int64, .uint64, .float64:
             guard member.kind == .number || member.kind == .string else {

@@ -97,8 +97,9 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
             )
             let json = event.normalizedJSON(origin: origin)
             batch.append(json)
-            if !self.skipKcat { lines.append(contentsOf: Array(event.userID.utf8) + [0x09] + json + [0x0A]) }
-            inputBytes += json.count + event.userID.utf8.count + 2
+            let key = Array((event.userID ?? "").utf8)
+            if !self.skipKcat { lines.append(contentsOf: key + [0x09] + json + [0x0A]) }
+            inputBytes += json.count + key.count + 2
             if batch.count == 100 {
                 _ = try await wal.append(batch)
                 batch.removeAll(keepingCapacity: true)

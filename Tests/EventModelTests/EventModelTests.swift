@@ -157,6 +157,7 @@ import Testing
     @Test func requiresActionAndUserIDAndRejectsNonObjects() {
         guard case .failure(let missing) = Self.validate("{}") else { return }
         #expect(missing.errors.map(\.pointer) == ["/0/action", "/0/user_id"])
+        #expect(missing.errors.last?.detail == "user_id or anonymous_id is required")
         guard case .failure(let notObject) = Self.validate("[1]") else { return }
         #expect(notObject.errors.first?.detail.contains("object") == true)
     }
@@ -175,6 +176,92 @@ import Testing
         #expect(old.errors.first?.detail.contains("past") == true)
         let fine = Self.validate(#"{"action":"a","user_id":"u","timestamp":1795342530000}"#)
         #expect((try? fine.get().timestampMillis) == 1_795_342_530_000)
+    }
+
+    @Test func anAnonymousVisitorNeedsNoUserIDButOneOfTheTwo() throws {
+        let anonymous = try Self.validate(#"{"action":"view","anonymous_id":"v-1","object":"banner"}"#).get()
+        #expect(anonymous.userID == nil)
+        #expect(anonymous.anonymousID == "v-1")
+        let json = try JSONParser.parse(anonymous.normalizedJSON(origin: Self.origin))
+        #expect(json["anonymous_id"] == .string("v-1"))
+        #expect(json["user_id"] == nil, "no user_id is written, not an empty one")
+        let both = try Self.validate(#"{"action":"view","anonymous_id":"v-1","user_id":"u-1"}"#).get()
+        #expect(both.userID == "u-1" && both.anonymousID == "v-1")
+
+        guard case .failure(let neither) = Self.validate(#"{"action":"view"}"#) else {
+            Issue.record("an event with neither id was accepted")
+            return
+        }
+        #expect(neither.errors == [FieldError(pointer: "/0/user_id", detail: "user_id or anonymous_id is required")])
+        guard case .failure(let empty) = Self.validate(#"{"action":"view","anonymous_id":""}"#) else { return }
+        #expect(empty.errors.map(\.pointer) == ["/0/anonymous_id"], "one error: the bad id, not also a missing one")
+
+        // Flat formats: an empty user_id column is an absent id.
+        let row = try Event.validate(
+            fields: [("action", "click"), ("user_id", ""), ("anonymous_id", "v-2")],
+            pointer: "/0",
+            origin: Self.origin,
+            limits: EventLimits()
+        ).get()
+        #expect(row.userID == nil && row.anonymousID == "v-2")
+    }
+
+    /// The client's clock ran 1 h ahead: its `sent_at` says so, and the event's time is moved
+    /// back by the same hour (Segment's rule), while `sent_at` is kept as sent.
+    @Test func sentAtCorrectsTheClientsClockSkew() throws {
+        let received = Self.origin.receivedAtMillis
+        let hour: Int64 = 3_600_000
+        let event = try Self.validate(
+            #"{"action":"click","anonymous_id":"v","timestamp":\#(received + hour - 5_000),"sent_at":\#(received + hour)}"#
+        ).get()
+        #expect(event.timestampMillis == received - 5_000)
+        #expect(event.sentAtMillis == received + hour)
+        let json = try JSONParser.parse(event.normalizedJSON(origin: Self.origin))
+        #expect(json["sent_at"] == .string(Timestamp.format(millis: received + hour)))
+
+        // Without sent_at the timestamp is as sent; sent_at alone changes nothing.
+        #expect(
+            try Self.validate(#"{"action":"a","user_id":"u","timestamp":\#(received - 5_000)}"#).get().timestampMillis
+                == received - 5_000
+        )
+        #expect(
+            try Self.validate(#"{"action":"a","user_id":"u","sent_at":"2001-01-01T00:00:00Z"}"#).get().timestampMillis
+                == received
+        )
+
+        // A timestamp inside the bounds as sent but two days ahead once corrected is refused,
+        // and the error says why; a sent_at outside what ClickHouse stores is refused.
+        guard
+            case .failure(let ahead) = Self.validate(
+                #"{"action":"a","user_id":"u","timestamp":\#(received),"sent_at":\#(received - 2 * 24 * hour)}"#
+            )
+        else {
+            Issue.record("a timestamp two days ahead after correction was accepted")
+            return
+        }
+        #expect(ahead.errors.map(\.pointer) == ["/0/timestamp"])
+        #expect(ahead.errors.first?.detail.contains("clock skew") == true)
+        guard case .failure(let far) = Self.validate(#"{"action":"a","user_id":"u","sent_at":"2200-01-01T00:00:00Z"}"#)
+        else { return }
+        #expect(far.errors == [FieldError(pointer: "/0/sent_at", detail: "must be between 1970 and 2100")])
+        guard case .failure(let bad) = Self.validate(#"{"action":"a","user_id":"u","sent_at":"yesterday"}"#) else {
+            return
+        }
+        #expect(bad.errors.map(\.pointer) == ["/0/sent_at"])
+    }
+
+    @Test func theUserAgentClassificationIsWrittenWhenTheGatewayMadeOne() throws {
+        var origin = Self.origin
+        origin.browser = "Chrome"
+        origin.os = "Android"
+        origin.device = "mobile"
+        origin.isBot = false
+        let event = try Self.validate(#"{"action":"a","user_id":"u"}"#).get()
+        let json = try JSONParser.parse(event.normalizedJSON(origin: origin))
+        #expect(json["browser"] == .string("Chrome") && json["os"] == .string("Android"))
+        #expect(json["device"] == .string("mobile") && json["is_bot"] == .bool(false))
+        let plain = try JSONParser.parse(event.normalizedJSON(origin: Self.origin))
+        #expect(plain["browser"] == nil && plain["is_bot"] == nil)
     }
 
     @Test func flatInputPutsUnknownKeysIntoProperties() throws {

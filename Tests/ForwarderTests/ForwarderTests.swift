@@ -380,6 +380,19 @@ struct Prefill {
         #expect(parsed.key(in: tricky) == Array("a\"b".utf8))
         #expect(parsed.headers(in: tricky, walLSN: 2).last.map { String(decoding: $0.value, as: UTF8.self) } == "gw-1")
         #expect(routing.topic(for: parsed.routingAction(in: tricky)) == "events")
+        // An anonymous visitor's events are keyed by the anonymous id; a property named
+        // user_id does not become the key.
+        let anonymous = Array(
+            #"{"event_id":"e2","action":"view","anonymous_id":"v-7","timestamp":"2026-11-22T10:15:30.250Z","properties":{"user_id":"evil"},"gateway_id":"gw-1"}"#
+                .utf8
+        )
+        #expect(ForwardedMessage(of: anonymous).key(in: anonymous) == Array("v-7".utf8))
+        let both = Array(
+            #"{"event_id":"e3","action":"view","user_id":"u-1","anonymous_id":"v-7","gateway_id":"g"}"#.utf8
+        )
+        #expect(ForwardedMessage(of: both).key(in: both) == Array("u-1".utf8))
+        let neither = Array(#"{"event_id":"e4","action":"view","properties":{"user_id":"evil"},"gateway_id":"g"}"#.utf8)
+        #expect(ForwardedMessage(of: neither).key(in: neither) == nil)
         let garbage = Array("not json".utf8)
         let none = ForwardedMessage(of: garbage)
         #expect(routing.topic(for: none.routingAction(in: garbage)) == "events")
@@ -429,7 +442,7 @@ struct Prefill {
             let lsn = try #require(message.header("wal_lsn").flatMap { Int(String(decoding: $0, as: UTF8.self)) })
             let (event, bytes) = sent[lsn]
             #expect(message.value == bytes)
-            #expect(message.key == Array(event.userID.utf8))
+            #expect(message.key == event.userID.map { Array($0.utf8) })
             #expect(message.topic == (event.action == "purchase" ? "orders" : "events"))
             let headers = message.headers.map { ($0.name, String(decoding: $0.value, as: UTF8.self)) }
             #expect(headers.map(\.0) == ["content_type", "schema_version", "wal_lsn", "event_id", "gateway_id"])

@@ -237,7 +237,12 @@ import Testing
             #expect(results.map { $0["status"] } == [.number("202"), .number("422"), .number("202")])
             #expect(
                 results[1]["errors"]
-                    == .array([.object([("pointer", .string("/1/user_id")), ("detail", .string("is required"))])])
+                    == .array([
+                        .object([
+                            ("pointer", .string("/1/user_id")),
+                            ("detail", .string("user_id or anonymous_id is required")),
+                        ])
+                    ])
             )
 
             let atomic = try await client.execute(

@@ -266,7 +266,7 @@ import Testing
         let oldRow = try RowEncoder(route: .events, version: Self.old, format: .jsonEachRow).encode(event)
         #expect(
             String(decoding: oldRow.row, as: UTF8.self)
-                == #"{"event_id":"e1","action":"click","user_id":"u\"1","timestamp":"2026-11-22 10:15:30","received_at":"2026-11-22 10:15:31","page":"","object":"","referrer":"","session_id":"","properties":"{\"a\":[1,2]}","client_ip":"","user_agent":"","gateway_id":"gw","source":"","schema_version":1}"#
+                == #"{"event_id":"e1","action":"click","user_id":"u\"1","anonymous_id":"","timestamp":"2026-11-22 10:15:30","sent_at":"1970-01-01 00:00:00","received_at":"2026-11-22 10:15:31","page":"","object":"","referrer":"","session_id":"","properties":"{\"a\":[1,2]}","client_ip":"","user_agent":"","browser":"","os":"","device":"","is_bot":0,"gateway_id":"gw","source":"","schema_version":1}"#
                 + "\n"
         )
         #expect(oldRow.receivedAtMillis == 1_795_342_531_000)
@@ -277,16 +277,19 @@ import Testing
 
     @Test func aNormalizedEventInRowBinary() throws {
         let event = Array(
-            #"{"event_id":"0190b5d2-0000-7000-8000-000000000001","action":"click","user_id":"u1","timestamp":"2026-11-22T10:15:30.250Z","received_at":"2026-11-22T10:15:31.000Z","page":"https://shop.example/p/1","properties":{"n":1},"client_ip":"203.0.113.9","schema_version":2}"#
+            #"{"event_id":"0190b5d2-0000-7000-8000-000000000001","action":"click","anonymous_id":"a1","timestamp":"2026-11-22T10:15:30.250Z","sent_at":"2026-11-22T10:15:30.250Z","received_at":"2026-11-22T10:15:31.000Z","page":"https://shop.example/p/1","properties":{"n":1},"client_ip":"203.0.113.9","browser":"Chrome","is_bot":true,"schema_version":2}"#
                 .utf8
         )
         let row = try RowEncoder(route: .events, version: Self.new, format: .rowBinary).encode(event)
         let expected: [UInt8] =
-            Self.text("0190b5d2-0000-7000-8000-000000000001") + Self.text("click") + Self.text("u1")
+            Self.text("0190b5d2-0000-7000-8000-000000000001") + Self.text("click") + Self.text("") + Self.text("a1")
             + [0xCA, 0xF6, 0xC0, 0x02, 0xA2, 0x01, 0x00, 0x00]  // timestamp, ms
+            + [0xCA, 0xF6, 0xC0, 0x02, 0xA2, 0x01, 0x00, 0x00]  // sent_at, ms
             + [0xB8, 0xF9, 0xC0, 0x02, 0xA2, 0x01, 0x00, 0x00]  // received_at, ms
             + Self.text("https://shop.example/p/1") + Self.text("") + Self.text("") + Self.text("")
-            + Self.text(#"{"n":1}"#) + Self.text("203.0.113.9") + Self.text("") + Self.text("") + Self.text("")
+            + Self.text(#"{"n":1}"#) + Self.text("203.0.113.9") + Self.text("")
+            + Self.text("Chrome") + Self.text("") + Self.text("") + [1]  // browser, os, device, is_bot
+            + Self.text("") + Self.text("")
             + [0x02, 0, 0, 0, 0, 0, 0, 0]
         #expect(row.row == expected)
         #expect(row.receivedAtMillis == 1_795_342_531_000)
