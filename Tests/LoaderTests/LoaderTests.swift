@@ -306,7 +306,7 @@ final class LoadPipeline: @unchecked Sendable {
             await reader.close()
             let reasons = dead.map { String(decoding: $0.header("dlq_reason") ?? [], as: UTF8.self) }
             #expect(reasons.contains { $0.hasPrefix("not JSON") })
-            #expect(reasons.contains("missing required field 'user_id'"))
+            #expect(reasons.contains("missing required field 'received_at'"))
             #expect(
                 Set(dead.compactMap { $0.header("dlq_offset").map { String(decoding: $0, as: UTF8.self) } }) == [
                     "100", "300",
