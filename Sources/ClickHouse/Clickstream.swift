@@ -48,18 +48,21 @@ package struct Clickstream: Sendable, Equatable {
         package var view: String
         package var createTable: String
         package var createView: String
-        /// The view's SELECT with `{where}` to fill in: `WHERE …` of the source rows.
-        package var select: String
+        /// The view's SELECT up to the end of its WHERE condition…
+        var selectHead: String
+        /// … and from its GROUP BY on: a backfill adds a condition between the two.
+        var selectTail: String
+
+        /// The view's SELECT, with `condition` (`AND …`) added to its WHERE.
+        package func select(and condition: String = "") -> String {
+            self.selectHead + condition + "\n" + self.selectTail
+        }
 
         /// `INSERT … SELECT` of the source rows in one month (`YYYYMM`) of the events table:
         /// fills the rollup with what the events table held before the view existed. Replay-safe,
         /// so rows the view wrote meanwhile are not counted twice.
-        package func backfill(month: Int, timeColumn: String = "timestamp") -> String {
-            "INSERT INTO \(self.table) "
-                + self.select.replacingOccurrences(
-                    of: "{and}",
-                    with: " AND toYYYYMM(`\(timeColumn)`) = \(month)"
-                )
+        package func backfill(month: Int) -> String {
+            "INSERT INTO \(self.table) " + self.select(and: " AND toYYYYMM(`timestamp`) = \(month)")
         }
     }
 
@@ -68,22 +71,20 @@ package struct Clickstream: Sendable, Equatable {
     package func rollups(ttlDays: Int64? = nil, ttl: Bool = false) -> [Rollup] {
         let ttlClause = ttlDays.flatMap { days in ttl ? "\nTTL `minute` + INTERVAL \(days) DAY" : nil } ?? ""
         let minute = "toStartOfMinute(toDateTime(`timestamp`))"
-        let objectsSelect = """
+        let objectsHead = """
             SELECT \(minute) AS `minute`, `page`, `object`, toUInt8(`is_bot`) AS `is_bot`,
                 uniqExactIfState(`event_id`, `action` = '\(Self.viewAction)') AS `views`,
                 uniqExactIfState(`event_id`, `action` = '\(Self.clickAction)') AS `clicks`,
                 uniqExactState(\(Self.visitor)) AS `visitors`
             FROM \(self.table)
-            WHERE `action` IN ('\(Self.viewAction)', '\(Self.clickAction)'){and}
-            GROUP BY `minute`, `page`, `object`, `is_bot`
+            WHERE `action` IN ('\(Self.viewAction)', '\(Self.clickAction)')
             """
-        let pagesSelect = """
+        let pagesHead = """
             SELECT \(minute) AS `minute`, `page`, `action`, toUInt8(`is_bot`) AS `is_bot`,
                 uniqExactState(`event_id`) AS `events`,
                 uniqExactState(\(Self.visitor)) AS `visitors`
             FROM \(self.table)
-            WHERE 1{and}
-            GROUP BY `minute`, `page`, `action`, `is_bot`
+            WHERE 1
             """
         let objects = Rollup(
             table: self.objectsTable,
@@ -104,7 +105,8 @@ package struct Clickstream: Sendable, Equatable {
                 ORDER BY (toDate(`minute`), `object`, `page`, `minute`, `is_bot`)
                 """ + ttlClause,
             createView: "",
-            select: objectsSelect
+            selectHead: objectsHead,
+            selectTail: "GROUP BY `minute`, `page`, `object`, `is_bot`"
         )
         let pages = Rollup(
             table: self.pagesTable,
@@ -124,13 +126,13 @@ package struct Clickstream: Sendable, Equatable {
                 ORDER BY (toDate(`minute`), `action`, `page`, `minute`, `is_bot`)
                 """ + ttlClause,
             createView: "",
-            select: pagesSelect
+            selectHead: pagesHead,
+            selectTail: "GROUP BY `minute`, `page`, `action`, `is_bot`"
         )
         return [objects, pages].map { rollup in
             var rollup = rollup
             rollup.createView =
-                "CREATE MATERIALIZED VIEW IF NOT EXISTS \(rollup.view) TO \(rollup.table) AS "
-                + rollup.select.replacingOccurrences(of: "{and}", with: "")
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS \(rollup.view) TO \(rollup.table) AS " + rollup.select()
             return rollup
         }
     }

@@ -6,6 +6,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import SluiceCore
+import Synchronization
 
 /// The stats API (`GET /v1/stats/objects`, `/pages`, `/timeseries`) and the analytics page
 /// (`GET /analytics`): the clickstream figures of docs/analytics.md, read from the loader's
@@ -164,12 +165,13 @@ struct StatsHandler: Sendable {
         )
         let credential: PresentedCredential
         switch extracted {
-        case .success(.none):
+        case .success(PresentedCredential.none):
             throw AuthProblem(
                 failure: AuthFailure(
                     .invalidToken,
                     reason: "missing",
-                    detail: "the stats API needs a credential with the stats:read scope: Authorization: Bearer <key or token>"
+                    detail:
+                        "the stats API needs a credential with the stats:read scope: Authorization: Bearer <key or token>"
                 )
             ).problem
         case .success(let found): credential = found
@@ -333,7 +335,11 @@ public struct AnalyticsConfiguration: Sendable {
                 let parts = value.text.split(separator: ".", omittingEmptySubsequences: false)
                 guard parts.count == 2,
                     parts.allSatisfy({ part in
-                        !part.isEmpty && part.utf8.allSatisfy { $0 == 0x5F || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) }
+                        !part.isEmpty
+                            && part.utf8.allSatisfy {
+                                $0 == 0x5F || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0)
+                                    || (0x61...0x7A).contains($0)
+                            }
                     })
                 else { throw value.fail(key.path, "database.table, of letters, digits and underscores") }
                 configuration.table = value.text

@@ -12,7 +12,11 @@ import Logging
 package enum ClickstreamRollups {
     /// The rollups of `route` if its table (`tableColumns`: the answer to
     /// ``LoaderRoute/tableColumnsQuery``) has every column they read; nil otherwise.
-    static func rollups(for route: LoaderRoute, tableColumns: String, on version: ClickHouseVersion)
+    static func rollups(
+        for route: LoaderRoute,
+        tableColumns: String,
+        on version: ClickHouseVersion
+    )
         -> [Clickstream.Rollup]?
     {
         var names = Set<String>()
@@ -49,8 +53,10 @@ package enum ClickstreamRollups {
                 guard !existed else { continue }
                 // The view sees only inserts from now on; what the table held before is added
                 // by month, so one month's states at a time are in memory.
-                let months = try await clickHouse.query(RetentionSweep.partitionsQuery(route) + " ORDER BY partition FORMAT TabSeparated")
-                    .split(separator: "\n").compactMap { Int($0) }
+                let months = try await clickHouse.query(
+                    RetentionSweep.partitionsQuery(route) + " ORDER BY partition FORMAT TabSeparated"
+                )
+                .split(separator: "\n").compactMap { Int($0) }
                 for month in months { try await clickHouse.execute(rollup.backfill(month: month)) }
                 logger.info(
                     "loader.rollup_created",

@@ -4,6 +4,7 @@ import Foundation
 import Gateway
 import Logging
 import ServiceLifecycle
+import SluiceCore
 
 extension Settings {
     /// The gateway's stats API when `analytics.enabled`: a ClickHouse client on the loader's
@@ -52,6 +53,7 @@ extension Settings {
             tokenCheck = { token in await verifier.verifyResult(token).map(\.principal) }
         }
         let keys = auth.keyAuthenticator
+        let tokens = tokenCheck
         logger.info(
             "analytics.enabled",
             metadata: ["table": "\(self.analytics.table)", "clickhouse": "\(self.clickHouse.url)"]
@@ -64,7 +66,7 @@ extension Settings {
                 case .none:
                     return .failure(.invalidToken("missing", "the stats API needs a credential"))
                 case .accessToken(let token):
-                    guard let tokenCheck else {
+                    guard let tokenCheck = tokens else {
                         return .failure(.invalidToken("no_issuer", "this gateway accepts no access tokens"))
                     }
                     return await tokenCheck(token)

@@ -44,14 +44,9 @@ struct AnalyticsBenchCommand: AsyncParsableCommand {
         try await withShutdown(client) { try await self.measure(client) }
     }
 
-    /// The events route with the clickstream columns, into `table`.
+    /// The events route into `table`, keyed by `orderBy`.
     static func route(table: String, orderBy: [String]) -> LoaderRoute {
-        var columns = LoaderRoute.eventColumns
-        for name in ["anonymous_id", "browser", "os", "device"] where !columns.contains(where: { $0.name == name }) {
-            columns.append(LoaderColumn(name, .string))
-        }
-        if !columns.contains(where: { $0.name == "is_bot" }) { columns.append(LoaderColumn("is_bot", .uint64)) }
-        return LoaderRoute(topic: "events", table: table, columns: columns, orderBy: orderBy)
+        LoaderRoute(topic: "events", table: table, columns: LoaderRoute.eventColumns, orderBy: orderBy)
     }
 
     private func measure(_ client: ClickHouseClient) async throws {
@@ -198,7 +193,13 @@ struct AnalyticsBenchCommand: AsyncParsableCommand {
             }
             print(
                 fields[0].padding(toLength: 28, withPad: " ", startingAt: 0)
-                    + String(format: " %-13.0f %-15.0f %-11.1f %.1f", rows, bytes, bytes / rows, bytes / Double(self.events))
+                    + String(
+                        format: " %-13.0f %-15.0f %-11.1f %.1f",
+                        rows,
+                        bytes,
+                        bytes / rows,
+                        bytes / Double(self.events)
+                    )
             )
         }
     }

@@ -3,6 +3,7 @@ import Foundation
 import Kafka
 import LocalClickHouse
 import NIOCore
+import NIOHTTP1
 import TestSupport
 import Testing
 

@@ -9,17 +9,8 @@ import Testing
 /// same statements fill 18.16 and chDB: objects with known click-through rates, bot views, a
 /// funnel with a known drop-off, and a retention cohort eight days back.
 enum ClickstreamFixture {
-    /// The events route with the clickstream columns (anonymous id, bot flag…).
-    static var route: LoaderRoute {
-        var route = LoaderRoute.events
-        for name in ["anonymous_id", "browser", "os", "device"] where !route.columns.contains(where: { $0.name == name }) {
-            route.columns.append(LoaderColumn(name, .string))
-        }
-        if !route.columns.contains(where: { $0.name == "is_bot" }) {
-            route.columns.append(LoaderColumn("is_bot", .uint64))
-        }
-        return route
-    }
+    /// The events route: its table has the clickstream columns (anonymous id, bot flag…).
+    static var route: LoaderRoute { .events }
 
     /// An object, its page, its views and its click-through rate in per mille.
     struct Object {
@@ -261,5 +252,47 @@ enum ClickstreamDashboard {
         )
         #expect(rows("variable object").map { $0[0] }.contains("hero-banner"), "\(server)")
         #expect(rows("Top pages").first?[0] == "/pricing", "\(server)")
+    }
+}
+
+/// The stats API's queries (``Clickstream``) as the gateway sends them, and what they must
+/// answer on the fixture's data.
+enum ClickstreamStatsQueries {
+    static func queries(now: Int64) -> [(name: String, sql: String)] {
+        let stats = Clickstream(table: "sluice.events")
+        let (from, to) = (now - 86_400, now + 60)
+        return [
+            ("objects by ctr", stats.objectsQuery(from: from, to: to, minViews: 100, limit: 10, byCTR: true)),
+            ("objects of /blog", stats.objectsQuery(from: from, to: to, minViews: 1, limit: 10, page: "/blog")),
+            // A page name that would end the literal, were it not escaped: no rows, no error.
+            (
+                "hostile page",
+                stats.objectsQuery(
+                    from: from,
+                    to: to,
+                    minViews: 0,
+                    limit: 10,
+                    page: "x'); DROP TABLE sluice.events; --\\\u{1}"
+                )
+            ),
+            ("pages", stats.pagesQuery(from: from, to: to, limit: 10)),
+            ("views per minute", stats.timeseriesQuery(from: from, to: to, action: "view")),
+            ("views per minute with bots", stats.timeseriesQuery(from: from, to: to, action: "view", bots: true)),
+        ]
+    }
+
+    static func check(_ results: [String: String], server: String) {
+        func rows(_ name: String) -> [[String]] { ClickstreamFixture.rows(results[name] ?? "") }
+        #expect(
+            rows("objects by ctr").map { $0[0] } == ["promo", "hero-banner", "newsletter", "footer-link"],
+            "\(server)"
+        )
+        #expect(rows("objects of /blog").map { $0[0] } == ["newsletter", "footer-link", "rare"], "\(server)")
+        #expect(results["hostile page"] == "", "\(server)")
+        #expect(rows("pages").first.map { [$0[0], $0[1]] } == ["/pricing", "1000"], "\(server)")
+        let views = rows("views per minute").reduce(0) { $0 + (Int($1[2]) ?? 0) }
+        #expect(views == ClickstreamFixture.objects.reduce(0) { $0 + $1.views }, "\(server)")
+        let withBots = rows("views per minute with bots").reduce(0) { $0 + (Int($1[2]) ?? 0) }
+        #expect(withBots == views + ClickstreamFixture.botViews, "\(server)")
     }
 }
