@@ -152,7 +152,7 @@ import Testing
         let setup =
             ["CREATE DATABASE IF NOT EXISTS sluice", route.createTable(on: version)]
             + ClickstreamFixture.earlyStatements(now: now)
-            + rollups.flatMap { [$0.createTable, $0.createView] }
+            + rollups.flatMap { ["EXISTS TABLE \($0.table)", $0.createTable, $0.createView] }
             + rollups.flatMap { rollup in months.map { rollup.backfill(month: $0) } }
             + ClickstreamFixture.lateStatements(now: now)
         let done = try await chdb.run(setup)
