@@ -46,9 +46,31 @@ import Testing
         #expect(try await refused.waitForExit() == 1)
         #expect(refused.standardError.contains("a publishable key cannot have stats:read"), "\(refused.standardError)")
 
+        // OAuth clients of the built-in server: one may read stats, one may only write.
+        func oauthClient(_ name: String, scope: String) async throws -> (id: String, secret: String) {
+            let added = try SluiceProcess([
+                "oauth", "clients", "add", name, "--scope", scope, "--clients-file", state.path + "/oauth/clients.json",
+            ])
+            #expect(try await added.waitForExit() == 0, "\(added.standardError)")
+            let secret = try #require(
+                added.standardOutput.split(separator: "\n").first { $0.hasPrefix("client_secret:") }?
+                    .split(separator: " ").last.map(String.init)
+            )
+            return (name, secret)
+        }
+        try FileManager.default.createDirectory(atPath: state.path + "/oauth", withIntermediateDirectories: true)
+        let dashboard = try await oauthClient("dashboard", scope: "stats:read")
+        let backend = try await oauthClient("backend", scope: "events:write")
+        // The issuer URL names the port, so the port is chosen first.
+        let port = try freeLoopbackPorts(1)[0]
         let environment = door.environment.merging([
             "SLUICE_KAFKA_PROPERTIES_LOG__LEVEL": "2", "SLUICE_LOGGING_LEVEL": "warning",
             "SLUICE_ANALYTICS_ENABLED": "true", "SLUICE_LOADER_BATCH_AGE": "100ms",
+            "SLUICE_AUTH_OAUTH_BUILTIN_SERVER_ENABLED": "true",
+            "SLUICE_AUTH_OAUTH_BUILTIN_SERVER_CLIENTS_FILE": state.path + "/oauth/clients.json",
+            "SLUICE_AUTH_OAUTH_BUILTIN_SERVER_SIGNING_KEY_FILE": state.path + "/oauth/signing.key",
+            "SLUICE_AUTH_OAUTH_BUILTIN_SERVER_ISSUER": "https://127.0.0.1:\(port)",
+            "SLUICE_AUTH_OAUTH_BUILTIN_SERVER_CA_FILE": door.caFile,
         ]) { $1 }
         let loader = try SluiceProcess(
             ["loader", "--kafka-bootstrap", cluster.bootstrapServers, "--clickhouse-url", clickHouse.httpURL],
@@ -56,12 +78,12 @@ import Testing
         )
         let gateway = try SluiceProcess(
             [
-                "gateway", "--listen", "127.0.0.1:0", "--wal-dir", state.path + "/wal", "--kafka-bootstrap",
+                "gateway", "--listen", "127.0.0.1:\(port)", "--wal-dir", state.path + "/wal", "--kafka-bootstrap",
                 cluster.bootstrapServers,
             ],
             environment: environment.merging(["SLUICE_CLICKHOUSE_URL": clickHouse.httpURL]) { $1 }
         )
-        let port = try await gateway.listeningPort()
+        #expect(try await gateway.listeningPort() == port)
         let base = "https://127.0.0.1:\(port)"
         let client = door.client()
         defer { Task { try? await client.shutdown() } }
@@ -124,6 +146,25 @@ import Testing
         #expect(ingest.status == 403 && ingest.body.contains("stats:read"), "\(ingest.body)")
         #expect(try await get("/v1/stats/objects", browser).status == 403)
         #expect(try await get("/v1/stats/objects", "slk_live_" + String(repeating: "A", count: 48)).status == 401)
+        // Access tokens: one with stats:read reads; one with only events:write does not.
+        func token(_ oauth: (id: String, secret: String)) async throws -> String {
+            var grant = HTTPClientRequest(url: base + "/oauth/token")
+            grant.method = .POST
+            grant.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+            let basic = Data("\(oauth.id):\(oauth.secret)".utf8).base64EncodedString()
+            grant.headers.add(name: "Authorization", value: "Basic \(basic)")
+            grant.body = .bytes(ByteBuffer(string: "grant_type=client_credentials"))
+            let answer = try await client.execute(grant, timeout: .seconds(30))
+            let body = try await answer.body.collect(upTo: 1 << 16)
+            let json = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]
+            return try #require(json?["access_token"] as? String, "\(String(buffer: body))")
+        }
+        let readToken = try await token(dashboard)
+        let byToken = try await get("/v1/stats/objects", readToken)
+        #expect(byToken.status == 200, "\(byToken.body)")
+        #expect((byToken.json["objects"] as? [[String: Any]])?.first?["object"] as? String == "hero")
+        let writeToken = try await get("/v1/stats/objects", try await token(backend))
+        #expect(writeToken.status == 403 && writeToken.body.contains("insufficient_scope"), "\(writeToken.body)")
         // Mistakes are a 400 that says what is expected.
         let unknown = try await get("/v1/stats/objects?window=1h")
         #expect(unknown.status == 400 && unknown.body.contains("unknown parameter 'window'"), "\(unknown.body)")
