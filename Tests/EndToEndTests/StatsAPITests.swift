@@ -91,15 +91,15 @@ import Testing
         // 10 views and 3 clicks of hero, 2 page views, from two visitors; one bot view.
         let now = Int64(Date().timeIntervalSince1970) * 1000
         var events: [String] = []
-        for n in 0..<10 { events.append(Self.event("v\(n)", "view", object: "hero", visitor: "a\(n % 2)", at: now)) }
-        for n in 0..<3 { events.append(Self.event("c\(n)", "click", object: "hero", visitor: "a\(n % 2)", at: now)) }
-        for n in 0..<2 { events.append(Self.event("p\(n)", "page_view", object: "", visitor: "a\(n)", at: now)) }
+        for n in 0..<10 { events.append(Self.event("view", object: "hero", visitor: "a\(n % 2)", at: now)) }
+        for n in 0..<3 { events.append(Self.event("click", object: "hero", visitor: "a\(n % 2)", at: now)) }
+        for n in 0..<2 { events.append(Self.event("page_view", object: "", visitor: "a\(n)", at: now)) }
         let writer = EventPoster(url: base, authorization: "Bearer \(door.key)", client: client)
         let posted = try await writer.postBatch(events)
         #expect(posted.status == .accepted, "\(posted.body.prefix(600))")
         // A read key does not write.
         let readerWrites = try await EventPoster(url: base, authorization: "Bearer \(reader)", client: client)
-            .post(Self.event("x", "view", object: "hero", visitor: "a0", at: now))
+            .post(Self.event("view", object: "hero", visitor: "a0", at: now))
         #expect(readerWrites.status.code == 403, "\(readerWrites.body)")
         #expect(readerWrites.body.contains("insufficient_scope") || readerWrites.body.contains("may not send events"))
 
@@ -190,9 +190,10 @@ import Testing
         withExtendedLifetime(cluster) {}
     }
 
-    /// An event with a fresh UUID (`label` only tells the test's events apart in a failure).
-    static func event(_ label: String, _ action: String, object: String, visitor: String, at millis: Int64) -> String {
+    /// An event with a fresh UUID as its id.
+    static func event(_ action: String, object: String, visitor: String, at millis: Int64) -> String {
         let id = UUID().uuidString.lowercased()
-        return #"{"event_id":"\#(id)","action":"\#(action)","anonymous_id":"\#(visitor)","page":"https://shop.example/","object":"\#(object)","timestamp":\#(millis)}"#
+        return
+            #"{"event_id":"\#(id)","action":"\#(action)","anonymous_id":"\#(visitor)","page":"https://shop.example/","object":"\#(object)","timestamp":\#(millis)}"#
     }
 }
