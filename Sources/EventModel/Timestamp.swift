@@ -206,7 +206,15 @@ public enum UUIDText {
             let source = index < 14 ? random : random2
             bytes[index] = UInt8(truncatingIfNeeded: source >> UInt64(8 * (index % 8)))
         }
-        bytes[6] = 0x70 | (bytes[6] & 0x0F)
+        return Self.format(bytes, version: 7)
+    }
+
+    /// 16 bytes as a lower-case UUID of `version` (RFC 9562): the version nibble and the
+    /// variant bits set, the rest as given.
+    public static func format(_ bytes: some Collection<UInt8>, version: UInt8) -> String {
+        var bytes = Array(bytes.prefix(16))
+        bytes += [UInt8](repeating: 0, count: 16 - bytes.count)
+        bytes[6] = version << 4 | (bytes[6] & 0x0F)
         bytes[8] = 0x80 | (bytes[8] & 0x3F)
         let hex: [UInt8] = Array("0123456789abcdef".utf8)
         var out = [UInt8]()

@@ -235,7 +235,7 @@ final class RequestAuthRecord: Sendable {
 
 /// The routes that take events, and which of them browsers call without headers.
 enum IngestRoutes {
-    static let all: Set<String> = ["/v1/events", "/v1/events/batch", "/v1/pixel"]
+    static let all: Set<String> = Set(["/v1/events", "/v1/events/batch", "/v1/pixel"] + SegmentRoutes.paths.keys)
     static let browser: Set<String> = ["/v1/pixel"]
 }
 

@@ -9,13 +9,18 @@ import WAL
 
 /// The gateway's paths and the methods each takes: 405 answers list them in `Allow`. Every
 /// GET route also answers HEAD.
-let gatewayRoutes: [String: [HTTPRequest.Method]] = [
-    "/v1/events": [.post], "/v1/events/batch": [.post], "/v1/pixel": [.get, .head],
-    "/healthz": [.get, .head], "/readyz": [.get, .head], "/metrics": [.get, .head],
-    // The built-in authorization server's, when it is on.
-    "/oauth/token": [.post], "/.well-known/oauth-authorization-server": [.get, .head],
-    "/.well-known/jwks.json": [.get, .head],
-].merging(StatsRoutes.all) { first, _ in first }
+let gatewayRoutes: [String: [HTTPRequest.Method]] = {
+    var routes: [String: [HTTPRequest.Method]] = [
+        "/v1/events": [.post], "/v1/events/batch": [.post], "/v1/pixel": [.get, .head],
+        "/healthz": [.get, .head], "/readyz": [.get, .head], "/metrics": [.get, .head],
+        // The built-in authorization server's, when it is on.
+        "/oauth/token": [.post], "/.well-known/oauth-authorization-server": [.get, .head],
+        "/.well-known/jwks.json": [.get, .head],
+    ]
+    for path in SegmentRoutes.paths.keys { routes[path] = [.post] }
+    routes.merge(StatsRoutes.all) { first, _ in first }
+    return routes
+}()
 
 /// The API listener's routes: without the operational paths when the admin listener has them.
 func gatewayRoutes(_ configuration: GatewayConfiguration) -> [String: [HTTPRequest.Method]] {
@@ -94,6 +99,11 @@ func buildGatewayRouter(
         try await ingest.events(request, context: context, batch: true)
     }
     router.get("/v1/pixel") { request, context in try await ingest.pixel(request, context: context) }
+    for (path, type) in SegmentRoutes.paths {
+        router.post(RouterPath(path)) { request, context in
+            try await ingest.segment(request, context: context, type: type)
+        }
+    }
     router.head("/v1/pixel") { request, context in try await ingest.pixel(request, context: context, store: false) }
     addStatsRoutes(to: router, service: stats, logger: logger)
     // With an admin listener (gateway.admin_listen) these are served there, and 404 here.

@@ -207,13 +207,13 @@ struct Ingest: Sendable {
     }
 
     /// The rules for the request's principal: configured ones first, then the credential's own.
-    private func policy(_ context: IngestRequestContext) -> AccessPolicy? {
+    func policy(_ context: IngestRequestContext) -> AccessPolicy? {
         guard let grant = context.grant else { return nil }
         return self.authentication.policies[grant.principal.description] ?? grant.policy
     }
 
     /// The policy's allowed actions, then the rate limit when it counts events.
-    private func authorize(_ events: [Event], policy: AccessPolicy?, context: IngestRequestContext) throws {
+    func authorize(_ events: [Event], policy: AccessPolicy?, context: IngestRequestContext) throws {
         if let policy {
             let forbidden = policy.forbiddenActions(events.map(\.action))
             if !forbidden.isEmpty {
@@ -235,8 +235,8 @@ struct Ingest: Sendable {
         }
     }
 
-    private func origin(_ request: Request, context: IngestRequestContext) -> RequestOrigin {
-        RequestOrigin(
+    func origin(_ request: Request, context: IngestRequestContext) -> RequestOrigin {
+        var origin = RequestOrigin(
             receivedAtMillis: Timestamp.nowMillis(),
             // Before the WAL: what is stored travels on to Kafka, ClickHouse and every replay.
             clientIP: self.configuration.clientIPPolicy.apply(to: context.clientIP),
@@ -248,11 +248,13 @@ struct Ingest: Sendable {
             gatewayID: self.configuration.gatewayID,
             source: context.grant.flatMap { $0.principal.kind == .anonymous ? nil : $0.principal.description }
         )
+        origin.classifyUserAgent()
+        return origin
     }
 
     /// Reads the body up to the limit and undoes `Content-Encoding`, applying the limit to the
     /// decompressed size too (a small gzip body must not become gigabytes).
-    private func readBody(_ request: Request) async throws -> [UInt8] {
+    func readBody(_ request: Request) async throws -> [UInt8] {
         let limit = self.configuration.maxBodyBytes
         var request = request
         var buffer: ByteBuffer
@@ -294,7 +296,7 @@ struct Ingest: Sendable {
 
     /// Appends the events as one WAL record and returns once it is durable, or throws a 503
     /// problem when that cannot happen within the configured time.
-    private func append(_ events: [[UInt8]]) async throws {
+    func append(_ events: [[UInt8]]) async throws {
         do {
             // The WAL enforces the acknowledgement deadline (its ackTimeout, set from
             // appendTimeout): a stalled disk fails the append instead of hanging it.

@@ -217,6 +217,7 @@ struct DevCommand: AsyncParsableCommand {
                 Sluice is running: HTTPS → WAL → Kafka → ClickHouse, all on this host.
 
                   gateway      \(url)/v1/events   (metrics: \(url)/metrics)
+                  Segment API  \(url)/v1/batch   (Segment and RudderStack SDKs: host \(url), write key $SLUICE_KEY; docs/segment.md)
                   analytics    \(url)/analytics#key=\(statsKey)
                   WAL          \(wal)
                   Kafka        \(kafka)   (mock cluster, 3 brokers, in memory)
