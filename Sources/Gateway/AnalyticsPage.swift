@@ -10,6 +10,9 @@ import NIOCore
 /// send to a server or in a `Referer`; `sluice dev` prints such a link) or from its form, keeps
 /// it in `sessionStorage` for the tab, and calls the API with `Authorization: Bearer`.
 ///
+/// Bots (the gateway's user-agent classifier: curl, crawlers…) are left out unless the
+/// page's "include bots" box is ticked: events sent with `curl` in `sluice dev` count as bots.
+///
 /// Object and page names come from events anyone with a publishable key can send, so the
 /// script writes them with `textContent` only, and the page's Content-Security-Policy allows
 /// no inline script at all (the script is a separate, same-origin file).
@@ -69,6 +72,7 @@ enum AnalyticsPage {
             <option value="604800">last 7 days</option>
           </select></label>
           <label>Min views <input id="min-views" type="number" min="0" value="1" size="5"></label>
+          <label title="events the user-agent classifier flagged as bots (curl, crawlers) are left out unless this is ticked"><input id="bots" type="checkbox"> include bots</label>
           <button id="refresh" type="button">Refresh</button>
           <span id="status">waiting for a key</span>
         </header>
@@ -117,6 +121,7 @@ enum AnalyticsPage {
           });
           document.getElementById("range").addEventListener("change", refresh);
           document.getElementById("min-views").addEventListener("change", refresh);
+          document.getElementById("bots").addEventListener("change", refresh);
           document.getElementById("refresh").addEventListener("click", refresh);
 
           function get(path) {
@@ -207,11 +212,12 @@ enum AnalyticsPage {
             var minViews = Math.max(0, Number(document.getElementById("min-views").value) || 0);
             var to = Date.now();
             var from = to - seconds * 1000;
-            var range = "from=" + from + "&to=" + to;
+            var bots = document.getElementById("bots").checked ? "&bots=include" : "";
+            var range = "from=" + from + "&to=" + to + bots;
             Promise.all([
               get("/v1/stats/objects?" + range + "&min_views=" + minViews + "&limit=100"),
               get("/v1/stats/pages?" + range + "&limit=20"),
-              get("/v1/stats/timeseries?from=" + (to - 3600 * 1000) + "&to=" + to)
+              get("/v1/stats/timeseries?from=" + (to - 3600 * 1000) + "&to=" + to + bots)
             ]).then(function (answers) {
               fill("objects", answers[0].objects, ["object", "views", "clicks", "ctr", "visitors"]);
               fill("pages", answers[1].pages, ["page", "page_views", "events", "visitors"]);
