@@ -1,5 +1,6 @@
 import ClickHouse
 import EventModel
+import Foundation
 import Logging
 
 /// Creates the replay-safe rollups (``Clickstream``) beside every route table that has the
@@ -65,5 +66,30 @@ package enum ClickstreamRollups {
             }
         }
         return tables
+    }
+
+    /// Retention where ClickHouse has no table TTL (before 19.6): the months of the rollups of
+    /// `route` that ended a `ttl` ago are dropped, as ``RetentionSweep`` drops the route table's.
+    /// Answers what was dropped, as (table, partition).
+    package static func sweep(
+        _ route: LoaderRoute,
+        clickHouse: ClickHouseClient,
+        nowSeconds: Int64 = Int64(Date().timeIntervalSince1970)
+    ) async throws(ClickHouseError) -> [(table: String, partition: String)] {
+        guard let ttl = route.ttl else { return [] }
+        var dropped: [(String, String)] = []
+        for rollup in Clickstream(table: route.table).rollups() {
+            guard try await clickHouse.query("EXISTS TABLE \(rollup.table)").hasPrefix("1") else { continue }
+            let parts = rollup.table.split(separator: ".").map(String.init)
+            let partitions = try await clickHouse.query(
+                "SELECT DISTINCT partition FROM system.parts WHERE database = '\(parts[0])' AND table = '\(parts[1])'"
+                    + " AND active FORMAT TabSeparated"
+            ).split(separator: "\n").map(String.init)
+            for partition in RetentionSweep.expired(partitions, ttl: ttl, nowSeconds: nowSeconds) {
+                try await clickHouse.execute("ALTER TABLE \(rollup.table) DROP PARTITION \(partition)")
+                dropped.append((rollup.table, partition))
+            }
+        }
+        return dropped
     }
 }

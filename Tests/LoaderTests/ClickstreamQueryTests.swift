@@ -132,6 +132,35 @@ import Testing
         #expect(ClickstreamFixture.rows(merged).first?[2] == "0")
     }
 
+    /// On 18.16, which has no table TTL, the loader's hourly sweep drops the rollups' months
+    /// past the route's ttl with the events table's.
+    @Test func theRollupsMonthsPastTheTTLAreDroppedOn1816() async throws {
+        let server = try await ClickHouseServer.start()
+        defer { server.stop() }
+        let client = ClickHouseClient(ClickHouseConfiguration(url: server.httpURL), logger: quietLogger)
+        defer { Task { try? await client.shutdown() } }
+        var route = LoaderRoute.events
+        route.ttl = .seconds(400 * 86_400)
+        let version = try await client.serverVersion()
+        try await client.execute("CREATE DATABASE IF NOT EXISTS sluice")
+        try await client.execute(route.createTable(on: version))
+        try await ClickstreamRollups.prepare([route], on: version, clickHouse: client, logger: quietLogger)
+        try await client.execute(
+            "INSERT INTO sluice.events (event_id, action, anonymous_id, `timestamp`, received_at, page, object) VALUES "
+                + "('old', 'view', 'a', '2020-01-05 10:00:00', now(), '/', 'o'), ('new', 'view', 'a', now(), now(), '/', 'o')"
+        )
+        let dropped = try await ClickstreamRollups.sweep(route, clickHouse: client)
+        #expect(dropped.map(\.table) == ["sluice.events_objects_minute", "sluice.events_pages_minute"])
+        #expect(dropped.allSatisfy { $0.partition == "202001" })
+        let left = try await client.query(
+            "SELECT uniqExactIfMerge(views) FROM sluice.events_objects_minute"
+        )
+        #expect(left == "1\n")
+        var kept = route
+        kept.ttl = nil
+        #expect(try await ClickstreamRollups.sweep(kept, clickHouse: client).isEmpty)
+    }
+
     /// The same on current ClickHouse: the DDL as generated for it (DateTime64 timestamps),
     /// the rollups, the backfill statement and every query.
     @Test(.enabled(if: ChDB.available || ProcessInfo.processInfo.environment["CI"] != nil))
