@@ -167,7 +167,9 @@ import Testing
     func theDocumentedFiguresHoldAndSurviveAReplayOnCurrentClickHouse() async throws {
         let chdb = try ChDB()
         let version = try await chdb.version()
-        let route = ClickstreamFixture.route
+        // With a ttl: the events table and the rollups get their TTL clauses on this server.
+        var route = ClickstreamFixture.route
+        route.ttl = .seconds(400 * 86_400)
         let now = Int64(Date().timeIntervalSince1970)
         let rollups = try #require(
             ClickstreamRollups.rollups(
@@ -187,6 +189,10 @@ import Testing
         let done = try await chdb.run(setup)
         let failedSetup = zip(setup, done).filter { !$0.1.ok }
         try #require(failedSetup.isEmpty, "\(failedSetup)")
+        let engines = try await chdb.run([
+            "SELECT engine_full FROM system.tables WHERE database = 'sluice' AND name LIKE 'events%minute'"
+        ])
+        #expect(engines.first?.text.components(separatedBy: "TTL minute + toIntervalDay(400)").count == 3, "\(engines)")
 
         let queries = try ClickstreamFixture.documentedQueries()
         func answers() async throws -> [String: String] {
