@@ -305,6 +305,17 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The browser tracker in headless Chromium (Selenium) against the real pipeline.
+        .testTarget(
+            name: "BrowserTests",
+            dependencies: [
+                "ClickHouse", "Kafka", "LocalClickHouse", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            // Run by BrowserTests with Debian's python3 and python3-selenium.
+            exclude: ["browser_scenarios.py"],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "ForwarderTests",
             dependencies: [

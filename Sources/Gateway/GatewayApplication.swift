@@ -16,6 +16,8 @@ let gatewayRoutes: [String: [HTTPRequest.Method]] = {
         // The built-in authorization server's, when it is on.
         "/oauth/token": [.post], "/.well-known/oauth-authorization-server": [.get, .head],
         "/.well-known/jwks.json": [.get, .head],
+        // The browser tracker (also at /sluice/<version>.js).
+        TrackerScript.path: [.get, .head],
     ]
     for path in SegmentRoutes.paths.keys { routes[path] = [.post] }
     routes.merge(StatsRoutes.all) { first, _ in first }
@@ -90,6 +92,7 @@ func buildGatewayRouter(
                 maxAge: .seconds(600)
             )
         )
+        router.add(middleware: CrossOriginAnswers())
         if !origins.contains("*") { router.add(middleware: OriginAllowList(origins: Set(origins))) }
     }
     router.add(middleware: AuthenticationMiddleware(authentication: authentication, metrics: AuthMetrics()))
@@ -105,6 +108,7 @@ func buildGatewayRouter(
         }
     }
     router.head("/v1/pixel") { request, context in try await ingest.pixel(request, context: context, store: false) }
+    addTrackerRoutes(to: router, configuration: configuration)
     addStatsRoutes(to: router, service: stats, logger: logger)
     // With an admin listener (gateway.admin_listen) these are served there, and 404 here.
     if configuration.adminHost == nil {

@@ -22,6 +22,9 @@ public struct GatewayConfiguration: Sendable {
     public var trustedProxies: [String] = []
     /// Origins allowed by CORS; `*` allows any. Default: none (no CORS headers).
     public var corsAllowedOrigins: [String] = []
+    /// Serve `/demo`, a page of marked objects that sends through the tracker (docs/tracker.md).
+    /// `sluice dev` turns it on. Default: false.
+    public var demoPage = false
     /// Longest a request waits for its WAL append before answering 503. Default: 150 ms,
     /// inside the 200 ms acknowledgement contract.
     public var appendTimeout: Duration = .milliseconds(150)

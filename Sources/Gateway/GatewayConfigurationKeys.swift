@@ -35,6 +35,7 @@ extension GatewayConfiguration {
         ),
         .list("gateway.trusted_proxies", \.trustedProxies, help: "peers whose X-Forwarded-For is believed"),
         .list("gateway.cors_allowed_origins", \.corsAllowedOrigins, help: "browser origins allowed (* for any)"),
+        .boolean("gateway.demo_page", \.demoPage, help: "serve /demo, a page that sends through the tracker"),
         .duration("gateway.append_timeout", \.appendTimeout, help: "answer 503 if the WAL takes longer"),
         .duration(
             "gateway.idle_timeout",

@@ -14,7 +14,8 @@ package struct UserAgentClass: Sendable, Equatable {
     package var os: String
     /// `desktop`, `mobile`, `tablet`, `bot` or `other`.
     package var device: String
-    /// A crawler, a monitoring probe, a headless browser or an HTTP library: not a person.
+    /// A crawler, a monitoring probe, a headless browser or a load generator: not a person.
+    /// (An HTTP library is a back end sending real users' events: `device` `server`, not a bot.)
     package var isBot: Bool
 
     package init(browser: String, os: String, device: String, isBot: Bool) {
@@ -69,13 +70,20 @@ package final class UserAgentClassifier: Sendable {
         ("claudebot", "ClaudeBot"), ("ccbot", "CCBot"), ("bytespider", "Bytespider"),
         ("amazonbot", "Amazonbot"), ("pingdom", "Pingdom"), ("uptimerobot", "UptimeRobot"),
         ("statuscake", "StatusCake"), ("chrome-lighthouse", "Lighthouse"), ("lighthouse", "Lighthouse"),
-        ("headlesschrome", "HeadlessChrome"), ("phantomjs", "PhantomJS"),
-        ("curl/", "curl"), ("wget/", "Wget"), ("python-requests", "python-requests"),
-        ("python-urllib", "Python-urllib"), ("python-httpx", "python-httpx"), ("aiohttp", "aiohttp"),
-        ("go-http-client", "Go-http-client"), ("okhttp", "okhttp"), ("apache-httpclient", "Apache-HttpClient"),
-        ("java/", "Java"), ("libwww-perl", "libwww-perl"), ("node-fetch", "node-fetch"), ("axios/", "axios"),
-        ("undici", "undici"), ("scrapy", "Scrapy"), ("httpie", "HTTPie"), ("postmanruntime", "PostmanRuntime"),
-        ("insomnia", "Insomnia"), ("k6/", "k6"), ("jmeter", "JMeter"),
+        ("headlesschrome", "HeadlessChrome"), ("phantomjs", "PhantomJS"), ("wget/", "Wget"),
+        ("scrapy", "Scrapy"), ("k6/", "k6"), ("jmeter", "JMeter"),
+    ]
+
+    /// HTTP client libraries and API tools: how back ends send their users' events (a shop's
+    /// server posting purchases with `python-requests`, the README's `curl`). Not robots: their
+    /// events are real actions, counted like a browser's, with `device` `server`. Crawlers,
+    /// headless browsers, probes and load generators above are the robots.
+    static let libraries: [(token: String, name: String)] = [
+        ("curl/", "curl"), ("python-requests", "python-requests"), ("python-urllib", "Python-urllib"),
+        ("python-httpx", "python-httpx"), ("aiohttp", "aiohttp"), ("go-http-client", "Go-http-client"),
+        ("okhttp", "okhttp"), ("apache-httpclient", "Apache-HttpClient"), ("java/", "Java"),
+        ("libwww-perl", "libwww-perl"), ("node-fetch", "node-fetch"), ("axios/", "axios"), ("undici", "undici"),
+        ("httpie", "HTTPie"), ("postmanruntime", "PostmanRuntime"), ("insomnia", "Insomnia"),
     ]
 
     /// Words that mark the long tail of robots, trusted only where a browser would not have
@@ -119,6 +127,9 @@ package final class UserAgentClassifier: Sendable {
         let os = Self.systems.first { $0.tokens.contains { text.contains($0) } }?.name ?? "Other"
         if let bot = Self.bots.first(where: { text.contains($0.token) }) {
             return UserAgentClass(browser: bot.name, os: os, device: "bot", isBot: true)
+        }
+        if let library = Self.libraries.first(where: { text.contains($0.token) }) {
+            return UserAgentClass(browser: library.name, os: os, device: "server", isBot: false)
         }
         if !text.hasPrefix("mozilla/") || text.contains("compatible;") || text.contains("+http"),
             Self.botWords.contains(where: { text.contains($0) })

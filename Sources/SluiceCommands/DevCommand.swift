@@ -102,6 +102,7 @@ struct DevCommand: AsyncParsableCommand {
                 stateDir: self.stateDir,
                 port: settings.gateway.port
             )
+            settings.gateway.demoPage = true
             try settings.prepareGateway()
             settings.kafkaBootstrap = "127.0.0.1:0"  // checked now, replaced by the mock's below
             _ = try settings.loaderConfiguration()
@@ -209,6 +210,7 @@ struct DevCommand: AsyncParsableCommand {
         let clickHouseURL = clickHouse.httpURL
         let client = clickHouse.clientCommand
         let env = credentials.envFile
+        let browserKey = credentials.browserKey
         let statsKey = credentials.statsKey
         return { port in
             let url = "https://\(host):\(port)"
@@ -218,6 +220,7 @@ struct DevCommand: AsyncParsableCommand {
 
                   gateway      \(url)/v1/events   (metrics: \(url)/metrics)
                   Segment API  \(url)/v1/batch   (Segment and RudderStack SDKs: host \(url), write key $SLUICE_KEY; docs/segment.md)
+                  demo page    \(url)/demo?key=\(browserKey)   (the tracker; scroll and click)
                   analytics    \(url)/analytics#key=\(statsKey)
                   WAL          \(wal)
                   Kafka        \(kafka)   (mock cluster, 3 brokers, in memory)

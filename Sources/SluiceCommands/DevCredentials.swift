@@ -48,13 +48,15 @@ struct DevCredentials {
         }
         let store = try FileKeyStore(path: keysFile)
         let authenticator = APIKeyAuthenticator(store: store)
+        // The browser key also serves the gateway's own /demo page (docs/tracker.md).
+        let browserOrigins = [Self.browserOrigin, "https://127.0.0.1:\(port)", "https://localhost:\(port)"]
         func stillValid(_ key: String?, browser: Bool) -> Bool {
             guard let key else { return false }
-            let origin = browser ? Self.browserOrigin : nil
-            if case .success = authenticator.authenticate(key: key, origin: origin, browserEndpoint: browser) {
-                return true
+            for origin in browser ? browserOrigins.map(Optional.some) : [nil] {
+                guard case .success = authenticator.authenticate(key: key, origin: origin, browserEndpoint: browser)
+                else { return false }
             }
-            return false
+            return true
         }
         var secretKey = previous["SLUICE_KEY"]
         if !stillValid(secretKey, browser: false) {
@@ -75,7 +77,7 @@ struct DevCredentials {
                 _ = try await store.revoke(name: "dev-browser", now: Date())
             }
             let issued = try await store.create(
-                NewAPIKey(name: "dev-browser", kind: .publishable, environment: .test, origins: [Self.browserOrigin]),
+                NewAPIKey(name: "dev-browser", kind: .publishable, environment: .test, origins: browserOrigins),
                 now: Date()
             )
             browserKey = issued.key.plaintext
