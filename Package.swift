@@ -137,7 +137,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "SluiceCore", "WAL", "EventModel", "Telemetry", "Auth",
+                "SluiceCore", "WAL", "EventModel", "Telemetry", "Auth", "ClickHouse",
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),

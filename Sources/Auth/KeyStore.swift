@@ -33,6 +33,9 @@ public struct StoredAPIKey: Sendable, Hashable, Codable {
     public var lastUsedAt: Date?
     /// The id of the key that replaced this one by `roll`; this one expires after the grace.
     public var replacedBy: String?
+    /// What the key may do (``APIKeyScope``); nil: ``APIKeyScope/defaults`` (send events), as
+    /// every key made before scopes existed.
+    public var scopes: [String]?
 
     public init(
         id: String,
@@ -50,7 +53,8 @@ public struct StoredAPIKey: Sendable, Hashable, Codable {
         expiresAt: Date? = nil,
         revokedAt: Date? = nil,
         lastUsedAt: Date? = nil,
-        replacedBy: String? = nil
+        replacedBy: String? = nil,
+        scopes: [String]? = nil
     ) {
         self.id = id
         self.name = name
@@ -68,10 +72,11 @@ public struct StoredAPIKey: Sendable, Hashable, Codable {
         self.revokedAt = revokedAt
         self.lastUsedAt = lastUsedAt
         self.replacedBy = replacedBy
+        self.scopes = scopes
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, name, kind, environment, sha256, last4, rate, burst
+        case id, name, kind, environment, sha256, last4, rate, burst, scopes
         case allowedOrigins = "allowed_origins"
         case allowedActions = "allowed_actions"
         case maxBatch = "max_batch"
@@ -91,12 +96,30 @@ public struct StoredAPIKey: Sendable, Hashable, Codable {
     /// The principal this key proves.
     public var principal: Principal { Principal(kind: self.kind.principalKind, name: self.name) }
 
+    /// Whether the key may do what `scope` names (its scopes, or the defaults when it has none).
+    public func allows(_ scope: String) -> Bool { (self.scopes ?? APIKeyScope.defaults).contains(scope) }
+
     /// `revoked`, `expired`, `rolled` (in its grace period) or `active` at `now`.
     public func state(at now: Date) -> String {
         if let revoked = self.revokedAt, revoked <= now { return "revoked" }
         if let expires = self.expiresAt, expires <= now { return "expired" }
         return self.replacedBy == nil ? "active" : "rolled"
     }
+}
+
+/// What an API key may do. A key made without `--scope` sends events, as every key did before
+/// scopes existed; reading the stats API takes a key made with `--scope stats:read` (alone, a
+/// key that reads and cannot write).
+public enum APIKeyScope {
+    /// Send events (every ingest route).
+    public static let eventsWrite = "events:write"
+    /// Read the stats API (`GET /v1/stats/…`). Never on a publishable key: a browser page
+    /// shows it to anyone who looks.
+    public static let statsRead = "stats:read"
+    /// The scopes a key may have.
+    public static let known = [eventsWrite, statsRead]
+    /// The scopes of a key made without any.
+    public static let defaults = [eventsWrite]
 }
 
 /// Why a key store operation failed: a sentence for the operator, never containing a key or a
@@ -193,6 +216,8 @@ public struct NewAPIKey: Sendable {
     public var rate: RateLimit?
     public var allowedActions: [String]?
     public var maxBatch: Int?
+    /// ``APIKeyScope`` names; nil: the defaults (send events).
+    public var scopes: [String]?
 
     public init(
         name: String,
@@ -202,7 +227,8 @@ public struct NewAPIKey: Sendable {
         expiresIn: Duration? = nil,
         rate: RateLimit? = nil,
         allowedActions: [String]? = nil,
-        maxBatch: Int? = nil
+        maxBatch: Int? = nil,
+        scopes: [String]? = nil
     ) {
         self.name = name
         self.kind = kind
@@ -212,6 +238,7 @@ public struct NewAPIKey: Sendable {
         self.rate = rate
         self.allowedActions = allowedActions
         self.maxBatch = maxBatch
+        self.scopes = scopes
     }
 }
 
@@ -293,6 +320,23 @@ public struct APIKeyRing: Sendable, Hashable {
         if let maxBatch = request.maxBatch, maxBatch < 1 {
             throw KeyStoreError(.invalidArgument, "max batch must be at least 1")
         }
+        var scopes: [String]?
+        if let requested = request.scopes {
+            if let unknown = requested.first(where: { !APIKeyScope.known.contains($0) }) {
+                throw KeyStoreError(
+                    .invalidArgument,
+                    "unknown scope '\(unknown)'; a key may have \(APIKeyScope.known.joined(separator: ", "))"
+                )
+            }
+            guard !requested.isEmpty else { throw KeyStoreError(.invalidArgument, "a key needs at least one scope") }
+            if request.kind == .publishable && requested.contains(APIKeyScope.statsRead) {
+                throw KeyStoreError(
+                    .invalidArgument,
+                    "a publishable key cannot have \(APIKeyScope.statsRead): browser pages show their keys to anyone"
+                )
+            }
+            scopes = APIKeyScope.known.filter(requested.contains)
+        }
         let expires = try request.expiresIn.map { duration throws(KeyStoreError) in
             guard duration > .zero else { throw KeyStoreError(.invalidArgument, "an expiry must be in the future") }
             return now.addingTimeInterval(duration.seconds)
@@ -311,7 +355,8 @@ public struct APIKeyRing: Sendable, Hashable {
             rate: request.rate?.rateText,
             burst: request.rate?.burst,
             createdAt: now,
-            expiresAt: expires
+            expiresAt: expires,
+            scopes: scopes
         )
         self.keys.append(record)
         return IssuedAPIKey(key: key, record: record)

@@ -20,6 +20,7 @@ let gatewayRoutes: [String: [HTTPRequest.Method]] = {
         TrackerScript.path: [.get, .head],
     ]
     for path in SegmentRoutes.paths.keys { routes[path] = [.post] }
+    routes.merge(StatsRoutes.all) { first, _ in first }
     return routes
 }()
 
@@ -39,6 +40,7 @@ public func buildGatewayRouter(
     wal: any EventLog,
     registry: PrometheusCollectorRegistry,
     authentication: GatewayAuthentication = .open,
+    stats: StatsService? = nil,
     logger: Logger
 ) -> Router<IngestRequestContext> {
     buildGatewayRouter(
@@ -47,6 +49,7 @@ public func buildGatewayRouter(
         registry: registry,
         metrics: HTTPMetrics(),
         authentication: authentication,
+        stats: stats,
         logger: logger
     )
 }
@@ -57,6 +60,7 @@ func buildGatewayRouter(
     registry: PrometheusCollectorRegistry,
     metrics: HTTPMetrics,
     authentication: GatewayAuthentication,
+    stats: StatsService? = nil,
     logger: Logger
 ) -> Router<IngestRequestContext> {
     let ingest = Ingest(
@@ -105,6 +109,7 @@ func buildGatewayRouter(
     }
     router.head("/v1/pixel") { request, context in try await ingest.pixel(request, context: context, store: false) }
     addTrackerRoutes(to: router, configuration: configuration)
+    addStatsRoutes(to: router, service: stats, logger: logger)
     // With an admin listener (gateway.admin_listen) these are served there, and 404 here.
     if configuration.adminHost == nil {
         addOperationalRoutes(
@@ -156,6 +161,7 @@ public func buildGatewayApplication(
     wal: any EventLog,
     registry: PrometheusCollectorRegistry,
     authentication: GatewayAuthentication = .open,
+    stats: StatsService? = nil,
     logger: Logger,
     services: [any Service] = [],
     tls: TLSCertificateReloader? = nil,
@@ -169,6 +175,7 @@ public func buildGatewayApplication(
         registry: registry,
         metrics: metrics,
         authentication: authentication,
+        stats: stats,
         logger: logger
     )
     var connectionLimit = configuration.maxConnections

@@ -162,6 +162,12 @@ public final class Loader: Service, Sendable {
                         )
                     }
                 }
+                try await ClickstreamRollups.prepare(
+                    self.configuration.routes,
+                    on: version,
+                    clickHouse: clickHouse,
+                    logger: self.logger
+                )
                 try await self.prepareErasures(clickHouse)
                 return (version, formats)
             } catch let error as LoaderError {

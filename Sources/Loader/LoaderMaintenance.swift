@@ -100,6 +100,12 @@ extension Loader {
                                 metadata: ["table": "\(route.table)", "partition": "\(partition)"]
                             )
                         }
+                        for (table, partition) in try await ClickstreamRollups.sweep(route, clickHouse: clickHouse) {
+                            self.logger.notice(
+                                "loader.retention_dropped",
+                                metadata: ["table": "\(table)", "partition": "\(partition)"]
+                            )
+                        }
                     } catch {
                         self.logger.warning(
                             "loader.retention_failed",

@@ -59,7 +59,9 @@ public struct LoaderRoute: Sendable, Equatable {
     public var dedupColumn: String
     /// Partitions the table by month. Must be a `timestamp` column.
     public var timeColumn: String
-    /// The sorting key; it must include `dedupColumn`.
+    /// The sorting key: column names, or `toDate(<timestamp column>)` for the day of one; it
+    /// must include `dedupColumn`. ReplacingMergeTree takes rows with equal keys for one row,
+    /// so every part of the key must be the same in every copy of an event.
     public var orderBy: [String]
     /// Where messages that fail validation or that the table rejects go. Default: `<topic>.dlq`.
     public var deadLetterTopic: String
@@ -133,12 +135,20 @@ public struct LoaderRoute: Sendable, Equatable {
         LoaderColumn("schema_version", .uint64, defaultValue: "1"),
     ]
 
+    /// The sorting key of `sluice.events` (docs/analytics.md): action, day, object, event id.
+    /// Analysts ask per action (views, clicks), over a range of days, per object; the key lets
+    /// ClickHouse read only those granules. Every part is the same in every copy of an event
+    /// — a replay of the Kafka range carries the same JSON, and a client's retry the same
+    /// action, object and timestamp — so ReplacingMergeTree still folds the copies. A table
+    /// made before keeps the key it has (`CREATE TABLE IF NOT EXISTS`).
+    public static let eventsOrderBy = ["action", "toDate(timestamp)", "object", "event_id"]
+
     /// Topic `events` into `sluice.events`.
     public static let events = LoaderRoute(
         topic: "events",
         table: "sluice.events",
         columns: Self.eventColumns,
-        orderBy: ["action", "event_id"]
+        orderBy: Self.eventsOrderBy
     )
 
     /// Checks that the route can work: a `database.table` name, columns with plain names,
@@ -171,7 +181,13 @@ public struct LoaderRoute: Sendable, Equatable {
         if !self.orderBy.contains(self.dedupColumn) {
             return "order_by must include the dedup column '\(self.dedupColumn)'"
         }
-        if let missing = self.orderBy.first(where: { !names.contains($0) }) {
+        let timestamps = self.columns.filter { $0.kind == .timestamp }.map(\.name)
+        if let missing = self.orderBy.first(where: { entry in
+            Self.dayOf(entry).map { !timestamps.contains($0) } ?? !names.contains(entry)
+        }) {
+            if let column = Self.dayOf(missing) {
+                return "order_by names 'toDate(\(column))', and '\(column)' is not a timestamp column of the route"
+            }
             return "order_by names '\(missing)', which is not a column of the route"
         }
         if let user = self.userColumn, !names.contains(user) {
@@ -240,6 +256,17 @@ public struct LoaderRoute: Sendable, Equatable {
         }
     }
 
+    /// The column of a sort-key entry `toDate(column)`; nil for any other entry.
+    static func dayOf(_ entry: String) -> String? {
+        guard entry.hasPrefix("toDate("), entry.hasSuffix(")") else { return nil }
+        return String(entry.dropFirst(7).dropLast())
+    }
+
+    /// A sort-key entry as SQL: a quoted column, or `toDate(` quoted column `)`.
+    static func sortKeySQL(_ entry: String) -> String {
+        Self.dayOf(entry).map { "toDate(`\($0)`)" } ?? "`\(entry)`"
+    }
+
     var database: String { String(self.table.split(separator: ".")[0]) }
     var tableName: String { String(self.table.split(separator: ".").last ?? "") }
 
@@ -253,7 +280,7 @@ public struct LoaderRoute: Sendable, Equatable {
             )
             ENGINE = ReplacingMergeTree()
             PARTITION BY toYYYYMM(`\(self.timeColumn)`)
-            ORDER BY (\(self.orderBy.map { "`\($0)`" }.joined(separator: ", ")))
+            ORDER BY (\(self.orderBy.map(Self.sortKeySQL).joined(separator: ", ")))
             """
         if version >= Self.ttlSince, let ttl = self.ttlClause { sql += "\n" + ttl }
         var settings: [String] = []

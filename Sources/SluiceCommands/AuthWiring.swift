@@ -22,6 +22,9 @@ struct AuthRuntime {
     /// Opened once the gateway listens: the key-set loop waits for it, because the built-in
     /// server's JWKS is served by this very process.
     let listening = Gate()
+    /// The key checks and the issuers, for the stats API's own scope (AnalyticsWiring.swift).
+    var keyAuthenticator: APIKeyAuthenticator?
+    var issuers: [IssuerConfiguration] = []
 }
 
 /// Opens once; waiters before that wait, later ones pass.
@@ -91,6 +94,7 @@ extension Settings {
         }
         runtime.services.append(BackgroundLoop(name: "keys") { try await store.run() })
         runtime.reloaders.append { _ = await store.reload() }
+        runtime.keyAuthenticator = APIKeyAuthenticator(store: store)
         runtime.authentication.verifyAPIKey = Self.keyCheck(APIKeyAuthenticator(store: store), noteUsed: store)
         runtime.summary.append(
             "API keys: " + ((store as? PostgresKeyStore).map { "PostgreSQL \($0.redactedURL)" } ?? file ?? "")
@@ -131,6 +135,7 @@ extension Settings {
             }
             runtime.summary.append("built-in authorization server: \(server.tokenEndpoint)")
         }
+        runtime.issuers = issuers
         if !issuers.isEmpty {
             let verifier: TokenVerifier
             do {
@@ -215,13 +220,24 @@ extension Settings {
     ) -> @Sendable (String, String?, Bool) async -> Result<AccessGrant, AuthFailure> {
         { key, origin, browser in
             let now = Date()
-            return authenticator.authenticate(key: key, origin: origin, browserEndpoint: browser, now: now).map {
+            return authenticator.authenticate(key: key, origin: origin, browserEndpoint: browser, now: now).flatMap {
+                // A key made to read stats only (--scope stats:read) must not write.
+                guard $0.record.allows(APIKeyScope.eventsWrite) else {
+                    return .failure(
+                        AuthFailure(
+                            .insufficientScope,
+                            reason: "insufficient_scope",
+                            detail: "this key may not send events",
+                            scope: APIKeyScope.eventsWrite
+                        )
+                    )
+                }
                 store.noteUsed(id: $0.record.id, at: now)
                 let record = $0.record
                 let policy =
                     record.allowedActions == nil && record.maxBatch == nil
                     ? nil : AccessPolicy(allowedActions: record.allowedActions.map(Set.init), maxBatch: record.maxBatch)
-                return AccessGrant(principal: $0.principal, policy: policy, rateLimit: record.rateLimit)
+                return .success(AccessGrant(principal: $0.principal, policy: policy, rateLimit: record.rateLimit))
             }
         }
     }

@@ -94,6 +94,7 @@ struct DevCommand: AsyncParsableCommand {
                 SettingValue(text: self.listen, list: nil, origin: "--listen")
             )
             settings.walDirectory = self.stateDir + "/wal"
+            settings.analytics.enabled = true
             // The built-in authorization server's issuer URL names the port: find it first.
             if settings.gateway.port == 0 { settings.gateway.port = try freeLoopbackPorts(1)[0] }
             credentials = try await DevCredentials.prepare(
@@ -210,6 +211,7 @@ struct DevCommand: AsyncParsableCommand {
         let client = clickHouse.clientCommand
         let env = credentials.envFile
         let browserKey = credentials.browserKey
+        let statsKey = credentials.statsKey
         return { port in
             let url = "https://\(host):\(port)"
             return """
@@ -219,6 +221,7 @@ struct DevCommand: AsyncParsableCommand {
                   gateway      \(url)/v1/events   (metrics: \(url)/metrics)
                   Segment API  \(url)/v1/batch   (Segment and RudderStack SDKs: host \(url), write key $SLUICE_KEY; docs/segment.md)
                   demo page    \(url)/demo?key=\(browserKey)   (the tracker; scroll and click)
+                  analytics    \(url)/analytics#key=\(statsKey)
                   WAL          \(wal)
                   Kafka        \(kafka)   (mock cluster, 3 brokers, in memory)
                   ClickHouse   \(clickHouseURL)   (table \(table), data in \(stateDir)/clickhouse)

@@ -10,6 +10,8 @@ import SluiceCore
 struct DevCredentials {
     var secretKey: String
     var browserKey: String
+    /// A secret key with only `stats:read`: the analytics page's (docs/analytics.md).
+    var statsKey: String
     var clientID: String
     var clientSecret: String
     var caFile: String
@@ -81,6 +83,19 @@ struct DevCredentials {
             browserKey = issued.key.plaintext
         }
 
+        var statsKey = previous["SLUICE_STATS_KEY"]
+        if !stillValid(statsKey, browser: false) {
+            let current = try await store.list()
+            if current.contains(where: { $0.name == "dev-stats" && $0.revokedAt == nil }) {
+                _ = try await store.revoke(name: "dev-stats", now: Date())
+            }
+            let issued = try await store.create(
+                NewAPIKey(name: "dev-stats", kind: .secret, environment: .test, scopes: [APIKeyScope.statsRead]),
+                now: Date()
+            )
+            statsKey = issued.key.plaintext
+        }
+
         // The built-in authorization server, with one client.
         let oauth = stateDir + "/oauth"
         try manager.createDirectory(atPath: oauth, withIntermediateDirectories: true)
@@ -96,12 +111,13 @@ struct DevCredentials {
             if existing != nil { try clients.remove("dev") }
             clientSecret = try clients.add("dev", scopes: ["events:write"]).secret
         }
-        guard let secretKey, let browserKey, let clientSecret else {
+        guard let secretKey, let browserKey, let statsKey, let clientSecret else {
             throw SettingsError(description: "could not create the development credentials in \(stateDir)")
         }
         return DevCredentials(
             secretKey: secretKey,
             browserKey: browserKey,
+            statsKey: statsKey,
             clientID: "dev",
             clientSecret: clientSecret,
             caFile: tls + "/ca.pem",
@@ -113,6 +129,7 @@ struct DevCredentials {
     /// `sluice` command (they are not settings, and not refused as unknown ones).
     static let environmentNames: Set<String> = [
         "SLUICE_URL", "SLUICE_KEY", "SLUICE_BROWSER_KEY", "SLUICE_CLIENT_ID", "SLUICE_CLIENT_SECRET",
+        "SLUICE_STATS_KEY",
     ]
 
     /// `<state>/env`: the variables the README tour uses, for `source`. Mode 0600.
@@ -123,6 +140,7 @@ struct DevCredentials {
             export CURL_CA_BUNDLE=\(Self.absolute(self.caFile))
             export SLUICE_KEY=\(self.secretKey)
             export SLUICE_BROWSER_KEY=\(self.browserKey)
+            export SLUICE_STATS_KEY=\(self.statsKey)
             export SLUICE_CLIENT_ID=\(self.clientID)
             export SLUICE_CLIENT_SECRET=\(self.clientSecret)
 

@@ -131,6 +131,12 @@ extension KeysCommand {
         @Option(help: "The largest batch the key may send.")
         var maxBatch: Int?
 
+        @Option(
+            name: .customLong("scope"),
+            help: "What the key may do: events:write or stats:read (repeatable; default: events:write)."
+        )
+        var scopes: [String] = []
+
         @OptionGroup var store: KeyStoreOptions
 
         func run() async throws {
@@ -159,7 +165,8 @@ extension KeysCommand {
                     expiresIn: expires,
                     rate: rate,
                     allowedActions: self.actions.isEmpty ? nil : self.actions,
-                    maxBatch: self.maxBatch
+                    maxBatch: self.maxBatch,
+                    scopes: self.scopes.isEmpty ? nil : self.scopes
                 )
                 let issued = try await self.store.open().create(request, now: Date())
                 print("Created \(kind.rawValue) key \(self.name) (\(issued.record.masked)):")
@@ -190,6 +197,7 @@ extension KeysCommand {
             var revoked: String?
             var lastUsed: String?
             var rate: String?
+            var scopes: [String]
         }
 
         func run() async throws {
@@ -208,7 +216,8 @@ extension KeysCommand {
                         expires: key.expiresAt.map { KeysCommand.formatDate($0) },
                         revoked: key.revokedAt.map { KeysCommand.formatDate($0) },
                         lastUsed: key.lastUsedAt.map { KeysCommand.formatDate($0) },
-                        rate: key.rateLimit?.description
+                        rate: key.rateLimit?.description,
+                        scopes: key.scopes ?? APIKeyScope.defaults
                     )
                 }
                 if self.output.json {

@@ -98,6 +98,12 @@ struct PipelineProcess {
         for line in auth.summary { authLogger.info("auth.configured", metadata: ["detail": .string(line)]) }
         var authentication = auth.authentication
         authentication.authorizationServer = auth.authorizationServer
+        let stats: StatsService?
+        do { stats = try settings.statsService(auth: auth, services: &services, logger: authLogger) } catch {
+            await log.close()
+            printError("sluice: \(describe(error))")
+            throw ExitCode(2)
+        }
         let announcer = Self.announcer(label: "sluice.gateway")
         let onListening = self.onListening
         let app = buildGatewayApplication(
@@ -105,6 +111,7 @@ struct PipelineProcess {
             wal: log,
             registry: registry,
             authentication: authentication,
+            stats: stats,
             logger: Logger(label: "sluice.gateway"),
             services: services,
             onServerRunning: { channel in

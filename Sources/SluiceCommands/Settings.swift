@@ -48,6 +48,8 @@ struct Settings {
     var routeEntries: [(path: [String], value: SettingValue)] = []
     /// `auth.*` and `rate_limits.*`: credentials, policies, limits.
     var auth = AuthSettings()
+    /// `analytics.*`: the gateway's stats API and analytics page.
+    var analytics = AnalyticsConfiguration()
 
     /// The WAL directory (`wal.directory`, `--wal-dir`). This accessor and the next three
     /// only name a part of a module's struct for the callers; they hold nothing.
@@ -178,7 +180,7 @@ struct Settings {
                 columns: loaderColumns.isEmpty ? LoaderRoute.eventColumns : loaderColumns,
                 dedupColumn: dedup,
                 timeColumn: time,
-                orderBy: orderBy ?? (loaderColumns.isEmpty ? ["action", "event_id"] : nil),
+                orderBy: orderBy ?? (loaderColumns.isEmpty ? LoaderRoute.eventsOrderBy : nil),
                 deadLetterTopic: deadLetter
             )
             for (option, value) in options {
@@ -257,6 +259,7 @@ enum SettingsLoader {
         + ErasureConfiguration.keys.map { $0.lifted(\Settings.loader.erasure) }
         + processKeys
         + AuthSettings.keys.map { $0.lifted(\Settings.auth) }
+        + AnalyticsConfiguration.keys.map { $0.lifted(\Settings.analytics) }
 
     /// `kafka.*`: shared by the forwarder, the loader and the on-call tools.
     static let kafkaKeys: [SettingKey] = [

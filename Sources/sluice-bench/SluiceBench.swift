@@ -15,7 +15,7 @@ struct SluiceBench: AsyncParsableCommand {
         abstract: "Benchmarks of the Sluice pipeline (docs/performance.md).",
         subcommands: [
             GatewayBaselineCommand.self, ForwarderBenchCommand.self, LoaderBenchCommand.self,
-            LoaderTLSBenchCommand.self, PipelineBenchCommand.self, TortureCommand.self,
+            LoaderTLSBenchCommand.self, PipelineBenchCommand.self, TortureCommand.self, AnalyticsBenchCommand.self,
         ]
     )
 

@@ -237,6 +237,14 @@ import Testing
         try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
             Set(before).isSubset(of: await analyst.eventIDs())
         }
+        // The analytics page's link carries the read key sluice dev made; that key reads stats.
+        let statsKey = try #require(env["SLUICE_STATS_KEY"])
+        #expect(dev.standardOutput.contains("https://127.0.0.1:\(port)/analytics#key=\(statsKey)"))
+        var stats = HTTPClientRequest(url: "https://127.0.0.1:\(port)/v1/stats/timeseries")
+        stats.headers.add(name: "Authorization", value: "Bearer \(statsKey)")
+        let statsAnswer = try await client.execute(stats, timeout: .seconds(30))
+        let statsBody = String(buffer: try await statsAnswer.body.collect(upTo: 1 << 20))
+        #expect(statsAnswer.status == .ok && statsBody.contains("\"action\":\"click\""), "\(statsBody)")
 
         // ClickHouse dies as a crash would: sluice dev says so and brings it back; events sent
         // meanwhile arrive.

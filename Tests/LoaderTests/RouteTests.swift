@@ -514,7 +514,7 @@ import Testing
         let old = LoaderRoute.events.createTable(on: Self.old)
         #expect(old.contains("`timestamp` DateTime('UTC')"))
         #expect(old.contains("ENGINE = ReplacingMergeTree()"))
-        #expect(old.contains("ORDER BY (`action`, `event_id`)"))
+        #expect(old.contains("ORDER BY (`action`, toDate(`timestamp`), `object`, `event_id`)"))
         #expect(!old.contains("SETTINGS"))
         let new = LoaderRoute.events.createTable(on: Self.new)
         #expect(new.contains("`timestamp` DateTime64(3, 'UTC')"))
