@@ -331,7 +331,7 @@ let package = Package(
             name: "GatewayTests",
             dependencies: [
                 "Gateway", "WAL", "EventModel", "Telemetry", "TestSupport", "Forwarder", "Kafka", "Auth",
-                "LocalClickHouse",
+                "LocalClickHouse", "ClickHouse", "Loader",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

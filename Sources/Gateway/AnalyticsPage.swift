@@ -10,8 +10,9 @@ import NIOCore
 /// send to a server or in a `Referer`; `sluice dev` prints such a link) or from its form, keeps
 /// it in `sessionStorage` for the tab, and calls the API with `Authorization: Bearer`.
 ///
-/// Bots (the gateway's user-agent classifier: curl, crawlers…) are left out unless the
-/// page's "include bots" box is ticked: events sent with `curl` in `sluice dev` count as bots.
+/// Bots (the gateway's user-agent classifier: crawlers, headless browsers, probes…) are left
+/// out unless the page's "include bots" box is ticked: the demo page opened by a headless
+/// browser counts as a bot; events a back end sends with curl or an HTTP library do not.
 ///
 /// Object and page names come from events anyone with a publishable key can send, so the
 /// script writes them with `textContent` only, and the page's Content-Security-Policy allows
@@ -72,7 +73,7 @@ enum AnalyticsPage {
             <option value="604800">last 7 days</option>
           </select></label>
           <label>Min views <input id="min-views" type="number" min="0" value="1" size="5"></label>
-          <label title="events the user-agent classifier flagged as bots (curl, crawlers) are left out unless this is ticked"><input id="bots" type="checkbox"> include bots</label>
+          <label title="events the user-agent classifier flagged as bots (crawlers, headless browsers, probes) are left out unless this is ticked"><input id="bots" type="checkbox"> include bots</label>
           <button id="refresh" type="button">Refresh</button>
           <span id="status">waiting for a key</span>
         </header>

@@ -8,7 +8,7 @@ import Synchronization
 /// names matters more than versions (which the raw `user_agent` column keeps).
 package struct UserAgentClass: Sendable, Equatable {
     /// `Chrome`, `Firefox`, `Safari`, `Edge`, `Opera`, `Samsung Internet`, …, a robot's or
-    /// tool's name (`Googlebot`, `curl`) for bots, else `Other`.
+    /// tool's name for bots (`Googlebot`) and HTTP libraries (`curl`), else `Other`.
     package var browser: String
     /// `Windows`, `macOS`, `iOS`, `Android`, `Linux`, `ChromeOS`, `Windows Phone`, else `Other`.
     package var os: String

@@ -355,7 +355,8 @@ extension BrowserTests {
         let post = try await ChildProcess.run(
             "/usr/bin/curl",
             [
-                "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca, "-A", "shop-backend python-requests/2.32",
+                "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca, "-A",
+                "shop-backend python-requests/2.32",
                 "-H", "Authorization: Bearer \(key)", "-H", "Content-Type: application/json", "--data-binary", "@-",
                 url + "/v1/events/batch",
             ],
@@ -417,7 +418,10 @@ extension BrowserTests {
         #expect(shown("with_bots").count > shown("default").count, "the demo's headless Chromium is a bot")
         let pages = (page["default"] as? [String: Any])?["pages"] as? [String: [String: String]] ?? [:]
         #expect(pages["https://shop.example/"]?["page_views"] == "1")
-        #expect((page["default"] as? [String: Any])?["address"] as? String == url + "/analytics", "the key left the address")
+        #expect(
+            (page["default"] as? [String: Any])?["address"] as? String == url + "/analytics",
+            "the key left the address"
+        )
     }
 }
 

@@ -1,4 +1,8 @@
+import ClickHouse
 import Foundation
+import Loader
+import LocalClickHouse
+import Logging
 import TestSupport
 import Testing
 
@@ -16,17 +20,34 @@ import Testing
         // busy with the other tests a 150 ms deadline can turn a valid request into a 503.
         // With credentials, as clients use it: a secret key from `sluice keys create`.
         let keys = directory.path + "/keys.json"
-        let create = try SluiceProcess(["keys", "create", "schemathesis", "--kind", "secret", "--file", keys])
+        let create = try SluiceProcess([
+            "keys", "create", "schemathesis", "--kind", "secret", "--scope", "events:write", "--scope", "stats:read",
+            "--file", keys,
+        ])
         #expect(try await create.waitForExit() == 0, "\(create.standardError)")
         let key = try #require(
             create.standardOutput.split(whereSeparator: \.isWhitespace).first { $0.hasPrefix("slk_") }
         )
+        // The stats API answers from a real ClickHouse holding the events table and its
+        // rollups, as the loader makes them.
+        let clickHouse = try await ClickHouseServer.start()
+        defer { clickHouse.stop() }
+        let client = ClickHouseClient(ClickHouseConfiguration(url: clickHouse.httpURL), logger: Logger(label: "test"))
+        let version = try await client.serverVersion()
+        try await client.execute("CREATE DATABASE IF NOT EXISTS sluice")
+        try await client.execute(LoaderRoute.events.createTable(on: version))
+        for rollup in Clickstream(table: "sluice.events").rollups() {
+            try await client.execute(rollup.createTable)
+            try await client.execute(rollup.createView)
+        }
+        try await client.shutdown()
         let gateway = try await GatewayProcess(
             walDirectory: directory.path + "/wal",
             arguments: ["--log-level", "warning"],
             environment: [
                 "SLUICE_GATEWAY_APPEND_TIMEOUT": "10s", "SLUICE_AUTH_REQUIRED": "true",
-                "SLUICE_AUTH_API_KEYS_FILE": keys,
+                "SLUICE_AUTH_API_KEYS_FILE": keys, "SLUICE_ANALYTICS_ENABLED": "true",
+                "SLUICE_CLICKHOUSE_URL": clickHouse.httpURL,
             ]
         )
         defer { gateway.signal(SIGTERM) }
