@@ -132,12 +132,15 @@ struct DevCredentials {
         "SLUICE_STATS_KEY",
     ]
 
-    /// `<state>/env`: the variables the README tour uses, for `source`. Mode 0600.
+    /// `<state>/env`: the variables the README tour uses, for `source`. Mode 0600. The test CA
+    /// for curl (`CURL_CA_BUNDLE`) and for Python's `requests`, which the Segment and RudderStack
+    /// SDKs use (`REQUESTS_CA_BUNDLE`, which wins over `CURL_CA_BUNDLE` where a system sets it).
     func writeEnv(url: String) throws {
         let text = """
             # Written by sluice dev: development credentials (test keys; never use them in production).
             export SLUICE_URL=\(url)
             export CURL_CA_BUNDLE=\(Self.absolute(self.caFile))
+            export REQUESTS_CA_BUNDLE=\(Self.absolute(self.caFile))
             export SLUICE_KEY=\(self.secretKey)
             export SLUICE_BROWSER_KEY=\(self.browserKey)
             export SLUICE_STATS_KEY=\(self.statsKey)

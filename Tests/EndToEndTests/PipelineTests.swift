@@ -212,6 +212,7 @@ import Testing
         #expect(env["SLUICE_URL"] == "https://127.0.0.1:\(port)")
         let key = try #require(env["SLUICE_KEY"])
         let caFile = try #require(env["CURL_CA_BUNDLE"])
+        #expect(env["REQUESTS_CA_BUNDLE"] == caFile, "Python's requests (the Segment SDKs) trusts the dev CA too")
         let client = EventPoster.client(trusting: caFile)
         // The built-in authorization server hands the dev client a token, and the token writes.
         var grant = HTTPClientRequest(url: "https://127.0.0.1:\(port)/oauth/token")
