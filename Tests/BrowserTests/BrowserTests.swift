@@ -467,27 +467,3 @@ struct Report {
         return try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
     }
 }
-
-/// Queries ClickHouse over HTTP, as an analyst would.
-struct Analyst: Sendable {
-    let client: ClickHouseClient
-
-    init(url: String) {
-        var logger = Logger(label: "test.clickhouse")
-        logger.logLevel = .critical
-        self.client = ClickHouseClient(ClickHouseConfiguration(url: url, timeout: .seconds(10)), logger: logger)
-    }
-
-    func rows(_ sql: String) async throws -> [String] {
-        try await self.client.query(sql + " FORMAT TabSeparated").split(separator: "\n").map(String.init)
-    }
-
-    func number(_ sql: String) async throws -> Int {
-        guard let first = try await self.rows(sql).first, let value = Int(first) else {
-            throw SluiceProcessError(description: "\(sql) did not return a number")
-        }
-        return value
-    }
-
-    func shutdown() async { try? await self.client.shutdown() }
-}

@@ -8,35 +8,6 @@ import NIOSSL
 import Synchronization
 import TestSupport
 
-/// Queries a ClickHouse server the way an analyst would, over HTTP.
-struct Analyst {
-    let client: ClickHouseClient
-
-    init(url: String) {
-        var logger = Logger(label: "test.clickhouse")
-        logger.logLevel = .critical
-        self.client = ClickHouseClient(ClickHouseConfiguration(url: url, timeout: .seconds(10)), logger: logger)
-    }
-
-    func rows(_ sql: String) async throws -> [String] {
-        try await self.client.query(sql + " FORMAT TabSeparated").split(separator: "\n").map(String.init)
-    }
-
-    func number(_ sql: String) async throws -> Int {
-        guard let first = try await self.rows(sql).first, let value = Int(first) else {
-            throw SluiceProcessError(description: "\(sql) did not return a number")
-        }
-        return value
-    }
-
-    /// The distinct event ids in `table`; empty while the table does not exist.
-    func eventIDs(_ table: String = "sluice.events") async -> Set<String> {
-        (try? await Set(self.rows("SELECT DISTINCT event_id FROM \(table)"))) ?? []
-    }
-
-    func shutdown() async { try? await self.client.shutdown() }
-}
-
 /// Every process whose command line mentions `text` (to find what a test left running).
 func processes(mentioning text: String) -> [Int32] {
     guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
