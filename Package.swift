@@ -243,7 +243,10 @@ let package = Package(
         ),
         .target(
             name: "TestSupport",
-            dependencies: ["SluiceTestKit", "ClickHouse", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "SluiceTestKit", "ClickHouse", "Encryption", "LocalClickHouse",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/Support",
             swiftSettings: strict
         ),

@@ -33,32 +33,6 @@ func markedEvents(_ range: Range<Int>) -> [[UInt8]] {
     }
 }
 
-/// Key files in a temporary directory (mode 0600, as `sluice encryption new-key` makes them).
-struct KeyFiles {
-    let directory: TemporaryDirectory
-
-    init() throws { self.directory = try TemporaryDirectory() }
-
-    /// The file of key `id`, made on first use.
-    func path(_ id: String) throws -> String {
-        let path = self.directory.path + "/\(id).key"
-        if !FileManager.default.fileExists(atPath: path) { try Keyring.writeNewKeyFile(path) }
-        return path
-    }
-
-    /// `kafka.encryption` on, under `current`, with `previous` still readable.
-    func configuration(current: String?, previous: [String] = []) throws -> EncryptionConfiguration {
-        var configuration = EncryptionConfiguration()
-        if let current {
-            configuration.enabled = true
-            configuration.keyFile = try self.path(current)
-            configuration.keyID = current
-        }
-        for id in previous { configuration.previousKeys[id] = try self.path(id) }
-        return configuration
-    }
-}
-
 /// A WAL and a forwarder over it, configured by the test.
 struct ForwarderRun {
     let directory: TemporaryDirectory

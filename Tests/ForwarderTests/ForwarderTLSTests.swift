@@ -15,50 +15,9 @@ import WAL
 /// metric, not only in the logs. With the right CA the handshake passes (and Kafka's
 /// protocol then fails, s_server being no broker): no TLS failure is counted.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct ForwarderTLSTests {
-    struct TLSServer {
-        let directory: TemporaryDirectory
-        let server: ChildProcess
-        let port: Int
-        var ca: String { self.directory.path + "/ca.pem" }
-    }
-
-    static func tlsServer(hosts: [String]) async throws -> TLSServer {
-        let directory = try TemporaryDirectory()
-        let made = try await ChildProcess.runSluice(
-            ["tls", "self-signed", "--out", directory.path] + hosts.flatMap { ["--host", $0] }
-        )
-        try #require(made.status == 0, "\(made.standardError)")
-        let port = try #require(try freeLoopbackPorts(1).first)
-        let server = try ChildProcess(
-            executable: "openssl",
-            [
-                "s_server", "-accept", "127.0.0.1:\(port)", "-cert", directory.path + "/server.pem", "-key",
-                directory.path + "/server.key", "-quiet",
-            ]
-        )
-        // With -quiet s_server prints nothing until a client comes: wait for the port.
-        try await waitUntil(timeout: .seconds(20)) { Self.accepts(port: port) }
-        return TLSServer(directory: directory, server: server, port: port)
-    }
-
-    static func accepts(port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        } == 0
-    }
-
     /// A forwarder over a WAL of 50 events, sending to `server` with `ca` as its trust anchor.
     static func forwarder(
-        to server: TLSServer,
+        to server: OpenSSLServer,
         ca: String,
         metrics: RecordedMetrics
     ) async throws -> ForwarderRun {
@@ -76,8 +35,8 @@ import WAL
     }
 
     @Test func aBrokerSignedByAnotherCAHoldsTheCursorAndCountsTLSFailures() async throws {
-        let server = try await Self.tlsServer(hosts: ["127.0.0.1", "localhost"])
-        let other = try await Self.tlsServer(hosts: ["127.0.0.1"])
+        let server = try await OpenSSLServer.start(hosts: ["127.0.0.1", "localhost"])
+        let other = try await OpenSSLServer.start(hosts: ["127.0.0.1"])
         let metrics = RecordedMetrics()
         let run = try await Self.forwarder(to: server, ca: other.ca, metrics: metrics)
         try await waitUntil(timeout: .seconds(30)) {
@@ -92,7 +51,7 @@ import WAL
     }
 
     @Test func aCertificateForAnotherHostHoldsTheCursorAndCountsTLSFailures() async throws {
-        let server = try await Self.tlsServer(hosts: ["broker.example"])
+        let server = try await OpenSSLServer.start(hosts: ["broker.example"])
         let metrics = RecordedMetrics()
         let run = try await Self.forwarder(to: server, ca: server.ca, metrics: metrics)
         try await waitUntil(timeout: .seconds(30)) {
@@ -105,7 +64,7 @@ import WAL
     }
 
     @Test func theRightCAPassesTheHandshakeSoNoTLSFailureIsCounted() async throws {
-        let server = try await Self.tlsServer(hosts: ["127.0.0.1", "localhost"])
+        let server = try await OpenSSLServer.start(hosts: ["127.0.0.1", "localhost"])
         let metrics = RecordedMetrics()
         let run = try await Self.forwarder(to: server, ca: server.ca, metrics: metrics)
         // Past TLS, Kafka's protocol fails against s_server: some other kind is counted.

@@ -5,35 +5,7 @@ import KafkaEnvelope
 import TestSupport
 import Testing
 
-/// Key files in a temporary directory (mode 0600, as `sluice encryption new-key` makes them).
-struct KeyFiles {
-    let directory: TemporaryDirectory
-
-    init() throws { self.directory = try TemporaryDirectory() }
-
-    /// The file of key `id`, made on first use.
-    func path(_ id: String) throws -> String {
-        let path = self.directory.path + "/\(id).key"
-        if !FileManager.default.fileExists(atPath: path) { try Keyring.writeNewKeyFile(path) }
-        return path
-    }
-
-    /// `kafka.encryption` on under `current` (or off, reading only, when nil), with `previous`.
-    func configuration(current: String?, previous: [String] = []) throws -> EncryptionConfiguration {
-        var configuration = EncryptionConfiguration()
-        if let current {
-            configuration.enabled = true
-            configuration.keyFile = try self.path(current)
-            configuration.keyID = current
-        }
-        for id in previous { configuration.previousKeys[id] = try self.path(id) }
-        return configuration
-    }
-
-    func keyring(current: String?, previous: [String] = []) throws -> Keyring? {
-        try self.configuration(current: current, previous: previous).keyring(prefix: "kafka.encryption")
-    }
-
+extension KeyFiles {
     /// A sealer under `id`.
     func sealer(_ id: String) throws -> PayloadSealer {
         let keyring = try #require(try self.keyring(current: id))
