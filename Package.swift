@@ -246,6 +246,7 @@ let package = Package(
             dependencies: [
                 "SluiceTestKit", "ClickHouse", "Encryption", "LocalClickHouse",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             path: "Tests/Support",
             swiftSettings: strict
