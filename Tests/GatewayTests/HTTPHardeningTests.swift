@@ -100,7 +100,14 @@ import Glibc
         #expect(usedResponse?.status == 200)
         #expect(usedClosed, "a keep-alive connection stays open after its request")
         #expect(ContinuousClock.now - started < .seconds(6))
-        #expect(try await running.metrics().contains { $0.hasPrefix("sluice_http_timeouts_total{reason=\"idle\"}") })
+        // Read until the exposition arrives: on a machine busy with hundreds of tests one read of
+        // /metrics can miss its 5 s answer limit, and an empty answer says nothing of the counter.
+        var metrics: [String] = []
+        try? await waitUntil(timeout: .seconds(30), pollEvery: .milliseconds(200)) {
+            metrics = (try? await running.metrics()) ?? []
+            return !metrics.isEmpty
+        }
+        #expect(metrics.contains { $0.hasPrefix("sluice_http_timeouts_total{reason=\"idle\"}") })
         try await running.stop()
     }
 
