@@ -472,12 +472,11 @@ import Glibc
             let verifier = try env.verifier([
                 env.configuration(policy: JWKSPolicy(timeout: .milliseconds(300))), env.configuration("huge"),
             ])
-            let start = ContinuousClock.now
+            // The IdP answers after 2 s, so without the 300 ms fetch timeout this token would be
+            // accepted; the refusal and the "timeout" state below are the proof. (A wall-clock
+            // bound proved less and failed once under the start-up burst of the full test run.)
             let slow = try await k1.mint(payload: accessTokenClaims(issuer: env.issuer(), now: env.clock.now))
             await expectRefused(verifier, slow, reason: "jwks_unavailable")
-            // Bounded by the 300 ms fetch timeout, not the 2 s the IdP takes (with room for a
-            // loaded CI machine).
-            #expect(ContinuousClock.now - start < .seconds(10))
             let huge = try await k1.mint(payload: accessTokenClaims(issuer: env.issuer("huge"), now: env.clock.now))
             await expectRefused(verifier, huge, reason: "jwks_unavailable")
             let states = verifier.status().map { $0.lastError?.split(separator: ":").first.map(String.init) }
