@@ -118,6 +118,8 @@ public final class KafkaConsumer: @unchecked Sendable {
     private let handle: OpaquePointer
     private let callbacks: Unmanaged<Callbacks>
     private let queue = DispatchQueue(label: "sluice.kafka.consumer")
+    /// Where ``lag(timeoutMilliseconds:)`` waits for brokers, apart from the polls.
+    private let lagQueue = DispatchQueue(label: "sluice.kafka.consumer.lag")
     private let closed = Atomic<Bool>(false)
     /// The current assignment, readable from any thread.
     private let assignmentBox = Mutex<Set<TopicPartition>>([])
@@ -273,29 +275,49 @@ public final class KafkaConsumer: @unchecked Sendable {
         }
     }
 
-    /// Per assigned partition: the cached high watermark minus this member's position, from
-    /// librdkafka's fetch state (no request). Unknown partitions are left out.
-    public func lag() async -> [TopicPartition: Int64] {
+    /// Per assigned partition: the messages this group has not committed yet — the high
+    /// watermark, asked of the partition's leader, minus the group's committed offset (the low
+    /// watermark before the group's first commit: the consumers start at the earliest
+    /// message). Partitions whose broker does not answer within `timeoutMilliseconds` are left
+    /// out.
+    ///
+    /// Both figures are broker requests, made on a queue of their own so that polls on the
+    /// consumer's queue are not held up. librdkafka's cached watermarks, which this used
+    /// before, come from fetch responses and stop moving while a partition is paused: the
+    /// gauge froze exactly while the loader retried an insert and the backlog grew.
+    public func lag(timeoutMilliseconds: Int32 = 2_000) async -> [TopicPartition: Int64] {
         let partitions = Array(self.assignment)
         guard !partitions.isEmpty else { return [:] }
-        return await self.run { [self] in
-            let list = Self.makeList(partitions)
-            defer { rd_kafka_topic_partition_list_destroy(list) }
-            rd_kafka_position(self.handle, list)
-            var lags: [TopicPartition: Int64] = [:]
-            for index in 0..<Int(list.pointee.cnt) {
-                let element = list.pointee.elems[index]
-                let topic = String(cString: element.topic)
-                var low: Int64 = -1
-                var high: Int64 = -1
-                guard
-                    rd_kafka_get_watermark_offsets(self.handle, topic, element.partition, &low, &high)
-                        == RD_KAFKA_RESP_ERR_NO_ERROR, high >= 0
-                else { continue }
-                let position = element.offset >= 0 ? element.offset : low
-                lags[TopicPartition(topic, element.partition)] = max(0, high - max(position, 0))
+        return await withCheckedContinuation { continuation in
+            self.lagQueue.async { [self] in
+                // ``close()`` waits on this queue before it destroys the handle.
+                guard !self.closed.load(ordering: .acquiring) else { return continuation.resume(returning: [:]) }
+                let list = Self.makeList(partitions)
+                defer { rd_kafka_topic_partition_list_destroy(list) }
+                var base: [TopicPartition: Int64] = [:]
+                if rd_kafka_committed(self.handle, list, timeoutMilliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                    for element in Self.elements(list) where element.offset >= 0 {
+                        base[TopicPartition(String(cString: element.topic), element.partition)] = element.offset
+                    }
+                }
+                var lags: [TopicPartition: Int64] = [:]
+                for partition in partitions {
+                    var low: Int64 = -1
+                    var high: Int64 = -1
+                    guard
+                        rd_kafka_query_watermark_offsets(
+                            self.handle,
+                            partition.topic,
+                            partition.partition,
+                            &low,
+                            &high,
+                            timeoutMilliseconds
+                        ) == RD_KAFKA_RESP_ERR_NO_ERROR, high >= 0
+                    else { continue }
+                    lags[partition] = max(0, high - max(base[partition] ?? low, low, 0))
+                }
+                continuation.resume(returning: lags)
             }
-            return lags
         }
     }
 
@@ -303,6 +325,8 @@ public final class KafkaConsumer: @unchecked Sendable {
     public func close() async {
         guard !self.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         await self.run { [self] in
+            // A lag query in progress finishes with the handle first.
+            self.lagQueue.sync {}
             rd_kafka_consumer_close(self.handle)
             rd_kafka_destroy(self.handle)
             self.callbacks.release()
@@ -424,6 +448,13 @@ public final class KafkaConsumer: @unchecked Sendable {
     }
 
     /// A list of partitions without offsets (for position, pause, committed queries).
+    /// The elements of a partition list, to read in place.
+    static func elements(
+        _ list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>
+    ) -> UnsafeMutableBufferPointer<rd_kafka_topic_partition_t> {
+        UnsafeMutableBufferPointer(start: list.pointee.elems, count: Int(list.pointee.cnt))
+    }
+
     static func makeList(_ partitions: [TopicPartition]) -> UnsafeMutablePointer<rd_kafka_topic_partition_list_t> {
         Self.makeList(Dictionary(partitions.map { ($0, Int64(RD_KAFKA_OFFSET_INVALID)) }) { first, _ in first })
     }

@@ -192,6 +192,8 @@ public final class Loader: Service, Sendable {
             case inserted(Machine.BatchID, Range<Int>, InsertOutcome)
             case deadLettersSent(Machine.BatchID, failed: [DeadLetter])
             case committed(Machine.BatchID)
+            /// The consumer lag gauge was refreshed (not the machine's business).
+            case lagRecorded
         }
 
         let loader: Loader
@@ -237,6 +239,7 @@ public final class Loader: Service, Sendable {
                 var machine = Machine(configuration: self.configuration, clock: ContinuousClock())
                 var stopping = false
                 var lastLag = ContinuousClock.now
+                var lagInFlight = false
                 await self.perform(machine.start(), in: &group)
                 // Until shutdown a poll runs (and returns within 100 ms: the machine's tick), or
                 // else an insert, encoding or commit does, whose result wakes the loop.
@@ -258,11 +261,21 @@ public final class Loader: Service, Sendable {
                         actions = machine.deadLettersSent(id, failed: failed)
                     case .committed(let id):
                         actions = machine.committed(id)
+                    case .lagRecorded:
+                        lagInFlight = false
+                        actions = []
                     }
                     await self.perform(actions, in: &group)
-                    if !stopping && ContinuousClock.now - lastLag > .seconds(2) {
+                    // Every 2 s, as a child task of its own: it asks the brokers, and the loop
+                    // must not wait for them. Polls tick every 100 ms, also while an insert is
+                    // retried, so this runs then too.
+                    if !stopping && !lagInFlight && ContinuousClock.now - lastLag > .seconds(2) {
                         lastLag = ContinuousClock.now
-                        await self.recordLag()
+                        lagInFlight = true
+                        group.addTask {
+                            await self.recordLag()
+                            return .lagRecorded
+                        }
                     }
                 }
             }
@@ -380,6 +393,9 @@ public final class Loader: Service, Sendable {
                 case .revoked(let partitions):
                     // Their unconfirmed work belongs to the next owner: the machine drops it.
                     self.logger.info("loader.partitions_revoked", metadata: ["partitions": "\(partitions.sorted())"])
+                    // Their lag is the new owner's to report: a stale series here would add up
+                    // with its.
+                    for partition in partitions { Self.lagGauge(partition).destroy() }
                 case .assigned(let partitions):
                     self.logger.info("loader.partitions_assigned", metadata: ["partitions": "\(partitions.sorted())"])
                 case .messages:
@@ -396,12 +412,20 @@ public final class Loader: Service, Sendable {
         }
 
         private func recordLag() async {
-            for (partition, lag) in await self.consumer.lag() {
-                Gauge(
-                    label: "sluice_loader_consumer_lag_messages",
-                    dimensions: [("topic", partition.topic), ("partition", String(partition.partition))]
-                ).record(lag)
+            let lags = await self.consumer.lag()
+            // A partition revoked while the brokers answered is no longer ours to report.
+            let assigned = self.consumer.assignment
+            for (partition, lag) in lags where assigned.contains(partition) {
+                Self.lagGauge(partition).record(lag)
             }
+        }
+
+        /// Messages of a partition not yet committed by the group: loaded, or not yet.
+        private static func lagGauge(_ partition: TopicPartition) -> Gauge {
+            Gauge(
+                label: "sluice_loader_consumer_lag_messages",
+                dimensions: [("topic", partition.topic), ("partition", String(partition.partition))]
+            )
         }
 
         /// Rows in message order, and the messages that cannot become rows (with why).

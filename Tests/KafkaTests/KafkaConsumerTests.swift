@@ -85,4 +85,30 @@ import Testing
         #expect(committed[TopicPartition("other", 0)] == .some(nil))
         await consumer.close()
     }
+
+    /// The lag counts what the group has not committed, from the brokers' own watermarks, and
+    /// keeps moving while partitions are paused (the loader pauses them while it retries an
+    /// insert; librdkafka's cached watermarks froze then).
+    @Test func lagIsUncommittedMessagesAndMovesWhilePaused() async throws {
+        let cluster = try KafkaMockCluster(brokers: 3)
+        try cluster.createTopic("events", partitions: 2)
+        try await Self.fill(cluster, topic: "events", count: 200)
+        let consumer = try Self.consumer(cluster, group: "lag", topics: ["events"])
+        let (messages, _) = await Self.read(consumer, count: 200)
+        #expect(messages.count == 200)
+        // Everything fetched, nothing committed: all 200 are lag.
+        #expect(await consumer.lag().values.reduce(0, +) == 200)
+        let partitions = [TopicPartition("events", 0), TopicPartition("events", 1)]
+        try await consumer.commit([partitions[0]: 30, partitions[1]: 20])
+        let counts = Dictionary(grouping: messages, by: \.partition).mapValues(\.count)
+        let lag = await consumer.lag()
+        #expect(lag[partitions[0]] == Int64(counts[0] ?? 0) - 30)
+        #expect(lag[partitions[1]] == Int64(counts[1] ?? 0) - 20)
+
+        await consumer.pause(partitions)
+        try await Self.fill(cluster, topic: "events", count: 100)
+        #expect(await consumer.lag().values.reduce(0, +) == 300 - 50)
+        await consumer.close()
+        #expect(await consumer.lag().isEmpty, "a closed consumer answers nothing, and does not crash")
+    }
 }
