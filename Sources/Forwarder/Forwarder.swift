@@ -48,9 +48,14 @@ public final class Forwarder: Service, Sendable {
     private let commits = Mutex<(lag: ForwarderLag, failed: Int)>((ForwarderLag(), 0))
     private let metrics: ForwarderMetrics
     /// Seals values when `kafka.encryption` has a current key; nil sends them as they are.
-    private let sealer: PayloadSealer?
+    /// How events become messages (topic, key, headers, sealing): shared with the dead-letter
+    /// resend.
+    private let messages: ForwarderMessages
     /// Why the payload keys could not be read: ``run()`` throws it before sending anything.
     private let keyError: ConfigurationError?
+    /// Set when a drain gave up because Kafka did not acknowledge: the stop then waits 1 s, not
+    /// 10, for what is in flight (it is resent from the WAL next time).
+    private let shortFlush = Atomic<Bool>(false)
 
     public convenience init(
         wal: WAL,
@@ -76,10 +81,13 @@ public final class Forwarder: Service, Sendable {
         self.makeProducer = makeProducer
         self.metrics = ForwarderMetrics(factory: metricsFactory ?? MetricsSystem.factory)
         do throws(ConfigurationError) {
-            self.sealer = try configuration.encryptionKeyring().flatMap { PayloadSealer(keyring: $0) }
+            self.messages = ForwarderMessages(
+                routing: configuration.routing,
+                sealer: try configuration.encryptionKeyring().flatMap { PayloadSealer(keyring: $0) }
+            )
             self.keyError = nil
         } catch {
-            self.sealer = nil
+            self.messages = ForwarderMessages(routing: configuration.routing, sealer: nil)
             self.keyError = error
         }
         self.state = Mutex(Machine(policy: .init(maxInFlightEvents: configuration.maxInFlightEvents)))
@@ -99,18 +107,82 @@ public final class Forwarder: Service, Sendable {
     /// Where dead letters are kept: `<wal>/forwarder/dead-letters.ndjson`.
     var deadLetterPath: String { self.deadLetters.path }
 
+    /// Runs until cancelled, or until a graceful shutdown: then it first drains the WAL's
+    /// backlog (``drain(timeout:)``) and stops.
     public func run() async throws {
         // Never send plaintext because the keys could not be read.
         if let keyError = self.keyError { throw keyError }
         await self.deadLetters.prepare()
-        try await withGracefulShutdownHandler {
-            try await withTaskCancellationHandler {
-                try await self.runPasses()
-            } onCancel: {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await withTaskCancellationHandler {
+                    try await self.runPasses()
+                } onCancel: {
+                    self.stop()
+                }
+            }
+            group.addTask {
+                // Cancelled (a CancellationError) when the passes end first.
+                try await gracefulShutdown()
+                if !(await self.drain(timeout: self.configuration.drainTimeout)) {
+                    self.shortFlush.store(true, ordering: .relaxed)
+                }
                 self.stop()
             }
-        } onGracefulShutdown: {
-            self.stop()
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Waits until Kafka has acknowledged everything the WAL holds, at most `timeout`, and
+    /// less when Kafka acknowledges nothing for ``ForwarderConfiguration/drainStallTimeout``.
+    /// At a graceful stop the gateway's HTTP server has already stopped, so the WAL no longer
+    /// grows: a scaled-down gateway leaves no backlog behind when Kafka is up. Returns whether
+    /// it drained.
+    @discardableResult
+    func drain(timeout: Duration) async -> Bool {
+        let started = self.clock.now
+        let deadline = started.advanced(by: timeout)
+        // Nothing is appended any more (the HTTP server stopped first, or no gateway runs).
+        let end = self.wal.durableNextLSN
+        var last = self.state.withLock { $0.progress?.committable }
+        var lastMoved = started
+        while true {
+            let committable = self.state.withLock { $0.progress?.committable }
+            if let committable, committable >= end {
+                self.logger.info(
+                    "forwarder.drained",
+                    metadata: [
+                        "wal.cursor": "\(committable)",
+                        "event.duration": "\((self.clock.now - started).nanoseconds)",
+                    ]
+                )
+                return true
+            }
+            let now = self.clock.now
+            if committable != last {
+                last = committable
+                lastMoved = now
+            }
+            let stalled = now - lastMoved >= self.configuration.drainStallTimeout
+            if now >= deadline || stalled {
+                if timeout > .zero {
+                    self.logger.warning(
+                        "forwarder.drain_incomplete",
+                        metadata: [
+                            "wal.cursor": "\(committable ?? .zero)", "wal.end": "\(end)",
+                            "reason": .string(
+                                stalled
+                                    ? "Kafka acknowledged nothing for \(self.configuration.drainStallTimeout)"
+                                    : "forwarder.drain_timeout (\(timeout)) passed"
+                            ),
+                            "detail": "the rest stays in the WAL: the next start, or `sluice wal drain`, sends it",
+                        ]
+                    )
+                }
+                return false
+            }
+            try? await self.clock.sleep(for: .milliseconds(20))
         }
     }
 
@@ -142,12 +214,7 @@ public final class Forwarder: Service, Sendable {
     }
 
     private func runPass(_ generation: Int, from start: LSN) async throws {
-        var properties = ForwarderConfiguration.producerDefaults
-        if self.sealer != nil {
-            // Ciphertext does not compress: the envelope compresses before it encrypts.
-            properties["compression.type"] = "none"
-        }
-        properties.merge(self.configuration.kafkaProperties) { $1 }
+        let properties = self.messages.producerProperties(self.configuration)
         let producer: KafkaProducer
         do {
             producer = try self.makeProducer(
@@ -173,7 +240,7 @@ public final class Forwarder: Service, Sendable {
         }
         // Intake stopped: let Kafka acknowledge what is in flight, let the dead letters of
         // this pass reach the disk, then persist the cursor.
-        await producer.close(flushTimeout: .seconds(10))
+        await producer.close(flushTimeout: self.shortFlush.load(ordering: .relaxed) ? .seconds(1) : .seconds(10))
         await self.deadLetters.flush()
         await self.commit(tail: tail)
         self.logger.info(
@@ -270,49 +337,12 @@ public final class Forwarder: Service, Sendable {
         }
     }
 
-    /// Queues one event as the message ``ForwardedMessage`` describes: key and headers point
-    /// into the event's own bytes (librdkafka copies those), and the value is not copied at
-    /// all: the delivery tracker holds every sent event until its delivery report has been
-    /// handled (and a new pass starts only after the old producer was closed), so the bytes
-    /// outlive librdkafka's use. A sealed value is a new array: librdkafka copies that one.
+    /// Queues one event as ``ForwarderMessages`` makes it. The value is not copied: the
+    /// delivery tracker holds every sent event until its delivery report has been handled (and
+    /// a new pass starts only after the old producer was closed), so the bytes outlive
+    /// librdkafka's use.
     private func trySend(_ event: [UInt8], lsn: LSN, producer: KafkaProducer) -> KafkaError? {
-        let message = ForwardedMessage(of: event)
-        let routing = self.configuration.routing
-        let topicName =
-            routing.topicsByAction.isEmpty ? routing.defaultTopic : routing.topic(for: message.routingAction(in: event))
-        let topic = producer.topic(topicName)
-        return event.withUnsafeBytes { raw -> KafkaError? in
-            var headers = KafkaHeaders(capacity: ForwardedMessage.maxHeaders + 2)
-            message.forEachHeader(in: raw, walLSN: lsn.rawValue) { name, value in headers.add(name, value) }
-            func produce(_ value: UnsafeRawBufferPointer, outlivesDelivery: Bool) -> KafkaError? {
-                do throws(KafkaError) {
-                    try message.withKey(in: raw) { (key: UnsafeRawBufferPointer?) throws(KafkaError) in
-                        try producer.send(
-                            topic: topic,
-                            key: key,
-                            value: value,
-                            valueOutlivesDelivery: outlivesDelivery,
-                            headers: &headers,
-                            id: lsn.rawValue
-                        )
-                    }
-                    return nil
-                } catch {
-                    return error
-                }
-            }
-            guard let sealer = self.sealer else { return produce(raw, outlivesDelivery: true) }
-            let sealed: [UInt8]
-            do {
-                sealed = try sealer.seal(raw, topic: topicName, hour: KafkaEnvelope.currentHour())
-            } catch {
-                // Neither retriable nor permanent: sent again after a pause, never as plaintext.
-                return KafkaError(.failed, "sealing the payload envelope: \(error)")
-            }
-            headers.add("sluice-enc", "v1")
-            sealer.keyIDBytes.withUnsafeBytes { headers.add(KafkaEnvelope.keyIDHeader, $0) }
-            return sealed.withUnsafeBytes { produce($0, outlivesDelivery: false) }
-        }
+        self.messages.send(event, lsn: lsn, producer: producer, eventOutlivesDelivery: true)
     }
 
     /// Sends again what failed for a passing reason, at most one round per resend pause;

@@ -30,6 +30,12 @@ public struct ForwarderConfiguration: Sendable {
     public var maxInFlightEvents = 100_000
     /// How often the cursor is persisted. Default: 200 ms.
     public var commitInterval: Duration = .milliseconds(200)
+    /// At a graceful stop, how long the forwarder keeps sending the WAL's backlog before it
+    /// stops (zero: it stops at once, flushing only what is in flight). Default: 10 s.
+    public var drainTimeout: Duration = .seconds(10)
+    /// At a graceful stop, the drain gives up when Kafka acknowledged nothing for this long (a
+    /// broker outage: waiting longer would only delay the stop). Default: 5 s.
+    public var drainStallTimeout: Duration = .seconds(5)
     /// `kafka.encryption.*`: with a current key, every value is sealed in a payload envelope
     /// (``KafkaEnvelope``) before it reaches Kafka. Off by default.
     package var encryption = EncryptionConfiguration()
@@ -63,6 +69,11 @@ extension ForwarderConfiguration {
             \.maxInFlightEvents,
             range: 1...10_000_000,
             help: "events sent and unacknowledged at most"
+        ),
+        .duration(
+            "forwarder.drain_timeout",
+            \.drainTimeout,
+            help: "at a graceful stop, keep sending the WAL's backlog this long at most (0s: flush only)"
         ),
     ]
 }

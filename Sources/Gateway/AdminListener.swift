@@ -15,10 +15,22 @@ func addOperationalRoutes<Context: RequestContext>(
     configuration: GatewayConfiguration,
     wal: any EventLog,
     registry: PrometheusCollectorRegistry,
+    stopGate: StopGate,
     authReadiness: (@Sendable () -> String?)? = nil
 ) {
     router.get("/healthz") { _, _ in Ingest.json(.ok, .object([("status", .string("ok"))])) }
     router.get("/readyz") { _, _ in
+        if stopGate.isClosed {
+            var response = Ingest.json(
+                .serviceUnavailable,
+                .object([
+                    ("status", .string("unavailable")), ("reason", .string("the gateway is shutting down")),
+                    ("wal_pressure", .string(wal.pressureLevel)),
+                ])
+            )
+            response.headers[.retryAfter] = String(configuration.retryAfterSeconds)
+            return response
+        }
         if wal.isWritable {
             var members: [(String, JSONValue)] = [
                 ("status", .string("ready")), ("wal_pressure", .string(wal.pressureLevel)),
@@ -44,13 +56,14 @@ func addOperationalRoutes<Context: RequestContext>(
 
 /// The admin listener: `/healthz`, `/readyz` and `/metrics` over plain HTTP on
 /// `gateway.admin_listen`, so that they need not be exposed with the API. Runs as a service of
-/// the gateway's application (``buildGatewayApplication(configuration:wal:registry:logger:services:tls:onServerRunning:onAdminServerRunning:)``).
+/// the gateway's application (``buildGatewayApplication(configuration:wal:registry:authentication:stats:logger:services:tls:stopGate:onServerRunning:onAdminServerRunning:)``).
 func buildAdminApplication(
     configuration: GatewayConfiguration,
     host: String,
     port: Int,
     wal: any EventLog,
     registry: PrometheusCollectorRegistry,
+    stopGate: StopGate,
     authReadiness: (@Sendable () -> String?)? = nil,
     logger: Logger,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void
@@ -61,6 +74,7 @@ func buildAdminApplication(
         configuration: configuration,
         wal: wal,
         registry: registry,
+        stopGate: stopGate,
         authReadiness: authReadiness
     )
     return Application(

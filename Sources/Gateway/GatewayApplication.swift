@@ -41,6 +41,7 @@ public func buildGatewayRouter(
     registry: PrometheusCollectorRegistry,
     authentication: GatewayAuthentication = .open,
     stats: StatsService? = nil,
+    stopGate: StopGate = StopGate(),
     logger: Logger
 ) -> Router<IngestRequestContext> {
     buildGatewayRouter(
@@ -50,6 +51,7 @@ public func buildGatewayRouter(
         metrics: HTTPMetrics(),
         authentication: authentication,
         stats: stats,
+        stopGate: stopGate,
         logger: logger
     )
 }
@@ -61,6 +63,7 @@ func buildGatewayRouter(
     metrics: HTTPMetrics,
     authentication: GatewayAuthentication,
     stats: StatsService? = nil,
+    stopGate: StopGate,
     logger: Logger
 ) -> Router<IngestRequestContext> {
     let ingest = Ingest(
@@ -82,6 +85,7 @@ func buildGatewayRouter(
             routes: routes
         )
     )
+    router.add(middleware: StopGateMiddleware(gate: stopGate, retryAfterSeconds: configuration.retryAfterSeconds))
     if !configuration.corsAllowedOrigins.isEmpty {
         let origins = configuration.corsAllowedOrigins
         router.add(
@@ -117,6 +121,7 @@ func buildGatewayRouter(
             configuration: configuration,
             wal: wal,
             registry: registry,
+            stopGate: stopGate,
             authReadiness: authentication.authReadiness
         )
     }
@@ -165,6 +170,7 @@ public func buildGatewayApplication(
     logger: Logger,
     services: [any Service] = [],
     tls: TLSCertificateReloader? = nil,
+    stopGate: StopGate = StopGate(),
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
     onAdminServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
@@ -176,6 +182,7 @@ public func buildGatewayApplication(
         metrics: metrics,
         authentication: authentication,
         stats: stats,
+        stopGate: stopGate,
         logger: logger
     )
     var connectionLimit = configuration.maxConnections
@@ -224,6 +231,7 @@ public func buildGatewayApplication(
                 port: configuration.adminPort,
                 wal: wal,
                 registry: registry,
+                stopGate: stopGate,
                 authReadiness: authentication.authReadiness,
                 logger: logger,
                 onServerRunning: onAdminServerRunning

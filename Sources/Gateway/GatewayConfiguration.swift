@@ -30,6 +30,11 @@ public struct GatewayConfiguration: Sendable {
     public var appendTimeout: Duration = .milliseconds(150)
     /// `Retry-After` seconds on 503. Default: 1.
     public var retryAfterSeconds = 1
+    /// At a graceful stop (SIGTERM, SIGINT), how long the API keeps listening while `/readyz`
+    /// and every new request answer 503 (``StopGate``), so that balancers take the gateway out
+    /// before its listener closes. Default: 0 s (set it to the balancer's health-check
+    /// interval × its fall count; Kubernetes: a few seconds, for endpoint propagation).
+    public var shutdownDelay: Duration = .zero
     /// Longest a connection may wait for the first byte of its next request (a keep-alive
     /// connection between requests, or a new one) before it is closed without an answer.
     /// Default: 75 s, longer than the 60 s idle timeout of common load balancers, so that they

@@ -38,6 +38,11 @@ extension GatewayConfiguration {
         .boolean("gateway.demo_page", \.demoPage, help: "serve /demo, a page that sends through the tracker"),
         .duration("gateway.append_timeout", \.appendTimeout, help: "answer 503 if the WAL takes longer"),
         .duration(
+            "gateway.shutdown_delay",
+            \.shutdownDelay,
+            help: "at a graceful stop, answer 503 (readyz too) this long before the listener closes"
+        ),
+        .duration(
             "gateway.idle_timeout",
             \.idleTimeout,
             help: "close a connection that waits this long for its next request"

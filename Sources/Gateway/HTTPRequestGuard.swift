@@ -73,7 +73,8 @@ struct HTTPGuardSettings: Sendable {
 ///   answered, another expectation is 417, a declared `Content-Length` over the body limit is
 ///   413 before the body is read;
 /// - a request that does not keep the connection alive (HTTP/1.0 without keep-alive,
-///   `Connection: close`) has the connection closed after its answer.
+///   `Connection: close`) has the connection closed after its answer, and so does an answer
+///   with `Connection: close`.
 ///
 /// Every request it answers itself ends the connection: what follows on the wire cannot be
 /// trusted. Runs on the channel's event loop; one instance per connection.
@@ -360,6 +361,13 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch Self.unwrapOutboundIn(data) {
         case .head(var head):
+            // A handler that answers `Connection: close` (a gateway that is stopping) ends the
+            // connection: what the client sends after it is not read.
+            if !Self.isInterim(head.status),
+                head.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "close" })
+            {
+                self.endInput(context: context)
+            }
             if self.closeWhenAnswered && self.timeouts.unanswered <= 1 && !Self.isInterim(head.status) {
                 head.headers.replaceOrAdd(name: "Connection", value: "close")
                 context.write(Self.wrapOutboundOut(.head(head)), promise: promise)

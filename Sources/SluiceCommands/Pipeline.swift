@@ -106,6 +106,7 @@ struct PipelineProcess {
         }
         let announcer = Self.announcer(label: "sluice.gateway")
         let onListening = self.onListening
+        let stopGate = StopGate()
         let app = buildGatewayApplication(
             configuration: gateway,
             wal: log,
@@ -114,6 +115,7 @@ struct PipelineProcess {
             stats: stats,
             logger: Logger(label: "sluice.gateway"),
             services: services,
+            stopGate: stopGate,
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? gateway.port
                 announcer.notice(
@@ -128,8 +130,24 @@ struct PipelineProcess {
                 await onListening(port)
             }
         )
+        // The stop service comes after the application: a group stops in reverse, so at
+        // SIGTERM the gate closes (and the delay runs) before the server stops.
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    app,
+                    GracefulStopService(
+                        gate: stopGate,
+                        delay: gateway.shutdownDelay,
+                        logger: Logger(label: "sluice.gateway")
+                    ),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: Logger(label: "sluice")
+            )
+        )
         do {
-            try await app.runService()
+            try await group.run()
         } catch {
             await log.close()
             printError("sluice: \(describeServerStop(error, host: gateway.host, port: gateway.port))")
