@@ -10,7 +10,9 @@ struct WALCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wal",
         abstract: "Inspect, verify and benchmark a write-ahead log directory.",
-        subcommands: [List.self, Stat.self, Dump.self, Verify.self, CursorCommand.self, Bench.self]
+        subcommands: [
+            List.self, Stat.self, Dump.self, Verify.self, CursorCommand.self, Drain.self, DeadLetters.self, Bench.self,
+        ]
     )
 }
 

@@ -62,3 +62,56 @@ extension Pipeline {
         return ids
     }
 }
+
+extension ForwarderTests {
+    /// `sluice wal drain DIR`, what the Kubernetes drainer Job runs on a scaled-down gateway's
+    /// volume: the backlog reaches Kafka and the command exits 0 once the cursor is at the end;
+    /// without Kafka it exits 1 at its timeout and loses nothing; a WAL another process holds
+    /// is refused.
+    @Test func walDrainForwardsTheBacklogAndExitsZeroAtTheEnd() async throws {
+        let directory = try TemporaryDirectory()
+        let walDirectory = directory.path + "/wal"
+        let ids = try await Pipeline.prefill(walDirectory, events: 5_000)
+        func cursor() -> LSN { (try? WALInspector(directory: walDirectory).cursors().first?.lsn) ?? .zero }
+        let quiet = ["--log-level", "critical"]
+
+        let unreachable = try await ChildProcess.runSluice(
+            ["wal", "drain", walDirectory, "--kafka-bootstrap", "127.0.0.1:1", "--timeout", "2s"] + quiet
+        )
+        #expect(unreachable.status == 1)
+        #expect(unreachable.standardError.contains("5000 of 5000 event(s) not drained"), "\(unreachable.standardError)")
+        #expect(cursor() == .zero)
+
+        let kafka = try await DevKafka.start(brokers: 3, topics: ["events:4"])
+        let bootstrap = kafka.bootstrapServers
+        let drained = try await ChildProcess.runSluice(
+            ["wal", "drain", walDirectory, "--kafka-bootstrap", bootstrap] + quiet
+        )
+        #expect(drained.status == 0, "\(drained.standardError)")
+        #expect(drained.standardOutput.contains("draining 5000 event(s), LSN 0 ..< 5000"))
+        #expect(drained.standardOutput.contains("drained: the forwarder cursor reached the end (LSN 5000)"))
+        #expect(cursor() == LSN(5_000))
+        let messages = try await consume(bootstrap, topic: "events")
+        #expect(Set(messages.map(\.id)) == Set(ids))
+
+        let again = try await ChildProcess.runSluice(
+            ["wal", "drain", walDirectory, "--kafka-bootstrap", bootstrap] + quiet
+        )
+        #expect(again.status == 0)
+        #expect(again.standardOutput.contains("nothing to drain"))
+
+        let owner = try SluiceProcess(["forwarder", "--wal-dir", walDirectory, "--kafka-bootstrap", bootstrap])
+        _ = try await owner.line(containing: "\"forwarder.started\"", timeout: .seconds(60))
+        let locked = try await ChildProcess.runSluice(
+            ["wal", "drain", walDirectory, "--kafka-bootstrap", bootstrap] + quiet
+        )
+        #expect(locked.status == 2)
+        #expect(locked.standardError.contains("is locked by process"), "\(locked.standardError)")
+        #expect(try await owner.stop(SIGTERM) == 0)
+
+        let noKafka = try await ChildProcess.runSluice(["wal", "drain", walDirectory] + quiet)
+        #expect(noKafka.status == 2)
+        #expect(noKafka.standardError.contains("no Kafka to drain into"))
+        #expect(try await kafka.stop() == 0)
+    }
+}

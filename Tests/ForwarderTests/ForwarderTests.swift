@@ -75,7 +75,9 @@ struct Pipeline {
         topics: [String] = ["events"],
         routing: TopicRouting = TopicRouting(),
         kafkaProperties: [String: String] = [:],
-        fileSystem: (any WALFileSystem)? = nil
+        fileSystem: (any WALFileSystem)? = nil,
+        maxInFlightEvents: Int = 100_000,
+        drainStallTimeout: Duration = .seconds(5)
     ) async throws -> Pipeline {
         let directory = try TemporaryDirectory()
         var configuration = WALConfiguration(directory: directory.path + "/wal")
@@ -93,6 +95,9 @@ struct Pipeline {
         )
         forwarding.commitInterval = .milliseconds(50)
         forwarding.routing = routing
+        forwarding.drainTimeout = .seconds(60)
+        forwarding.drainStallTimeout = drainStallTimeout
+        forwarding.maxInFlightEvents = maxInFlightEvents
         let producers = Producers()
         let forwarder = Forwarder(
             wal: wal,
@@ -201,6 +206,42 @@ struct Prefill {
         #expect(Set(messages.map(\.id)) == Set(ids))
         #expect(messages.count >= 600)
         try await pipeline.stop()
+    }
+
+    /// A graceful stop (the gateway's SIGTERM, after its HTTP server stopped) sends the whole
+    /// backlog before the forwarder stops: a scaled-down gateway leaves nothing behind.
+    @Test func aGracefulStopSendsTheBacklogFirst() async throws {
+        // At most 200 events in flight: without the drain, the stop's flush would send only
+        // those (with the default 100,000 the whole backlog would be in librdkafka's queue).
+        let pipeline = try await Pipeline.start(partitions: 2, maxInFlightEvents: 200)
+        for broker in 1...3 { pipeline.cluster.setBrokerDown(Int32(broker)) }
+        let ids = try await pipeline.append(4_000)
+        #expect((pipeline.wal.cursor("forwarder")?.lsn ?? .zero) < LSN(4_000))
+        for broker in 1...3 { pipeline.cluster.setBrokerUp(Int32(broker)) }
+        // The stop begins at once: the drain, not the running forwarder, must send the rest.
+        try await pipeline.stop()
+        #expect(try WALInspector(directory: pipeline.wal.configuration.directory).cursors().first?.lsn == LSN(4_000))
+        let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
+        let missing = Set(ids).subtracting(messages.map(\.id))
+        #expect(missing.isEmpty, "\(missing.count) of \(ids.count) events not in Kafka")
+    }
+
+    /// While Kafka acknowledges nothing, the drain gives up after its stall limit instead of
+    /// holding the stop for the whole drain timeout (60 s here); the backlog stays in the WAL.
+    @Test func aGracefulStopWithKafkaDownGivesUpAtTheStallLimit() async throws {
+        let pipeline = try await Pipeline.start(partitions: 2, drainStallTimeout: .seconds(1))
+        for broker in 1...3 { pipeline.cluster.setBrokerDown(Int32(broker)) }
+        _ = try await pipeline.append(1_000)
+        let started = ContinuousClock.now
+        try await pipeline.stop()
+        let took = ContinuousClock.now - started
+        // 1 s of stall and 1 s of flush, with room for a loaded machine; the drain timeout
+        // is 60 s.
+        #expect(took < .seconds(30), "the stop took \(took)")
+        #expect(
+            (try WALInspector(directory: pipeline.wal.configuration.directory).cursors().first?.lsn ?? .zero)
+                < LSN(1_000)
+        )
     }
 
     @Test func injectedProduceErrorsAndALeaderChangeLoseNothing() async throws {
@@ -323,6 +364,38 @@ struct Prefill {
         #expect(lines.last?.contains("\"wal_lsn\":21,") == true)
         let messages = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
         #expect(Set(messages.map(\.id)) == Set(ids))
+
+        // Resending beside the running forwarder: while the cause stays (the 2,000-byte limit)
+        // the large one is refused again and kept; after the fix both go, as the forwarder
+        // would have sent them, and a record of what went is left.
+        let walDirectory = pipeline.wal.configuration.directory
+        let bootstrap = ["--kafka-bootstrap", pipeline.cluster.bootstrapServers, "--log-level", "critical"]
+        let listed = try await ChildProcess.runSluice(["wal", "dead-letters", "ls", walDirectory])
+        #expect(listed.status == 0)
+        #expect(listed.standardOutput.contains("2 dead letter(s)"), "\(listed.standardOutput)")
+        let stillTooLarge = try await ChildProcess.runSluice(
+            ["wal", "dead-letters", "resend", walDirectory] + bootstrap,
+            environment: ["SLUICE_KAFKA_PROPERTIES_MESSAGE_MAX_BYTES": "2000"]
+        )
+        #expect(stillTooLarge.status == 1, "\(stillTooLarge.standardError)")
+        #expect(stillTooLarge.standardOutput.contains("sent 1 event(s) to events"), "\(stillTooLarge.standardOutput)")
+        #expect(stillTooLarge.standardError.contains("1 event(s) refused again"), "\(stillTooLarge.standardError)")
+        #expect(stillTooLarge.standardError.contains("MSG_SIZE_TOO_LARGE"))
+        #expect(pipeline.deadLetterLines.isEmpty, "the live file was claimed")
+        let fixed = try await ChildProcess.runSluice(["wal", "dead-letters", "resend", walDirectory] + bootstrap)
+        #expect(fixed.status == 0, "\(fixed.standardError)")
+        #expect(fixed.standardOutput.contains("sent 1 event(s) to events"), "\(fixed.standardOutput)")
+        let left = try await ChildProcess.runSluice(["wal", "dead-letters", "ls", walDirectory])
+        #expect(left.standardOutput.contains("0 dead letter(s)"), "\(left.standardOutput)")
+        let resent = try FileManager.default.contentsOfDirectory(atPath: walDirectory + "/forwarder")
+            .filter { $0.hasPrefix("dead-letters.resent-") }
+        #expect(resent.count == 2, "\(resent)")
+        let after = try await consume(pipeline.cluster.bootstrapServers, topic: "events")
+        let resentLarge = after.filter { $0.lsn == largeLSN.rawValue }
+        #expect(resentLarge.count == 1, "the large event arrives once, with its WAL LSN header")
+        #expect(resentLarge.first?.key == "big")
+        let expected: Set<String> = Set(ids).union(rejected).union([large.eventID])
+        #expect(Set(after.map(\.id)) == expected)
         try await pipeline.stop()
     }
 
