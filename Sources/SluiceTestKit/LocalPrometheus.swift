@@ -83,8 +83,11 @@ public struct PrometheusLab: Sendable {
             )
         }
         config["scrape_configs"] = jobs
-        // JSON is YAML: Prometheus reads it as it is.
-        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        // JSON is YAML: Prometheus reads it as it is (slashes unescaped: YAML has no `\/`).
+        let data = try JSONSerialization.data(
+            withJSONObject: config,
+            options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        )
         let path = directory + "/prometheus.yml"
         try data.write(to: URL(fileURLWithPath: path))
         try Self.compress(rules: shippedRules, by: self.compression)
