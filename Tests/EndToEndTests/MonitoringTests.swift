@@ -89,7 +89,7 @@ import Testing
             Duration.zero, Duration.zero, Duration.zero, Duration.zero
         )
         do {
-            try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            try await waitUntil(timeout: .seconds(90), pollEvery: .milliseconds(250)) {
                 let up = try await value(#"sum(up{job=~"sluice-gateway|sluice-loader"})"#)
                 let inserted = try await value("sum(sluice_loader_inserted_rows_total)") ?? 0
                 let delivered = try await value("sum(sluice_forwarder_delivery_latency_seconds_count)") ?? 0
@@ -112,7 +112,7 @@ import Testing
             for broker in 1...3 { cluster.setBrokerDown(Int32(broker)) }
             let kafkaDown = ContinuousClock.now
             (load, posting) = startLoad(workers: 2, batch: 1000...1000, pause: .zero)
-            try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            try await waitUntil(timeout: .seconds(90), pollEvery: .milliseconds(250)) {
                 let lag = try await value("max(sluice_forwarder_wal_lag_events)") ?? 0
                 return lag > 60_000
             }
@@ -121,7 +121,7 @@ import Testing
             step = "Kafka down: waiting for SluiceForwarderLagGrowing"
             // A trickle keeps the lag growing (the rule wants it rising, not just high).
             (load, posting) = startLoad(workers: 1, batch: 100...100, pause: .milliseconds(250))
-            try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            try await waitUntil(timeout: .seconds(90), pollEvery: .milliseconds(250)) {
                 try await alert("SluiceForwarderLagGrowing", severity: "warning") == "firing"
             }
             try await waitUntil(timeout: .seconds(30), pollEvery: .milliseconds(250)) {
@@ -134,7 +134,7 @@ import Testing
             step = "Kafka up: waiting for SluiceForwarderLagGrowing to resolve"
             for broker in 1...3 { cluster.setBrokerUp(Int32(broker)) }
             let kafkaUp = ContinuousClock.now
-            try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            try await waitUntil(timeout: .seconds(90), pollEvery: .milliseconds(250)) {
                 try await alert("SluiceForwarderLagGrowing", severity: "warning") == nil
             }
             try await waitUntil(timeout: .seconds(30), pollEvery: .milliseconds(250)) {
@@ -148,7 +148,7 @@ import Testing
             step = "ClickHouse down: waiting for SluiceLoaderInsertRetries"
             try await offPool { clickHouse.kill() }
             let clickHouseDown = ContinuousClock.now
-            try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            try await waitUntil(timeout: .seconds(90), pollEvery: .milliseconds(250)) {
                 try await alert("SluiceLoaderInsertRetries", severity: "warning") == "firing"
             }
             try await waitUntil(timeout: .seconds(30), pollEvery: .milliseconds(250)) {
@@ -158,7 +158,7 @@ import Testing
             step = "ClickHouse up: waiting for SluiceLoaderInsertRetries to resolve"
             try await clickHouse.restart()
             let clickHouseUp = ContinuousClock.now
-            try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(250)) {
+            try await waitUntil(timeout: .seconds(90), pollEvery: .milliseconds(250)) {
                 try await alert("SluiceLoaderInsertRetries", severity: "warning") == nil
             }
             try await waitUntil(timeout: .seconds(30), pollEvery: .milliseconds(250)) {
