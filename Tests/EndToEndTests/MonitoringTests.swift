@@ -234,6 +234,24 @@ import Testing
         withExtendedLifetime(cluster) {}
     }
 
+    /// The one override of the rules: durations in `for:`, range selectors and `offset` are
+    /// divided; thresholds and `predict_linear`'s horizon are not. A `[10m]` inside annotation
+    /// text is compressed too, which changes only what the alert's text says.
+    @Test func timeCompressionChangesOnlyDurations() throws {
+        let rules = """
+            expr: rate(x[10m]) > 300 and y offset 1h30m < 5 and predict_linear(z[30m], 4 * 3600) > 0
+            for: 5m
+            summary: "[10m] in {{ $value }}"
+            """
+        #expect(
+            try PrometheusLab.compress(rules: rules, by: 60) == """
+                expr: rate(x[10000ms]) > 300 and y offset 90000ms < 5 and predict_linear(z[30000ms], 4 * 3600) > 0
+                for: 5000ms
+                summary: "[10000ms] in {{ $value }}"
+                """
+        )
+    }
+
     /// Metrics that exist only once what they count has happened, or only with a setup this
     /// test does not have: why each is absent from a healthy test pipeline.
     static let onlyWhenItHappens: [String: String] = [
