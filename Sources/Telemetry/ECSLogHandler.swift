@@ -36,21 +36,66 @@ public struct ECSLogHandler: LogHandler {
         writer.member("@timestamp", Timestamp.format(millis: Timestamp.nowMillis()), first: true)
         writer.member("log.level", Self.level(event.level))
         writer.member("message", "\(event.message)")
+        writer.member("ecs.version", Self.ecsVersion)
         writer.member("log.logger", self.label)
         writer.member("service.name", self.serviceName)
         var merged = self.metadata
         if let provided = self.metadataProvider?.get() { merged.merge(provided) { $1 } }
         if let extra = event.metadata { merged.merge(extra) { $1 } }
         for (key, value) in merged {
+            let name = Self.fieldName(key)
             writer.raw(",")
-            writer.string(key)
+            writer.string(name)
             writer.raw(":")
-            Self.write(value, into: &writer)
+            if Self.textFields.contains(name), case .string(let text) = value {
+                writer.string(text)
+            } else {
+                Self.write(value, into: &writer)
+            }
         }
         if event.level >= .error { writer.member("log.origin.file.name", "\(event.file):\(event.line)") }
         writer.raw("}\n")
         let bytes = writer.bytes
         _ = bytes.withUnsafeBytes { Glibc.write(self.fileDescriptor, $0.baseAddress, $0.count) }
+    }
+
+    /// The ECS version whose field names and types the lines follow (ecs-logging requires
+    /// `ecs.version` on every line; Elasticsearch's ECS templates key on it).
+    static let ecsVersion = "8.11.0"
+
+    /// The ECS field sets (top-level names): a metadata key under one of them must be an ECS
+    /// field, or Elasticsearch maps it against the ECS template (a scalar `error` where ECS has
+    /// the object `error.*` makes the whole line unindexable).
+    static let ecsNamespaces: Set<Substring> = [
+        "agent", "client", "cloud", "container", "data_stream", "destination", "dns", "ecs", "error", "event",
+        "file", "group", "host", "http", "log", "network", "observer", "orchestrator", "process", "related",
+        "server", "service", "source", "span", "tls", "trace", "transaction", "url", "user", "user_agent",
+    ]
+
+    /// The ECS fields Sluice writes (ECS 8.11, `generated/csv/fields.csv`), with whether their
+    /// type is a string (keyword, text, wildcard, ip, date): their values stay JSON strings even
+    /// when they look like numbers (an `X-Request-Id: 4711` is a keyword, not a long).
+    static let ecsFields: [String: Bool] = [
+        "client.ip": true, "error.message": true, "error.type": true, "event.dataset": true,
+        "event.duration": false, "event.reason": true, "file.path": true, "http.request.body.bytes": false,
+        "http.request.id": true, "http.request.method": true, "http.response.body.bytes": false,
+        "http.response.status_code": false, "log.origin.file.name": true, "process.exit_code": false,
+        "server.address": true, "server.port": false, "tls.server.not_after": true,
+        "tls.server.x509.serial_number": true, "url.full": true, "url.path": true, "url.query": true,
+        "user.id": true, "user.name": true, "user_agent.original": true,
+    ]
+    static let textFields = Set(ecsFields.filter(\.value).keys)
+
+    /// The name a metadata key is written under: `error` (a description, logged that way
+    /// throughout) becomes ECS's `error.message`; a key in an ECS field set that ECS does not
+    /// define (`tls.listener`) moves to Sluice's own namespace, `sluice.tls.listener`, as ECS
+    /// advises for custom fields. Everything else is written as given.
+    static func fieldName(_ key: String) -> String {
+        if key == "error" { return "error.message" }
+        guard let namespace = key.split(separator: ".", maxSplits: 1).first, Self.ecsNamespaces.contains(namespace),
+            Self.ecsFields[key] == nil
+        else { return key }
+        return "sluice." + key
     }
 
     static func level(_ level: Logger.Level) -> String {
