@@ -44,11 +44,17 @@ struct StopBenchCommand: AsyncParsableCommand {
             userAgent: "bench",
             gatewayID: "gw-bench"
         )
-        let padding = String(repeating: "x", count: max(0, self.eventBytes - 420))
+        // Random letters, so that the producer's LZ4 does not shrink the backlog to nothing: a
+        // slice of a 1 MiB pool at a random offset per event (LZ4 looks back 64 KiB).
+        let letters = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8)
+        let pool = (0..<(1 << 20)).map { _ in letters[Int.random(in: 0..<letters.count)] }
+        let paddingBytes = max(0, self.eventBytes - 420)
         var written = 0
         var events = 0
         var batch: [[UInt8]] = []
         while written < self.mebibytes << 20 {
+            let offset = Int.random(in: 0..<(pool.count - paddingBytes))
+            let padding = String(decoding: pool[offset..<offset + paddingBytes], as: UTF8.self)
             let event = Event(
                 eventID: UUIDText.v7(millis: origin.receivedAtMillis),
                 action: "page_view",
