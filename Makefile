@@ -47,6 +47,7 @@ bench: setup
 	scripts/bench-auth
 	.build/release/sluice-bench forwarder $(DATA) --events 1000000
 	scripts/bench-loader 1000000
+	.build/release/sluice-bench scale-out --seconds 10 --rounds 3   # root: network namespaces
 	$(SWIFT) build
 	SLUICE_CRASH_ROUNDS=500 $(SWIFT) test --filter CrashTests
 

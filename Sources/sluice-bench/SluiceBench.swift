@@ -17,6 +17,7 @@ struct SluiceBench: AsyncParsableCommand {
             GatewayBaselineCommand.self, ForwarderBenchCommand.self, LoaderBenchCommand.self,
             LoaderTLSBenchCommand.self, PipelineBenchCommand.self, TortureCommand.self, AnalyticsBenchCommand.self,
             StopBenchCommand.self,
+            ScaleOutBenchCommand.self,
         ]
     )
 
