@@ -64,5 +64,12 @@ fuzz: setup
 check-race: setup
 	bash scripts/check-race
 
+# The container image (ops/image/Containerfile): with podman or docker when one can run a
+# container here; otherwise its file system from debootstrap, checked with chroot
+# (docs/deployment.md). Not in `make test`: the static release build and debootstrap take minutes.
+.PHONY: image
+image: setup
+	bash scripts/build-image
+
 clean:
 	rm -rf .build .build-fuzz .build-tsan $(DATA)

@@ -12,6 +12,7 @@ package struct Sluice: AsyncParsableCommand {
     package static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "A durable ingest path for user-action and clickstream events.",
+        version: Sluice.version,
         subcommands: [
             DevCommand.self, AllCommand.self, GatewayCommand.self, ForwarderCommand.self, LoaderCommand.self,
             WALCommand.self, OffsetsCommand.self, KeysCommand.self,
@@ -19,6 +20,10 @@ package struct Sluice: AsyncParsableCommand {
             OAuthCommand.self, TLSCommand.self, EncryptionCommand.self, EraseCommand.self,
         ]
     )
+
+    /// What `sluice --version` prints: the first check of a built image (scripts/build-image)
+    /// and how an operator tells which release a host or container runs.
+    package static let version = "0.15.0"
 
     package init() {}
 
