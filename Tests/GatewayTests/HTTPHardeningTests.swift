@@ -257,6 +257,12 @@ import Glibc
             (0..<300).compactMap { _ in try? RawConnection(port: port, timeout: .milliseconds(100)) }
         }
         try await Task.sleep(for: .seconds(1))
+        // A gateway that died out of descriptors is the failure to report, with its last words
+        // (it happened once in a full-suite run, and /proc said only that it was gone).
+        try #require(
+            running.gateway.child.isRunning,
+            "the gateway exited: \(running.gateway.standardError.suffix(2000)) \(running.gateway.standardOutput.suffix(2000))"
+        )
         let before = try Self.cpuSeconds(pid)
         try await Task.sleep(for: .seconds(2))
         let used = try Self.cpuSeconds(pid) - before
