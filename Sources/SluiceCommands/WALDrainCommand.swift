@@ -44,14 +44,7 @@ extension WALCommand {
             var settings = try self.options.load()
             try ConfigOptions.apply(self.directory, to: "wal.directory", from: "DIRECTORY", in: &settings)
             try self.kafka.apply(to: &settings)
-            let timeout: Duration
-            do {
-                timeout = try SettingValue(text: self.timeout, list: nil, origin: "--timeout")
-                    .duration("--timeout", atLeast: .seconds(1))
-            } catch {
-                printError("sluice: \(error)")
-                throw ExitStatus.unusable
-            }
+            let timeout = try timeoutOption(self.timeout)
             guard var forwarding = settings.forwarderConfiguration else {
                 printError("sluice: no Kafka to drain into: give --kafka-bootstrap or kafka.bootstrap_servers")
                 throw ExitStatus.unusable
@@ -106,6 +99,16 @@ extension WALCommand {
             }
             print("drained: the forwarder cursor reached the end (LSN \(end)) in \(seconds) s")
         }
+    }
+}
+
+/// `--timeout`'s value (at least a second), or exit status 2 with what is wrong with it.
+private func timeoutOption(_ text: String) throws -> Duration {
+    do {
+        return try SettingValue(text: text, list: nil, origin: "the command line").duration("--timeout", atLeast: .seconds(1))
+    } catch {
+        printError("sluice: \(error)")
+        throw ExitStatus.unusable
     }
 }
 
@@ -174,14 +177,7 @@ extension WALCommand {
             func run() async throws {
                 var settings = try self.options.load()
                 try self.kafka.apply(to: &settings)
-                let timeout: Duration
-                do {
-                    timeout = try SettingValue(text: self.timeout, list: nil, origin: "--timeout")
-                        .duration("--timeout", atLeast: .seconds(1))
-                } catch {
-                    printError("sluice: \(error)")
-                    throw ExitStatus.unusable
-                }
+                let timeout = try timeoutOption(self.timeout)
                 guard let forwarding = settings.forwarderConfiguration else {
                     printError("sluice: no Kafka to send to: give --kafka-bootstrap or kafka.bootstrap_servers")
                     throw ExitStatus.unusable
