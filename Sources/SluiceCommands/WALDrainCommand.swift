@@ -105,7 +105,10 @@ extension WALCommand {
 /// `--timeout`'s value (at least a second), or exit status 2 with what is wrong with it.
 private func timeoutOption(_ text: String) throws -> Duration {
     do {
-        return try SettingValue(text: text, list: nil, origin: "the command line").duration("--timeout", atLeast: .seconds(1))
+        return try SettingValue(text: text, list: nil, origin: "the command line").duration(
+            "--timeout",
+            atLeast: .seconds(1)
+        )
     } catch {
         printError("sluice: \(error)")
         throw ExitStatus.unusable
