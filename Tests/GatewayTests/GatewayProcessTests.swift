@@ -27,7 +27,10 @@ final class GatewayProcess: Sendable {
         )
         do {
             self.port = try await self.child.listeningPort(timeout: .seconds(20))
-        } catch  where !self.child.isRunning {
+        } catch {
+            // Its output ended without a port: it exited (the caller inspects the status), or
+            // is about to, which a loaded machine can take a moment to report.
+            guard (try? await self.child.waitForExit(timeout: .seconds(10))) != nil else { throw error }
             self.port = 0
         }
     }
