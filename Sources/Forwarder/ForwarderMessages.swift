@@ -38,12 +38,6 @@ package struct ForwarderMessages: Sendable {
         return properties
     }
 
-    /// The topic `event` goes to.
-    package func topic(for event: [UInt8]) -> String {
-        guard !self.routing.topicsByAction.isEmpty else { return self.routing.defaultTopic }
-        return self.routing.topic(for: ForwardedMessage(of: event).routingAction(in: event))
-    }
-
     /// Queues `event` (WAL LSN `lsn`, also the message's delivery id unless `deliveryID` is
     /// given) on `producer`. Key and headers point into the event's own bytes (librdkafka
     /// copies those). With `eventOutlivesDelivery` the value is not copied either: the caller
