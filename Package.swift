@@ -87,11 +87,23 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The conservation ledger: what each hop took and handed on, by identity (gateway,
+        // WAL LSN), published to a Kafka topic that receipts and `sluice audit` follow.
+        .target(
+            name: "Ledger",
+            dependencies: [
+                "SluiceCore", "Kafka",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict
+        ),
         // Drains the WAL into Kafka and moves the WAL cursor over what Kafka acknowledged.
         .target(
             name: "Forwarder",
             dependencies: [
-                "SluiceCore", "WAL", "Kafka", "EventModel", "Encryption", "KafkaEnvelope",
+                "SluiceCore", "WAL", "Kafka", "EventModel", "Encryption", "KafkaEnvelope", "Ledger",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -137,7 +149,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "SluiceCore", "WAL", "EventModel", "Telemetry", "Auth", "ClickHouse",
+                "SluiceCore", "WAL", "EventModel", "Telemetry", "Auth", "ClickHouse", "Ledger",
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),
@@ -170,7 +182,7 @@ let package = Package(
         .target(
             name: "Loader",
             dependencies: [
-                "SluiceCore", "Kafka", "ClickHouse", "EventModel", "Encryption", "KafkaEnvelope",
+                "SluiceCore", "Kafka", "ClickHouse", "EventModel", "Encryption", "KafkaEnvelope", "Ledger",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -187,6 +199,7 @@ let package = Package(
             name: "SluiceCommands",
             dependencies: [
                 "SluiceCore", "WAL", "Gateway", "Telemetry", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
+                "Ledger",
                 "LocalClickHouse", "Auth", "Encryption",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -282,6 +295,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "Kafka", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "ClickHouseTests",
             dependencies: [

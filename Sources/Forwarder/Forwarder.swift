@@ -3,6 +3,7 @@ import Encryption
 import EventModel
 import Kafka
 import KafkaEnvelope
+import Ledger
 import Logging
 import Metrics
 import ServiceLifecycle
@@ -56,6 +57,8 @@ public final class Forwarder: Service, Sendable {
     /// Set when a drain gave up because Kafka did not acknowledge: the stop then waits 1 s, not
     /// 10, for what is in flight (it is resent from the WAL next time).
     private let shortFlush = Atomic<Bool>(false)
+    /// The ledger's bookkeeping, when `configuration.ledger` is set.
+    private let ledger: Mutex<ForwarderLedger?>
 
     public convenience init(
         wal: WAL,
@@ -91,6 +94,7 @@ public final class Forwarder: Service, Sendable {
             self.keyError = error
         }
         self.state = Mutex(Machine(policy: .init(maxInFlightEvents: configuration.maxInFlightEvents)))
+        self.ledger = Mutex(configuration.ledger.map { _ in ForwarderLedger(gateway: configuration.gatewayID) })
         self.deadLetters = DeadLetterFile(
             walDirectory: wal.configuration.directory,
             fileSystem: wal.configuration.fileSystem,
@@ -226,6 +230,7 @@ public final class Forwarder: Service, Sendable {
             _ = self.state.withLock { $0.pumpFinished() }
             throw error
         }
+        self.ledger.withLock { $0?.begin(at: start) }
         self.logger.info("forwarder.started", metadata: ["wal.cursor": "\(start)"])
         let tail = self.wal.tail(from: start)
         await withTaskGroup(of: Void.self) { group in
@@ -369,6 +374,11 @@ public final class Forwarder: Service, Sendable {
     /// Delivery reports, on the producer's poll thread: only the machine's bookkeeping runs
     /// here; dead letters are handed to their own thread.
     private func handle(_ reports: [DeliveryReport], generation: Int) {
+        if self.configuration.ledger != nil {
+            self.ledger.withLock { ledger in
+                for report in reports where report.error == nil { ledger?.delivered(report) }
+            }
+        }
         let outcome = self.state.withLock { $0.delivered(reports, generation: generation) }
         for waiter in outcome.wake { waiter.resume() }
         self.metrics.delivered.increment(by: Int64(outcome.delivered))
@@ -379,13 +389,37 @@ public final class Forwarder: Service, Sendable {
         for letter in outcome.deadLetters {
             self.writeDeadLetter(letter.event, lsn: letter.lsn, error: letter.error, generation: generation)
         }
+        if outcome.delivered > 0 { self.recordLedger(force: false) }
+    }
+
+    /// Hands the ledger what the forwarder learnt since its last records: the WAL's end, and
+    /// where the events the committable position moved over are.
+    private func recordLedger(force: Bool) {
+        guard let sink = self.configuration.ledger,
+            let committable = self.state.withLock({ $0.progress?.committable })
+        else { return }
+        let walEnd = self.wal.durableNextLSN
+        let now = WallClock.monotonic()
+        let records = self.ledger.withLock {
+            $0?.records(
+                committable: committable,
+                walEnd: walEnd,
+                nowNanos: now,
+                wallMillis: Int64(WallClock.now() / 1_000_000),
+                force: force
+            )
+        }
+        for record in records ?? [] { sink.record(record) }
     }
 
     /// Keeps a message Kafka will never take in the dead-letter file, then lets the cursor
     /// pass it; if it cannot be kept, it goes round again rather than being lost.
     private func writeDeadLetter(_ event: [UInt8], lsn: LSN, error: KafkaError, generation: Int) {
         self.deadLetters.write(lsn: lsn, event: event, reason: error.description) { [self] kept in
-            if kept { self.metrics.deadLettered.increment() }
+            if kept {
+                self.metrics.deadLettered.increment()
+                self.ledger.withLock { $0?.deadLettered(lsn: lsn, reason: error.description) }
+            }
             let waiters = self.state.withLock { $0.deadLetterFinished(lsn: lsn, kept: kept, generation: generation) }
             for waiter in waiters { waiter.resume() }
         }
@@ -425,6 +459,8 @@ public final class Forwarder: Service, Sendable {
         self.metrics.lagBytes.record(lag.bytes)
         self.metrics.oldestAge.record(lag.oldestAgeSeconds)
         self.metrics.inFlight.record(Int64(progress.inFlight))
+        // The ledger hears of what is in Kafka before the cursor moves over it.
+        self.recordLedger(force: true)
         let current = self.wal.cursor(self.configuration.cursorName)?.lsn ?? .zero
         guard target > current else { return }
         do {

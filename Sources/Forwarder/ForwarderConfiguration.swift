@@ -1,4 +1,5 @@
 import Encryption
+import Ledger
 import SluiceCore
 
 /// Where each event goes: a topic per `action`, else the default topic.
@@ -39,6 +40,11 @@ public struct ForwarderConfiguration: Sendable {
     /// `kafka.encryption.*`: with a current key, every value is sealed in a payload envelope
     /// (``KafkaEnvelope``) before it reaches Kafka. Off by default.
     package var encryption = EncryptionConfiguration()
+    /// Where the conservation ledger's `accepted` and `forwarded` records go (docs/ledger.md);
+    /// nil: none are made.
+    public var ledger: (any LedgerSink)?
+    /// The gateway whose WAL this is: the first half of each event's identity in the ledger.
+    public var gatewayID = ""
 
     public init(kafkaProperties: [String: String]) { self.kafkaProperties = kafkaProperties }
 

@@ -3,6 +3,7 @@ import CoreMetrics
 import EventModel
 import Foundation
 import Kafka
+import Ledger
 import Logging
 import Metrics
 import ServiceLifecycle
@@ -190,8 +191,9 @@ public final class Loader: Service, Sendable {
             case polled(ConsumerPoll)
             case encoded(Machine.BatchID, EncodedRows, [DeadLetter])
             case inserted(Machine.BatchID, Range<Int>, InsertOutcome)
-            case deadLettersSent(Machine.BatchID, failed: [DeadLetter])
-            case committed(Machine.BatchID)
+            case deadLettersSent(Machine.BatchID, failed: [DeadLetter], delivered: [DeadLetter])
+            /// The commit returned; `offsets` when it succeeded.
+            case committed(Machine.BatchID, offsets: [TopicPartition: Int64]?)
             /// The consumer lag gauge was refreshed (not the machine's business).
             case lagRecorded
         }
@@ -240,6 +242,7 @@ public final class Loader: Service, Sendable {
                 var stopping = false
                 var lastLag = ContinuousClock.now
                 var lagInFlight = false
+                var ledger = self.configuration.ledger.map { _ in LoaderLedger(group: self.configuration.groupID) }
                 await self.perform(machine.start(), in: &group)
                 // Until shutdown a poll runs (and returns within 100 ms: the machine's tick), or
                 // else an insert, encoding or commit does, whose result wakes the loop.
@@ -254,12 +257,21 @@ public final class Loader: Service, Sendable {
                         self.record(poll)
                         actions = machine.polled(poll)
                     case .encoded(let id, let rows, let invalid):
+                        if let route = rows.source.first.flatMap({ self.encoders[$0.topic]?.route }) {
+                            ledger?.encoded(id, route: route, rows: rows)
+                        }
                         actions = machine.encoded(id, rows: rows, invalid: invalid)
                     case .inserted(let id, let chunk, let outcome):
                         actions = machine.insertFinished(id, chunk: chunk, outcome: outcome)
-                    case .deadLettersSent(let id, let failed):
+                    case .deadLettersSent(let id, let failed, let delivered):
+                        ledger?.deadLettered(id, delivered)
                         actions = machine.deadLettersSent(id, failed: failed)
-                    case .committed(let id):
+                    case .committed(let id, let offsets):
+                        if let offsets,
+                            let records = ledger?.committed(id, offsets: offsets, atMillis: Timestamp.nowMillis())
+                        {
+                            for record in records { self.configuration.ledger?.record(record) }
+                        }
                         actions = machine.committed(id)
                     case .lagRecorded:
                         lagInFlight = false
@@ -334,14 +346,16 @@ public final class Loader: Service, Sendable {
                     group.addTask {
                         let acknowledged = await self.deadLetters.send(request.letters, to: route, via: self.producer)
                         var failed: [DeadLetter] = []
+                        var sent: [DeadLetter] = []
                         for (letter, delivered) in zip(request.letters, acknowledged) {
                             guard delivered else {
                                 failed.append(letter)
                                 continue
                             }
+                            sent.append(letter)
                             self.counted(letter, route: route)
                         }
-                        return .deadLettersSent(request.id, failed: failed)
+                        return .deadLettersSent(request.id, failed: failed, delivered: sent)
                     }
                 case .retryDeadLetters(_, let messages):
                     self.logger.warning("loader.dead_letter_retry", metadata: ["messages": "\(messages)"])
@@ -357,8 +371,9 @@ public final class Loader: Service, Sendable {
                             // The rows are in ClickHouse; a later commit covers them, or they are
                             // read again and folded by deduplication.
                             self.logger.warning("loader.commit_failed", metadata: ["error": "\(error)"])
+                            return .committed(request.id, offsets: nil)
                         }
-                        return .committed(request.id)
+                        return .committed(request.id, offsets: request.offsets)
                     }
                 }
             }

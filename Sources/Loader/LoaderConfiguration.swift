@@ -1,5 +1,6 @@
 import ClickHouse
 import Encryption
+import Ledger
 
 /// Settings of the Kafka → ClickHouse loader.
 public struct LoaderConfiguration: Sendable {
@@ -29,6 +30,9 @@ public struct LoaderConfiguration: Sendable {
     /// Called after each confirmed insert with the ingest-to-insert delay of each row that
     /// carries `received_at` (milliseconds): for benchmarks; the histogram metric has the same.
     public var insertObserver: (@Sendable ([Int64]) -> Void)?
+    /// Where the conservation ledger's `loaded` records go after each commit (docs/ledger.md);
+    /// nil: none are made.
+    public var ledger: (any LedgerSink)?
     /// `kafka.encryption.*`: the keys that open the payload envelopes the forwarder sealed
     /// (``PayloadDecryption``). Unsealed messages load without any.
     package var encryption = EncryptionConfiguration()

@@ -2,6 +2,7 @@ import ArgumentParser
 import Forwarder
 import Gateway
 import Hummingbird
+import Ledger
 import Loader
 import Logging
 import NIOCore
@@ -35,10 +36,33 @@ struct PipelineProcess {
     var eventLog: (any EventLog)?
 
     func run() async throws {
+        let registry = Telemetry.bootstrap(logLevel: self.settings.logLevel)
+        // One ledger publisher for the process's roles (the forwarder's records and the
+        // loader's), closed — flushed — once they stopped.
+        let ledger: LedgerPublisher?
+        do {
+            let forwards = self.runsGateway && self.eventLog == nil
+            ledger =
+                forwards || self.loader != nil
+                ? try self.settings.ledgerPublisher(logger: Logger(label: "sluice.ledger")) : nil
+        } catch {
+            printError("sluice: \(error)")
+            throw ExitCode(2)
+        }
+        do {
+            try await self.run(registry: registry, ledger: ledger)
+        } catch {
+            await ledger?.close()
+            throw error
+        }
+        await ledger?.close()
+    }
+
+    private func run(registry: PrometheusCollectorRegistry, ledger: LedgerPublisher?) async throws {
         let settings = self.settings
-        let registry = Telemetry.bootstrap(logLevel: settings.logLevel)
         var services: [any Service] = self.supervisors
-        if let loader = self.loader {
+        if var loader = self.loader {
+            loader.ledger = ledger
             services.append(Loader(configuration: loader, logger: Logger(label: "sluice.loader")))
         }
         if let drain = self.beforeLoaderStops { services.append(drain) }
@@ -61,7 +85,8 @@ struct PipelineProcess {
                 throw ExitCode(2)
             }
             let wal = try await settings.openWAL()
-            if let forwarding = settings.forwarderConfiguration {
+            if var forwarding = settings.forwarderConfiguration {
+                forwarding.ledger = ledger
                 services.append(
                     Forwarder(wal: wal, configuration: forwarding, logger: Logger(label: "sluice.forwarder"))
                 )

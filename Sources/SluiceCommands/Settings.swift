@@ -5,6 +5,7 @@ import Forwarder
 import Foundation
 import Gateway
 import Kafka
+import Ledger
 import Loader
 import Logging
 import SluiceCore
@@ -50,6 +51,8 @@ struct Settings {
     var auth = AuthSettings()
     /// `analytics.*`: the gateway's stats API and analytics page.
     var analytics = AnalyticsConfiguration()
+    /// `ledger.*`: the conservation ledger's topic.
+    var ledger = LedgerSettings()
 
     /// The WAL directory (`wal.directory`, `--wal-dir`). This accessor and the next three
     /// only name a part of a module's struct for the callers; they hold nothing.
@@ -197,7 +200,19 @@ struct Settings {
         var configuration = self.forwarder
         configuration.kafkaProperties = properties
         configuration.encryption = self.kafkaEncryption
+        configuration.gatewayID = self.gateway.gatewayID
         return configuration
+    }
+
+    /// The ledger's publisher for a role of this process; nil without Kafka or with the ledger
+    /// off. The caller closes it after the role stopped (it flushes what is queued).
+    func ledgerPublisher(logger: Logger) throws -> LedgerPublisher? {
+        guard self.ledger.enabled, let properties = self.kafkaClientProperties else { return nil }
+        do {
+            return try LedgerPublisher(properties: properties, topic: self.ledger.topic, logger: logger)
+        } catch {
+            throw SettingsError(description: "ledger: \(error)")
+        }
     }
 
     /// Checks the gateway's and the WAL's settings and ties the WAL's ack deadline to the
@@ -254,6 +269,7 @@ enum SettingsLoader {
         + KafkaSecurity.keys.map { $0.lifted(\Settings.kafkaSecurity) }
         + EncryptionConfiguration.keys(prefix: "kafka.encryption").map { $0.lifted(\Settings.kafkaEncryption) }
         + ForwarderConfiguration.keys.map { $0.lifted(\Settings.forwarder) }
+        + LedgerSettings.keys.map { $0.lifted(\Settings.ledger) }
         + ClickHouseConfiguration.keys.map { $0.lifted(\Settings.loader.clickHouse) }
         + LoaderConfiguration.keys.map { $0.lifted(\Settings.loader) } + [routesKey]
         + ErasureConfiguration.keys.map { $0.lifted(\Settings.loader.erasure) }
