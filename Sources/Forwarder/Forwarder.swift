@@ -95,6 +95,27 @@ public final class Forwarder: Service, Sendable {
         }
         self.state = Mutex(Machine(policy: .init(maxInFlightEvents: configuration.maxInFlightEvents)))
         self.ledger = Mutex(configuration.ledger.map { _ in ForwarderLedger(gateway: configuration.gatewayID) })
+        if let sink = configuration.ledger {
+            // Damage is accepted data that will never be forwarded: the ledger must hear of it,
+            // both what recovery found and what a reader finds later.
+            let gateway = configuration.gatewayID
+            let quarantined: @Sendable (Damage) -> Void = { damage in
+                guard damage.lostEvents > 0 else { return }
+                sink.record(
+                    .quarantined(
+                        .init(
+                            gateway: gateway,
+                            from: damage.firstLostLSN.rawValue,
+                            to: damage.resumeLSN.rawValue,
+                            reason: damage.reason,
+                            atMillis: Int64(WallClock.now() / 1_000_000)
+                        )
+                    )
+                )
+            }
+            for damage in wal.recovery.damage { quarantined(damage) }
+            wal.observeDamage(quarantined)
+        }
         self.deadLetters = DeadLetterFile(
             walDirectory: wal.configuration.directory,
             fileSystem: wal.configuration.fileSystem,

@@ -77,6 +77,8 @@ public final class WAL: Service, Sendable {
     let writer: SegmentWriter
     let lock: WriterLock
     let metrics = WALMetrics()
+    /// Told of each damaged range a reader finds (once per range): the forwarder's ledger.
+    let damageObservers = Mutex<[@Sendable (Damage) -> Void]>([])
     let retention: RetentionPolicy
     /// Dispatch sources are thread-safe; the type just does not say so.
     nonisolated(unsafe) private let watchdog: (any DispatchSourceTimer)?
@@ -671,10 +673,17 @@ public final class WAL: Service, Sendable {
     }
 
     /// Records damage a reader found at run time: quarantined once, logged, counted.
+    /// Calls `observer` with each damaged range found from now on by a reader of this WAL
+    /// (damage found at recovery is in ``recovery``).
+    public func observeDamage(_ observer: @escaping @Sendable (Damage) -> Void) {
+        self.damageObservers.withLock { $0.append(observer) }
+    }
+
     func report(_ damage: Damage, segmentPath: String) {
         let key = damage.segment + "@" + String(damage.startOffset)
         let isNew = self.shared.withLock { $0.quarantined.insert(key).inserted }
         guard isNew else { return }
+        for observer in self.damageObservers.withLock({ $0 }) { observer(damage) }
         self.metrics.damagedEvents.increment(by: Int64(damage.lostEvents))
         self.logger.error("wal.damage", metadata: ["wal.damage": "\(damage)"])
         do {
