@@ -219,7 +219,7 @@ let package = Package(
             name: "sluice-bench",
             dependencies: [
                 "SluiceCommands", "WAL", "Gateway", "EventModel", "Kafka", "Forwarder", "Loader", "ClickHouse",
-                "LocalClickHouse", "SluiceTestKit", "Encryption", "KafkaEnvelope",
+                "LocalClickHouse", "SluiceTestKit", "Encryption", "KafkaEnvelope", "Ledger",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -5,6 +5,7 @@ import Forwarder
 import Foundation
 import Kafka
 import KafkaEnvelope
+import Ledger
 import Logging
 import ServiceLifecycle
 import SluiceCommands
@@ -42,6 +43,15 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
     )
     var encryptionRounds = 0
 
+    @Option(
+        help: ArgumentHelp(
+            "Also drain the same WAL with the conservation ledger off and on, this many times each, alternating.",
+            discussion:
+                "The ledger's records go to topic sluice.ledger of the same cluster, through their own producer, as in a gateway."
+        )
+    )
+    var ledgerRounds = 0
+
     func run() async throws {
         let root = self.directory + "/sluice-forwarder-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -51,9 +61,11 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
 
         // The mock cluster keeps every message in memory: it runs as its own process
         // (`sluice dev-kafka`), so this process's resident memory is the forwarder's alone.
-        let drains = (0..<self.encryptionRounds).flatMap { ["plain\($0)", "sealed\($0)"] }
+        let drains =
+            (0..<self.encryptionRounds).flatMap { ["plain\($0)", "sealed\($0)"] }
+            + (0..<self.ledgerRounds).flatMap { ["noledger\($0)", "ledger\($0)"] }
         let cluster = try await DevKafka.start(
-            topics: ["events:\(self.partitions)", "kcat:\(self.partitions)"]
+            topics: ["events:\(self.partitions)", "kcat:\(self.partitions)", "sluice.ledger:1"]
                 + drains.map { "\($0):\(self.partitions)" },
             sluice: siblingSluice()
         )
@@ -212,6 +224,34 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
                 }
             }
         }
+        // The conservation ledger off and on, alternating, each from LSN 0 to the end.
+        var withoutLedger: [Double] = []
+        var withLedger: [Double] = []
+        var ledgerBytes: Int64 = 0
+        if self.ledgerRounds > 0 {
+            let publisher = try LedgerPublisher(
+                properties: ["bootstrap.servers": bootstrapServers],
+                topic: "sluice.ledger",
+                logger: quiet
+            )
+            for round in 0..<self.ledgerRounds {
+                for on in round % 2 == 0 ? [false, true] : [true, false] {
+                    var drain = forwarding
+                    drain.cursorName = (on ? "ledger" : "noledger") + "\(round)"
+                    drain.routing = TopicRouting(defaultTopic: drain.cursorName)
+                    drain.gatewayID = "gw-bench"
+                    if on { drain.ledger = publisher }
+                    let seconds = try await Self.drain(wal, drain, to: end, logger: quiet)
+                    if on {
+                        withLedger.append(Double(self.events) / seconds)
+                    } else {
+                        withoutLedger.append(Double(self.events) / seconds)
+                    }
+                }
+            }
+            await publisher.close()
+            ledgerBytes = Self.topicBytes(bootstrapServers, topic: "sluice.ledger")
+        }
         await wal.close()
 
         let counter = try KafkaProducer(
@@ -234,6 +274,19 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
               … at each tenth of the drain (MiB):     \(samples.map { String($0 >> 20) }.joined(separator: " "))
             """
         )
+        if !withLedger.isEmpty {
+            let off = Self.median(withoutLedger)
+            let on = Self.median(withLedger)
+            let recorded = Double(self.events * self.ledgerRounds)
+            print(
+                """
+                  conservation ledger, \(self.ledgerRounds) round(s) alternating (msg/s of each drain):
+                    off: \(withoutLedger.map { String(format: "%.0f", $0) }.joined(separator: ", ")); median \(String(format: "%.0f", off)) msg/s
+                    on:  \(withLedger.map { String(format: "%.0f", $0) }.joined(separator: ", ")); median \(String(format: "%.0f", on)) msg/s
+                    ratio on / off: \(String(format: "%.2f", on / off))x; ledger topic \(ledgerBytes) B of values, \(String(format: "%.1f", Double(ledgerBytes) / recorded)) B per event forwarded
+                """
+            )
+        }
         guard !plainRates.isEmpty else { return }
         let plain = Self.median(plainRates)
         let sealed = Self.median(sealedRates)
@@ -247,6 +300,19 @@ struct ForwarderBenchCommand: AsyncParsableCommand {
                 sealing alone (LZ4, AES-256-GCM, nonce), one thread: \(String(format: "%.0f", sealNanoseconds)) ns per event
             """
         )
+    }
+
+    /// The bytes of the values of `topic` (read whole with kcat); 0 when kcat fails.
+    static func topicBytes(_ bootstrapServers: String, topic: String) -> Int64 {
+        let kcat = Process()
+        kcat.executableURL = URL(fileURLWithPath: "/usr/bin/kcat")
+        kcat.arguments = ["-C", "-b", bootstrapServers, "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%S\n"]
+        let pipe = Pipe()
+        kcat.standardOutput = pipe
+        guard (try? kcat.run()) != nil else { return 0 }
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        kcat.waitUntilExit()
+        return String(decoding: output, as: UTF8.self).split(separator: "\n").reduce(0) { $0 + (Int64($1) ?? 0) }
     }
 
     /// Runs a forwarder with `configuration` until its cursor reaches `end`; the seconds taken.

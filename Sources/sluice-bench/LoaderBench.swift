@@ -3,6 +3,7 @@ import ClickHouse
 import EventModel
 import Foundation
 import Kafka
+import Ledger
 import Loader
 import LocalClickHouse
 import Logging
@@ -47,6 +48,14 @@ struct LoaderBenchCommand: AsyncParsableCommand {
     @Option(help: "The loader's batch size in MiB of messages (loader.batch_bytes).")
     var batchMib: Int = 16
 
+    @Option(
+        help: ArgumentHelp(
+            "Also load the same messages with the conservation ledger off and on, this many times each, alternating.",
+            discussion: "Each load is a new group into the same table; the ledger's records go to sluice.ledger."
+        )
+    )
+    var ledgerRounds = 0
+
     func validate() throws {
         guard InsertFormat(name: self.format) != nil else {
             throw ValidationError("--format must be RowBinary or JSONEachRow")
@@ -64,7 +73,7 @@ struct LoaderBenchCommand: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: directory) }
 
         let cluster = try await DevKafka.start(
-            topics: ["events:\(self.partitions)", "steady:\(self.partitions)"],
+            topics: ["events:\(self.partitions)", "steady:\(self.partitions)", "sluice.ledger:1"],
             sluice: siblingSluice()
         )
         defer { cluster.process.signal(SIGTERM) }
@@ -104,7 +113,15 @@ struct LoaderBenchCommand: AsyncParsableCommand {
                     try rowsFile.write(contentsOf: chunk)
                     chunk.removeAll(keepingCapacity: true)
                 }
-                try await Self.send(producer, topic: "events", key: "user-\(n % 1000)", value: value, id: n)
+                // The headers the forwarder sets that the ledger reads: the event's identity.
+                try await Self.send(
+                    producer,
+                    topic: "events",
+                    key: "user-\(n % 1000)",
+                    value: value,
+                    headers: [("gateway_id", Array("gw-bench".utf8)), ("wal_lsn", Array(String(n).utf8))],
+                    id: n
+                )
             }
             try rowsFile.write(contentsOf: chunk)
             try rowsFile.close()
@@ -171,6 +188,47 @@ struct LoaderBenchCommand: AsyncParsableCommand {
                   row encoding, one core:           \(encoding)
                 """
             )
+
+            if self.ledgerRounds > 0 {
+                let publisher = try LedgerPublisher(
+                    properties: ["bootstrap.servers": bootstrap],
+                    topic: "sluice.ledger",
+                    logger: quiet
+                )
+                var off: [Double] = []
+                var on: [Double] = []
+                for round in 0..<self.ledgerRounds {
+                    for ledger in round % 2 == 0 ? [false, true] : [true, false] {
+                        var rerun = configuration
+                        rerun.groupID = "bench-\(ledger ? "ledger" : "noledger")\(round)-\(getpid())"
+                        if ledger { rerun.ledger = publisher }
+                        let again = Loader(configuration: rerun, logger: quiet)
+                        let againGroup = ServiceGroup(services: [again], logger: quiet)
+                        let againRunning = Task { try await againGroup.run() }
+                        while again.partitionsAssigned == 0 { try await Task.sleep(for: .milliseconds(5)) }
+                        let started = ContinuousClock.now
+                        while again.rowsInserted < self.events { try await Task.sleep(for: .milliseconds(20)) }
+                        let rate = Double(self.events) / Self.seconds(ContinuousClock.now - started)
+                        await againGroup.triggerGracefulShutdown()
+                        try await againRunning.value
+                        if ledger { on.append(rate) } else { off.append(rate) }
+                    }
+                }
+                await publisher.close()
+                let ledgerBytes = ForwarderBenchCommand.topicBytes(bootstrap, topic: "sluice.ledger")
+                func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+                func list(_ values: [Double]) -> String {
+                    values.map { String(format: "%.0f", $0) }.joined(separator: ", ")
+                }
+                print(
+                    """
+                      conservation ledger, \(self.ledgerRounds) round(s) alternating (rows/s from the group join):
+                        off: \(list(off)); median \(String(format: "%.0f", median(off)))
+                        on:  \(list(on)); median \(String(format: "%.0f", median(on)))
+                        ratio on / off: \(String(format: "%.2f", median(on) / median(off)))x; ledger topic \(ledgerBytes) B, \(String(format: "%.1f", Double(ledgerBytes) / Double(self.events * self.ledgerRounds))) B per event loaded
+                    """
+                )
+            }
 
             guard self.rate > 0 else { return }
             // Steady load: events stamped with received_at = now, at `rate` per second.
@@ -241,11 +299,18 @@ struct LoaderBenchCommand: AsyncParsableCommand {
     }
 
     /// Queues one message, waiting while librdkafka's queue is full.
-    static func send(_ producer: KafkaProducer, topic: String, key: String, value: [UInt8], id: Int) async throws {
+    static func send(
+        _ producer: KafkaProducer,
+        topic: String,
+        key: String,
+        value: [UInt8],
+        headers: [(String, [UInt8])] = [],
+        id: Int
+    ) async throws {
         var queued = false
         while !queued {
             do {
-                try producer.send(topic: topic, key: Array(key.utf8), value: value, id: UInt64(id))
+                try producer.send(topic: topic, key: Array(key.utf8), value: value, headers: headers, id: UInt64(id))
                 queued = true
             } catch {
                 guard error.isRetriable else { throw error }
