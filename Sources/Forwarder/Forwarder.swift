@@ -294,10 +294,15 @@ public final class Forwarder: Service, Sendable {
     /// unacknowledged; parks while the cap is reached, until deliveries make room.
     private func pump(_ generation: Int, tail: WALTail, from start: LSN, producer: KafkaProducer) async {
         var position = start
+        var settled = self.configuration.ledger == nil
         do {
             while true {
                 let records = try await tail.next(maxRecords: 512)
                 if records.isEmpty { return }  // the WAL closed, or the pass ended
+                if !settled, let event = records.first?.events.first {
+                    settled = true
+                    self.settleLedgerGateway(from: event)
+                }
                 for record in records {
                     let from = position
                     admitting: while true {
@@ -411,6 +416,21 @@ public final class Forwarder: Service, Sendable {
             self.writeDeadLetter(letter.event, lsn: letter.lsn, error: letter.error, generation: generation)
         }
         if outcome.delivered > 0 { self.recordLedger(force: false) }
+    }
+
+    /// The ledger's identities name the gateway the events carry (the loader reads the same
+    /// from their headers), not necessarily this process's: `sluice wal drain` on another host.
+    private func settleLedgerGateway(from event: [UInt8]) {
+        let id = ForwardedMessage(of: event).headers(in: event, walLSN: 0).first { $0.name == "gateway_id" }
+            .map { String(decoding: $0.value, as: UTF8.self) }
+        guard let previous = self.ledger.withLock({ $0?.settle(eventGateway: id) }) else { return }
+        self.logger.warning(
+            "forwarder.ledger_gateway",
+            metadata: [
+                "gateway.configured": "\(previous)", "gateway.events": "\(id ?? "")",
+                "reason": "the WAL's events carry another gateway_id; the ledger uses theirs",
+            ]
+        )
     }
 
     /// Hands the ledger what the forwarder learnt since its last records: the WAL's end, and

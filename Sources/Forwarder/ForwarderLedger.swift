@@ -14,7 +14,12 @@ struct ForwarderLedger {
         var offset: Int64
     }
 
-    let gateway: String
+    /// The identity's gateway: the configured `gateway.gateway_id`, or the one the WAL's
+    /// events carry where they differ (a drainer on another host, an id changed since).
+    private(set) var gateway: String
+    /// Whether the gateway is known for this pass (the first event was read): no record is
+    /// made before.
+    private var settled = false
     /// `forwarded` records cover the LSNs below this.
     private(set) var forwarded: LSN = .zero
     /// `accepted` records cover the LSNs below this.
@@ -33,10 +38,20 @@ struct ForwarderLedger {
 
     /// A pass starts at `cursor`: what lies beyond it is sent (and recorded) again.
     mutating func begin(at cursor: LSN) {
+        self.settled = false
         self.forwarded = cursor
         self.accepted = max(self.accepted, cursor)
         self.placed.removeAll { $0.lsn >= cursor.rawValue }
         self.letters.removeAll { $0.lsn >= cursor.rawValue }
+    }
+
+    /// The first event this pass read carries gateway id `id` (nil: none). Returns the id the
+    /// records used before, when it differs.
+    mutating func settle(eventGateway id: String?) -> String? {
+        self.settled = true
+        guard let id, !id.isEmpty, id != self.gateway else { return nil }
+        defer { self.gateway = id }
+        return self.gateway
     }
 
     mutating func delivered(_ report: DeliveryReport) {
@@ -59,7 +74,7 @@ struct ForwarderLedger {
         wallMillis: Int64,
         force: Bool
     ) -> [LedgerRecord] {
-        guard committable > self.forwarded || walEnd > self.accepted else { return [] }
+        guard self.settled, committable > self.forwarded || walEnd > self.accepted else { return [] }
         guard force || nowNanos &- self.lastRecordNanos >= Self.minimumIntervalNanos else { return [] }
         self.lastRecordNanos = nowNanos
         var records: [LedgerRecord] = []
