@@ -101,6 +101,50 @@ struct ChDBTests {
         #expect(results[9].text == "b\n")
     }
 
+    /// `sluice replay`'s metadata queries on current ClickHouse (18.16 runs them in
+    /// ReplayVerdictTests): the same verdicts, and the dedup window settings read.
+    @Test func theReplayVerdictsOfTablesOfEachKind() async throws {
+        let chdb = try ChDB()
+        let version = try await chdb.version()
+        let (statements, routes) = ReplayVerdictTests.tablesOfEveryKind(version: version)
+        let made = try await chdb.run(
+            statements + [
+                "CREATE TABLE replay.windowed (event_id String) ENGINE = MergeTree ORDER BY event_id SETTINGS non_replicated_deduplication_window = 77"
+            ]
+        )
+        try #require(made.filter { !$0.ok }.isEmpty, "\(made)")
+        var all = routes
+        all["windowed"] = LoaderRoute(
+            topic: "windowed",
+            table: "replay.windowed",
+            columns: [LoaderColumn("event_id", .string), LoaderColumn("timestamp", .timestamp)]
+        )
+        let names = all.keys.sorted()
+        let answers = try await chdb.run(
+            [ReplayTable.settingsTableQuery, ReplayTable.settingsQuery] + names.map { ReplayTable.tableQuery(all[$0]!) }
+        )
+        try #require(answers.filter { !$0.ok }.isEmpty, "\(answers)")
+        #expect(answers[0].text == "1\n")
+        var verdicts: [String: ReplayVerdict] = [:]
+        var tables: [String: ReplayTable] = [:]
+        for (index, name) in names.enumerated() {
+            let table = try ReplayTable.parse(
+                name: all[name]!.table,
+                table: answers[2 + index].text,
+                serverSettings: answers[1].text
+            )
+            tables[name] = table
+            verdicts[name] = ReplayVerdict.judge(table, route: all[name]!, version: version)
+        }
+        try ReplayVerdictTests.checkVerdictsOfEveryKind(verdicts)
+        // The server's defaults, and a table's own setting over them.
+        #expect(tables["plain"]?.settings["replicated_deduplication_window"] != nil)
+        #expect(tables["plain"]?.settings["non_replicated_deduplication_window"] == "0")
+        #expect(tables["sluice_made"]?.settings["non_replicated_deduplication_window"] == "1000")
+        #expect(tables["windowed"]?.settings["non_replicated_deduplication_window"] == "77")
+        #expect(verdicts["windowed"]?.reason.contains("(the last 77 inserts)") == true, "\(verdicts["windowed"]!)")
+    }
+
     @Test func theErasureRecordTableIsCreatedAsGenerated() async throws {
         let chdb = try ChDB()
         let erasure = ErasureConfiguration(keyBytes: Array(repeating: 1, count: 32))
