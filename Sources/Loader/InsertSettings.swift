@@ -12,9 +12,9 @@ enum InsertSettings {
     ///
     /// - `async_insert = 0` where the server has the setting (it is on by default from 26.2):
     ///   the answer comes once the rows are in a part of the table, not in a buffer shared with
-    ///   other clients' inserts, and the deduplication token below applies (async inserts ignore
-    ///   it unless `async_insert_deduplicate` is on). The loader already sends large batches,
-    ///   which is what async inserts would build.
+    ///   other clients' inserts, and the deduplication token below applies (async inserts
+    ///   deduplicate by `async_insert_deduplicate`, off by default). The loader already sends
+    ///   large batches, which is what async inserts would build.
     /// - `insert_deduplication_token` from 22.2 on (``LoaderRoute/dedupTokenSince``): a retry
     ///   after a lost answer resends the same rows with the same token, and the server drops it
     ///   within the table's deduplication window.
