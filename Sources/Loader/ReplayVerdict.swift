@@ -254,10 +254,19 @@ public struct ReplayVerdict: Sendable, Equatable {
     }
 
     /// A key entry without its backquotes (`event_id` for `` `event_id` ``).
+    /// A key entry without its direction (`event_id DESC`, where the server allows descending
+    /// keys) and its backquotes.
     static func unquoted(_ entry: String) -> String {
+        var entry = entry
+        for direction in [" DESC", " ASC"] where entry.uppercased().hasSuffix(direction) {
+            entry = String(entry.dropLast(direction.count)).trimmingCharacters(in: .whitespaces)
+        }
         guard entry.count >= 2, entry.hasPrefix("`"), entry.hasSuffix("`") else { return entry }
         return String(entry.dropFirst().dropLast())
     }
+
+    /// Words of a key expression that are not columns.
+    static let keywords: Set<String> = ["ASC", "DESC", "NULL", "AND", "OR", "NOT", "IN", "IS", "TRUE", "FALSE"]
 
     /// The column names a key expression reads: identifiers not followed by `(` (functions),
     /// outside string literals; backquoted names as written.
@@ -286,8 +295,9 @@ public struct ReplayVerdict: Sendable, Equatable {
                 while index < characters.count && isPart(characters[index]) { index += 1 }
                 var next = index
                 while next < characters.count && characters[next] == " " { next += 1 }
-                if next >= characters.count || characters[next] != "(" {
-                    names.append(String(characters[start..<index]))
+                let name = String(characters[start..<index])
+                if (next >= characters.count || characters[next] != "(") && !Self.keywords.contains(name.uppercased()) {
+                    names.append(name)
                 }
             } else if character.isASCII && character.isNumber {
                 // A number (or an identifier's digits handled above): skip it whole.

@@ -46,6 +46,7 @@ import Testing
             )
         }
         #expect(self.judge("ReplacingMergeTree", key: "`event_id`").kind == .deduplicated)
+        #expect(self.judge("ReplacingMergeTree", key: "action, event_id DESC").kind == .deduplicated)
     }
 
     @Test func aReplacingMergeTreeWhoseKeyLacksTheEventIDDoubleCounts() {
