@@ -41,7 +41,8 @@ public struct ReplayTable: Sendable, Equatable {
     ]
 
     /// Asks for the table's engine and keys: one `JSONEachRow` line, none when the table does not
-    /// exist. The columns exist on ClickHouse 18.16 and on current releases.
+    /// exist. The columns exist on ClickHouse 18.16 and on current releases. The names are
+    /// plain identifiers (``LoaderRoute/validate()``), so they go in as literals unescaped.
     static func tableQuery(_ route: LoaderRoute) -> String {
         "SELECT engine, engine_full, sorting_key, partition_key FROM system.tables WHERE database = '\(route.database)'"
             + " AND name = '\(route.tableName)' FORMAT JSONEachRow"
