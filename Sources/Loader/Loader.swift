@@ -523,14 +523,8 @@ public final class Loader: Service, Sendable {
             format: InsertFormat
         ) async -> InsertOutcome {
             let body = rows.body(of: chunk)
-            var settings: [String: String] = [:]
-            if self.version >= LoaderRoute.dedupTokenSince {
-                // The same messages inserted again (a retry after a lost answer) are dropped by the server.
-                let first = rows.message(chunk.lowerBound)
-                let last = rows.message(chunk.upperBound - 1)
-                settings["insert_deduplication_token"] =
-                    "\(first.topic)-\(first.partition)-\(first.offset)-\(last.partition)-\(last.offset)-\(chunk.count)"
-            }
+            // Synchronous, with a token naming the rows: a retry after a lost answer is dropped by the server.
+            let settings = InsertSettings.settings(for: self.version, chunk: chunk, of: rows)
             let started = ContinuousClock.now
             do {
                 try await self.clickHouse.insert(route.insertPrefix(format), body: body, settings: settings)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ClickHouse
 import EventModel
 import Foundation
 import Kafka
@@ -110,14 +111,19 @@ struct OffsetsCommand: AsyncParsableCommand {
     }
 }
 
-/// `sluice replay`: move a stopped group back (or forward) so the loader reads again.
+/// `sluice replay`: move a stopped group back (or forward) so the loader reads again, after
+/// checking that the tables the topic loads into fold the copies.
 struct ReplayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "replay",
         abstract: "Reset a consumer group's offsets on a topic, e.g. to reload after a ClickHouse failure.",
         discussion: """
-            Stop the group's loaders first: a group with active members is refused. Loading again \
-            is safe: tables deduplicate on event_id.
+            Stop the group's loaders first: a group with active members is refused. Before moving \
+            anything, replay reads the engine and sorting key of the table each route of the topic \
+            loads into and says whether loading again is deduplicated (a ReplacingMergeTree with the \
+            dedup column in its sorting key) or would count the events twice, which it refuses \
+            unless --force. Exit status: 0 moved (or, with --dry-run, would move); 1 refused or \
+            failed; 2 bad input or configuration; 3 --dry-run, and the replay would be refused.
             """
     )
 
@@ -129,6 +135,9 @@ struct ReplayCommand: AsyncParsableCommand {
     @Option(help: "Topic.")
     var topic: String = SettingsLoader.defaultText("forwarder.default_topic")
 
+    @Option(help: "ClickHouse HTTP(S) URL, e.g. http://127.0.0.1:8123.")
+    var clickhouseUrl: String?
+
     @Flag(help: "Back to the oldest message Kafka still has.")
     var toEarliest = false
 
@@ -138,8 +147,17 @@ struct ReplayCommand: AsyncParsableCommand {
     @Option(help: "The first message at or after this RFC 3339 time.")
     var toTime: String?
 
-    @Flag(help: "Only print what would change.")
+    @Flag(help: "Only print the verdict and what would change.")
     var dryRun = false
+
+    @Flag(help: "Replay even into tables that would count the events twice (or that could not be checked).")
+    var force = false
+
+    @Flag(help: "Print the verdicts and the moves as one JSON object.")
+    var json = false
+
+    /// The exit status of a dry run whose replay would be refused.
+    static let wouldBeRefused = ExitCode(3)
 
     func validate() throws {
         let chosen = [self.toEarliest, !self.toOffset.isEmpty, self.toTime != nil].filter { $0 }.count
@@ -166,23 +184,154 @@ struct ReplayCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let tools = OffsetTools(properties: try self.kafka.properties())
+        let target: OffsetTools.Target
+        do {
+            target = try self.target()
+        } catch {
+            printError("sluice: \(error)")
+            throw ExitCode(2)
+        }
+        var settings = try self.kafka.options.load()
+        let configuration: LoaderConfiguration
+        do {
+            try self.kafka.kafka.apply(to: &settings)
+            try ConfigOptions.apply(self.clickhouseUrl, to: "clickhouse.url", from: "--clickhouse-url", in: &settings)
+            guard let loaded = try settings.loaderConfiguration() else {
+                printError("sluice: give --kafka-bootstrap or kafka.bootstrap_servers")
+                throw ExitCode(2)
+            }
+            configuration = loaded
+        } catch let error as SettingsError {
+            printError("sluice: \(error)")
+            throw ExitCode(2)
+        }
+        var properties = configuration.kafkaProperties
+        properties["log_level"] = properties["log_level"] ?? "3"
+
+        // The verdict comes before anything moves.
+        let check = await self.check(configuration)
+        for line in check.lines where !self.json { print(line) }
+        let refused = !check.problems.isEmpty && !self.force
+        if refused && !self.dryRun {
+            if self.json { print(self.report(check, changes: nil)) }
+            for problem in check.problems { printError("sluice: replay refused: \(problem)") }
+            printError(
+                "sluice: nothing was moved; --force replays all the same"
+                    + " (docs/operations.md, \"Replaying after ClickHouse lost data\")"
+            )
+            throw ExitCode.failure
+        }
         let changes: [OffsetTools.Change]
         do {
-            changes = try await tools.reset(
+            changes = try await OffsetTools(properties: properties).reset(
                 group: self.group,
                 topic: self.topic,
-                to: try self.target(),
+                to: target,
                 dryRun: self.dryRun
             )
         } catch {
             printError("sluice: \(error)")
             throw ExitCode.failure
         }
-        print("\(self.dryRun ? "would move" : "moved") group \(self.group) on \(self.topic):")
-        for change in changes {
-            print("  partition \(change.partition): \(change.from.map(String.init) ?? "-") → \(change.to)")
+        if self.json {
+            print(self.report(check, changes: changes))
+        } else {
+            print("\(self.dryRun ? "would move" : "moved") group \(self.group) on \(self.topic):")
+            for change in changes {
+                print("  partition \(change.partition): \(change.from.map(String.init) ?? "-") → \(change.to)")
+            }
+            if refused { print("the replay would be refused: \(check.problems.joined(separator: "; "))") }
         }
+        if refused { throw Self.wouldBeRefused }
+    }
+
+    /// The verdicts on the topic's tables, and what stands against the replay.
+    struct Check {
+        var verdicts: [ReplayVerdict] = []
+        /// Why the replay would count events twice, or could not be checked; empty: it may go.
+        var problems: [String] = []
+        /// The lines printed before the moves.
+        var lines: [String] = []
+    }
+
+    /// Reads the table of every route of the topic and judges it.
+    func check(_ configuration: LoaderConfiguration) async -> Check {
+        var check = Check()
+        let routes = configuration.routes.filter { $0.topic == self.topic }
+        guard !routes.isEmpty else {
+            let problem =
+                "no loader route reads topic \(self.topic) (routes: \(configuration.routes.map(\.topic).joined(separator: ", ")));"
+                + " give the loader's --config to check its table"
+            check.problems.append(problem)
+            check.lines.append("cannot check: \(problem)")
+            return check
+        }
+        let clickHouse = ClickHouseClient(configuration.clickHouse, logger: Logger(label: "sluice.replay"))
+        do {
+            let version = try await clickHouse.serverVersion()
+            for route in routes {
+                let verdict = ReplayVerdict.judge(
+                    try await ReplayTable.read(route, from: clickHouse),
+                    route: route,
+                    version: version
+                )
+                check.verdicts.append(verdict)
+                let kind = verdict.kind == .deduplicated ? "deduplicated" : "would count the replayed events twice"
+                check.lines.append(
+                    "table \(verdict.table) (\(verdict.engine ?? "not created yet")): \(kind): \(verdict.reason)"
+                )
+                if verdict.kind == .wouldDoubleCount {
+                    check.problems.append(
+                        "table \(verdict.table) (\(verdict.engine ?? "-")) would count the replayed events twice:"
+                            + " \(verdict.reason). Make it a ReplacingMergeTree with \(route.dedupColumn) in its sorting"
+                            + " key, or delete the range from it first and give --force"
+                    )
+                }
+            }
+        } catch {
+            let problem =
+                "cannot read the tables of topic \(self.topic) from ClickHouse (\(configuration.clickHouse.url)): \(error)"
+            check.problems.append(problem)
+            check.lines.append("cannot check: \(problem)")
+        }
+        try? await clickHouse.shutdown()
+        return check
+    }
+
+    /// `{"group":…,"topic":…,"dry_run":…,"forced":…,"refused":…,"tables":[…],"problems":[…],"partitions":[…]}`;
+    /// `partitions` is null when nothing was asked of Kafka (refused).
+    func report(_ check: Check, changes: [OffsetTools.Change]?) -> String {
+        var tables: [JSONValue] = []
+        for verdict in check.verdicts {
+            tables.append(
+                .object([
+                    ("table", .string(verdict.table)), ("engine", verdict.engine.map(JSONValue.string) ?? .null),
+                    ("verdict", .string(verdict.kind.rawValue)), ("reason", .string(verdict.reason)),
+                ])
+            )
+        }
+        let partitions: JSONValue =
+            changes.map { changes in
+                .array(
+                    changes.map { change in
+                        .object([
+                            ("partition", .number(String(change.partition))),
+                            ("from", change.from.map { .number(String($0)) } ?? .null),
+                            ("to", .number(String(change.to))),
+                        ])
+                    }
+                )
+            } ?? .null
+        var writer = JSONWriter()
+        writer.write(
+            .object([
+                ("group", .string(self.group)), ("topic", .string(self.topic)), ("dry_run", .bool(self.dryRun)),
+                ("forced", .bool(self.force)), ("refused", .bool(!check.problems.isEmpty && !self.force)),
+                ("tables", .array(tables)), ("problems", .array(check.problems.map(JSONValue.string))),
+                ("partitions", partitions),
+            ])
+        )
+        return String(decoding: writer.bytes, as: UTF8.self)
     }
 }
 

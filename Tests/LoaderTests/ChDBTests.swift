@@ -101,6 +101,83 @@ struct ChDBTests {
         #expect(results[9].text == "b\n")
     }
 
+    /// `sluice replay`'s metadata queries on current ClickHouse (18.16 runs them in
+    /// ReplayVerdictTests): the same verdicts, and the dedup window settings read.
+    @Test func theReplayVerdictsOfTablesOfEachKind() async throws {
+        let chdb = try ChDB()
+        let version = try await chdb.version()
+        let (statements, routes) = ReplayVerdictTests.tablesOfEveryKind(version: version)
+        let made = try await chdb.run(
+            statements + [
+                "CREATE TABLE replay.windowed (event_id String) ENGINE = MergeTree ORDER BY event_id SETTINGS non_replicated_deduplication_window = 77"
+            ]
+        )
+        try #require(made.filter { !$0.ok }.isEmpty, "\(made)")
+        var all = routes
+        all["windowed"] = LoaderRoute(
+            topic: "windowed",
+            table: "replay.windowed",
+            columns: [LoaderColumn("event_id", .string), LoaderColumn("timestamp", .timestamp)]
+        )
+        let names = all.keys.sorted()
+        let answers = try await chdb.run(
+            [ReplayTable.settingsTableQuery, ReplayTable.settingsQuery] + names.map { ReplayTable.tableQuery(all[$0]!) }
+        )
+        try #require(answers.filter { !$0.ok }.isEmpty, "\(answers)")
+        #expect(answers[0].text == "1\n")
+        var verdicts: [String: ReplayVerdict] = [:]
+        var tables: [String: ReplayTable] = [:]
+        for (index, name) in names.enumerated() {
+            let table = try ReplayTable.parse(
+                name: all[name]!.table,
+                table: answers[2 + index].text,
+                serverSettings: answers[1].text
+            )
+            tables[name] = table
+            verdicts[name] = ReplayVerdict.judge(table, route: all[name]!, version: version)
+        }
+        try ReplayVerdictTests.checkVerdictsOfEveryKind(verdicts)
+        // The server's defaults, and a table's own setting over them.
+        #expect(tables["plain"]?.settings["replicated_deduplication_window"] != nil)
+        #expect(tables["plain"]?.settings["non_replicated_deduplication_window"] == "0")
+        #expect(tables["sluice_made"]?.settings["non_replicated_deduplication_window"] == "1000")
+        #expect(tables["windowed"]?.settings["non_replicated_deduplication_window"] == "77")
+        #expect(verdicts["windowed"]?.reason.contains("(the last 77 inserts)") == true, "\(verdicts["windowed"]!)")
+    }
+
+    /// The loader's insert settings on current ClickHouse (where async inserts are on by
+    /// default, and the settings must be accepted): a retry with the same token is dropped
+    /// within the window the loader's tables get, while the same rows cut otherwise (a replay)
+    /// go in again. (chDB runs inserts in process, so it cannot show what `async_insert` changes
+    /// for inserts over HTTP.)
+    @Test func aRetriedInsertIsDroppedByItsTokenAndAReplayIsNot() async throws {
+        let chdb = try ChDB()
+        let version = try await chdb.version()
+        let messages = (0..<4).map { message(100 + Int64($0), partition: Int32($0 % 2)) }
+        let (rows, _) = encodedRows(messages[...])
+        func insert(_ chunk: Range<Int>) -> String {
+            let settings = InsertSettings.settings(for: version, chunk: chunk, of: rows)
+            let values = chunk.map { "('e\($0)', 'a', now(), now())" }.joined(separator: ", ")
+            return "INSERT INTO sluice.events (event_id, action, timestamp, received_at) SETTINGS "
+                + settings.keys.sorted().map { "\($0) = '\(settings[$0]!)'" }.joined(separator: ", ")
+                + " VALUES " + values
+        }
+        let results = try await chdb.run([
+            "SELECT value FROM system.settings WHERE name = 'async_insert'",
+            "CREATE DATABASE IF NOT EXISTS sluice",
+            LoaderRoute.events.createTable(on: version),
+            insert(0..<4),
+            insert(0..<4),  // the retry: dropped
+            insert(0..<2),  // a replay cut in two: both halves go in again
+            insert(2..<4),
+            "SELECT count() FROM sluice.events",
+        ])
+        let failed = results.filter { !$0.ok }
+        try #require(failed.isEmpty, "\(results)")
+        #expect(results[0].text == "1\n", "async inserts are on by default here: \(results[0].text)")
+        #expect(results[7].text == "8\n", "\(results)")
+    }
+
     @Test func theErasureRecordTableIsCreatedAsGenerated() async throws {
         let chdb = try ChDB()
         let erasure = ErasureConfiguration(keyBytes: Array(repeating: 1, count: 32))
