@@ -23,8 +23,9 @@ public struct LedgerFollower: Sendable {
         self.logger = logger
     }
 
-    /// Polls until the task is cancelled, calling `onRecords` with each poll's records (in
-    /// each partition's order). A message that is not a record is logged and skipped: the
+    /// Polls until the task is cancelled, calling `onRecords` after each poll with its records
+    /// (in each partition's order; none when the poll found nothing, so that the caller can
+    /// keep time). A message that is not a record is logged and skipped: the
     /// ledger is a report, and a stranger on its topic must not stop it.
     public func run(_ onRecords: @Sendable ([LedgerRecord]) async -> Void) async throws(KafkaError) {
         let consumer = try KafkaConsumer(properties: self.properties, topics: [self.topic])
@@ -45,7 +46,7 @@ public struct LedgerFollower: Sendable {
                     )
                 }
             }
-            if !records.isEmpty { await onRecords(records) }
+            await onRecords(records)
         }
         await consumer.close()
     }

@@ -11,11 +11,24 @@ public struct LedgerSettings: Sendable, Equatable {
     /// The topic of ledger records.
     public var topic: String
 
+    /// Run the continuous reconciliation (``LedgerAuditor``) in the loader.
+    public var audit: Bool
+    /// How long every copy of an event must have been missing before it counts as
+    /// unaccounted.
+    public var grace: Duration
+
     public static let defaultTopic = "sluice.ledger"
 
-    public init(enabled: Bool = true, topic: String = Self.defaultTopic) {
+    public init(
+        enabled: Bool = true,
+        topic: String = Self.defaultTopic,
+        audit: Bool = true,
+        grace: Duration = .seconds(60)
+    ) {
         self.enabled = enabled
         self.topic = topic
+        self.audit = audit
+        self.grace = grace
     }
 }
 
@@ -98,8 +111,20 @@ extension LedgerSettings {
         .boolean(
             "ledger.enabled",
             \.enabled,
-            help: "publish the conservation ledger (docs/ledger.md); receipts past durable need it"
+            help: "publish the conservation ledger (docs/ledger.md)"
         ),
         .string("ledger.topic", \.topic, help: "Kafka topic of the ledger's records"),
+        .boolean(
+            "ledger.audit",
+            \.audit,
+            help: "the loader reconciles the ledger continuously (sluice_unaccounted_events)"
+        ),
+        .duration(
+            "ledger.grace",
+            \.grace,
+            atLeast: .zero,
+            atMost: .seconds(86_400),
+            help: "how long an event's every copy must be missing before it counts as unaccounted"
+        ),
     ]
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Forwarder
+import Foundation
 import Gateway
 import Hummingbird
 import Ledger
@@ -64,6 +65,21 @@ struct PipelineProcess {
         if var loader = self.loader {
             loader.ledger = ledger
             services.append(Loader(configuration: loader, logger: Logger(label: "sluice.loader")))
+            if settings.ledger.enabled, settings.ledger.audit, let properties = settings.kafkaClientProperties {
+                let logger = Logger(label: "sluice.ledger")
+                let follower = LedgerFollower(
+                    properties: properties,
+                    topic: settings.ledger.topic,
+                    name: loader.groupID,
+                    logger: logger
+                )
+                services.append(
+                    LedgerAuditService(
+                        auditor: LedgerAuditor(follower: follower, grace: settings.ledger.grace, logger: logger),
+                        logger: logger
+                    )
+                )
+            }
         }
         if let drain = self.beforeLoaderStops { services.append(drain) }
 
@@ -253,6 +269,23 @@ extension Settings {
         } catch {
             printError("sluice: cannot open the WAL in \(self.walDirectory): \(describe(error))")
             throw ExitCode(2)
+        }
+    }
+}
+
+/// The loader's continuous reconciliation of the ledger. A ledger it cannot read is logged,
+/// never a reason to stop loading.
+struct LedgerAuditService: Service {
+    let auditor: LedgerAuditor
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            do {
+                try await self.auditor.run { Int64(Date().timeIntervalSince1970 * 1000) }
+            } catch {
+                self.logger.error("ledger.audit_stopped", metadata: ["error": "\(error)"])
+            }
         }
     }
 }

@@ -16,7 +16,8 @@ package struct Sluice: AsyncParsableCommand {
         subcommands: [
             DevCommand.self, AllCommand.self, GatewayCommand.self, ForwarderCommand.self, LoaderCommand.self,
             WALCommand.self, OffsetsCommand.self, KeysCommand.self,
-            ReplayCommand.self, DLQCommand.self, ConfigCommand.self, DevKafkaCommand.self, DevClickHouseCommand.self,
+            ReplayCommand.self, DLQCommand.self, AuditCommand.self, ConfigCommand.self, DevKafkaCommand.self,
+            DevClickHouseCommand.self,
             OAuthCommand.self, TLSCommand.self, EncryptionCommand.self, EraseCommand.self,
         ]
     )

@@ -112,6 +112,14 @@ import Testing
         #expect(acknowledgedDuringOutage > 0)
         // Every event names the key that sent it.
         #expect(try await analyst.rows("SELECT DISTINCT source FROM sluice.events") == ["key:e2e"])
+        // The conservation ledger adds up through the crash and the outages.
+        let audit = try await ChildProcess.runSluice(
+            ["audit", "--since", "1h", "--kafka-bootstrap", cluster.bootstrapServers],
+            environment: ["SLUICE_LOGGING_LEVEL": "error"],
+            timeout: .seconds(90)
+        )
+        #expect(audit.status == 0, "\(audit)")
+        #expect(audit.standardOutput.contains("unaccounted: 0 events"), "\(audit.standardOutput)")
 
         for process in [gateway, loader] { process.signal(SIGTERM) }
         #expect(try await gateway.waitForExit() == 0)
