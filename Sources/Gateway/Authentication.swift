@@ -237,6 +237,12 @@ final class RequestAuthRecord: Sendable {
 enum IngestRoutes {
     static let all: Set<String> = Set(["/v1/events", "/v1/events/batch", "/v1/pixel"] + SegmentRoutes.paths.keys)
     static let browser: Set<String> = ["/v1/pixel"]
+    /// `GET /v1/receipts/{id}`: readable only by the principal that sent the events.
+    static let receiptPrefix = "/v1/receipts/"
+
+    static func isReceipt(_ request: Request) -> Bool {
+        (request.method == .get || request.method == .head) && request.uri.path.hasPrefix(Self.receiptPrefix)
+    }
 }
 
 /// Runs the checks for the ingest routes: credential, failed-auth limit, principal, policy
@@ -256,8 +262,10 @@ struct AuthenticationMiddleware: RouterMiddleware {
             return try await self.tokenEndpoint(request, context: context, limiter: limiter, next: next)
         }
         // Only requests a route will take: a wrong method is the router's 405, not a 401.
-        guard IngestRoutes.all.contains(request.uri.path),
-            gatewayRoutes[request.uri.path]?.contains(request.method) == true
+        guard
+            (IngestRoutes.all.contains(request.uri.path)
+                && gatewayRoutes[request.uri.path]?.contains(request.method) == true)
+                || IngestRoutes.isReceipt(request)
         else {
             return try await next(request, context)
         }

@@ -16,6 +16,10 @@ public protocol EventLog: Service {
     /// when they are not (its code decides the HTTP answer: 503, or 413 for a record too large).
     func store(_ events: [[UInt8]]) async throws
 
+    /// ``store(_:)``, returning the first event's LSN (the others follow it), for receipts;
+    /// nil from a log without LSNs.
+    func storeReturningLSN(_ events: [[UInt8]]) async throws -> UInt64?
+
     /// For `/readyz`: whether a store can succeed now.
     var isWritable: Bool { get }
     /// For `/readyz`: why a store cannot succeed, when ``isWritable`` is false.
@@ -27,9 +31,20 @@ public protocol EventLog: Service {
     func close() async
 }
 
+extension EventLog {
+    public func storeReturningLSN(_ events: [[UInt8]]) async throws -> UInt64? {
+        try await self.store(events)
+        return nil
+    }
+}
+
 extension WAL: EventLog {
     public func store(_ events: [[UInt8]]) async throws {
         _ = try await self.append(events)
+    }
+
+    public func storeReturningLSN(_ events: [[UInt8]]) async throws -> UInt64? {
+        try await self.append(events).firstLSN.rawValue
     }
 
     public var pressureLevel: String { self.pressure.rawValue }

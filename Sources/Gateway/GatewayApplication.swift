@@ -41,6 +41,7 @@ public func buildGatewayRouter(
     registry: PrometheusCollectorRegistry,
     authentication: GatewayAuthentication = .open,
     stats: StatsService? = nil,
+    receipts: GatewayReceipts? = nil,
     stopGate: StopGate = StopGate(),
     logger: Logger
 ) -> Router<IngestRequestContext> {
@@ -51,6 +52,7 @@ public func buildGatewayRouter(
         metrics: HTTPMetrics(),
         authentication: authentication,
         stats: stats,
+        receipts: receipts,
         stopGate: stopGate,
         logger: logger
     )
@@ -63,6 +65,7 @@ func buildGatewayRouter(
     metrics: HTTPMetrics,
     authentication: GatewayAuthentication,
     stats: StatsService? = nil,
+    receipts: GatewayReceipts? = nil,
     stopGate: StopGate,
     logger: Logger
 ) -> Router<IngestRequestContext> {
@@ -71,7 +74,8 @@ func buildGatewayRouter(
         configuration: configuration,
         metrics: metrics,
         logger: logger,
-        authentication: authentication
+        authentication: authentication,
+        receipts: receipts
     )
     let routes = gatewayRoutes(configuration)
     // HEAD on a GET route answers what GET would, without the body (RFC 9110 section 9.3.2);
@@ -106,6 +110,7 @@ func buildGatewayRouter(
         try await ingest.events(request, context: context, batch: true)
     }
     router.get("/v1/pixel") { request, context in try await ingest.pixel(request, context: context) }
+    router.get("/v1/receipts/:id") { request, context in try ingest.receiptStatus(request, context: context) }
     for (path, type) in SegmentRoutes.paths {
         router.post(RouterPath(path)) { request, context in
             try await ingest.segment(request, context: context, type: type)
@@ -167,6 +172,7 @@ public func buildGatewayApplication(
     registry: PrometheusCollectorRegistry,
     authentication: GatewayAuthentication = .open,
     stats: StatsService? = nil,
+    receipts: GatewayReceipts? = nil,
     logger: Logger,
     services: [any Service] = [],
     tls: TLSCertificateReloader? = nil,
@@ -182,6 +188,7 @@ public func buildGatewayApplication(
         metrics: metrics,
         authentication: authentication,
         stats: stats,
+        receipts: receipts,
         stopGate: stopGate,
         logger: logger
     )

@@ -17,6 +17,8 @@ struct Ingest: Sendable {
     let metrics: HTTPMetrics
     let logger: Logger
     var authentication = GatewayAuthentication.open
+    /// Receipts and ack levels past `durable`; nil without the ledger.
+    var receipts: GatewayReceipts?
 
     static let singleFormats: [BodyFormat] = [.json, .form, .textJSON]
     static let batchFormats: [BodyFormat] = [.json, .ndjson, .csv, .textJSON]
@@ -32,6 +34,7 @@ struct Ingest: Sendable {
                 extensions: [("accepted_types", .array(accepted.map { .string($0.rawValue) }))]
             )
         }
+        let ack = try AckRequest.parse(request, maxWait: self.receipts?.maxWait)
         let body = try await self.readBody(request)
         let items: [DecodedItem]
         do {
@@ -79,17 +82,22 @@ struct Ingest: Sendable {
                 : results.count == 1 ? "the event is invalid" : "none of the \(results.count) events is valid"
             throw Problem(.invalidEvents, detail, errors: errors)
         }
-        try await self.append(valid.map { $0.normalizedJSON(origin: origin) })
+        let first = try await self.append(valid.map { $0.normalizedJSON(origin: origin) })
         self.metrics.acceptedEvents.increment(by: Int64(valid.count))
         self.metrics.acceptedBytes.increment(by: Int64(body.count))
+        let receipt = await self.receipt(first: first, count: valid.count, ack: ack, context: context)
         if errors.isEmpty {
-            return Self.json(
+            var response = Self.json(
                 .accepted,
-                .object([
-                    ("accepted", .number(String(valid.count))),
-                    ("event_ids", .array(valid.map { .string($0.eventID) })),
-                ])
+                .object(
+                    [
+                        ("accepted", .number(String(valid.count))),
+                        ("event_ids", .array(valid.map { .string($0.eventID) })),
+                    ] + Self.receiptMembers(receipt, ack: ack)
+                )
             )
+            if let receipt { response.headers[AckRequest.receiptHeader] = receipt.text }
+            return response
         }
         // Some valid, some not: the valid ones are durable; say which is which.
         self.metrics.rejectedEvents.increment(by: Int64(results.count - valid.count))
@@ -114,14 +122,18 @@ struct Ingest: Sendable {
                 ])
             }
         }
-        return Self.json(
+        var response = Self.json(
             HTTPResponse.Status(code: 207, reasonPhrase: "Multi-Status"),
-            .object([
-                ("accepted", .number(String(valid.count))),
-                ("rejected", .number(String(results.count - valid.count))),
-                ("results", .array(perItem)),
-            ])
+            .object(
+                [
+                    ("accepted", .number(String(valid.count))),
+                    ("rejected", .number(String(results.count - valid.count))),
+                    ("results", .array(perItem)),
+                ] + Self.receiptMembers(receipt, ack: ack)
+            )
         )
+        if let receipt { response.headers[AckRequest.receiptHeader] = receipt.text }
+        return response
     }
 
     /// `GET /v1/pixel?action=…&user_id=…`: for image beacons. Answers a 1×1 transparent GIF.
@@ -296,11 +308,16 @@ struct Ingest: Sendable {
 
     /// Appends the events as one WAL record and returns once it is durable, or throws a 503
     /// problem when that cannot happen within the configured time.
-    func append(_ events: [[UInt8]]) async throws {
+    @discardableResult
+    func append(_ events: [[UInt8]]) async throws -> UInt64? {
         do {
             // The WAL enforces the acknowledgement deadline (its ackTimeout, set from
             // appendTimeout): a stalled disk fails the append instead of hanging it.
-            try await self.wal.store(events)
+            guard self.receipts != nil else {
+                try await self.wal.store(events)
+                return nil
+            }
+            return try await self.wal.storeReturningLSN(events)
         } catch let error as WALError {
             if error.code == .timedOut || error.code == .overloaded { self.metrics.appendTimeouts.increment() }
             if error.code == .recordTooLarge {

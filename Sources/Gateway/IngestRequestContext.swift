@@ -85,7 +85,9 @@ struct AccessLogMiddleware: RouterMiddleware {
         }
         response.headers[.xRequestID] = context.requestID
         let elapsed = ContinuousClock.now - started
-        let route = self.routes[request.uri.path] != nil ? request.uri.path : "other"
+        let route =
+            self.routes[request.uri.path] != nil
+            ? request.uri.path : request.uri.path.hasPrefix(IngestRoutes.receiptPrefix) ? "/v1/receipts/{id}" : "other"
         self.metrics.record(route: route, method: request.method, status: response.status.code, duration: elapsed)
         self.log(request: request, response: response, context: context, client: client, elapsed: elapsed)
         return response

@@ -128,3 +128,44 @@ extension LedgerSettings {
         ),
     ]
 }
+
+/// Delivery receipts and ack levels: `receipts.*` in the configuration (docs/receipts.md).
+public struct ReceiptSettings: Sendable, Equatable {
+    /// A file holding the receipts' MAC key (any bytes, at least 32): the same file on every
+    /// gateway behind one balancer, so that any of them reads any receipt. Unset: each gateway
+    /// keeps a random key of its own in its WAL directory (`receipts.key`).
+    public var keyFile: String?
+    /// The longest a request waits for `replicated` or `queryable`.
+    public var maxWait: Duration
+    /// How long a gateway remembers where events went.
+    public var retention: Duration
+
+    public init(keyFile: String? = nil, maxWait: Duration = .seconds(10), retention: Duration = .seconds(3_600)) {
+        self.keyFile = keyFile
+        self.maxWait = maxWait
+        self.retention = retention
+    }
+
+    package static let keys: [ConfigurationKey<ReceiptSettings>] = [
+        .string(
+            "receipts.key_file",
+            \.keyFile,
+            emptyIsNone: true,
+            help: "file with the receipts' MAC key (32+ bytes), the same on every gateway; default: one per WAL"
+        ),
+        .duration(
+            "receipts.max_wait",
+            \.maxWait,
+            atLeast: .zero,
+            atMost: .seconds(120),
+            help: "the longest a request waits for ack=replicated or ack=queryable"
+        ),
+        .duration(
+            "receipts.retention",
+            \.retention,
+            atLeast: .seconds(60),
+            atMost: .seconds(7 * 86_400),
+            help: "how long a gateway remembers where events went, for GET /v1/receipts"
+        ),
+    ]
+}

@@ -88,6 +88,7 @@ struct PipelineProcess {
             return
         }
         let log: any EventLog
+        var receipts: GatewayReceipts?
         if let injected = self.eventLog {
             Logger(label: "sluice.gateway").critical(
                 "gateway.unsafe_no_wal",
@@ -103,6 +104,39 @@ struct PipelineProcess {
             let wal = try await settings.openWAL()
             if var forwarding = settings.forwarderConfiguration {
                 forwarding.ledger = ledger
+                if let ledger, let properties = settings.kafkaClientProperties {
+                    let book = ReceiptBook(
+                        retentionMillis: settings.receipts.retention.components.seconds * 1000,
+                        clock: { Int64(Date().timeIntervalSince1970 * 1000) }
+                    )
+                    do {
+                        receipts = GatewayReceipts(
+                            book: book,
+                            gatewayID: settings.gateway.gatewayID,
+                            key: try settings.receiptKey(),
+                            maxWait: settings.receipts.maxWait
+                        )
+                    } catch {
+                        await wal.close()
+                        printError("sluice: \(error)")
+                        throw ExitCode(2)
+                    }
+                    // Its own forwarder's records at once; everyone's through the topic.
+                    forwarding.ledger = LedgerFanOut([ledger, book])
+                    let logger = Logger(label: "sluice.ledger")
+                    services.append(
+                        ReceiptFollowService(
+                            follower: LedgerFollower(
+                                properties: properties,
+                                topic: settings.ledger.topic,
+                                name: settings.gateway.gatewayID,
+                                logger: logger
+                            ),
+                            book: book,
+                            logger: logger
+                        )
+                    )
+                }
                 services.append(
                     Forwarder(wal: wal, configuration: forwarding, logger: Logger(label: "sluice.forwarder"))
                 )
@@ -154,6 +188,7 @@ struct PipelineProcess {
             registry: registry,
             authentication: authentication,
             stats: stats,
+            receipts: receipts,
             logger: Logger(label: "sluice.gateway"),
             services: services,
             stopGate: stopGate,
@@ -287,5 +322,30 @@ struct LedgerAuditService: Service {
                 self.logger.error("ledger.audit_stopped", metadata: ["error": "\(error)"])
             }
         }
+        // A service that returns would stop the process: wait for the shutdown instead.
+        try? await gracefulShutdown()
+    }
+}
+
+/// A gateway's receipts follow the ledger topic: the other gateways' records and the
+/// loaders'. A ledger it cannot read is logged; receipts then stay at what the own forwarder
+/// reports.
+struct ReceiptFollowService: Service {
+    let follower: LedgerFollower
+    let book: ReceiptBook
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            do {
+                try await self.follower.run { records in
+                    if !records.isEmpty { self.book.apply(records) }
+                }
+            } catch {
+                self.logger.error("receipts.follow_stopped", metadata: ["error": "\(error)"])
+            }
+        }
+        // A service that returns would stop the process: wait for the shutdown instead.
+        try? await gracefulShutdown()
     }
 }

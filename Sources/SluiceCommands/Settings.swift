@@ -53,6 +53,8 @@ struct Settings {
     var analytics = AnalyticsConfiguration()
     /// `ledger.*`: the conservation ledger's topic.
     var ledger = LedgerSettings()
+    /// `receipts.*`: delivery receipts and ack levels.
+    var receipts = ReceiptSettings()
 
     /// The WAL directory (`wal.directory`, `--wal-dir`). This accessor and the next three
     /// only name a part of a module's struct for the callers; they hold nothing.
@@ -215,6 +217,32 @@ struct Settings {
         }
     }
 
+    /// The receipts' MAC key: `receipts.key_file`, or the WAL directory's own (made, 32 random
+    /// bytes, mode 0600, the first time).
+    func receiptKey() throws -> [UInt8] {
+        if let file = self.receipts.keyFile {
+            guard let data = FileManager.default.contents(atPath: file) else {
+                throw SettingsError(description: "receipts.key_file: cannot read \(file)")
+            }
+            guard data.count >= 32 else {
+                throw SettingsError(
+                    description:
+                        "receipts.key_file: \(file) holds \(data.count) bytes; a key needs at least 32 (e.g. head -c 32 /dev/urandom)"
+                )
+            }
+            return [UInt8](data)
+        }
+        let path = self.walDirectory + "/receipts.key"
+        if let data = FileManager.default.contents(atPath: path), data.count >= 32 { return [UInt8](data) }
+        var key = [UInt8](repeating: 0, count: 32)
+        for index in key.indices { key[index] = UInt8.random(in: 0...255) }
+        guard FileManager.default.createFile(atPath: path, contents: Data(key), attributes: [.posixPermissions: 0o600])
+        else {
+            throw SettingsError(description: "receipts: cannot write a key to \(path)")
+        }
+        return key
+    }
+
     /// Checks the gateway's and the WAL's settings and ties the WAL's ack deadline to the
     /// gateway's append timeout.
     mutating func prepareGateway() throws {
@@ -270,6 +298,7 @@ enum SettingsLoader {
         + EncryptionConfiguration.keys(prefix: "kafka.encryption").map { $0.lifted(\Settings.kafkaEncryption) }
         + ForwarderConfiguration.keys.map { $0.lifted(\Settings.forwarder) }
         + LedgerSettings.keys.map { $0.lifted(\Settings.ledger) }
+        + ReceiptSettings.keys.map { $0.lifted(\Settings.receipts) }
         + ClickHouseConfiguration.keys.map { $0.lifted(\Settings.loader.clickHouse) }
         + LoaderConfiguration.keys.map { $0.lifted(\Settings.loader) } + [routesKey]
         + ErasureConfiguration.keys.map { $0.lifted(\Settings.loader.erasure) }

@@ -26,6 +26,7 @@ struct TestGateway {
     let wal: WAL
     let configuration: GatewayConfiguration
     var authentication = GatewayAuthentication.open
+    var receipts: GatewayReceipts?
 
     static func make(
         authentication: GatewayAuthentication = .open,
@@ -55,6 +56,7 @@ struct TestGateway {
             wal: self.wal,
             registry: registry,
             authentication: self.authentication,
+            receipts: self.receipts,
             logger: quietLogger
         )
     }
