@@ -264,7 +264,10 @@ public struct PairList: Sendable, Equatable, Codable, RandomAccessCollection {
     }
 
     /// The base64 text.
-    public var encoded: String {
+    public var encoded: String { Data(self.varints).base64EncodedString() }
+
+    /// The pairs as zig-zag varint deltas (what ``encoded`` holds in base64): 2–4 bytes a pair.
+    var varints: [UInt8] {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(self.pairs.count * 4)
         var lsn: UInt64 = 0
@@ -275,12 +278,15 @@ public struct PairList: Sendable, Equatable, Codable, RandomAccessCollection {
             lsn = pair.lsn
             offset = pair.offset
         }
-        return Data(bytes).base64EncodedString()
+        return bytes
     }
 
     static func decode(_ text: String) -> [Pair]? {
         guard let data = Data(base64Encoded: text) else { return nil }
-        let bytes = [UInt8](data)
+        return Self.decode(varints: [UInt8](data))
+    }
+
+    static func decode(varints bytes: [UInt8]) -> [Pair]? {
         var pairs: [Pair] = []
         var index = 0
         var lsn: UInt64 = 0
