@@ -118,6 +118,8 @@ import Testing
                 "SLUICE_KAFKA_PROPERTIES_LOG__LEVEL": "2", "SLUICE_LOGGING_LEVEL": "warning",
                 "SLUICE_AUTH_API_KEYS_FILE": state.path + "/keys.json",
                 "SLUICE_RECEIPTS_KEY_FILE": state.path + "/receipts.key",
+                // Generous: the test shares two cores with the others.
+                "SLUICE_RECEIPTS_MAX_WAIT": "60s",
             ],
             key: keys[0],
             otherKey: keys[1]
@@ -128,8 +130,14 @@ import Testing
         var one = "http://127.0.0.1:\(try await gateway1.listeningPort())"
         let two = "http://127.0.0.1:\(try await gateway2.listeningPort())"
 
+        // The loaders join their group and make their tables first: until then a queryable
+        // request answers at its deadline.
+        try await waitUntil(timeout: .seconds(120), pollEvery: .milliseconds(10)) {
+            let warm = try await Self.post(one, key: fleet.key, query: "ack=queryable&ack_timeout=5s", count: 1)
+            return (warm["ack"] as? [String: String])?["reached"] == "queryable"
+        }
         // queryable at gateway 1: answered once ClickHouse has the rows.
-        let first = try await Self.post(one, key: fleet.key, query: "ack=queryable", count: 5)
+        let first = try await Self.post(one, key: fleet.key, query: "ack=queryable&ack_timeout=60s", count: 5)
         #expect(first["ack"] as? [String: String] == ["requested": "queryable", "reached": "queryable"], "\(first)")
         let r1 = try #require(first["receipt"] as? String)
         let ids1 = try #require(first["event_ids"] as? [String])
@@ -141,7 +149,7 @@ import Testing
         #expect(found == 5)
 
         // replicated at gateway 2; durable by default.
-        let second = try await Self.post(two, key: fleet.key, query: "ack=replicated", count: 5)
+        let second = try await Self.post(two, key: fleet.key, query: "ack=replicated&ack_timeout=60s", count: 5)
         #expect(
             second["ack"] as? [String: String] == ["requested": "replicated", "reached": "replicated"],
             "\(second)"
