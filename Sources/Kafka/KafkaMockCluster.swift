@@ -1,4 +1,5 @@
 import Crdkafka
+import SluiceCore
 
 /// librdkafka's built-in mock cluster: a real Kafka-protocol server on loopback with several
 /// brokers, consumer groups, idempotent-producer support and fault injection. In memory, for
@@ -50,7 +51,11 @@ public final class KafkaMockCluster: @unchecked Sendable {
     }
 
     /// Takes broker `id` (1-based) down: its connections close and it refuses new ones.
-    public func setBrokerDown(_ id: Int32) { rd_kafka_mock_broker_set_down(self.cluster, id) }
+    /// (librdkafka closes the broker's listening socket and binds its port again at once, and
+    /// aborts if that fails: ``SpawnGate`` keeps a child being spawned from holding the port.)
+    public func setBrokerDown(_ id: Int32) {
+        SpawnGate.rebinding { _ = rd_kafka_mock_broker_set_down(self.cluster, id) }
+    }
 
     /// Brings broker `id` back.
     public func setBrokerUp(_ id: Int32) { rd_kafka_mock_broker_set_up(self.cluster, id) }

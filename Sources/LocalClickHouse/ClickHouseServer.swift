@@ -396,7 +396,7 @@ private func makeCertificate(in directory: String) throws {
     let output = Pipe()
     process.standardOutput = output
     process.standardError = output
-    try process.run()
+    try SpawnGate.spawning { try process.run() }
     let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     process.waitUntilExit()
     guard process.terminationStatus == 0 else {
@@ -549,7 +549,7 @@ private final class ChildProcess: @unchecked Sendable {
         let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for argument in argv { free(argument) } }
         var pid = pid_t()
-        let result = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+        let result = SpawnGate.spawning { posix_spawn(&pid, executable, &actions, &attributes, argv, environ) }
         guard result == 0 else {
             throw ClickHouseServerError(
                 message: "cannot start \(executable): \(String(cString: strerror(result)))",

@@ -1,4 +1,5 @@
 import Foundation
+import SluiceCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -71,7 +72,7 @@ public final class ChildProcess: Sendable {
         }
         self.process = process
         self.commandLine = ([path] + arguments).joined(separator: " ")
-        try process.run()
+        try SpawnGate.spawning { try process.run() }
         for (pipe, sink) in [(out, self.output), (err, self.errors)] {
             Self.drain(pipe.fileHandleForReading, into: sink)
         }

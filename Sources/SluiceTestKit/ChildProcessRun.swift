@@ -120,7 +120,7 @@ extension ChildProcess {
             for pointer in envp { free(pointer) }
         }
         var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, path, &actions, &attributes, argv, envp)
+        let spawned = SpawnGate.spawning { posix_spawn(&pid, path, &actions, &attributes, argv, envp) }
         guard spawned == 0 else {
             throw ChildProcessError(description: "cannot run \(path): \(String(cString: strerror(spawned)))")
         }
