@@ -88,9 +88,11 @@ public struct EventPoster: Sendable {
     public static func client(trusting caFile: String) -> HTTPClient {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .file(caFile)
-        return HTTPClient(
-            eventLoopGroupProvider: .singleton,
-            configuration: HTTPClient.Configuration(tlsConfiguration: tls)
+        return KeptClients.keep(
+            HTTPClient(
+                eventLoopGroupProvider: .singleton,
+                configuration: HTTPClient.Configuration(tlsConfiguration: tls)
+            )
         )
     }
 }

@@ -131,7 +131,7 @@ import Testing
         let expected = "gw-ledger LSN \(first)..<\(last + 1) (50 events): events/0 offsets 100..<150"
 
         // The loader's own reconciliation names them.
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let client = KeptClients.keep(HTTPClient(eventLoopGroupProvider: .singleton))
         defer { _ = client.shutdown() }
         var exposition = ""
         do {

@@ -42,7 +42,7 @@ import Testing
             walDirectory: directory.path + "/wal",
             environment: ["SLUICE_AUTH_REQUIRED": "true"]
         )
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let client = KeptClients.keep(HTTPClient(eventLoopGroupProvider: .singleton))
         let (status, headers, _) = try await self.post(client, strict.url, authorization: nil)
         #expect(status == .unauthorized)
         #expect(headers["WWW-Authenticate"].first == #"Bearer realm="sluice""#)
@@ -69,7 +69,7 @@ import Testing
             walDirectory: directory.path + "/wal",
             environment: ["SLUICE_AUTH_REQUIRED": "true", "SLUICE_AUTH_API_KEYS_FILE": keys]
         )
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let client = KeptClients.keep(HTTPClient(eventLoopGroupProvider: .singleton))
         #expect(try await self.post(client, gateway.url, authorization: "Bearer \(key)").0 == .accepted)
         #expect(try await self.post(client, gateway.url, authorization: "bearer \(other)").0 == .accepted)
         let forged = String(key.dropLast(3)) + "AAA"
@@ -151,9 +151,11 @@ import Testing
 
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.trustRoots = .file(tls + "/ca.pem")
-        let client = HTTPClient(
-            eventLoopGroupProvider: .singleton,
-            configuration: HTTPClient.Configuration(tlsConfiguration: configuration)
+        let client = KeptClients.keep(
+            HTTPClient(
+                eventLoopGroupProvider: .singleton,
+                configuration: HTTPClient.Configuration(tlsConfiguration: configuration)
+            )
         )
         let (status, _, body) = try await self.post(client, url, authorization: "Bearer \(token)")
         #expect(status == .accepted, "\(body)\n\(gateway.standardOutput.suffix(2000))")

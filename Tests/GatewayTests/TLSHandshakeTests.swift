@@ -91,15 +91,17 @@ struct TLSHandshakeTests {
             var tls = TLSConfiguration.makeClientConfiguration()
             tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(files.caFile))
             tls.minimumTLSVersion = .tlsv12
-            let client = HTTPClient(
-                eventLoopGroupProvider: .singleton,
-                configuration: HTTPClient.Configuration(tlsConfiguration: tls)
+            let client = KeptClients.keep(
+                HTTPClient(
+                    eventLoopGroupProvider: .singleton,
+                    configuration: HTTPClient.Configuration(tlsConfiguration: tls)
+                )
             )
             let answer = try await EventPoster(url: "https://127.0.0.1:\(gateway.port)", client: client)
                 .post(#"{"action":"tls_test","user_id":"u1"}"#)
             #expect(answer.status == .accepted, "\(answer.body)")
 
-            let untrusting = HTTPClient(eventLoopGroupProvider: .singleton)
+            let untrusting = KeptClients.keep(HTTPClient(eventLoopGroupProvider: .singleton))
             var plain = HTTPClientRequest(url: "https://127.0.0.1:\(gateway.port)/healthz")
             plain.method = .GET
             await #expect(throws: (any Error).self) { _ = try await untrusting.execute(plain, timeout: .seconds(10)) }

@@ -10,7 +10,9 @@ public struct Analyst: Sendable {
     public init(url: String) {
         var logger = Logger(label: "test.clickhouse")
         logger.logLevel = .critical
-        self.client = ClickHouseClient(ClickHouseConfiguration(url: url, timeout: .seconds(10)), logger: logger)
+        self.client = KeptClients.keep(
+            ClickHouseClient(ClickHouseConfiguration(url: url, timeout: .seconds(10)), logger: logger)
+        )
     }
 
     public func rows(_ sql: String) async throws -> [String] {
