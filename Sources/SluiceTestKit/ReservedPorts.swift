@@ -1,4 +1,5 @@
 import Foundation
+import LocalClickHouse
 import Synchronization
 
 /// Keeps the kernel from handing a mock broker's port to anyone else while the broker is down.
@@ -18,11 +19,20 @@ public final class ReservedPorts: Sendable {
     private let ports: [Int]
 
     /// Reserves the ports of `bootstrapServers` (`127.0.0.1:PORT,…`) until this is released.
-    public init(bootstrapServers: String) {
-        self.ports = bootstrapServers.split(separator: ",").compactMap {
-            $0.split(separator: ":").last.flatMap { Int($0) }
-        }
-        Self.update { ports in for port in self.ports { ports[port, default: 0] += 1 } }
+    public convenience init(bootstrapServers: String) {
+        self.init(
+            ports: bootstrapServers.split(separator: ",").compactMap {
+                $0.split(separator: ":").last.flatMap { Int($0) }
+            }
+        )
+    }
+
+    /// Reserves `ports` until this is released: for a server that a test stops and starts
+    /// again on the same ports (a ClickHouse killed on purpose), so that no other test's
+    /// free-port pick takes one meanwhile.
+    public init(ports: [Int]) {
+        self.ports = ports
+        Self.update { reserved in for port in ports { reserved[port, default: 0] += 1 } }
     }
 
     deinit {
@@ -46,5 +56,12 @@ public final class ReservedPorts: Sendable {
             let list = ([state.system ?? ""] + state.ports.keys.sorted().map(String.init)).filter { !$0.isEmpty }
             try? (list.joined(separator: ",") + "\n").write(toFile: self.file, atomically: false, encoding: .utf8)
         }
+    }
+}
+
+extension ClickHouseServer {
+    /// Reserves this server's ports (``ReservedPorts``) for a test that restarts it.
+    public func reservePorts() -> ReservedPorts {
+        ReservedPorts(ports: [self.httpPort, self.tcpPort, self.interserverPort] + (self.httpsPort.map { [$0] } ?? []))
     }
 }

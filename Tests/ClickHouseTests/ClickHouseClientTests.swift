@@ -170,6 +170,8 @@ struct ClickHouseClientTests {
                 let prefix = "INSERT INTO sluice_test.events FORMAT JSONEachRow"
                 try await client.insert(prefix, body: rows(0..<1000))
 
+                let serverPorts = server.reservePorts()  // Nobody else's while it is down.
+                defer { withExtendedLifetime(serverPorts) {} }
                 try await offPool { server.kill() }
                 let down = try await #require(throws: ClickHouseError.self) {
                     try await client.insert(prefix, body: rows(1000..<2000))

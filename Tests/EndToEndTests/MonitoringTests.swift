@@ -146,6 +146,8 @@ import Testing
             // SluiceLoaderInsertRetries fires and reaches Alertmanager; ClickHouse back, it resolves.
             (load, posting) = startLoad(workers: 1, batch: 20...20, pause: .milliseconds(100))
             step = "ClickHouse down: waiting for SluiceLoaderInsertRetries"
+            let clickHousePorts = clickHouse.reservePorts()  // Nobody else's while it is down.
+            defer { withExtendedLifetime(clickHousePorts) {} }
             try await offPool { clickHouse.kill() }
             let clickHouseDown = ContinuousClock.now
             try await waitUntil(timeout: .seconds(90), pollEvery: .milliseconds(250)) {

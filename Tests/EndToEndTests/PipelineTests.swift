@@ -64,6 +64,8 @@ import Testing
         load.target = "https://127.0.0.1:\(port)"
         // 2. ClickHouse dies and is restarted 3 s later.
         try await progress(load.acknowledgedCount + 3_000)
+        let clickHousePorts = clickHouse.reservePorts()  // Nobody else's while it is down.
+        defer { withExtendedLifetime(clickHousePorts) {} }
         try await offPool { clickHouse.kill() }
         try await Task.sleep(for: .seconds(3))
         try await clickHouse.restart()
@@ -293,7 +295,7 @@ import Testing
             environment: ["SLUICE_METRICS_LISTEN": "127.0.0.1:0", "SLUICE_KAFKA_PROPERTIES_LOG__LEVEL": "0"]
         )
         let port = try await loader.listeningPort("metrics.listening")
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let client = KeptClients.keep(HTTPClient(eventLoopGroupProvider: .singleton))
         func get(_ path: String) async throws -> (HTTPResponseStatus, String) {
             let response = try await client.execute(
                 HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)"),

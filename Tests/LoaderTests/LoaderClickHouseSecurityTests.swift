@@ -89,6 +89,8 @@ import Testing
             errorsToOutput: true
         )
         try #require(reissue.status == 0, "\(reissue.standardOutput)")
+        let serverPorts = server.reservePorts()  // Nobody else's while it restarts.
+        defer { withExtendedLifetime(serverPorts) {} }
         try await server.restart()
         try await send(300..<600)
         try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(100)) {

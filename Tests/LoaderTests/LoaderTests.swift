@@ -260,6 +260,8 @@ final class LoadPipeline: @unchecked Sendable {
             try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(100)) {
                 await pipeline.distinctIDs() > 0
             }
+            let serverPorts = pipeline.server.reservePorts()  // Nobody else's while it is down.
+            defer { withExtendedLifetime(serverPorts) {} }
             pipeline.server.kill()
             try await pipeline.send((2000..<4000).map { eventJSON($0) })
             try await Task.sleep(for: .seconds(2))
