@@ -253,9 +253,18 @@ import Testing
         #expect(dev.standardOutput.contains("https://127.0.0.1:\(port)/analytics#key=\(statsKey)"))
         var stats = HTTPClientRequest(url: "https://127.0.0.1:\(port)/v1/stats/timeseries")
         stats.headers.add(name: "Authorization", value: "Bearer \(statsKey)")
-        let statsAnswer = try await client.execute(stats, timeout: .seconds(30))
-        let statsBody = String(buffer: try await statsAnswer.body.collect(upTo: 1 << 20))
-        #expect(statsAnswer.status == .ok && statsBody.contains("\"action\":\"click\""), "\(statsBody)")
+        // The rollups fill in the inserts' own pipeline; CI once answered no points right after
+        // the rows were visible, so the answer gets a while (and says what it was if not).
+        var statsBody = ""
+        do {
+            try await waitUntil(timeout: .seconds(60), pollEvery: .milliseconds(500)) {
+                let statsAnswer = try await client.execute(stats, timeout: .seconds(30))
+                statsBody = String(buffer: try await statsAnswer.body.collect(upTo: 1 << 20))
+                return statsAnswer.status == .ok && statsBody.contains("\"action\":\"click\"")
+            }
+        } catch {
+            Issue.record("the stats never showed the clicks: \(statsBody)")
+        }
 
         // ClickHouse dies as a crash would: sluice dev says so and brings it back; events sent
         // meanwhile arrive.

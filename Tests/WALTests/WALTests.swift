@@ -302,8 +302,8 @@ import Testing
         let waited = ContinuousClock.now - started
         // Every caller heard back while the fsync was still stalled (it stays stalled until
         // released below, so any bound proves it; a generous one, as the machine may be busy
-        // with other tests: 2 s was once missed by 0.2 s under three parallel builds).
-        #expect(waited < .seconds(5))
+        // with other tests: 2 s was once missed under three parallel builds, 5 s in CI).
+        #expect(waited < .seconds(30))
         #expect(outcomes.allSatisfy { $0 == .timedOut || $0 == .overloaded })
         #expect(outcomes.contains(.timedOut))
         faults.release(.fdatasync)
