@@ -16,7 +16,7 @@ struct SluiceBench: AsyncParsableCommand {
         subcommands: [
             GatewayBaselineCommand.self, ForwarderBenchCommand.self, LoaderBenchCommand.self,
             LoaderTLSBenchCommand.self, PipelineBenchCommand.self, TortureCommand.self, AnalyticsBenchCommand.self,
-            StopBenchCommand.self,
+            StopBenchCommand.self, CurveBenchCommand.self,
             ScaleOutBenchCommand.self,
         ]
     )
