@@ -54,6 +54,9 @@ bench: setup
 	scripts/bench-auth
 	.build/release/sluice-bench forwarder $(DATA) --events 1000000
 	scripts/bench-loader 1000000
+	scripts/bench-ledger 10 64 2
+	scripts/bench-ack 10 64 1
+	scripts/latency-curve 10
 	.build/release/sluice-bench scale-out --seconds 10 --rounds 3   # root: network namespaces
 	$(SWIFT) build
 	SLUICE_CRASH_ROUNDS=500 $(SWIFT) test --filter CrashTests
