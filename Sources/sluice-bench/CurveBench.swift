@@ -70,10 +70,9 @@ struct CurveBenchCommand: AsyncParsableCommand {
                 rate: rate,
                 seconds: self.seconds
             ).run(client: client, workers: self.connections)
-            let sorted = step.latencies.sorted()
+            let latencies = Percentiles(step.latencies)
             func p(_ fraction: Double) -> Double {
-                guard !sorted.isEmpty else { return .nan }
-                return Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * fraction))]) / 1_000
+                latencies.count == 0 ? .nan : Double(latencies.p(fraction)) / 1_000
             }
             let achieved = Double(step.acknowledged) / step.elapsed
             let line = String(

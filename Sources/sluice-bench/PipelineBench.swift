@@ -229,7 +229,7 @@ struct PipelineBenchCommand: AsyncParsableCommand {
     }
 }
 
-/// Sorted milliseconds, read as percentiles.
+/// Sorted values (milliseconds, or microseconds in the latency curve), read as percentiles.
 struct Percentiles {
     let sorted: [Int64]
     init(_ values: [Int64]) { self.sorted = values.sorted() }
