@@ -238,6 +238,18 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// Partitions currently assigned to this member.
     public var assignment: Set<TopicPartition> { self.assignmentBox.withLock { $0 } }
 
+    /// Reads these partitions from these offsets, outside any group (a consumer made without
+    /// topics): for tools that look at given messages, such as `sluice audit --rows`.
+    public func assign(_ offsets: [TopicPartition: Int64]) async throws(KafkaError) {
+        let error: rd_kafka_resp_err_t = await self.run { [self] in
+            let list = Self.makeList(offsets)
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            return rd_kafka_assign(self.handle, list)
+        }
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(error, message: "assigning partitions") }
+        self.assignmentBox.withLock { $0 = Set(offsets.keys) }
+    }
+
     /// Commits, synchronously, the next offset to read of each partition. Partitions no
     /// longer assigned are left out (their work belongs to the next owner).
     public func commit(_ offsets: [TopicPartition: Int64]) async throws(KafkaError) {

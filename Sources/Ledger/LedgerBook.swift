@@ -82,6 +82,19 @@ public struct LedgerBook: Sendable {
         }
     }
 
+    /// A row a loader listed as inserted: the event's LSN and where its message was in Kafka.
+    public struct ConfirmedRow: Sendable, Equatable {
+        public var lsn: UInt64
+        public var place: Place
+        public var offset: Int64
+
+        public init(lsn: UInt64, place: Place, offset: Int64) {
+            self.lsn = lsn
+            self.place = place
+            self.offset = offset
+        }
+    }
+
     struct Copy: Sendable {
         var place: Place
         var offset: Int64
@@ -95,6 +108,11 @@ public struct LedgerBook: Sendable {
     private var accounted: [String: RunSet<UInt64>] = [:]
     /// Events placed and not yet accounted for, with their copies.
     private var open: [Identity: [Copy]] = [:]
+    /// Whether to keep ``confirmedRows`` (`sluice audit --rows`; the continuous auditor does not).
+    public var tracksRows = false
+    /// Per table and gateway, the rows ClickHouse confirmed in `loaded` records of the window:
+    /// what `sluice audit --rows` expects to find there.
+    public private(set) var confirmedRows: [String: [String: [ConfirmedRow]]] = [:]
     /// The first record's time (unix ms), for the report.
     public private(set) var firstMillis: Int64?
     public private(set) var lastMillis: Int64?
@@ -123,6 +141,7 @@ public struct LedgerBook: Sendable {
             self.applyForwarded(forwarded)
         case .loaded(let loaded):
             self.applyLoaded(loaded)
+            if self.tracksRows && loaded.atMillis >= sinceMillis { self.keepRows(loaded) }
         }
     }
 
@@ -179,6 +198,15 @@ public struct LedgerBook: Sendable {
         for identity in settled where !identity.gateway.isEmpty { self.settle(identity) }
     }
 
+    private mutating func keepRows(_ loaded: LedgerRecord.Loaded) {
+        let place = Place(topic: loaded.topic, partition: loaded.partition)
+        for identities in loaded.rows where !identities.gateway.isEmpty {
+            self.confirmedRows[loaded.table, default: [:]][identities.gateway, default: []].append(
+                contentsOf: identities.pairs.map { ConfirmedRow(lsn: $0.lsn, place: place, offset: $0.offset) }
+            )
+        }
+    }
+
     private mutating func settle(_ identity: Identity) {
         self.accounted[identity.gateway, default: RunSet()].insert(identity.lsn)
         self.open[identity] = nil
@@ -199,6 +227,13 @@ public struct LedgerBook: Sendable {
         /// Where its copies were in Kafka: per partition, the offset runs.
         public var offsets: [Place: [Range<Int64>]]
         public var count: Int
+
+        public init(gateway: String, lsns: [Range<UInt64>], offsets: [Place: [Range<Int64>]], count: Int) {
+            self.gateway = gateway
+            self.lsns = lsns
+            self.offsets = offsets
+            self.count = count
+        }
     }
 
     public struct Reconciliation: Sendable, Equatable {

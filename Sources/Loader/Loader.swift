@@ -475,7 +475,12 @@ public final class Loader: Service, Sendable {
                                 let start = rows.body.count
                                 let (received, isErased) = try event.withUnsafeBufferPointer {
                                     value throws(LoaderError) in
-                                    let received = try encoder.encode(value, into: &rows.body, scratch: &scratch)
+                                    let received = try encoder.encode(
+                                        value,
+                                        headers: part[index].headers,
+                                        into: &rows.body,
+                                        scratch: &scratch
+                                    )
                                     guard let erasures else { return (received, false) }
                                     return (received, encoder.isErased(value, scratch: &scratch, erasures: erasures))
                                 }

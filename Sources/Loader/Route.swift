@@ -26,14 +26,26 @@ public struct LoaderColumn: Sendable, Equatable {
     public var required: Bool
     /// Used when the field is absent or null (the type's zero value when nil).
     public var defaultValue: String?
+    /// The Kafka header of the message the value comes from, instead of a field of the event:
+    /// `wal_lsn` gives each row the identity the conservation ledger knows it by
+    /// (docs/ledger.md). A message without the header gets the default. `string`, `int64`
+    /// and `uint64` columns only.
+    public var header: String?
 
-    public init(_ name: String, _ kind: Kind, field: String? = nil, required: Bool = false, defaultValue: String? = nil)
-    {
+    public init(
+        _ name: String,
+        _ kind: Kind,
+        field: String? = nil,
+        required: Bool = false,
+        defaultValue: String? = nil,
+        header: String? = nil
+    ) {
         self.name = name
         self.kind = kind
         self.field = field ?? name
         self.required = required
         self.defaultValue = defaultValue
+        self.header = header
     }
 
     /// The ClickHouse type on a server of `version`.
@@ -133,7 +145,13 @@ public struct LoaderRoute: Sendable, Equatable {
         LoaderColumn("gateway_id", .string),
         LoaderColumn("source", .string),
         LoaderColumn("schema_version", .uint64, defaultValue: "1"),
+        LoaderColumn(Self.lsnColumn, .uint64, header: "wal_lsn"),
     ]
+
+    /// The column of the events table holding the event's WAL LSN (with `gateway_id`, its
+    /// identity): `sluice audit --rows` checks by it that the rows ClickHouse confirmed are
+    /// still there.
+    public static let lsnColumn = "wal_lsn"
 
     /// The sorting key of `sluice.events` (docs/analytics.md): action, day, object, event id.
     /// Analysts ask per action (views, clicks), over a range of days, per object; the key lets
@@ -189,6 +207,14 @@ public struct LoaderRoute: Sendable, Equatable {
                 return "order_by names 'toDate(\(column))', and '\(column)' is not a timestamp column of the route"
             }
             return "order_by names '\(missing)', which is not a column of the route"
+        }
+        if let column = self.columns.first(where: { $0.header != nil && ![.string, .int64, .uint64].contains($0.kind) })
+        {
+            return
+                "column '\(column.name)' reads header '\(column.header ?? "")': only string, int64 and uint64 columns can"
+        }
+        if let column = self.columns.first(where: { $0.header != nil && $0.required }) {
+            return "column '\(column.name)' reads a header and cannot be required (give it a default instead)"
         }
         if let user = self.userColumn, !names.contains(user) {
             return "user_column '\(user)' is not a column of the route"

@@ -92,7 +92,8 @@ public struct RowEncoder: Sendable {
             plans.append(
                 ColumnPlan(
                     kind: column.kind,
-                    key: key(column.field),
+                    key: column.header == nil ? key(column.field) : -1,
+                    header: column.header,
                     required: column.required,
                     name: constant(name),
                     fallback: constant(fallback),
@@ -152,9 +153,11 @@ public struct RowEncoder: Sendable {
     }
 
     /// Appends the row of `message` to `output` and returns the event's `received_at` (unix
-    /// ms) when it has one. On error `output` is left as it was.
+    /// ms) when it has one. `headers`: the Kafka message's, for columns that read one. On
+    /// error `output` is left as it was.
     public func encode(
         _ message: UnsafeBufferPointer<UInt8>,
+        headers: [(name: String, value: [UInt8])] = [],
         into output: inout [UInt8],
         scratch: inout Scratch
     ) throws(LoaderError) -> Int64? {
@@ -171,6 +174,21 @@ public struct RowEncoder: Sendable {
         let failure = self.constants.withUnsafeBufferPointer { constants -> LoaderError? in
             for (index, plan) in self.plans.enumerated() {
                 if !plan.name.isEmpty { output.append(contentsOf: UnsafeBufferPointer(rebasing: constants[plan.name])) }
+                if let header = plan.header {
+                    guard let value = headers.first(where: { $0.name == header })?.value else {
+                        if let error = self.fallbackErrors[index] { return error }
+                        output.append(contentsOf: UnsafeBufferPointer(rebasing: constants[plan.fallback]))
+                        continue
+                    }
+                    do throws(ValueProblem) {
+                        try value.withUnsafeBufferPointer { value throws(ValueProblem) in
+                            try Self.writeHeader(value, as: plan.kind, layout: self.layout, to: &output)
+                        }
+                    } catch {
+                        return error.rowError(field: "header " + header, kind: plan.kind)
+                    }
+                    continue
+                }
                 let slot = scratch.slots[plan.key]
                 guard slot >= 0, members[slot].kind != .null else {
                     if plan.required {
@@ -214,12 +232,15 @@ public struct RowEncoder: Sendable {
 
     /// One row (a line with its newline in JSONEachRow), and the event's `received_at` (unix
     /// ms) when present. Allocates; the loader uses ``encode(_:into:scratch:)``.
-    public func encode(_ message: [UInt8]) throws(LoaderError) -> (row: [UInt8], receivedAtMillis: Int64?) {
+    public func encode(
+        _ message: [UInt8],
+        headers: [(name: String, value: [UInt8])] = []
+    ) throws(LoaderError) -> (row: [UInt8], receivedAtMillis: Int64?) {
         var scratch = Scratch()
         var row: [UInt8] = []
         row.reserveCapacity(message.count + 64)
         let received = try message.withUnsafeBufferPointer { buffer throws(LoaderError) in
-            try self.encode(buffer, into: &row, scratch: &scratch)
+            try self.encode(buffer, headers: headers, into: &row, scratch: &scratch)
         }
         return (row, received)
     }
@@ -312,8 +333,10 @@ public struct RowEncoder: Sendable {
     /// One column's recipe; ranges point into the encoder's constants.
     struct ColumnPlan: Sendable {
         var kind: LoaderColumn.Kind
-        /// The key (in the encoder's list) the column reads.
+        /// The key (in the encoder's list) the column reads; -1 for a column read from a header.
         var key: Int
+        /// The Kafka header the column reads instead of a field.
+        var header: String?
         var required: Bool
         /// JSONEachRow: `{"name":` for the first column, `,"name":` for the others.
         var name: Range<Int>
@@ -468,6 +491,28 @@ public struct RowEncoder: Sendable {
             }
             guard fits else { throw .fit(String(decoding: text, as: UTF8.self)) }
         }
+    }
+
+    /// A header's value as a column of `kind` (`string`, `int64` or `uint64`: the header is
+    /// the number's decimal text).
+    static func writeHeader(
+        _ value: UnsafeBufferPointer<UInt8>,
+        as kind: LoaderColumn.Kind,
+        layout: Layout,
+        to output: inout [UInt8]
+    ) throws(ValueProblem) {
+        switch kind {
+        case .int64:
+            guard let number = Self.int64(value) else { throw .fit(String(decoding: value, as: UTF8.self)) }
+            if layout.format == .rowBinary { Self.appendLittleEndian(number, to: &output) }
+        case .uint64:
+            guard let number = Self.uint64(value) else { throw .fit(String(decoding: value, as: UTF8.self)) }
+            if layout.format == .rowBinary { Self.appendLittleEndian(number, to: &output) }
+        default:
+            Self.writeText(value, layout: layout, to: &output)
+            return
+        }
+        if layout.format == .jsonEachRow { output.append(contentsOf: value) }
     }
 
     /// Text in the format: a length and the bytes, or a JSON string.

@@ -1,7 +1,9 @@
 import ArgumentParser
+import ClickHouse
 import Foundation
 import Kafka
 import Ledger
+import Loader
 import Logging
 
 /// `sluice audit`: the conservation ledger's reconciliation, per hop, once.
@@ -13,8 +15,10 @@ struct AuditCommand: AsyncParsableCommand {
             Reads the ledger topic to its end and prints, per gateway, what its WAL accepted and its \
             forwarder placed in Kafka, per partition what the loaders loaded, dead-lettered or erased, \
             and the events acknowledged to clients that are accounted for nowhere, with their LSN and \
-            offset ranges. Exit status: 0 when every event is accounted for or on its way, 1 when \
-            some are unaccounted, 2 when the ledger could not be read. See docs/ledger.md.
+            offset ranges. With --rows it also asks ClickHouse whether the rows the loaders confirmed \
+            in the window are still there (a dropped part, a lost disk). Exit status: 0 when every \
+            event is accounted for or on its way, 1 when some are unaccounted or missing from \
+            ClickHouse, 2 when the ledger or ClickHouse could not be read. See docs/ledger.md.
             """
     )
 
@@ -29,6 +33,12 @@ struct AuditCommand: AsyncParsableCommand {
     @Option(help: "Give up when the ledger yields nothing for this many seconds.")
     var timeout: Int = 30
 
+    @Flag(help: "Also check that the rows the loaders confirmed in the window are still in ClickHouse.")
+    var rows = false
+
+    @Option(help: "ClickHouse HTTP(S) URL for --rows (default: clickhouse.url).")
+    var clickhouseUrl: String?
+
     func run() async throws {
         let window = try KeysCommand.duration(self.since, option: "--since")
         var properties = try self.kafka.properties()
@@ -39,6 +49,7 @@ struct AuditCommand: AsyncParsableCommand {
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         let sinceMillis = now - window.components.seconds * 1000
         var book = LedgerBook()
+        book.tracksRows = self.rows
         do {
             let consumer = try KafkaConsumer(properties: properties, topics: [topic])
             let marks = try await consumer.watermarks(topic: topic)
@@ -80,6 +91,36 @@ struct AuditCommand: AsyncParsableCommand {
         }
         let reconciliation = book.reconcile(nowMillis: now, graceMillis: 0)
         print(book.report(reconciliation, topic: topic))
-        if reconciliation.unaccounted > 0 { throw ExitCode.failure }
+        var missingRows = 0
+        if self.rows {
+            let checks = try await self.checkRows(book.confirmedRows, kafka: properties)
+            print("")
+            print(RowAudit.report(checks))
+            missingRows = checks.reduce(0) { $0 + $1.missingCount }
+        }
+        if reconciliation.unaccounted > 0 || missingRows > 0 { throw ExitCode.failure }
+    }
+
+    /// Asks ClickHouse for the confirmed rows of the window.
+    private func checkRows(
+        _ confirmed: [String: [String: [LedgerBook.ConfirmedRow]]],
+        kafka: [String: String]
+    ) async throws -> [RowAudit.TableCheck] {
+        var settings = try self.kafka.options.load()
+        try ConfigOptions.apply(self.clickhouseUrl, to: "clickhouse.url", from: "--clickhouse-url", in: &settings)
+        let routes = try settings.loaderRoutes()
+        let configuration = settings.loader.clickHouse
+        let clickHouse = ClickHouseClient(configuration, logger: Logger(label: "sluice.audit"))
+        do {
+            let checks = try await RowAudit(clickHouse: clickHouse, kafkaProperties: kafka, routes: routes).check(
+                confirmed
+            )
+            try? await clickHouse.shutdown()
+            return checks
+        } catch {
+            try? await clickHouse.shutdown()
+            printError("sluice: checking the confirmed rows in ClickHouse (\(configuration.url)): \(error)")
+            throw ExitCode(2)
+        }
     }
 }

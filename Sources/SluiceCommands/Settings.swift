@@ -147,10 +147,10 @@ struct Settings {
             var loaderColumns: [LoaderColumn] = []
             for name in columnOrder {
                 let spec = columns[name]!
-                for key in spec.keys where !["type", "field", "required", "default"].contains(key) {
+                for key in spec.keys where !["type", "field", "required", "default", "header"].contains(key) {
                     throw SettingsError(
                         description:
-                            "\(spec[key]!.origin): loader.routes.\(topic).columns.\(name).\(key) is unknown (expected type, field, required, default)"
+                            "\(spec[key]!.origin): loader.routes.\(topic).columns.\(name).\(key) is unknown (expected type, field, required, default, header)"
                     )
                 }
                 guard let typeValue = spec["type"], let kind = LoaderColumn.Kind(rawValue: typeValue.text) else {
@@ -175,7 +175,8 @@ struct Settings {
                         kind,
                         field: spec["field"]?.text,
                         required: required,
-                        defaultValue: spec["default"]?.text
+                        defaultValue: spec["default"]?.text,
+                        header: spec["header"]?.text
                     )
                 )
             }

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import ClickHouse
 import Foundation
 import Kafka
 import Loader
@@ -12,7 +13,9 @@ import Testing
 /// `sluice loader` as processes, a 3-broker Kafka and ClickHouse 18.16. A loss is injected on
 /// purpose — the loader's group is moved past 50 messages it never read, as when retention
 /// deletes them before it gets there — and both the loader's continuous reconciliation
-/// (`sluice_unaccounted_events`) and `sluice audit` must name exactly those events.
+/// (`sluice_unaccounted_events`) and `sluice audit` must name exactly those events. Then
+/// ClickHouse loses the parts of 150 rows it had confirmed, and `sluice audit --rows` must
+/// name exactly those.
 @Suite(.serialized, .timeLimit(.minutes(5))) struct ConservationLedgerTests {
     @Test func theLedgerFindsExactlyTheRangeALoaderNeverRead() async throws {
         let cluster = try KafkaMockCluster(brokers: 3)
@@ -117,7 +120,9 @@ import Testing
         }
         #expect(moved.map(\.to) == [150])
 
-        // 3. The loader goes on from 150, and 100 more pass.
+        // 3. The loader goes on from 150, and 100 more pass, into parts of their own (no merges).
+        try await analyst.client.execute("SYSTEM STOP MERGES")
+        let partsBefore = try await Self.parts(analyst)
         loader = try SluiceProcess(loaderArguments, environment: loaderEnvironment)
         let metricsPort = try await loader.listeningPort("metrics.listening")
         try await post(100)
@@ -171,8 +176,59 @@ import Testing
             "\(audit.standardOutput)"
         )
 
+        // 4. ClickHouse loses the parts made since step 3 — offsets 150..<300, rows it had
+        // confirmed — as with a disk lost without a replica: the server is killed, the parts'
+        // directories removed, the server started again (18.16 has no `DROP PART`).
+        let lost = try await Self.parts(analyst).subtracting(partsBefore)
+        #expect(!lost.isEmpty)
+        let clickHousePorts = clickHouse.reservePorts()  // Nobody else's while it is down.
+        defer { withExtendedLifetime(clickHousePorts) {} }
+        try await offPool { clickHouse.kill() }
+        for path in lost { try FileManager.default.removeItem(atPath: path) }
+        try await clickHouse.restart()
+        #expect(try await rows() == 100)
+        let dropped = try await Self.lsns(bootstrap: cluster.bootstrapServers, offsets: 150..<300)
+        let low = try #require(dropped.min())
+        let high = try #require(dropped.max())
+        #expect(high - low == 149, "the dropped rows hold one run of LSNs: \(dropped.sorted())")
+        // `sluice audit --rows` names exactly those rows, beside the 50 the loader never read.
+        let rowAudit = try await ChildProcess.runSluice(
+            [
+                "audit", "--since", "1h", "--rows", "--kafka-bootstrap", cluster.bootstrapServers,
+                "--clickhouse-url", clickHouse.httpURL,
+            ],
+            environment: ["SLUICE_LOGGING_LEVEL": "error"],
+            timeout: .seconds(90)
+        )
+        print(rowAudit.standardOutput)
+        #expect(rowAudit.status == 1, "\(rowAudit)")
+        #expect(rowAudit.standardOutput.contains("UNACCOUNTED: 50 events"), "\(rowAudit.standardOutput)")
+        #expect(rowAudit.standardOutput.contains("MISSING FROM CLICKHOUSE: 150 rows"), "\(rowAudit.standardOutput)")
+        #expect(
+            rowAudit.standardOutput.contains(
+                "  sluice.events: gw-ledger LSN \(low)..<\(high + 1) (150 events): events/0 offsets 150..<300"
+            ),
+            "\(rowAudit.standardOutput)"
+        )
+        #expect(
+            rowAudit.standardOutput.contains(
+                "sluice.events: confirmed 250 rows · present 100 · folded into another copy of their event 0"
+                    + " · erased since 0 · missing 150"
+            ),
+            "\(rowAudit.standardOutput)"
+        )
+
         loader.signal(SIGTERM)
         #expect(try await loader.waitForExit() == 0)
+    }
+
+    /// The directories of the active parts of sluice.events.
+    static func parts(_ analyst: Analyst) async throws -> Set<String> {
+        Set(
+            try await analyst.rows(
+                "SELECT path FROM system.parts WHERE database = 'sluice' AND table = 'events' AND active"
+            )
+        )
     }
 
     /// The `wal_lsn` header of each message at `offsets` of events/0.

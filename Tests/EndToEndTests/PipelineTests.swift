@@ -114,14 +114,19 @@ import Testing
         #expect(acknowledgedDuringOutage > 0)
         // Every event names the key that sent it.
         #expect(try await analyst.rows("SELECT DISTINCT source FROM sluice.events") == ["key:e2e"])
-        // The conservation ledger adds up through the crash and the outages.
+        // The conservation ledger adds up through the crash and the outages, and every row
+        // ClickHouse confirmed is still there.
         let audit = try await ChildProcess.runSluice(
-            ["audit", "--since", "1h", "--kafka-bootstrap", cluster.bootstrapServers],
+            [
+                "audit", "--since", "1h", "--rows", "--kafka-bootstrap", cluster.bootstrapServers,
+                "--clickhouse-url", clickHouse.httpURL,
+            ],
             environment: ["SLUICE_LOGGING_LEVEL": "error"],
             timeout: .seconds(90)
         )
         #expect(audit.status == 0, "\(audit)")
         #expect(audit.standardOutput.contains("unaccounted: 0 events"), "\(audit.standardOutput)")
+        #expect(audit.standardOutput.contains("missing from ClickHouse: 0 rows"), "\(audit.standardOutput)")
 
         for process in [gateway, loader] { process.signal(SIGTERM) }
         #expect(try await gateway.waitForExit() == 0)
@@ -167,6 +172,7 @@ import Testing
                 timestamp: {type: timestamp, required: true}
                 user_id: {type: string, required: true}
                 product: {type: string, field: object}
+                lsn: {type: uint64, header: wal_lsn}
         logging:
           level: warning
         auth:
@@ -190,6 +196,11 @@ import Testing
             return clicks == [click] && purchases == [purchase]
         }
         #expect(try await analyst.rows("SELECT event_id, product FROM shop.purchases") == ["\(purchase)\tsku-42"])
+        // A column can take a header of the message: the purchase, appended after the click,
+        // has the later LSN.
+        #expect(
+            try await analyst.rows("SELECT lsn > (SELECT max(wal_lsn) FROM sluice.events) FROM shop.purchases") == ["1"]
+        )
         await analyst.shutdown()
         all.signal(SIGTERM)
         #expect(try await all.waitForExit() == 0)

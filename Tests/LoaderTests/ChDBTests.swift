@@ -35,6 +35,28 @@ struct ChDBTests {
         #expect(results[5].text == "new\n")
     }
 
+    @Test func theRowAuditsQueriesRunOnACurrentServer() async throws {
+        let chdb = try ChDB()
+        let version = try await chdb.version()
+        let route = LoaderRoute.events
+        let results = try await chdb.run([
+            "CREATE DATABASE IF NOT EXISTS sluice",
+            route.createTable(on: version),
+            "INSERT INTO sluice.events (event_id, action, timestamp, received_at, gateway_id, wal_lsn) VALUES "
+                + "('a', 'click', now(), now(), 'gw''1', 5), ('b', 'click', now(), now(), 'gw''1', 4100),"
+                + " ('c', 'click', now(), now(), 'gw-2', 6)",
+            RowAudit.countQuery(route: route, gateway: "gw'1", span: 0..<5000),
+            RowAudit.lsnQuery(route: route, gateway: "gw'1", buckets: [1]),
+            "SELECT count() FROM system.mutations WHERE database = 'sluice' AND table = 'events'"
+                + " AND position(command, '\\'u1\\'') > 0 FORMAT TabSeparated",
+        ])
+        let failed = results.filter { !$0.ok }
+        try #require(failed.isEmpty, "\(results)")
+        #expect(RowAudit.parseCounts(results[3].text) == [0: 1, 1: 1], "\(results[3].text)")
+        #expect(results[4].text == "4100\n")
+        #expect(results[5].text == "0\n")
+    }
+
     @Test func theEncryptedPolicyOfOpsClickHouseHoldsTheTableAndNoPlainText() async throws {
         let configuration = repositoryRoot().appendingPathComponent("ops/clickhouse/config.d/sluice-encrypted-disk.xml")
         let chdb = try ChDB(

@@ -266,9 +266,24 @@ import Testing
         let oldRow = try RowEncoder(route: .events, version: Self.old, format: .jsonEachRow).encode(event)
         #expect(
             String(decoding: oldRow.row, as: UTF8.self)
-                == #"{"event_id":"e1","action":"click","user_id":"u\"1","anonymous_id":"","timestamp":"2026-11-22 10:15:30","sent_at":"1970-01-01 00:00:00","received_at":"2026-11-22 10:15:31","page":"","object":"","referrer":"","session_id":"","properties":"{\"a\":[1,2]}","client_ip":"","user_agent":"","browser":"","os":"","device":"","is_bot":0,"gateway_id":"gw","source":"","schema_version":1}"#
+                == #"{"event_id":"e1","action":"click","user_id":"u\"1","anonymous_id":"","timestamp":"2026-11-22 10:15:30","sent_at":"1970-01-01 00:00:00","received_at":"2026-11-22 10:15:31","page":"","object":"","referrer":"","session_id":"","properties":"{\"a\":[1,2]}","client_ip":"","user_agent":"","browser":"","os":"","device":"","is_bot":0,"gateway_id":"gw","source":"","schema_version":1,"wal_lsn":0}"#
                 + "\n"
         )
+        // The forwarder's `wal_lsn` header becomes the row's LSN, in both formats.
+        let withHeader = try RowEncoder(route: .events, version: Self.old, format: .jsonEachRow)
+            .encode(
+                event,
+                headers: [("content_type", Array("application/json".utf8)), ("wal_lsn", Array("4711".utf8))]
+            )
+        #expect(String(decoding: withHeader.row, as: UTF8.self).hasSuffix(#","wal_lsn":4711}"# + "\n"))
+        let binary = try RowEncoder(route: .events, version: Self.old, format: .rowBinary)
+            .encode(event, headers: [("wal_lsn", Array("4711".utf8))])
+        #expect(Array(binary.row.suffix(8)) == [0x67, 0x12, 0, 0, 0, 0, 0, 0])
+        // A header that is not a number is the message's fault, named as such.
+        #expect(throws: LoaderError.self) {
+            try RowEncoder(route: .events, version: Self.old, format: .rowBinary)
+                .encode(event, headers: [("wal_lsn", Array("x1".utf8))])
+        }
         #expect(oldRow.receivedAtMillis == 1_795_342_531_000)
         let newRow = try RowEncoder(route: .events, version: Self.new, format: .jsonEachRow).encode(event)
         #expect(String(decoding: newRow.row, as: UTF8.self).contains(#""timestamp":"2026-11-22 10:15:30.250""#))
@@ -290,7 +305,8 @@ import Testing
             + Self.text(#"{"n":1}"#) + Self.text("203.0.113.9") + Self.text("")
             + Self.text("Chrome") + Self.text("") + Self.text("") + [1]  // browser, os, device, is_bot
             + Self.text("") + Self.text("")
-            + [0x02, 0, 0, 0, 0, 0, 0, 0]
+            + [0x02, 0, 0, 0, 0, 0, 0, 0]  // schema_version
+            + [0, 0, 0, 0, 0, 0, 0, 0]  // wal_lsn: no header
         #expect(row.row == expected)
         #expect(row.receivedAtMillis == 1_795_342_531_000)
         // received_at is read for the delay metric even when no column takes it.
@@ -544,6 +560,12 @@ import Testing
         route = .events
         route.table = "sluice.x; DROP TABLE y"
         #expect(problem(route) != nil)
+        route = .events
+        route.columns.append(LoaderColumn("at", .timestamp, header: "at"))
+        #expect(problem(route)?.message == "column 'at' reads header 'at': only string, int64 and uint64 columns can")
+        route = .events
+        route.columns.append(LoaderColumn("key", .string, required: true, header: "k"))
+        #expect(problem(route)?.message.contains("cannot be required") == true)
     }
 
     @Test func badSettingsAreRefusedWithAReason() throws {
