@@ -207,6 +207,19 @@ public struct LedgerBook: Sendable {
         }
     }
 
+    /// Events found as rows in ClickHouse by their identity although no `loaded` record
+    /// lists them (`sluice audit --rows`): accounted for.
+    public private(set) var foundInClickHouse = 0
+
+    /// Settles `lsns` of `gateway`, found in ClickHouse by `sluice audit --rows`.
+    public mutating func settleFoundInClickHouse(gateway: String, lsns: [UInt64]) {
+        for lsn in lsns {
+            let identity = Identity(gateway: gateway, lsn: lsn)
+            if self.open[identity] != nil { self.foundInClickHouse += 1 }
+            self.settle(identity)
+        }
+    }
+
     private mutating func settle(_ identity: Identity) {
         self.accounted[identity.gateway, default: RunSet()].insert(identity.lsn)
         self.open[identity] = nil

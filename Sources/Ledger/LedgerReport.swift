@@ -60,6 +60,12 @@ extension LedgerBook {
         }
         lines.append("")
         lines.append("on their way: \(reconciliation.inKafka) events in Kafka not loaded yet")
+        if self.foundInClickHouse > 0 {
+            lines.append(
+                "found in ClickHouse by identity: \(self.foundInClickHouse) events no loaded record lists"
+                    + " (a loader stopped between its offset commit and the ledger's delivery)"
+            )
+        }
         if reconciliation.unaccounted == 0 {
             lines.append("unaccounted: 0 events")
         } else {

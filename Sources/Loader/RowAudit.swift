@@ -98,6 +98,37 @@ public struct RowAudit: Sendable {
         return result
     }
 
+    // MARK: Unaccounted events that are rows all the same
+
+    /// Of the `unaccounted` events, the LSNs per gateway that one of `tables` holds as rows:
+    /// a loader committed them and stopped before its `loaded` record reached the ledger (or
+    /// its ledger producer failed). They are in ClickHouse, so not lost.
+    public func rowsAmong(_ unaccounted: [LedgerBook.Missing], tables: [String]) async throws -> [String: [UInt64]] {
+        var found: [String: Set<UInt64>] = [:]
+        for missing in unaccounted where !missing.gateway.isEmpty {
+            for table in tables {
+                for chunk in stride(from: 0, to: missing.lsns.count, by: 200) {
+                    let runs = missing.lsns[chunk..<min(missing.lsns.count, chunk + 200)]
+                    let text = try await self.clickHouse.query(
+                        Self.runsQuery(table: table, gateway: missing.gateway, runs: Array(runs))
+                    )
+                    for line in text.split(separator: "\n") {
+                        if let lsn = UInt64(line) { found[missing.gateway, default: []].insert(lsn) }
+                    }
+                }
+            }
+        }
+        return found.mapValues { $0.sorted() }
+    }
+
+    /// The distinct LSNs of `gateway` in `table` that fall in `runs`, one per line.
+    static func runsQuery(table: String, gateway: String, runs: [Range<UInt64>]) -> String {
+        let column = "`\(LoaderRoute.lsnColumn)`"
+        let ranges = runs.map { "(\(column) >= \($0.lowerBound) AND \(column) < \($0.upperBound))" }
+        return "SELECT DISTINCT \(column) FROM \(table) WHERE `gateway_id` = \(UserErasure.literal(gateway))"
+            + " AND (\(ranges.joined(separator: " OR "))) FORMAT TabSeparated"
+    }
+
     // MARK: Which confirmed rows the table still has
 
     /// The expected LSNs of `gateway` that the table holds: counted per bucket, read one by

@@ -89,21 +89,26 @@ struct AuditCommand: AsyncParsableCommand {
             printError("sluice: reading the ledger topic \(topic): \(error)")
             throw ExitCode(2)
         }
-        let reconciliation = book.reconcile(nowMillis: now, graceMillis: 0)
-        print(book.report(reconciliation, topic: topic))
-        var missingRows = 0
+        var reconciliation = book.reconcile(nowMillis: now, graceMillis: 0)
+        var checks: [RowAudit.TableCheck] = []
         if self.rows {
-            let checks = try await self.checkRows(book.confirmedRows, kafka: properties)
+            checks = try await self.checkRows(&book, reconciliation: &reconciliation, now: now, kafka: properties)
+        }
+        print(book.report(reconciliation, topic: topic))
+        if self.rows {
             print("")
             print(RowAudit.report(checks))
-            missingRows = checks.reduce(0) { $0 + $1.missingCount }
         }
+        let missingRows = checks.reduce(0) { $0 + $1.missingCount }
         if reconciliation.unaccounted > 0 || missingRows > 0 { throw ExitCode.failure }
     }
 
-    /// Asks ClickHouse for the confirmed rows of the window.
+    /// Asks ClickHouse for the confirmed rows of the window, and for the unaccounted events
+    /// (which are accounted for when a table holds them).
     private func checkRows(
-        _ confirmed: [String: [String: [LedgerBook.ConfirmedRow]]],
+        _ book: inout LedgerBook,
+        reconciliation: inout LedgerBook.Reconciliation,
+        now: Int64,
         kafka: [String: String]
     ) async throws -> [RowAudit.TableCheck] {
         var settings = try self.kafka.options.load()
@@ -111,15 +116,20 @@ struct AuditCommand: AsyncParsableCommand {
         let routes = try settings.loaderRoutes()
         let configuration = settings.loader.clickHouse
         let clickHouse = ClickHouseClient(configuration, logger: Logger(label: "sluice.audit"))
+        let audit = RowAudit(clickHouse: clickHouse, kafkaProperties: kafka, routes: routes)
         do {
-            let checks = try await RowAudit(clickHouse: clickHouse, kafkaProperties: kafka, routes: routes).check(
-                confirmed
-            )
+            if !reconciliation.missing.isEmpty {
+                let tables = Set(routes.map(\.table)).union(book.partitions.values.flatMap(\.tables))
+                let found = try await audit.rowsAmong(reconciliation.missing, tables: tables.sorted())
+                for (gateway, lsns) in found { book.settleFoundInClickHouse(gateway: gateway, lsns: lsns) }
+                if !found.isEmpty { reconciliation = book.reconcile(nowMillis: now, graceMillis: 0) }
+            }
+            let checks = try await audit.check(book.confirmedRows)
             try? await clickHouse.shutdown()
             return checks
         } catch {
             try? await clickHouse.shutdown()
-            printError("sluice: checking the confirmed rows in ClickHouse (\(configuration.url)): \(error)")
+            printError("sluice: checking the rows in ClickHouse (\(configuration.url)): \(error)")
             throw ExitCode(2)
         }
     }

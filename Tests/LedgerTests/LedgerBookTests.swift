@@ -116,6 +116,23 @@ import Testing
         #expect(book.partitions[.init(topic: "events", partition: 0)]?.gaps.runs == [520..<535])
     }
 
+    @Test func unaccountedEventsFoundInClickHouseAreAccountedForAndCounted() {
+        var book = LedgerBook()
+        book.apply(.accepted(.init(gateway: "gw-a", from: 0, to: 40, atMillis: 0)))
+        book.apply(Self.forwarded("gw-a", lsns: 0..<40, partition: 0, firstOffset: 0))
+        // The loader committed 0..<40 but published the record of 0..<20 only, then died.
+        book.apply(Self.loaded("gw-a", partition: 0, offsets: 0..<20, firstLSN: 0))
+        book.apply(Self.loaded("gw-a", partition: 0, offsets: 40..<40, firstLSN: 40, from: 20))
+        #expect(book.reconcile(nowMillis: 1_000, graceMillis: 0).unaccounted == 20)
+        // `sluice audit --rows` finds 20..<35 in ClickHouse by identity; 35..<40 are not there.
+        book.settleFoundInClickHouse(gateway: "gw-a", lsns: Array(20..<35))
+        let result = book.reconcile(nowMillis: 1_000, graceMillis: 0)
+        #expect(result.unaccounted == 5)
+        #expect(result.missing.map(\.lsns) == [[35..<40]])
+        #expect(book.foundInClickHouse == 15)
+        #expect(book.report(result, topic: "t").contains("found in ClickHouse by identity: 15 events"))
+    }
+
     @Test func aGapInsideOneLoadedRangeIsFoundToo() {
         var book = LedgerBook()
         book.apply(Self.forwarded("gw-a", lsns: 0..<10, partition: 3, firstOffset: 0))

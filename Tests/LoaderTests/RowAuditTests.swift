@@ -83,6 +83,21 @@ import Testing
             #expect(report.contains("MISSING FROM CLICKHOUSE: 11 rows"), "\(report)")
             #expect(report.contains("(1 of them are no longer in Kafka either"), "\(report)")
 
+            // Of events the ledger cannot account for, those the table holds by identity.
+            let found = try await audit.rowsAmong(
+                [
+                    LedgerBook.Missing(
+                        gateway: Self.gateway,
+                        lsns: [1010..<1020, 3000..<3001],
+                        offsets: [place: [10..<20]],
+                        count: 11
+                    )
+                ],
+                tables: ["sluice.events"]
+            )
+            // 1014 is user-3's (erased), 1015..<1020 were deleted, 3000 never existed.
+            #expect(found == [Self.gateway: [1010, 1011, 1012, 1013]])
+
             // Rows the table still holds all of report nothing missing.
             let whole = try await audit.check(["sluice.events": [Self.gateway: Array(rows[26..<36])]])
             #expect(whole.first?.missingCount == 0 && whole.first?.present == 10, "\(whole)")
