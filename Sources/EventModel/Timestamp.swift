@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -76,6 +78,34 @@ public enum Timestamp {
         let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
         let secondOfDay = Int(seconds - days * 86_400)
         let (year, month, day) = civilFromDays(Int(days))
+        if (0...9999).contains(year) {
+            // The common case, written straight into the string's storage: this runs for every
+            // event (timestamp, received_at) and every log line.
+            return String(unsafeUninitializedCapacity: 24) { buffer in
+                func put(_ value: Int, _ width: Int, at start: Int) {
+                    var value = value
+                    for index in stride(from: start + width - 1, through: start, by: -1) {
+                        buffer[index] = 0x30 + UInt8(value % 10)
+                        value /= 10
+                    }
+                }
+                put(year, 4, at: 0)
+                buffer[4] = UInt8(ascii: "-")
+                put(month, 2, at: 5)
+                buffer[7] = UInt8(ascii: "-")
+                put(day, 2, at: 8)
+                buffer[10] = UInt8(ascii: "T")
+                put(secondOfDay / 3600, 2, at: 11)
+                buffer[13] = UInt8(ascii: ":")
+                put(secondOfDay / 60 % 60, 2, at: 14)
+                buffer[16] = UInt8(ascii: ":")
+                put(secondOfDay % 60, 2, at: 17)
+                buffer[19] = UInt8(ascii: ".")
+                put(fraction, 3, at: 20)
+                buffer[23] = UInt8(ascii: "Z")
+                return 24
+            }
+        }
         var text = ""
         text.reserveCapacity(24)
         func pad(_ value: Int, _ width: Int) {
@@ -228,13 +258,28 @@ public enum UUIDText {
     }
 }
 
-/// 128 random bits per call without a system call each time: glibc's `arc4random_buf`
-/// (a ChaCha20 generator reseeded from the kernel), which `getrandom` per id was measured
-/// to be several percent of the gateway's CPU.
+/// 128 random bits per call without a system call each time: 4 KB from glibc's
+/// `arc4random_buf` at a time, handed out 16 bytes per call. Debian 12's glibc (2.36) makes
+/// `arc4random_buf` a `getrandom` system call every time, which was a measured share of the
+/// gateway's CPU at two ids per request (docs/performance.md, "Speed"). The bits are for
+/// unique ids, not secrets; the pool is never shared with a forked child (Sluice spawns
+/// children with `posix_spawn`, which execs at once).
 enum FastRandom {
+    private struct Pool {
+        var words = [UInt64](repeating: 0, count: 512)
+        var next = 512
+    }
+
+    private static let pool = Mutex(Pool())
+
     static func next128() -> (UInt64, UInt64) {
-        var words: (UInt64, UInt64) = (0, 0)
-        withUnsafeMutableBytes(of: &words) { arc4random_buf($0.baseAddress!, $0.count) }
-        return words
+        Self.pool.withLock { pool in
+            if pool.next + 2 > pool.words.count {
+                pool.words.withUnsafeMutableBytes { arc4random_buf($0.baseAddress!, $0.count) }
+                pool.next = 0
+            }
+            defer { pool.next += 2 }
+            return (pool.words[pool.next], pool.words[pool.next + 1])
+        }
     }
 }

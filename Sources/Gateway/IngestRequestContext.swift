@@ -148,14 +148,14 @@ struct AccessLogMiddleware: RouterMiddleware {
         client: ClientAddress,
         elapsed: Duration
     ) {
-        let nanos = elapsed.nanoseconds
-        var metadata: Logger.Metadata = [
-            "http.request.method": "\(request.method.rawValue)",
-            "url.path": "\(request.uri.path)",
-            "http.response.status_code": "\(response.status.code)",
-            "event.duration": "\(nanos)",
-            "http.request.id": "\(context.requestID)",
-        ]
+        guard self.logger.logLevel <= .info else { return }
+        // Sized once for every field below: no rehashing as it fills.
+        var metadata = Logger.Metadata(minimumCapacity: 16)
+        metadata["http.request.method"] = .string(request.method.rawValue)
+        metadata["url.path"] = .string(request.uri.path)
+        metadata["http.response.status_code"] = .string(String(response.status.code))
+        metadata["event.duration"] = .string(String(elapsed.nanoseconds))
+        metadata["http.request.id"] = .string(context.requestID)
         if let ip = context.clientIP { metadata["client.ip"] = "\(ip)" }
         if let agent = request.headers[.userAgent] {
             metadata["user_agent.original"] = "\(agent.truncatedUTF8(maxBytes: Self.maxLoggedHeaderBytes))"

@@ -39,15 +39,23 @@ public struct ECSLogHandler: LogHandler {
         writer.member("ecs.version", Self.ecsVersion)
         writer.member("log.logger", self.label)
         writer.member("service.name", self.serviceName)
-        var merged = self.metadata
-        if let provided = self.metadataProvider?.get() { merged.merge(provided) { $1 } }
-        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        // The common case — no handler or provider metadata — writes the event's own without
+        // copying it into a merged dictionary first.
+        let provided = self.metadataProvider?.get()
+        var merged: Logger.Metadata
+        if self.metadata.isEmpty && provided?.isEmpty != false {
+            merged = event.metadata ?? [:]
+        } else {
+            merged = self.metadata
+            if let provided { merged.merge(provided) { $1 } }
+            if let extra = event.metadata { merged.merge(extra) { $1 } }
+        }
         for (key, value) in merged {
-            let name = Self.fieldName(key)
+            let (name, isText) = Self.field(key)
             writer.raw(",")
             writer.string(name)
             writer.raw(":")
-            if Self.textFields.contains(name), case .string(let text) = value {
+            if isText, case .string(let text) = value {
                 writer.string(text)
             } else {
                 Self.write(value, into: &writer)
@@ -84,18 +92,21 @@ public struct ECSLogHandler: LogHandler {
         "tls.server.x509.serial_number": true, "url.full": true, "url.path": true, "url.query": true,
         "user.id": true, "user.name": true, "user_agent.original": true,
     ]
-    static let textFields = Set(ecsFields.filter(\.value).keys)
 
     /// The name a metadata key is written under: `error` (a description, logged that way
     /// throughout) becomes ECS's `error.message`; a key in an ECS field set that ECS does not
     /// define (`tls.listener`) moves to Sluice's own namespace, `sluice.tls.listener`, as ECS
     /// advises for custom fields. Everything else is written as given.
-    static func fieldName(_ key: String) -> String {
-        if key == "error" { return "error.message" }
-        guard let namespace = key.split(separator: ".", maxSplits: 1).first, Self.ecsNamespaces.contains(namespace),
-            Self.ecsFields[key] == nil
-        else { return key }
-        return "sluice." + key
+    static func fieldName(_ key: String) -> String { Self.field(key).name }
+
+    /// ``fieldName(_:)``, and whether the field's ECS type is a string: one hash of the key
+    /// for the ECS fields, no allocation for any key.
+    static func field(_ key: String) -> (name: String, isText: Bool) {
+        if let isText = Self.ecsFields[key] { return (key, isText) }
+        if key == "error" { return ("error.message", true) }
+        let namespace = key.utf8.firstIndex(of: UInt8(ascii: ".")).map { key[..<$0] } ?? Substring(key)
+        guard Self.ecsNamespaces.contains(namespace) else { return (key, false) }
+        return ("sluice." + key, false)
     }
 
     static func level(_ level: Logger.Level) -> String {

@@ -83,6 +83,24 @@ import Testing
         for millis: Int64 in [1, 86_399_999, 1_700_000_000_123, 4_102_444_800_000] {
             #expect(Timestamp.parse(Timestamp.format(millis: millis)) == millis)
         }
+        // Before 1970 and past year 9999 (the general path beside the fixed-width one).
+        #expect(Timestamp.format(millis: -1) == "1969-12-31T23:59:59.999Z")
+        #expect(Timestamp.format(millis: 253_402_300_800_000) == "10000-01-01T00:00:00.000Z")
+    }
+
+    @Test func stringsAreCheckedForUTF8WhetherTheyAreASCIIOrNot() throws {
+        #expect(try JSONParser.parse(Array(#"{"a":"plain","b":"ünïcode"}"#.utf8))["b"] == .string("ünïcode"))
+        // A lone continuation byte, an overlong form: refused, with or without ASCII before them.
+        for bad: [UInt8] in [[0x61, 0x80], [0xC0, 0xAF], [0x80]] {
+            let document = Array(#"{"a":""#.utf8) + bad + Array(#""}"#.utf8)
+            #expect(throws: JSONSyntaxError.self) { try JSONParser.parse(document) }
+        }
+    }
+
+    @Test func generatedIDsAreDistinctAcrossThePoolsRefills() {
+        // 512 words make 256 ids per refill: several refills, no repeat.
+        let ids = (0..<2_000).map { _ in UUIDText.v7(millis: 1_795_342_530_000) }
+        #expect(Set(ids).count == ids.count)
     }
 
     @Test func normalizesUUIDsAndGeneratesVersion7() {
