@@ -51,6 +51,7 @@ bench: setup
 		$(SLUICE_RELEASE) wal bench $(DATA) --size $$size --concurrency $$c --seconds 5; echo; \
 	done; done
 	scripts/bench-gateway 10 64
+	scripts/bench-speed 10 64 3
 	scripts/bench-auth
 	.build/release/sluice-bench forwarder $(DATA) --events 1000000
 	scripts/bench-loader 1000000

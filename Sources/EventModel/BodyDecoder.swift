@@ -14,6 +14,11 @@ public enum BodyFormat: String, Sendable, CaseIterable {
     /// The format for a `Content-Type` header value (parameters such as `charset` ignored).
     public init?(contentType: String?) {
         guard let contentType else { return nil }
+        // What nearly every client sends, without splitting or lowercasing.
+        if contentType == "application/json" {
+            self = .json
+            return
+        }
         let type = contentType.split(separator: ";").first.map { String($0).lowercased() } ?? ""
         switch type.trimmingSpaces() {
         case "application/json": self = .json
