@@ -85,6 +85,8 @@ struct PipelineBenchCommand: AsyncParsableCommand {
           url: \(clickHouse.httpURL)
         logging:
           level: warning
+        auth:
+          required: false    # the pipeline's pace; scripts/bench-auth measures the front door
         """.write(toFile: configuration, atomically: true, encoding: .utf8)
         let pipeline = try BenchChild(arguments: ["all", "--config", configuration])
         defer { pipeline.stop() }
@@ -214,8 +216,10 @@ struct PipelineBenchCommand: AsyncParsableCommand {
             let elapsed = (ContinuousClock.now - started).components.seconds
             let loaded =
                 (try? await Self.number(analyst, "SELECT count() FROM sluice.events WHERE action = 'bench'")) ?? -1
+            // The most frequent failure, so a run that fails every request says why at once.
+            let reason = load.reasons.withLock { $0 }.max { $0.value < $1.value }.map { " (mostly \($0.key))" } ?? ""
             printError(
-                "  \(elapsed) s: \(load.acknowledgedCount) acknowledged, \(loaded) rows in ClickHouse, \(load.failedRequests) failed requests, sluice all \(pipeline.residentMiB() ?? -1) MiB"
+                "  \(elapsed) s: \(load.acknowledgedCount) acknowledged, \(loaded) rows in ClickHouse, \(load.failedRequests) failed requests\(reason), sluice all \(pipeline.residentMiB() ?? -1) MiB"
             )
         }
     }
