@@ -68,8 +68,7 @@ public struct RowAudit: Sendable {
             let rows = byGateway[gateway] ?? []
             let expected = RunSet<UInt64>(rows.map { $0.lsn..<($0.lsn + 1) })
             result.confirmed += expected.count
-            let found = try await self.present(route: route, gateway: gateway, expected: expected)
-            let lost = Self.missing(expected: expected, found: found)
+            let lost = try await self.missing(route: route, gateway: gateway, expected: expected)
             result.present += expected.count - lost.count
             let byLSN = Dictionary(rows.map { ($0.lsn, $0) }) { first, _ in first }
             absent += lost.compactMap { lsn in byLSN[lsn].map { (gateway, $0) } }
@@ -131,42 +130,63 @@ public struct RowAudit: Sendable {
 
     // MARK: Which confirmed rows the table still has
 
-    /// The expected LSNs of `gateway` that the table holds: counted per bucket, read one by
-    /// one only in the buckets whose count differs.
-    func present(route: LoaderRoute, gateway: String, expected: RunSet<UInt64>) async throws -> Set<UInt64> {
-        guard let first = expected.runs.first?.lowerBound, let end = expected.runs.last?.upperBound else { return [] }
+    /// The expected LSNs of `gateway` that the table lacks: counted per bucket first, read
+    /// one by one only in the buckets whose count differs. Memory and time grow with the
+    /// expected LSNs, not with the table.
+    func missing(route: LoaderRoute, gateway: String, expected: RunSet<UInt64>) async throws -> [UInt64] {
+        guard !expected.isEmpty else { return [] }
+        // With few runs the count covers exactly the expected LSNs, so a bucket's count matches
+        // only when every one of them is there. With many (several topics interleave one
+        // gateway's LSNs) it covers their span, where rows outside the window could make up
+        // for a missing one in the same bucket.
         let counted = try await self.clickHouse.query(
-            Self.countQuery(route: route, gateway: gateway, span: first..<end)
+            Self.countQuery(route: route, gateway: gateway, runs: expected.runs)
         )
         let found = Self.parseCounts(counted)
         let wanted = Self.bucketCounts(expected)
         let differing = wanted.keys.filter { found[$0] != wanted[$0] }.sorted()
-        var present = Set<UInt64>()
-        for bucket in wanted.keys where found[bucket] == wanted[bucket] {
-            for run in expected.runs {
-                let lower = max(run.lowerBound, bucket * Self.bucketWidth)
-                let upper = min(run.upperBound, (bucket + 1) * Self.bucketWidth)
-                if lower < upper { present.formUnion(lower..<upper) }
-            }
-        }
-        // A bucket whose count matches could still swap one expected LSN for an unexpected one
-        // (rows loaded before the window): the check is exact only where the ledger covers the
-        // bucket's every row. The LSN-by-LSN read below settles every bucket that differs.
+        guard !differing.isEmpty else { return [] }
+        var seen = Set<UInt64>()
         for chunk in stride(from: 0, to: differing.count, by: 500) {
             let buckets = Array(differing[chunk..<min(differing.count, chunk + 500)])
             let text = try await self.clickHouse.query(Self.lsnQuery(route: route, gateway: gateway, buckets: buckets))
             for line in text.split(separator: "\n") {
-                if let lsn = UInt64(line), expected.contains(lsn) { present.insert(lsn) }
+                if let lsn = UInt64(line), expected.contains(lsn) { seen.insert(lsn) }
             }
         }
-        return present
+        let checked = Set(differing)
+        var missing: [UInt64] = []
+        for run in expected.runs {
+            var lsn = run.lowerBound
+            while lsn < run.upperBound {
+                let bucket = lsn / Self.bucketWidth
+                let bucketEnd = min(run.upperBound, (bucket + 1) * Self.bucketWidth)
+                if checked.contains(bucket) {
+                    for candidate in lsn..<bucketEnd where !seen.contains(candidate) { missing.append(candidate) }
+                }
+                lsn = bucketEnd
+            }
+        }
+        return missing
     }
 
-    /// Distinct LSNs of `gateway` per bucket over `span`, as `bucket\tcount` lines.
-    static func countQuery(route: LoaderRoute, gateway: String, span: Range<UInt64>) -> String {
-        "SELECT intDiv(`\(LoaderRoute.lsnColumn)`, \(Self.bucketWidth)) AS bucket, uniqExact(`\(LoaderRoute.lsnColumn)`)"
-            + " FROM \(route.table) WHERE `gateway_id` = \(UserErasure.literal(gateway))"
-            + " AND `\(LoaderRoute.lsnColumn)` >= \(span.lowerBound) AND `\(LoaderRoute.lsnColumn)` < \(span.upperBound)"
+    /// Runs up to which the counting query lists the expected runs themselves.
+    static let exactRuns = 200
+
+    /// Distinct LSNs of `gateway` per bucket, among `runs` (or over their span when there are
+    /// more than ``exactRuns``), as `bucket\tcount` lines.
+    static func countQuery(route: LoaderRoute, gateway: String, runs: [Range<UInt64>]) -> String {
+        let column = "`\(LoaderRoute.lsnColumn)`"
+        let filter: String
+        if runs.count <= Self.exactRuns {
+            filter = runs.map { "(\(column) >= \($0.lowerBound) AND \(column) < \($0.upperBound))" }.joined(
+                separator: " OR "
+            )
+        } else {
+            filter = "\(column) >= \(runs.first?.lowerBound ?? 0) AND \(column) < \(runs.last?.upperBound ?? 0)"
+        }
+        return "SELECT intDiv(\(column), \(Self.bucketWidth)) AS bucket, uniqExact(\(column))"
+            + " FROM \(route.table) WHERE `gateway_id` = \(UserErasure.literal(gateway)) AND (\(filter))"
             + " GROUP BY bucket FORMAT TabSeparated"
     }
 
@@ -199,15 +219,6 @@ public struct RowAudit: Sendable {
             }
         }
         return counts
-    }
-
-    /// The expected LSNs not found, in order.
-    static func missing(expected: RunSet<UInt64>, found: Set<UInt64>) -> [UInt64] {
-        var missing: [UInt64] = []
-        for run in expected.runs {
-            for lsn in run where !found.contains(lsn) { missing.append(lsn) }
-        }
-        return missing
     }
 
     // MARK: Telling folded and erased rows from lost ones

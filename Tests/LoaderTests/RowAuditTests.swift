@@ -109,10 +109,15 @@ import Testing
         let width = RowAudit.bucketWidth
         let lsns = RunSet<UInt64>([3..<10, (width - 2)..<(width + 3), (5 * width)..<(5 * width + 1)])
         #expect(RowAudit.bucketCounts(lsns) == [0: 9, 1: 3, 5: 1])
-        #expect(RowAudit.missing(expected: lsns, found: Set(3..<10).union([width - 2])).count == 5)
         #expect(RowAudit.parseCounts("0\t9\n1\t2\nbad\n") == [0: 9, 1: 2])
-        let query = RowAudit.countQuery(route: .events, gateway: "gw'a", span: 3..<10)
+        // Few runs: the count covers exactly the expected LSNs.
+        let query = RowAudit.countQuery(route: .events, gateway: "gw'a", runs: lsns.runs)
         #expect(query.contains("`gateway_id` = 'gw\\'a'"), "\(query)")
+        #expect(query.contains("(`wal_lsn` >= 3 AND `wal_lsn` < 10) OR (`wal_lsn` >= 4094"), "\(query)")
+        // Many: their span.
+        let many = (0..<UInt64(RowAudit.exactRuns + 1)).map { ($0 * 2)..<($0 * 2 + 1) }
+        let spanQuery = RowAudit.countQuery(route: .events, gateway: "g", runs: many)
+        #expect(spanQuery.contains("(`wal_lsn` >= 0 AND `wal_lsn` < 401)"), "\(spanQuery)")
     }
 
     static func eventID(_ n: Int) -> String { "evt-\(n)" }
