@@ -152,6 +152,8 @@ public struct LoaderRoute: Sendable, Equatable {
     /// identity): `sluice audit --rows` checks by it that the rows ClickHouse confirmed are
     /// still there.
     public static let lsnColumn = "wal_lsn"
+    /// The columns a row's identity is read from by `sluice audit --rows`.
+    public static let identityColumns = ["gateway_id", Self.lsnColumn]
 
     /// The sorting key of `sluice.events` (docs/analytics.md): action, day, object, event id.
     /// Analysts ask per action (views, clicks), over a range of days, per object; the key lets

@@ -32,6 +32,8 @@ public struct RowAudit: Sendable {
         public var missing: [LedgerBook.Missing] = []
         /// Of ``missing``, how many Kafka no longer held, so folding or erasure was not checked.
         public var unchecked = 0
+        /// Why the table could not be checked (it lacks the identity columns), if so.
+        public var notChecked: String?
 
         public var missingCount: Int { self.missing.reduce(0) { $0 + $1.count } }
     }
@@ -63,10 +65,18 @@ public struct RowAudit: Sendable {
         var route = self.routes.first { $0.table == table } ?? LoaderRoute.events
         route.table = table
         var result = TableCheck(table: table)
+        if !(try await self.hasIdentity(route)) {
+            result.confirmed = Set(byGateway.flatMap { gateway, rows in rows.map { "\(gateway)/\($0.lsn)" } }).count
+            result.notChecked =
+                "the table has no `\(LoaderRoute.identityColumns.joined(separator: "` and `"))` columns"
+                + " (give its route `gateway_id: {type: string}` and"
+                + " `\(LoaderRoute.lsnColumn): {type: uint64, header: wal_lsn}`)"
+            return result
+        }
         var absent: [(gateway: String, row: LedgerBook.ConfirmedRow)] = []
         for gateway in byGateway.keys.sorted() {
             let rows = byGateway[gateway] ?? []
-            let expected = RunSet<UInt64>(rows.map { $0.lsn..<($0.lsn + 1) })
+            let expected = RunSet<UInt64>(RunSet.runs(of: rows.map(\.lsn)))
             result.confirmed += expected.count
             let lost = try await self.missing(route: route, gateway: gateway, expected: expected)
             result.present += expected.count - lost.count
@@ -104,8 +114,14 @@ public struct RowAudit: Sendable {
     /// its ledger producer failed). They are in ClickHouse, so not lost.
     public func rowsAmong(_ unaccounted: [LedgerBook.Missing], tables: [String]) async throws -> [String: [UInt64]] {
         var found: [String: Set<UInt64>] = [:]
+        var checkable: [String] = []
+        for table in tables {
+            var route = LoaderRoute.events
+            route.table = table
+            if try await self.hasIdentity(route) { checkable.append(table) }
+        }
         for missing in unaccounted where !missing.gateway.isEmpty {
-            for table in tables {
+            for table in checkable {
                 for chunk in stride(from: 0, to: missing.lsns.count, by: 200) {
                     let runs = missing.lsns[chunk..<min(missing.lsns.count, chunk + 200)]
                     let text = try await self.clickHouse.query(
@@ -118,6 +134,21 @@ public struct RowAudit: Sendable {
             }
         }
         return found.mapValues { $0.sorted() }
+    }
+
+    /// Whether the route's table has the columns a row's identity is read from (a table that
+    /// does not exist yet has none).
+    func hasIdentity(_ route: LoaderRoute) async throws -> Bool {
+        // The name comes from the ledger: only a plain `database.table` reaches the SQL.
+        let parts = route.table.split(separator: ".")
+        guard parts.count == 2, parts.allSatisfy({ LoaderRoute.isIdentifier(String($0)) }) else { return false }
+        let names = LoaderRoute.identityColumns.map { "'\($0)'" }.joined(separator: ", ")
+        let count = try await UserErasure.scalar(
+            self.clickHouse,
+            "SELECT count() FROM system.columns WHERE database = '\(route.database)' AND table = '\(route.tableName)'"
+                + " AND name IN (\(names))"
+        )
+        return count == LoaderRoute.identityColumns.count
     }
 
     /// The distinct LSNs of `gateway` in `table` that fall in `runs`, one per line.
@@ -333,6 +364,10 @@ extension RowAudit {
         var lines = ["ClickHouse (the rows the loaders confirmed in the window, still there?):"]
         if checks.isEmpty { lines.append("  no loader confirmed rows in this window") }
         for check in checks {
+            if let reason = check.notChecked {
+                lines.append("  \(check.table): confirmed \(check.confirmed) rows · not checked: \(reason)")
+                continue
+            }
             lines.append(
                 "  \(check.table): confirmed \(check.confirmed) rows · present \(check.present)"
                     + " · folded into another copy of their event \(check.folded) · erased since \(check.erased)"
