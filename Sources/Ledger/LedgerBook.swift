@@ -113,6 +113,9 @@ public struct LedgerBook: Sendable {
     /// Per table and gateway, the rows ClickHouse confirmed in `loaded` records of the window:
     /// what `sluice audit --rows` expects to find there.
     public private(set) var confirmedRows: [String: [String: [ConfirmedRow]]] = [:]
+    /// Events found as rows in ClickHouse by their identity although no `loaded` record
+    /// lists them (`sluice audit --rows`): accounted for.
+    public private(set) var foundInClickHouse = 0
     /// The first record's time (unix ms), for the report.
     public private(set) var firstMillis: Int64?
     public private(set) var lastMillis: Int64?
@@ -207,10 +210,6 @@ public struct LedgerBook: Sendable {
         }
     }
 
-    /// Events found as rows in ClickHouse by their identity although no `loaded` record
-    /// lists them (`sluice audit --rows`): accounted for.
-    public private(set) var foundInClickHouse = 0
-
     /// Settles `lsns` of `gateway`, found in ClickHouse by `sluice audit --rows`.
     public mutating func settleFoundInClickHouse(gateway: String, lsns: [UInt64]) {
         for lsn in lsns {
@@ -246,6 +245,27 @@ public struct LedgerBook: Sendable {
             self.lsns = lsns
             self.offsets = offsets
             self.count = count
+        }
+
+        /// Events as ranges per gateway: each event's LSN, and where its copies were in Kafka.
+        /// The reconciliation and `sluice audit --rows` name what is missing the same way.
+        public static func grouped(
+            _ events: [(gateway: String, lsn: UInt64, copies: [(place: Place, offset: Int64)])]
+        ) -> [Missing] {
+            let byGateway = Dictionary(grouping: events, by: \.gateway)
+            return byGateway.keys.sorted().map { gateway in
+                let events = byGateway[gateway] ?? []
+                var offsets: [Place: [Int64]] = [:]
+                for event in events {
+                    for copy in event.copies { offsets[copy.place, default: []].append(copy.offset) }
+                }
+                return Missing(
+                    gateway: gateway,
+                    lsns: RunSet.runs(of: events.map(\.lsn)),
+                    offsets: offsets.mapValues { RunSet.runs(of: $0) },
+                    count: Set(events.map(\.lsn)).count
+                )
+            }
         }
     }
 
@@ -298,19 +318,10 @@ public struct LedgerBook: Sendable {
     }
 
     private func describe(_ lost: [Identity]) -> [Missing] {
-        let byGateway = Dictionary(grouping: lost, by: \.gateway)
-        return byGateway.keys.sorted().map { gateway in
-            let identities = byGateway[gateway] ?? []
-            var offsets: [Place: [Int64]] = [:]
-            for identity in identities {
-                for copy in self.open[identity] ?? [] { offsets[copy.place, default: []].append(copy.offset) }
+        Missing.grouped(
+            lost.map { identity in
+                (identity.gateway, identity.lsn, (self.open[identity] ?? []).map { ($0.place, $0.offset) })
             }
-            return Missing(
-                gateway: gateway,
-                lsns: RunSet.runs(of: identities.map(\.lsn)),
-                offsets: offsets.mapValues { RunSet.runs(of: $0) },
-                count: identities.count
-            )
-        }
+        )
     }
 }

@@ -103,7 +103,9 @@ public struct RowAudit: Sendable {
                 lostRows.append(entry)
             }
         }
-        result.missing = Self.describe(lostRows)
+        result.missing = LedgerBook.Missing.grouped(
+            lostRows.map { ($0.gateway, $0.row.lsn, [($0.row.place, $0.row.offset)]) }
+        )
         return result
     }
 
@@ -342,20 +344,6 @@ public struct RowAudit: Sendable {
         return count > 0
     }
 
-    static func describe(_ rows: [(gateway: String, row: LedgerBook.ConfirmedRow)]) -> [LedgerBook.Missing] {
-        let byGateway = Dictionary(grouping: rows, by: \.gateway)
-        return byGateway.keys.sorted().map { gateway in
-            let entries = byGateway[gateway] ?? []
-            var offsets: [LedgerBook.Place: [Int64]] = [:]
-            for entry in entries { offsets[entry.row.place, default: []].append(entry.row.offset) }
-            return LedgerBook.Missing(
-                gateway: gateway,
-                lsns: RunSet.runs(of: entries.map(\.row.lsn)),
-                offsets: offsets.mapValues { RunSet.runs(of: $0) },
-                count: Set(entries.map(\.row.lsn)).count
-            )
-        }
-    }
 }
 
 extension RowAudit {
