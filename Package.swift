@@ -343,7 +343,7 @@ let package = Package(
         .testTarget(
             name: "ForwarderTests",
             dependencies: [
-                "Forwarder", "Kafka", "WAL", "EventModel", "TestSupport", "Encryption", "KafkaEnvelope",
+                "Forwarder", "Kafka", "WAL", "EventModel", "TestSupport", "Encryption", "KafkaEnvelope", "SluiceCore",
                 "LocalClickHouse",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),

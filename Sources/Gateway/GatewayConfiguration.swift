@@ -28,6 +28,11 @@ public struct GatewayConfiguration: Sendable {
     /// Longest a request waits for its WAL append before answering 503. Default: 150 ms,
     /// inside the 200 ms acknowledgement contract.
     public var appendTimeout: Duration = .milliseconds(150)
+    /// How much lower the priority (the nice value added) of the forwarder's, the loader's
+    /// and the ledger followers' threads is than the answering threads', in a process that
+    /// runs the gateway: under contention the acknowledgements go first. 0 runs them alike.
+    /// Default: 10.
+    public var backgroundNiceness = 10
     /// `Retry-After` seconds on 503. Default: 1.
     public var retryAfterSeconds = 1
     /// At a graceful stop (SIGTERM, SIGINT), how long the API keeps listening while `/readyz`

@@ -37,6 +37,12 @@ extension GatewayConfiguration {
         .list("gateway.cors_allowed_origins", \.corsAllowedOrigins, help: "browser origins allowed (* for any)"),
         .boolean("gateway.demo_page", \.demoPage, help: "serve /demo, a page that sends through the tracker"),
         .duration("gateway.append_timeout", \.appendTimeout, help: "answer 503 if the WAL takes longer"),
+        .integer(
+            "gateway.background_niceness",
+            \.backgroundNiceness,
+            range: 0...19,
+            help: "nice value added to the forwarder's and loader's threads in the gateway's process (0: none)"
+        ),
         .duration(
             "gateway.shutdown_delay",
             \.shutdownDelay,

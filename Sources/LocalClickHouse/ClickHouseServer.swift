@@ -39,6 +39,9 @@ public final class ClickHouseServer: @unchecked Sendable {
     private let temporary: Bool
     /// The CA whose client certificates the HTTPS port requires; nil: none required.
     private var clientCA: String?
+    /// Added to the server's nice value (`nice -n`), set before it starts: on a host it shares
+    /// with a gateway, its inserts and merges then wait while acknowledgements are due.
+    private var niceness: Int32 = 0
     /// The server's `display_name`, which it sends in every response: a `/ping` answered by
     /// another server that took the port meanwhile does not count.
     private let displayName = "sluice-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
@@ -72,16 +75,19 @@ public final class ClickHouseServer: @unchecked Sendable {
     /// `clientCA` (a PEM file) makes that port require a client certificate issued by it
     /// (`verificationMode strict`). On a port taken between choosing and binding it, starts
     /// again on other ports; any other failure throws an error with the tail of the server's log.
+    /// `niceness` lowers the server's scheduling priority (0: the caller's).
     public static func start(
         users: [String: String] = [:],
         tls: Bool = false,
-        clientCA: String? = nil
+        clientCA: String? = nil,
+        niceness: Int32 = 0
     ) async throws -> ClickHouseServer {
         var lastError: (any Error)?
         for _ in 0..<5 {
             let directory = try makeTemporaryDirectory()
             let server = ClickHouseServer(directory: directory, ports: try freeLoopbackPorts(tls ? 4 : 3))
             server.clientCA = clientCA
+            server.niceness = niceness
             do {
                 if tls { try await offPool { try makeCertificate(in: directory) } }
                 try server.writeConfiguration(users: users)
@@ -101,11 +107,13 @@ public final class ClickHouseServer: @unchecked Sendable {
     /// Starts a server whose data stays in `directory` (created if missing) across runs, with
     /// HTTP on `httpPort` and the native protocol on `tcpPort` (default: a free port); waits for
     /// `/ping`. A server left running in `directory` by a process that died is stopped first.
-    /// A taken port is an error that says so.
+    /// A taken port is an error that says so. `niceness` lowers the server's scheduling
+    /// priority (0: the caller's).
     public static func start(
         keepingDataIn directory: String,
         httpPort: Int,
-        tcpPort: Int? = nil
+        tcpPort: Int? = nil,
+        niceness: Int32 = 0
     ) async throws -> ClickHouseServer {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let absolute = URL(fileURLWithPath: directory).standardizedFileURL.path
@@ -114,6 +122,7 @@ public final class ClickHouseServer: @unchecked Sendable {
             ports: try tcpPort.map { [httpPort, $0] + (try freeLoopbackPorts(1)) } ?? [httpPort] + freeLoopbackPorts(2),
             temporary: false
         )
+        server.niceness = niceness
         await offPool { server.stopLeftover() }
         try server.writeConfiguration(users: [:])
         do {
@@ -224,9 +233,12 @@ public final class ClickHouseServer: @unchecked Sendable {
 
     /// Spawns the server and waits for `/ping`.
     private func launch() async throws {
+        // `nice` executes the server in its own process: the pid stays the server's.
+        let server = [Self.binary, "--config-file=\(self.directory)/config.xml"]
+        let command = self.niceness > 0 ? ["/usr/bin/nice", "-n", String(self.niceness)] + server : server
         let child = try ChildProcess(
-            executable: Self.binary,
-            arguments: ["--config-file=\(self.directory)/config.xml"],
+            executable: command[0],
+            arguments: Array(command.dropFirst()),
             output: self.directory + "/log/stdout.log"
         )
         self.lock.withLock { self.child = child }

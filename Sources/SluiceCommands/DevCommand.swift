@@ -134,9 +134,11 @@ struct DevCommand: AsyncParsableCommand {
         printError("sluice: starting ClickHouse (data in \(self.stateDir)/clickhouse)…")
         let clickHouse: ClickHouseServer
         do {
+            // One host: ClickHouse's merges yield to the gateway's answers (operations.md).
             clickHouse = try await ClickHouseServer.start(
                 keepingDataIn: self.stateDir + "/clickhouse",
-                httpPort: self.clickhouseHttpPort
+                httpPort: self.clickhouseHttpPort,
+                niceness: 10
             )
         } catch {
             printError(

@@ -9,6 +9,7 @@ import Logging
 import NIOCore
 import Prometheus
 import ServiceLifecycle
+import SluiceCore
 import Telemetry
 import UnixSignals
 import WAL
@@ -36,6 +37,28 @@ struct PipelineProcess {
     /// forwarder.
     var eventLog: (any EventLog)?
 
+    /// In a process that answers clients, the roles that do not run on
+    /// ``BackgroundExecutor``'s lower-priority threads, so that under contention the
+    /// acknowledgements go first.
+    private func background(_ service: any Service) -> any Service {
+        guard let executor = self.backgroundExecutor else { return service }
+        return InBackground(service, executor: executor)
+    }
+
+    /// Runs `body` on the background executor, if any.
+    private func inBackground<T: Sendable>(_ body: @Sendable () throws -> T) async throws -> T {
+        guard let executor = self.backgroundExecutor else { return try body() }
+        return try await withTaskExecutorPreference(executor) { try body() }
+    }
+
+    /// Created once per process, when it runs the gateway with a nonzero
+    /// `gateway.background_niceness`.
+    private var backgroundExecutor: BackgroundExecutor? {
+        let niceness = self.settings.gateway.backgroundNiceness
+        guard self.runsGateway, niceness > 0 else { return nil }
+        return BackgroundExecutor.process(niceness: Int32(niceness))
+    }
+
     func run() async throws {
         let registry = Telemetry.bootstrap(logLevel: self.settings.logLevel)
         // One ledger publisher for the process's roles (the forwarder's records and the
@@ -43,9 +66,13 @@ struct PipelineProcess {
         let ledger: LedgerPublisher?
         do {
             let forwards = self.runsGateway && self.eventLog == nil
+            // Made on a background thread, if any: its Kafka client's threads inherit the
+            // priority.
             ledger =
                 forwards || self.loader != nil
-                ? try self.settings.ledgerPublisher(logger: Logger(label: "sluice.ledger")) : nil
+                ? try await self.inBackground {
+                    try self.settings.ledgerPublisher(logger: Logger(label: "sluice.ledger"))
+                } : nil
         } catch {
             printError("sluice: \(error)")
             throw ExitCode(2)
@@ -64,7 +91,7 @@ struct PipelineProcess {
         var services: [any Service] = self.supervisors
         if var loader = self.loader {
             loader.ledger = ledger
-            services.append(Loader(configuration: loader, logger: Logger(label: "sluice.loader")))
+            services.append(self.background(Loader(configuration: loader, logger: Logger(label: "sluice.loader"))))
             if settings.ledger.enabled, settings.ledger.audit, let properties = settings.kafkaClientProperties {
                 let logger = Logger(label: "sluice.ledger")
                 let follower = LedgerFollower(
@@ -74,9 +101,11 @@ struct PipelineProcess {
                     logger: logger
                 )
                 services.append(
-                    LedgerAuditService(
-                        auditor: LedgerAuditor(follower: follower, grace: settings.ledger.grace, logger: logger),
-                        logger: logger
+                    self.background(
+                        LedgerAuditService(
+                            auditor: LedgerAuditor(follower: follower, grace: settings.ledger.grace, logger: logger),
+                            logger: logger
+                        )
                     )
                 )
             }
@@ -125,20 +154,24 @@ struct PipelineProcess {
                     forwarding.ledger = LedgerFanOut([ledger, book])
                     let logger = Logger(label: "sluice.ledger")
                     services.append(
-                        ReceiptFollowService(
-                            follower: LedgerFollower(
-                                properties: properties,
-                                topic: settings.ledger.topic,
-                                name: settings.gateway.gatewayID,
+                        self.background(
+                            ReceiptFollowService(
+                                follower: LedgerFollower(
+                                    properties: properties,
+                                    topic: settings.ledger.topic,
+                                    name: settings.gateway.gatewayID,
+                                    logger: logger
+                                ),
+                                book: book,
                                 logger: logger
-                            ),
-                            book: book,
-                            logger: logger
+                            )
                         )
                     )
                 }
                 services.append(
-                    Forwarder(wal: wal, configuration: forwarding, logger: Logger(label: "sluice.forwarder"))
+                    self.background(
+                        Forwarder(wal: wal, configuration: forwarding, logger: Logger(label: "sluice.forwarder"))
+                    )
                 )
             }
             log = wal

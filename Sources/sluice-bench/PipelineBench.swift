@@ -45,6 +45,12 @@ struct PipelineBenchCommand: AsyncParsableCommand {
     @Option(help: "Partitions of the events topic (the mock keeps ~5 MiB per partition).")
     var partitions = 256
 
+    @Option(
+        help:
+            "Nice value added to ClickHouse and the mock Kafka, as operations.md advises on a shared host (0: the gateway's priority)."
+    )
+    var backendNiceness = 10
+
     @Flag(help: "On a loss, keep everything running for inspection until Ctrl-C.")
     var holdOnLoss = false
 
@@ -56,6 +62,9 @@ struct PipelineBenchCommand: AsyncParsableCommand {
             throw ValidationError("--seconds, --rate, --batch and --connections must be positive")
         }
         guard (300...1_000_000).contains(self.size) else { throw ValidationError("--size must be 300-1000000") }
+        guard (0...19).contains(self.backendNiceness) else {
+            throw ValidationError("--backend-niceness must be 0-19")
+        }
     }
 
     func run() async throws {
@@ -67,7 +76,10 @@ struct PipelineBenchCommand: AsyncParsableCommand {
 
         let cluster = try await DevKafka.start(topics: ["events:\(self.partitions)"], sluice: siblingSluice())
         defer { cluster.process.signal(SIGTERM) }
-        let clickHouse = try await ClickHouseServer.start()
+        // Its threads are all running once it printed its bootstrap list.
+        renice(cluster.process.processIdentifier, by: Int32(self.backendNiceness))
+        // As operations.md advises for a shared host: the backends yield to the gateway.
+        let clickHouse = try await ClickHouseServer.start(niceness: Int32(self.backendNiceness))
         defer { clickHouse.stop() }
         let configuration = self.directory + "/sluice.yaml"
         try """
@@ -439,5 +451,20 @@ final class BenchChild: Sendable {
         guard self.process.isRunning else { return }
         self.process.terminate()
         self.process.waitUntilExit()
+    }
+}
+
+/// Adds `niceness` to the nice value of every thread of process `pid` (on Linux each thread
+/// has its own).
+func renice(_ pid: pid_t, by niceness: Int32) {
+    guard niceness > 0, let threads = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else {
+        return
+    }
+    let which = __priority_which_t(PRIO_PROCESS.rawValue)
+    for case let thread? in threads.map({ id_t($0) }) {
+        errno = 0
+        let current = getpriority(which, thread)
+        guard errno == 0 else { continue }
+        _ = setpriority(which, thread, min(19, current + niceness))
     }
 }

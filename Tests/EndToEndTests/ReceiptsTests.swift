@@ -93,6 +93,21 @@ import Testing
         return answer
     }
 
+    /// Each thread of process `pid`: its name and nice value (from /proc).
+    static func threads(of pid: Int32) -> [(name: String, nice: Int)] {
+        let directory = "/proc/\(pid)/task"
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return tasks.compactMap { task in
+            guard let stat = try? String(contentsOfFile: "\(directory)/\(task)/stat", encoding: .utf8),
+                let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")")
+            else { return nil }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            // After the name: state is field 3, nice field 19.
+            guard fields.count > 16, let nice = Int(fields[16]) else { return nil }
+            return (String(stat[stat.index(after: open)..<close]), nice)
+        }
+    }
+
     @Test func everyLevelWithTwoGatewaysAndTwoLoadersThroughRestarts() async throws {
         let cluster = try KafkaMockCluster(brokers: 3)
         try cluster.createTopic("events", partitions: 2)
@@ -161,6 +176,13 @@ import Testing
             "\(second)"
         )
         let r2 = try #require(second["receipt"] as? String)
+        // Its forwarder and ledger follower ran on the lower-priority threads: their Kafka
+        // clients' threads, started from there, inherited the nice value.
+        let threads = Self.threads(of: gateway2.processIdentifier)
+        let base = threads.first { $0.name == "sluice" }?.nice ?? 0
+        #expect(threads.contains { $0.name == "sluice-bg" && $0.nice == base + 10 }, "\(threads)")
+        let kafka = threads.filter { $0.name.hasPrefix("rdk:") }
+        #expect(!kafka.isEmpty && kafka.allSatisfy { $0.nice == base + 10 }, "\(threads)")
         let third = try await Self.post(two, key: fleet.key, query: "", count: 1)
         #expect(third["ack"] as? [String: String] == ["requested": "durable", "reached": "durable"], "\(third)")
 
