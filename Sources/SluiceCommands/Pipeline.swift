@@ -52,7 +52,7 @@ struct PipelineProcess {
     }
 
     /// Created once per process, when it runs the gateway with a nonzero
-    /// `gateway.background_niceness`.
+    /// `gateway.background_niceness` (nil also when no thread could be made).
     private var backgroundExecutor: BackgroundExecutor? {
         let niceness = self.settings.gateway.backgroundNiceness
         guard self.runsGateway, niceness > 0 else { return nil }

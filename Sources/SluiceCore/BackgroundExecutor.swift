@@ -43,7 +43,7 @@ package final class BackgroundExecutor: TaskExecutor, @unchecked Sendable {
         pthread_cond_init(self.condition, nil)
         for _ in 0..<max(1, threads) {
             let spawned = Self.spawn { [self] in
-                let applied = Self.lowerPriority(by: niceness)
+                let applied = addNiceness(niceness, toThread: 0)
                 pthread_mutex_lock(self.mutex)
                 self.appliedNiceness = applied
                 pthread_mutex_unlock(self.mutex)
@@ -57,8 +57,7 @@ package final class BackgroundExecutor: TaskExecutor, @unchecked Sendable {
         }
     }
 
-    /// Threads that could be created; with none (the system refused them all),
-    /// ``InBackground`` runs its service where it would have run anyway.
+    /// Threads that could be created.
     package var threadCount: Int {
         pthread_mutex_lock(self.mutex)
         defer { pthread_mutex_unlock(self.mutex) }
@@ -97,19 +96,6 @@ package final class BackgroundExecutor: TaskExecutor, @unchecked Sendable {
             pthread_mutex_unlock(self.mutex)
             job.runSynchronously(on: self.asUnownedTaskExecutor())
         }
-    }
-
-    /// Adds `niceness` to the calling thread's nice value and returns the new value, or nil
-    /// if refused. (On Linux the nice value belongs to a thread: `PRIO_PROCESS` with `who` 0
-    /// is the calling thread alone, not its siblings.)
-    private static func lowerPriority(by niceness: Int32) -> Int32? {
-        let which = __priority_which_t(PRIO_PROCESS.rawValue)
-        errno = 0
-        let current = getpriority(which, 0)
-        guard errno == 0 else { return nil }
-        let target = min(19, current + niceness)
-        guard setpriority(which, 0, target) == 0 else { return nil }
-        return target
     }
 
     /// Names the calling thread (as `top -H` and `perf` show it).
@@ -165,7 +151,6 @@ package struct InBackground: Service {
     }
 
     package func run() async throws {
-        guard self.executor.threadCount > 0 else { return try await self.service.run() }
         try await withTaskExecutorPreference(self.executor) { try await self.service.run() }
     }
 }
@@ -174,13 +159,27 @@ extension BackgroundExecutor {
     private static let instances = Mutex<[Int32: BackgroundExecutor]>([:])
 
     /// The process's executor at `niceness`, one thread per core, created on first use and
-    /// kept for the process's life (its threads never end).
-    package static func process(niceness: Int32) -> BackgroundExecutor {
+    /// kept for the process's life (its threads never end); nil when the system refused
+    /// every thread, and the work then runs where it would have run anyway.
+    package static func process(niceness: Int32) -> BackgroundExecutor? {
         Self.instances.withLock { instances in
-            if let existing = instances[niceness] { return existing }
+            if let existing = instances[niceness] { return existing.threadCount > 0 ? existing : nil }
             let executor = BackgroundExecutor(threads: Self.cores(), niceness: niceness)
             instances[niceness] = executor
-            return executor
+            return executor.threadCount > 0 ? executor : nil
         }
     }
+}
+
+/// Adds `niceness` to the nice value of thread `thread` (0: the calling thread) and returns
+/// the new value, or nil if refused. On Linux the nice value belongs to a thread, not to
+/// its process: `PRIO_PROCESS` with a thread id changes that thread alone.
+package func addNiceness(_ niceness: Int32, toThread thread: id_t) -> Int32? {
+    let which = __priority_which_t(PRIO_PROCESS.rawValue)
+    errno = 0
+    let current = getpriority(which, thread)
+    guard errno == 0 else { return nil }
+    let target = min(19, current + niceness)
+    guard setpriority(which, thread, target) == 0 else { return nil }
+    return target
 }

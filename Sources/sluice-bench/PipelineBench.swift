@@ -454,17 +454,10 @@ final class BenchChild: Sendable {
     }
 }
 
-/// Adds `niceness` to the nice value of every thread of process `pid` (on Linux each thread
-/// has its own).
+/// Adds `niceness` to the nice value of every thread of process `pid`.
 func renice(_ pid: pid_t, by niceness: Int32) {
     guard niceness > 0, let threads = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else {
         return
     }
-    let which = __priority_which_t(PRIO_PROCESS.rawValue)
-    for case let thread? in threads.map({ id_t($0) }) {
-        errno = 0
-        let current = getpriority(which, thread)
-        guard errno == 0 else { continue }
-        _ = setpriority(which, thread, min(19, current + niceness))
-    }
+    for case let thread? in threads.map({ id_t($0) }) { _ = addNiceness(niceness, toThread: thread) }
 }
